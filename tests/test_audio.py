@@ -1,0 +1,253 @@
+"""Audio front end: psf equivalence on real audio, bad inputs, clipping edge cases."""
+
+import numpy as np
+import pytest
+import python_speech_features as psf
+import soundfile as sf
+import soxr
+
+from coughjax import audio
+
+
+def _real_signals(root, n=12):
+  paths = sorted(root.glob("audio/*/*.flac"))
+  # Spread over participants and sounds (cough, breathing) rather than the first few.
+  picks = paths[:: max(1, len(paths) // n)][:n]
+  return [(p, sf.read(p, dtype="float64")[0]) for p in picks]
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000])
+def test_logfbank_matches_psf_on_real_audio(coswara_ci, rate):
+  for path, x in _real_signals(coswara_ci):
+    if rate != 16000:  # the subset is stored at 16 kHz; bring it to the test rate
+      x = soxr.resample(x, 16000, rate, quality="HQ")
+    _, _, nfft = audio.frame_params(rate)
+    ref = psf.logfbank(x, rate, nfilt=64, nfft=nfft)
+    ours = audio.logfbank(x, rate)
+    assert ours.shape == ref.shape == (audio.num_frames(x.size, rate), 64)
+    assert np.max(np.abs(ours - ref)) <= 1e-4, path
+
+
+def test_logfbank_default_nfft_covers_window():
+  assert audio.frame_params(16000) == (400, 160, 512)
+  assert audio.frame_params(44100) == (1103, 441, 2048)
+  assert audio.frame_params(48000) == (1200, 480, 2048)
+
+
+def test_logfbank_truncating_nfft_matches_psf():
+  x = np.random.default_rng(0).normal(size=20000) * 0.1
+  np.testing.assert_allclose(audio.logfbank(x, 44100, nfft=512),
+                             psf.logfbank(x, 44100, nfilt=64, nfft=512), atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 399, 400, 401, 560, 16000])
+def test_logfbank_frame_counts_and_edges(n):
+  x = np.random.default_rng(n).normal(size=n) * 0.1
+  ref = psf.logfbank(x, 16000, nfilt=64)
+  np.testing.assert_allclose(audio.logfbank(x), ref, atol=1e-4)
+  # Digital silence inside a recording hits psf's eps floor the same way.
+  z = np.concatenate([x, np.zeros(4000)])
+  np.testing.assert_allclose(audio.logfbank(z), psf.logfbank(z, 16000, nfilt=64), atol=1e-4)
+
+
+def test_mel_filterbank_identical_to_psf():
+  for rate, nfft in [(16000, 512), (44100, 2048), (8000, 256)]:
+    np.testing.assert_array_equal(audio.mel_filterbank(64, nfft, rate),
+                                  psf.get_filterbanks(64, nfft, rate))
+
+
+def test_logfbank_jax_close_to_numpy(coswara_ci):
+  _, x = _real_signals(coswara_ci, n=1)[0]
+  ours = audio.logfbank(x)
+  jx = np.asarray(audio.logfbank_jax(x.astype(np.float32)))
+  assert jx.shape == ours.shape
+  # float32 FFT: loud bands agree closely, the quietest ones less so.
+  assert np.median(np.abs(jx - ours)) < 1e-3
+
+
+def test_logfbank_rejects_bad_signal():
+  with pytest.raises(ValueError, match="non-empty 1-D"):
+    audio.logfbank(np.zeros((0,)))
+  with pytest.raises(ValueError, match="non-empty 1-D"):
+    audio.logfbank(np.zeros((10, 2)))
+
+
+# ------------------------------------------------------------------------- load
+
+
+def _write(path, data, rate=16000, **kw):
+  sf.write(path, data, rate, **kw)
+  return path
+
+
+def test_load_resamples_and_downmixes(tmp_path):
+  t = np.arange(48000) / 48000
+  left = 0.5 * np.sin(2 * np.pi * 440 * t)
+  stereo = np.stack([left, 0.5 * left], axis=1)
+  p = _write(tmp_path / "s.wav", stereo, 48000)
+  y = audio.load(p)
+  assert y.dtype == np.float32 and y.ndim == 1
+  assert abs(y.size - 16000) <= 1
+  # mono = channel mean: peak 0.375
+  assert abs(np.max(np.abs(y[100:-100])) - 0.375) < 0.01
+
+
+@pytest.mark.parametrize("fmt,ext", [("FLAC", "flac"), ("OGG", "ogg"), ("WAV", "wav"),
+                                     ("MP3", "mp3")])
+def test_load_formats(tmp_path, fmt, ext):
+  x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+  p = tmp_path / f"a.{ext}"
+  try:
+    sf.write(p, x, 16000, format=fmt)
+  except (sf.LibsndfileError, TypeError, ValueError) as e:
+    pytest.skip(f"libsndfile cannot write {fmt} here: {e}")
+  y = audio.load(p)
+  assert abs(y.size - 16000) < 2000  # lossy codecs add encoder delay/padding
+  assert np.max(np.abs(y)) > 0.1
+
+
+def test_load_real_coswara(coswara_ci):
+  p = next(iter(sorted(coswara_ci.glob("audio/*/cough-heavy.flac"))))
+  y = audio.load(p)
+  ref, rate = sf.read(p, dtype="float32")
+  assert rate == 16000
+  np.testing.assert_array_equal(y, ref)
+
+
+def test_load_webm(tmp_path):
+  av = pytest.importorskip("av")
+  p = tmp_path / "rec.webm"
+  rate = 48000
+  x = (0.3 * np.sin(2 * np.pi * 300 * np.arange(rate) / rate)).astype(np.float32)
+  with av.open(str(p), "w", format="webm") as c:
+    s = c.add_stream("libopus", rate=rate)
+    s.layout = "mono"
+    frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
+    frame.rate = rate
+    for packet in s.encode(frame):
+      c.mux(packet)
+    for packet in s.encode(None):
+      c.mux(packet)
+  y = audio.load(p)
+  assert abs(y.size - 16000) < 1600 and np.max(np.abs(y)) > 0.1
+
+
+def test_load_webm_without_pyav_names_the_extra(tmp_path, monkeypatch):
+  import builtins  # pylint: disable=g-import-not-at-top
+  real_import = builtins.__import__
+
+  def no_av(name, *args, **kwargs):
+    if name == "av":
+      raise ImportError("No module named 'av'")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_av)
+  p = tmp_path / "x.webm"
+  p.write_bytes(b"\x1a\x45\xdf\xa3")
+  with pytest.raises(audio.AudioError, match=r"x\.webm: .*coughjax\[webm\]"):
+    audio.load(p)
+
+
+def test_load_missing(tmp_path):
+  with pytest.raises(audio.AudioError, match=r"nope\.wav: file not found"):
+    audio.load(tmp_path / "nope.wav")
+
+
+def test_load_corrupt(tmp_path):
+  p = tmp_path / "bad.wav"
+  p.write_bytes(b"RIFF\x00\x00garbage, not audio")
+  with pytest.raises(audio.AudioError, match=r"bad\.wav: cannot decode audio"):
+    audio.load(p)
+
+
+def test_load_corrupt_webm(tmp_path):
+  pytest.importorskip("av")
+  p = tmp_path / "bad.webm"
+  p.write_bytes(b"not a webm file at all")
+  with pytest.raises(audio.AudioError, match=r"bad\.webm: cannot decode audio"):
+    audio.load(p)
+
+
+def test_load_empty(tmp_path):
+  p = _write(tmp_path / "empty.wav", np.zeros((0,)))
+  with pytest.raises(audio.AudioError, match=r"empty\.wav: no audio samples"):
+    audio.load(p)
+
+
+def test_load_silent(tmp_path):
+  p = _write(tmp_path / "silent.flac", np.zeros(16000))
+  with pytest.raises(audio.AudioError, match=r"silent\.flac: audio is silent"):
+    audio.load(p)
+
+
+def test_load_nan(tmp_path):
+  x = np.full(16000, 0.1, np.float32)
+  x[100] = np.nan
+  x[200] = np.inf
+  p = _write(tmp_path / "nan.wav", x, subtype="FLOAT")
+  with pytest.raises(audio.AudioError, match=r"nan\.wav: 2 NaN/inf samples"):
+    audio.load(p)
+
+
+def test_load_too_short(tmp_path):
+  p = _write(tmp_path / "short.wav", np.full(4000, 0.1))
+  with pytest.raises(audio.AudioError, match=r"short\.wav: too short: 0\.250 s < minimum 0\.5 s"):
+    audio.load(p, min_duration=0.5)
+  assert audio.load(p).size == 4000
+
+
+def test_load_directory(tmp_path):
+  with pytest.raises(audio.AudioError, match="is a directory"):
+    audio.load(tmp_path)
+
+
+# ------------------------------------------------------------------------ clips
+
+
+def _feats(t):
+  return np.arange(t * 64, dtype=np.float32).reshape(t, 64)
+
+
+def test_clips_exactly_96():
+  c = audio.clips(_feats(96))
+  assert c.shape == (1, 96, 64)
+  np.testing.assert_array_equal(c[0], _feats(96))
+
+
+def test_clips_95_is_padded():
+  c = audio.clips(_feats(95), min_frames=49)
+  assert c.shape == (1, 96, 64)
+  np.testing.assert_array_equal(c[0, :95], _feats(95))
+  np.testing.assert_array_equal(c[0, 95], 0)
+
+
+def test_clips_97_drops_tail():
+  c = audio.clips(_feats(97))
+  assert c.shape == (1, 96, 64)
+  np.testing.assert_array_equal(c[0], _feats(97)[:96])
+
+
+def test_clips_overlapping_hop():
+  c = audio.clips(_feats(97), hop=1)
+  assert c.shape == (2, 96, 64)
+  np.testing.assert_array_equal(c[1], _feats(97)[1:])
+
+
+def test_clips_very_long():
+  f = _feats(96 * 1000 + 50)
+  c = audio.clips(f, hop=96)
+  assert c.shape == (1000, 96, 64)
+  np.testing.assert_array_equal(c[-1], f[96 * 999:96 * 1000])
+
+
+def test_clips_too_short_is_a_clear_skip():
+  min_frames = audio.min_frames_for(0.5)
+  assert min_frames == 49  # 0.5 s at 16 kHz, 25 ms frames every 10 ms
+  with pytest.raises(audio.AudioError, match=r"rec\.wav: too short: 48 frames < minimum 49"):
+    audio.clips(_feats(48), min_frames=min_frames, name="rec.wav")
+  assert audio.clips(_feats(49), min_frames=min_frames).shape == (1, 96, 64)
+
+
+def test_clips_bad_params():
+  with pytest.raises(ValueError, match="must be positive"):
+    audio.clips(_feats(100), hop=0)
