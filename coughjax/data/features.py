@@ -1,0 +1,226 @@
+"""Feature cache: log-mel features computed once per recording, stored on disk.
+
+A recording's features are stored under a key made of its *content* (the file's bytes,
+or the generator address for synthetic recordings) and the feature parameters, so a
+changed file or a changed parameter recomputes only what changed, and a renamed file
+costs nothing. Files that cannot be used (silent, empty, corrupt, too short, ...) are
+remembered too, so they are reported on every run without being decoded again.
+
+Layout: `$COUGHJAX_CACHE` (default `~/.cache/coughjax`)
+  features/<params key>/<ab>/<content key>.npy    [T, nfilt] float32
+  features/<params key>/<ab>/<content key>.err    why the recording was skipped
+  hashes/<ab>/<path key>.json                     size, mtime and sha256 of a file
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import tempfile
+from typing import Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tqdm
+
+from coughjax import audio
+from coughjax.data import synthetic
+from coughjax.data.manifest import Recording
+
+FEATURE_VERSION = 1  # bump when the feature code changes meaning
+_MIN_PER_WORKER = 64  # fewer recordings than this per extra process: not worth a spawn
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+  """How recordings become features (SPEC: 16 kHz mono, psf logfbank, 64 mels)."""
+  sample_rate: int = audio.SAMPLE_RATE
+  nfilt: int = audio.NUM_MELS
+  winlen: float = audio.WINLEN
+  winstep: float = audio.WINSTEP
+  nfft: int = 0  # 0 = smallest power of two covering the window
+  preemph: float = audio.PREEMPH
+  min_duration: float = 0.5  # seconds; shorter recordings are skipped
+
+  @classmethod
+  def from_config(cls, cfg) -> "FeatureParams":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(cfg).items() if k in fields})
+
+  def key(self) -> str:
+    blob = json.dumps([FEATURE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+  @property
+  def min_frames(self) -> int:
+    return audio.min_frames_for(self.min_duration, self.sample_rate)
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("COUGHJAX_CACHE", "~/.cache/coughjax")).expanduser()
+
+
+def load_waveform(record: Recording, params: FeatureParams) -> np.ndarray:
+  """A recording's audio at the feature rate, with every bad-input check applied."""
+  if record.path.startswith(synthetic.SCHEME):
+    wave = synthetic.render(record.path, params.sample_rate)
+  else:
+    return audio.load(record.path, params.sample_rate, min_duration=params.min_duration)
+  if wave.size < params.min_duration * params.sample_rate:
+    raise audio.AudioError(record.path, f"too short: {wave.size / params.sample_rate:.3f} s")
+  return wave
+
+
+def compute(record: Recording, params: FeatureParams) -> np.ndarray:
+  """[T, nfilt] log-mel features of one recording (no cache)."""
+  wave = load_waveform(record, params)
+  return audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt, winlen=params.winlen,
+                        winstep=params.winstep, nfft=params.nfft or None,
+                        preemph=params.preemph)
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _skip_kind(reason: str) -> str:
+  """A short category for the summary line, from an AudioError reason."""
+  for kind in ("not found", "cannot decode", "no audio samples", "NaN/inf", "silent",
+               "too short", "directory", "PyAV"):
+    if kind in reason:
+      return {"no audio samples": "empty", "PyAV": "needs webm extra"}.get(kind, kind)
+  return "other"
+
+
+def _entry_paths(directory: pathlib.Path, key: str) -> tuple[pathlib.Path, pathlib.Path]:
+  base = directory / key[:2] / key
+  return base.with_suffix(".npy"), base.with_suffix(".err")
+
+
+def _build(args) -> Optional[str]:
+  """Computes and stores one recording's features; returns the skip reason, if any.
+  A top-level function so that worker processes can run it."""
+  directory, params, record, key = args
+  npy, err = _entry_paths(directory, key)
+  try:
+    feats = compute(record, params)
+  except audio.AudioError as e:
+    if not key.startswith("missing-"):  # a missing file may appear later
+      _atomic_write(err, lambda f: f.write(e.reason.encode()))
+    return e.reason
+  _atomic_write(npy, lambda f: np.save(f, feats))
+  return None
+
+
+@dataclasses.dataclass
+class Skipped:
+  record: Recording
+  reason: str
+
+
+class FeatureCache:
+  """Computes or loads the features of many recordings."""
+
+  def __init__(self, params: FeatureParams = FeatureParams(),
+               root: Optional[str | os.PathLike] = None):
+    self.params = params
+    self.root = pathlib.Path(root) if root else cache_root()
+    self._dir = self.root / "features" / params.key()
+
+  def content_key(self, record: Recording) -> str:
+    if record.path.startswith(synthetic.SCHEME):
+      return hashlib.sha256(
+          f"{synthetic.GENERATOR_VERSION}:{record.path}".encode()).hexdigest()
+    return self._file_hash(record.path)
+
+  def _file_hash(self, path: str) -> str:
+    """sha256 of the file's bytes, memoised by (path, size, mtime) to avoid rereading."""
+    try:
+      st = os.stat(path)
+    except OSError:
+      return "missing-" + hashlib.sha256(path.encode()).hexdigest()
+    apath = os.path.abspath(path)
+    memo = (self.root / "hashes" / hashlib.sha256(apath.encode()).hexdigest()[:2] /
+            (hashlib.sha256(apath.encode()).hexdigest() + ".json"))
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+      saved = json.loads(memo.read_text())
+      if {k: saved.get(k) for k in stamp} == stamp:
+        return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+      pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    sha = digest.hexdigest()
+    _atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
+    return sha
+
+  def _lookup(self, record: Recording):
+    """(features or None, skip reason or None, key)."""
+    key = self.content_key(record)
+    npy, err = _entry_paths(self._dir, key)
+    if npy.exists():
+      return np.load(npy), None, key
+    if err.exists() and not key.startswith("missing-"):
+      return None, err.read_text(), key
+    return None, None, key
+
+  def load(self, records: Sequence[Recording], *, name: str = "data",
+           workers: int = 0, progress: bool = True
+           ) -> tuple[list[Recording], list[np.ndarray], list[Skipped]]:
+    """Features for `records`, computing (in `workers` processes, 0 = all cores) what
+    the cache lacks. Returns the usable recordings, their [T, nfilt] features, and
+    the skipped ones; logs one summary line."""
+    found = [self._lookup(r) for r in records]
+    todo = [i for i, (f, reason, _) in enumerate(found) if f is None and reason is None]
+    if todo:
+      workers = min(workers or os.cpu_count() or 1, -(-len(todo) // _MIN_PER_WORKER))
+      logging.info("%s: computing features of %d of %d recordings (%d processes) into %s",
+                   name, len(todo), len(records), workers, self._dir)
+      args = [(self._dir, self.params, records[i], found[i][2]) for i in todo]
+      # Rendering and feature code is numpy-bound but call-heavy: threads contend for
+      # the GIL, so several cores need processes (spawned: the parent may run JAX).
+      with (concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1
+            else contextlib.nullcontext()) as pool:
+        jobs = (pool.map(_build, args, chunksize=16) if pool else map(_build, args))
+        bar = tqdm.tqdm(jobs, total=len(todo), desc=f"{name} features", unit="rec",
+                        disable=not progress, mininterval=1.0)
+        for i, reason in zip(todo, bar):
+          key = found[i][2]
+          feats = None if reason else np.load(_entry_paths(self._dir, key)[0])
+          found[i] = (feats, reason, key)
+
+    kept, feats, skipped = [], [], []
+    for record, (f, reason, _) in zip(records, found):
+      if f is None:
+        skipped.append(Skipped(record, reason))
+      else:
+        kept.append(record)
+        feats.append(f)
+    if skipped:
+      kinds = collections.Counter(_skip_kind(s.reason) for s in skipped)
+      detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+      logging.warning("%s: skipped %d of %d recordings (%s); first: %s: %s", name,
+                      len(skipped), len(records), detail, skipped[0].record.path,
+                      skipped[0].reason)
+    logging.info("%s: %d recordings with features (%d frames)", name, len(kept),
+                 sum(f.shape[0] for f in feats))
+    return kept, feats, skipped

@@ -1,0 +1,234 @@
+"""Batches for training and evaluation, shaped for the device layout, prefetched.
+
+All recordings' features live in one `ClipStore` (a single [frames, mel] array with
+per-recording offsets), so a batch is one fancy-index gather.
+
+* `ContrastiveBatches`: each batch element is a distinct participant with two random
+  96-frame crops from any of its recordings (the same file is allowed); participants
+  are reshuffled every epoch. Batch k of epoch e depends only on (seed, e, k), so a
+  resumed run sees exactly the batches an uninterrupted one would.
+* `SupervisedBatches`: labelled clips for the downstream classifier, shuffled per
+  epoch; `eval_batches` visits every clip of every recording once (padded last batch
+  with a `valid` mask) so recording scores can average their clips.
+
+Batches are numpy arrays with a leading [devices, per_device, ...] layout for pmap;
+in multi-process runs each process builds only the rows of its own devices.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import queue
+import threading
+from typing import Iterator, Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from coughjax import audio
+from coughjax.data.manifest import Recording
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLayout:
+  """Where this process's rows of a global batch go.
+
+  `local_devices` devices of this process take device slots
+  [first_device, first_device + local_devices) of `total_devices`.
+  """
+  local_devices: int = 1
+  total_devices: int = 1
+  first_device: int = 0
+
+  @classmethod
+  def current(cls) -> "DeviceLayout":
+    import jax  # pylint: disable=g-import-not-at-top
+    local = jax.local_device_count()
+    return cls(local, jax.device_count(), jax.process_index() * local)
+
+  def rows(self, global_batch: int) -> slice:
+    """The slice of a global batch that belongs to this process."""
+    if global_batch % self.total_devices:
+      raise ValueError(f"batch size {global_batch} is not divisible by the "
+                       f"{self.total_devices} devices")
+    per = global_batch // self.total_devices
+    return slice(self.first_device * per, (self.first_device + self.local_devices) * per)
+
+  def shard(self, x: np.ndarray) -> np.ndarray:
+    """[local rows, ...] -> [local devices, rows per device, ...]."""
+    return x.reshape((self.local_devices, -1) + x.shape[1:])
+
+
+class ClipStore:
+  """Features of many recordings packed into one array.
+
+  Recordings shorter than a clip are zero-padded to one clip (the cache has already
+  skipped those shorter than the minimum duration).
+  """
+
+  def __init__(self, records: Sequence[Recording], features: Sequence[np.ndarray],
+               clip_frames: int = audio.CLIP_FRAMES):
+    if len(records) != len(features):
+      raise ValueError(f"{len(records)} records but {len(features)} feature arrays")
+    if not records:
+      raise ValueError("no recordings with usable features")
+    self.records = list(records)
+    self.clip_frames = clip_frames
+    padded = [f if f.shape[0] >= clip_frames else
+              np.pad(f, ((0, clip_frames - f.shape[0]), (0, 0))) for f in features]
+    self.lengths = np.array([f.shape[0] for f in padded])
+    self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+    self.frames = np.concatenate(padded).astype(np.float32, copy=False)
+    self.labels = np.array([-1 if r.label is None else r.label for r in self.records])
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def gather(self, starts: np.ndarray) -> np.ndarray:
+    """[n] absolute frame offsets -> [n, clip_frames, mel] clips."""
+    return self.frames[starts[:, None] + np.arange(self.clip_frames)]
+
+  def clip_starts(self, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every clip of every recording, windows every `hop` frames (as audio.clips):
+    (absolute starts [n], recording index [n])."""
+    counts = (self.lengths - self.clip_frames) // hop + 1
+    rec = np.repeat(np.arange(len(self)), counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return self.offsets[rec] + within * hop, rec
+
+
+class ContrastiveBatches:
+  """Pairs of clips of distinct participants (paper §4.1.1)."""
+
+  def __init__(self, store: ClipStore, batch_size: int, seed: int = 0,
+               layout: DeviceLayout = DeviceLayout()):
+    by_participant = collections.defaultdict(list)
+    for i, r in enumerate(store.records):
+      by_participant[r.participant_id].append(i)
+    self.participants = sorted(by_participant)
+    if batch_size > len(self.participants):
+      raise ValueError(
+          f"contrastive batch size {batch_size} is larger than the number of "
+          f"participants ({len(self.participants)}): every element of a batch must be a "
+          f"distinct participant; lower batch_size to at most {len(self.participants)}")
+    self.store = store
+    self.batch_size = batch_size
+    self.seed = seed
+    self.layout = layout
+    self._rows = layout.rows(batch_size)
+    # [participants, max files] recording indices, padded by repetition.
+    width = max(len(v) for v in by_participant.values())
+    self._files = np.array([(v * width)[:width] for v in
+                            (by_participant[p] for p in self.participants)])
+    self._num_files = np.array([len(by_participant[p]) for p in self.participants])
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.participants) // self.batch_size
+
+  def batch(self, epoch: int, step: int) -> np.ndarray:
+    """Batch `step` of `epoch`: [local devices, 2, per device, clip, mel]; [:, 0] and
+    [:, 1] are the two views, row i of both from the same participant."""
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.participants))
+    who = order[step * self.batch_size:(step + 1) * self.batch_size]
+    rng = np.random.default_rng([self.seed, epoch, step])
+    # Draws cover the global batch so that they do not depend on the device layout.
+    pick = rng.integers(0, self._num_files[who][:, None], size=(self.batch_size, 2))
+    rec = self._files[who[:, None], pick]
+    room = self.store.lengths[rec] - self.store.clip_frames + 1
+    starts = self.store.offsets[rec] + rng.integers(0, room)  # [B, 2]
+    clips = self.store.gather(starts[self._rows].T.reshape(-1))  # [2 * rows, T, M]
+    clips = clips.reshape((2, self.layout.local_devices, -1) + clips.shape[1:])
+    return clips.swapaxes(0, 1)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[np.ndarray]:
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(epoch, step)
+
+
+class SupervisedBatches:
+  """Labelled clips for the downstream classifier."""
+
+  def __init__(self, store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
+               seed: int = 0, layout: DeviceLayout = DeviceLayout(), name: str = "train"):
+    if np.any(store.labels < 0):
+      raise ValueError(f"{name}: {np.sum(store.labels < 0)} recordings have no label")
+    self.store, self.batch_size, self.seed, self.layout = store, batch_size, seed, layout
+    self.starts, self.rec = store.clip_starts(hop)
+    if len(self.starts) < batch_size:
+      raise ValueError(f"{name}: {len(self.starts)} clips, fewer than the batch size "
+                       f"{batch_size}")
+    self._rows = layout.rows(batch_size)
+    y = store.labels[self.rec]
+    logging.info("%s: %d clips from %d recordings; class balance: %d positive (%.1f%%), "
+                 "%d negative", name, len(y), len(store), y.sum(), 100 * y.mean(),
+                 len(y) - y.sum())
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.starts) // self.batch_size
+
+  def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
+    idx = order[step * self.batch_size:(step + 1) * self.batch_size][self._rows]
+    return {"x": self.layout.shard(self.store.gather(self.starts[idx])),
+            "y": self.layout.shard(self.store.labels[self.rec[idx]].astype(np.float32))}
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(epoch, step)
+
+
+def eval_batches(store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
+                 layout: DeviceLayout = DeviceLayout()) -> Iterator[dict[str, np.ndarray]]:
+  """Every clip of every recording once: {"x", "y", "rec", "valid"} in device layout;
+  the last batch is padded (valid=False). In multi-process runs each process sees its
+  own rows of each global batch."""
+  starts, rec = store.clip_starts(hop)
+  rows = layout.rows(batch_size)
+  for begin in range(0, len(starts), batch_size):
+    idx = np.arange(begin, begin + batch_size)
+    valid = idx < len(starts)
+    idx = np.where(valid, idx, 0)[rows]
+    yield {"x": layout.shard(store.gather(starts[idx])),
+           "y": layout.shard(store.labels[rec[idx]].astype(np.float32)),
+           "rec": layout.shard(rec[idx]),
+           "valid": layout.shard(valid[rows])}
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """Runs `iterator` in a background thread, `size` items ahead, so that batch
+  assembly overlaps the accelerator's work. Exceptions reach the consumer."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def work():
+    try:
+      for item in iterator:
+        if stop.is_set():
+          return
+        q.put(item)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+      return
+    q.put(done)
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        thread.join(timeout=0.05)
