@@ -1,0 +1,322 @@
+"""Data sources, feature cache, splits and batches."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+import soundfile as sf
+
+from coughjax import audio
+from coughjax import data
+from coughjax.data import coswara
+from coughjax.data import features
+from coughjax.data import manifest
+from coughjax.data import pipeline
+from coughjax.data import splits
+from coughjax.data import synthetic
+
+
+def _data_cfg(**kw):
+  cfg = dict(name="synthetic", root="", manifest="", label="", sounds=(),
+             num_participants=20, seed=0, age_threshold=50, task=1)
+  cfg.update(kw)
+  return ml_collections.ConfigDict(cfg)
+
+
+def _tone(seconds, rate=16000, amp=0.3, f=300.0):
+  return amp * np.sin(2 * np.pi * f * np.arange(int(seconds * rate)) / rate)
+
+
+# ---------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_labelled():
+  recs = synthetic.manifest(60, seed=3)
+  assert len(recs) == 240 and {r.sound for r in recs} == set(manifest.PRETRAIN_SOUNDS)
+  assert recs == synthetic.manifest(60, seed=3)
+  assert 0.1 < np.mean([r.label for r in recs]) < 0.6
+  a = synthetic.render(recs[0].path)
+  np.testing.assert_array_equal(a, synthetic.render(recs[0].path))
+  assert a.dtype == np.float32 and 1.0 < a.size / 16000 < 5.0
+  assert not np.array_equal(a, synthetic.render(synthetic.manifest(60, seed=4)[0].path))
+
+
+def test_synthetic_participants_are_distinguishable():
+  """Same-participant recordings are closer in mean log-mel spectrum than others'."""
+  recs = synthetic.manifest(12, sounds=("breathing-deep", "breathing-shallow"))
+  spec = {r.path: audio.logfbank(synthetic.render(r.path)).mean(0) for r in recs}
+  same, other = [], []
+  for i, a in enumerate(recs):
+    for b in recs[i + 1:]:
+      d = np.linalg.norm(spec[a.path] - spec[b.path])
+      (same if a.participant_id == b.participant_id else other).append(d)
+  assert np.mean(same) < 0.6 * np.mean(other)
+
+
+def test_synthetic_bad_address():
+  with pytest.raises(ValueError, match="not a synthetic recording address"):
+    synthetic.render("synthetic://0/1/whistle")
+  with pytest.raises(ValueError, match="no sound 'whistle'"):
+    synthetic.manifest(2, sounds=("whistle",))
+
+
+# ------------------------------------------------------------------------ coswara
+
+
+def test_coswara_flat_layout(coswara_ci):
+  recs = data.get_manifest(_data_cfg(name="coswara", root=str(coswara_ci), label="sex"))
+  assert len(recs) == 184
+  assert {r.sound for r in recs} == set(manifest.PRETRAIN_SOUNDS)
+  assert len({r.participant_id for r in recs}) == 47
+  assert {r.label for r in recs} == {0, 1}
+  status = coswara.manifest(coswara_ci, label="covid_status")
+  assert {r.label for r in status} == {0}  # the CI subset has no positives
+
+
+def _extracted_tree(root, with_csv=True):
+  """A fake extracted-release tree with a few bad files."""
+  people = {"p1": ("positive_mild", "male", "61"), "p2": ("healthy", "female", "30"),
+            "p3": ("recovered_full", "male", "44"), "p4": ("healthy", "male", "25")}
+  for pid, (status, g, a) in people.items():
+    d = root / "20200501" / pid
+    d.mkdir(parents=True)
+    json.dump({"id": pid, "covid_status": status, "g": g, "a": a},
+              open(d / "metadata.json", "w"))
+    for k, s in enumerate(manifest.PRETRAIN_SOUNDS + ("counting-normal",)):
+      sf.write(d / f"{s}.wav", _tone(1.5 + k * 0.1, 48000), 48000)
+  sf.write(root / "20200501" / "p4" / "cough-heavy.wav", np.zeros(48000), 48000)  # silent
+  (root / "20200501" / "p4" / "cough-shallow.wav").write_bytes(b"RIFF junk")  # corrupt
+  sf.write(root / "20200501" / "p2" / "breathing-deep.wav", _tone(0.2, 48000), 48000)
+  if with_csv:  # combined_data.csv overrides metadata.json
+    (root / "combined_data.csv").write_text(
+        "id,a,covid_status,g\np1,61,positive_moderate,female\n")
+
+
+def test_coswara_extracted_layout_labels(tmp_path):
+  _extracted_tree(tmp_path)
+  recs = coswara.manifest(tmp_path, label="covid_status")
+  assert len(recs) == 16  # counting-normal excluded
+  by = {r.participant_id: r.label for r in recs}
+  assert by == {"p1": 1, "p2": 0, "p3": None, "p4": 0}
+  sex = {r.participant_id: r.label for r in coswara.manifest(tmp_path, label="sex")}
+  assert sex == {"p1": 0, "p2": 0, "p3": 1, "p4": 1}  # p1 from combined_data.csv
+  age = {r.participant_id: r.label for r in coswara.manifest(tmp_path, label="age")}
+  assert age == {"p1": 1, "p2": 0, "p3": 0, "p4": 0}
+  with pytest.raises(ValueError, match="unknown Coswara label 'mood'"):
+    coswara.manifest(tmp_path, label="mood")
+  with pytest.raises(FileNotFoundError, match="Coswara root folder not found"):
+    coswara.manifest(tmp_path / "nope")
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
+  _extracted_tree(tmp_path)
+  recs = coswara.manifest(tmp_path)
+  cache = features.FeatureCache()
+  with caplog.at_level("WARNING"):
+    kept, feats, skipped = cache.load(recs, name="coswara", progress=False)
+  assert len(kept) == len(feats) == 13 and len(skipped) == 3
+  reasons = sorted(features._skip_kind(s.reason) for s in skipped)  # pylint: disable=protected-access
+  assert reasons == ["cannot decode", "silent", "too short"]
+  assert "skipped 3 of 16 recordings" in caplog.text
+  # Cached: the second load decodes nothing and reports the same.
+  kept2, feats2, skipped2 = cache.load(recs, progress=False)
+  assert [s.reason for s in skipped2] == [s.reason for s in skipped]
+  np.testing.assert_array_equal(feats2[0], feats[0])
+
+
+# ------------------------------------------------------------------- feature cache
+
+
+def test_cache_rebuilds_only_what_changed(tmp_path, monkeypatch):
+  paths = []
+  for i in range(3):
+    p = tmp_path / f"r{i}.wav"
+    sf.write(p, _tone(1.0, f=200.0 + 100 * i), 16000)
+    paths.append(p)
+  recs = [manifest.Recording(str(p), f"p{i}", "cough") for i, p in enumerate(paths)]
+  built = []
+  real = features.compute
+  monkeypatch.setattr(features, "compute", lambda r, p: built.append(r.path) or real(r, p))
+  cache = features.FeatureCache()
+  _, first, _ = cache.load(recs, progress=False)
+  assert len(built) == 3
+  np.testing.assert_allclose(first[1], audio.logfbank(audio.load(paths[1])))
+  cache.load(recs, progress=False)
+  assert len(built) == 3  # all cached
+  sf.write(paths[1], _tone(1.0, f=777.0), 16000)  # content changes
+  _, second, _ = cache.load(recs, progress=False)
+  assert built[3:] == [str(paths[1])]
+  assert not np.allclose(second[1], first[1])
+  features.FeatureCache(features.FeatureParams(nfilt=40)).load(recs, progress=False)
+  assert len(built) == 3 + 1 + 3  # a new parameter set recomputes everything
+
+
+def test_cache_worker_processes_give_identical_features():
+  recs = synthetic.manifest(40, sounds=("cough-shallow", "cough-heavy"))
+  _, serial, _ = features.FeatureCache(root=None).load(recs, workers=1, progress=False)
+  params = features.FeatureParams(nfilt=32)
+  _, parallel, _ = features.FeatureCache(params).load(recs, workers=2, progress=False)
+  _, direct, _ = features.FeatureCache(params).load(recs, workers=1, progress=False)
+  assert len(parallel) == 80
+  for a, b in zip(parallel, direct):
+    np.testing.assert_array_equal(a, b)
+  assert serial[0].shape[1] == 64 and parallel[0].shape[1] == 32
+
+
+# -------------------------------------------------------------------------- splits
+
+
+def _assert_disjoint(parts, records):
+  seen = {}
+  for name, recs in parts.items():
+    for r in recs:
+      assert seen.setdefault(r.participant_id, name) == name, r.participant_id
+  assert sum(len(v) for v in parts.values()) == len(records)
+
+
+def test_splits_disjoint_stratified_seeded():
+  recs = synthetic.manifest(200)
+  parts = splits.split(recs, (0.7, 0.1, 0.2), seed=1)
+  _assert_disjoint(parts, recs)
+  people = {k: {r.participant_id for r in v} for k, v in parts.items()}
+  assert [len(people[k]) for k in splits.SPLITS] == [140, 20, 40]
+  rate = {k: np.mean([r.label for r in v]) for k, v in parts.items()}
+  assert max(rate.values()) - min(rate.values()) < 0.06  # stratified
+  assert parts == splits.split(recs, (0.7, 0.1, 0.2), seed=1)
+  assert parts != splits.split(recs, (0.7, 0.1, 0.2), seed=2)
+  with pytest.raises(ValueError, match="summing to 1"):
+    splits.split(recs, (0.5, 0.1, 0.1))
+
+
+def test_splits_disjoint_for_every_source(coswara_ci, tmp_path):
+  csv_path = tmp_path / "m.csv"
+  manifest.write_csv(synthetic.manifest(30), csv_path)
+  _extracted_tree(tmp_path / "cw")
+  sources = {
+      "synthetic": _data_cfg(num_participants=50),
+      "coswara flat": _data_cfg(name="coswara", root=str(coswara_ci), label="sex"),
+      "coswara extracted": _data_cfg(name="coswara", root=str(tmp_path / "cw")),
+      "manifest": _data_cfg(name="manifest", manifest=str(csv_path)),
+  }
+  for name, cfg in sources.items():
+    recs = data.get_manifest(cfg)
+    for seed in range(3):
+      _assert_disjoint(splits.split(recs, seed=seed), recs)
+    assert recs, name
+
+
+# ------------------------------------------------------------------------ manifest
+
+
+def test_csv_manifest_round_trip_and_errors(tmp_path):
+  recs = synthetic.manifest(3)
+  p = tmp_path / "m.csv"
+  manifest.write_csv(recs, p)
+  assert manifest.read_csv(p) == recs
+  (tmp_path / "bad.csv").write_text("path,participant_id,sound,label\na.wav,p,cough,yes\n")
+  with pytest.raises(ValueError, match=r"bad\.csv:2: label must be 0, 1 or empty"):
+    manifest.read_csv(tmp_path / "bad.csv")
+  (tmp_path / "cols.csv").write_text("file,who\n")
+  with pytest.raises(ValueError, match=r"cols\.csv: manifest lacks column"):
+    manifest.read_csv(tmp_path / "cols.csv")
+  (tmp_path / "rel.csv").write_text("path,participant_id,sound\naudio/x.wav,p,cough\n")
+  assert manifest.read_csv(tmp_path / "rel.csv")[0].path == str(tmp_path / "audio/x.wav")
+  with pytest.raises(ValueError, match="unknown data source 'nope'"):
+    data.get_manifest(_data_cfg(name="nope"))
+  with pytest.raises(ValueError, match="needs --config.data.root"):
+    data.get_manifest(_data_cfg(name="coswara"))
+
+
+# ------------------------------------------------------------------------- batches
+
+
+def _store(n_participants=12, sounds=("cough-shallow", "breathing-deep")):
+  recs = synthetic.manifest(n_participants, sounds=sounds)
+  kept, feats, _ = features.FeatureCache().load(recs, progress=False)
+  return pipeline.ClipStore(kept, feats)
+
+
+def test_contrastive_batches_distinct_participants_and_pairs():
+  store = _store()
+  batches = pipeline.ContrastiveBatches(store, 8, seed=0)
+  x = batches.batch(epoch=0, step=0)
+  assert x.shape == (1, 2, 8, 96, 64)
+  # Each crop is a real window of one of the participant's recordings.
+  owner = {}
+  for i, r in enumerate(store.records):
+    f = store.frames[store.offsets[i]:store.offsets[i] + store.lengths[i]]
+    for s in range(f.shape[0] - 95):
+      owner[f[s:s + 96].tobytes()] = r.participant_id
+  pairs = [(owner[x[0, 0, i].tobytes()], owner[x[0, 1, i].tobytes()]) for i in range(8)]
+  assert all(a == b for a, b in pairs)
+  assert len({a for a, _ in pairs}) == 8
+  # Deterministic per (seed, epoch, step); reshuffled across epochs.
+  np.testing.assert_array_equal(x, batches.batch(0, 0))
+  assert not np.array_equal(x, batches.batch(1, 0))
+  with pytest.raises(ValueError, match=r"batch size 13 is larger than the number of "
+                     r"participants \(12\)"):
+    pipeline.ContrastiveBatches(store, 13)
+
+
+def test_contrastive_layout_independent_of_devices():
+  store = _store()
+  one = pipeline.ContrastiveBatches(store, 8).batch(2, 0)
+  four = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(4, 4, 0))
+  x4 = four.batch(2, 0)
+  assert x4.shape == (4, 2, 2, 96, 64)
+  np.testing.assert_array_equal(x4.swapaxes(0, 1).reshape(one.shape[1:]), one[0])
+  # Process 1 of 2 (2 devices each) holds the second half of the global batch.
+  p1 = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(2, 4, 2))
+  np.testing.assert_array_equal(p1.batch(2, 0), x4[2:])
+
+
+def test_contrastive_batch_1024_from_synthetic():
+  store = _store(1030, sounds=("cough-shallow",))
+  batches = pipeline.ContrastiveBatches(store, 1024, seed=0,
+                                        layout=pipeline.DeviceLayout(4, 4, 0))
+  assert batches.steps_per_epoch == 1
+  x = batches.batch(0, 0)
+  assert x.shape == (4, 2, 256, 96, 64) and x.dtype == np.float32
+
+
+def test_contrastive_on_real_coswara(coswara_ci):
+  recs = coswara.manifest(coswara_ci)
+  kept, feats, _ = features.FeatureCache().load(recs, progress=False)
+  store = pipeline.ClipStore(kept, feats)
+  x = pipeline.ContrastiveBatches(store, 16, layout=pipeline.DeviceLayout(2, 2, 0)).batch(0, 0)
+  assert x.shape == (2, 2, 8, 96, 64) and np.isfinite(x).all()
+  with pytest.raises(ValueError, match=r"batch size 64 is larger than the number of "
+                     r"participants \(47\)"):
+    pipeline.ContrastiveBatches(store, 64)
+
+
+def test_supervised_and_eval_batches(caplog):
+  store = _store(10)
+  with caplog.at_level("INFO"):
+    sup = pipeline.SupervisedBatches(store, 8, hop=48)
+  assert "class balance" in caplog.text
+  b = sup.batch(0, 0)
+  assert b["x"].shape == (1, 8, 96, 64) and b["y"].shape == (1, 8)
+  starts, rec = store.clip_starts(96)
+  seen = np.zeros(len(store), int)
+  for eb in pipeline.eval_batches(store, 16, layout=pipeline.DeviceLayout(4, 4, 0)):
+    assert eb["x"].shape == (4, 4, 96, 64)
+    np.add.at(seen, eb["rec"][eb["valid"]], 1)
+  # Every clip exactly once: per recording as many as audio.clips cuts.
+  for i in range(len(store)):
+    f = store.frames[store.offsets[i]:store.offsets[i] + store.lengths[i]]
+    assert seen[i] == (rec == i).sum() == audio.clips(f).shape[0]
+
+
+def test_prefetch_order_and_errors():
+  assert list(pipeline.prefetch(iter(range(10)))) == list(range(10))
+
+  def boom():
+    yield 1
+    raise RuntimeError("bad batch")
+
+  it = pipeline.prefetch(boom())
+  assert next(it) == 1
+  with pytest.raises(RuntimeError, match="bad batch"):
+    next(it)
