@@ -1,0 +1,57 @@
+"""Evaluating a model over a large batch in chunks, with layout-independent keys.
+
+At B = 1024 the encoder is memory-bound on CPU: running it over chunks of ~16 clips
+inside the jitted step (`jax.lax.map`) keeps each chunk's activations in cache and
+was measured ~2x faster than one big batch, with a lower peak memory.
+
+Each chunk draws its random keys (mask, dropout) from `fold_in(key, chunk_id)`, where
+the caller numbers chunks by their place in the *global* batch. A clip therefore gets
+the same mask and dropout whether the batch runs on 1 device or is split over 4.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+RNG_STREAMS = ("mask", "dropout")
+
+
+def chunk_size_for(rows: int, chunk_size: int) -> int:
+  """The largest divisor of `rows` not above `chunk_size` (all rows if <= 0)."""
+  if chunk_size <= 0 or chunk_size >= rows:
+    return rows
+  return max(c for c in range(1, chunk_size + 1) if rows % c == 0)
+
+
+def apply_in_chunks(
+    apply_fn: Callable[[jax.Array, dict[str, jax.Array]], jax.Array],
+    x: jax.Array, rng: jax.Array, chunk_size: int, chunk_ids: jax.Array | None = None,
+) -> jax.Array:
+  """apply_fn over x [n, ...] in chunks of `chunk_size` rows (n must divide evenly).
+
+  Args:
+    apply_fn: (x_chunk [c, ...], rngs {stream: key}) -> [c, ...].
+    x: the batch.
+    rng: key from which every chunk's streams are folded.
+    chunk_size: rows per chunk.
+    chunk_ids: [n // chunk_size] global id of each chunk (may be traced); default
+      0, 1, 2, ...
+
+  Returns:
+    The outputs of all chunks concatenated: [n, ...].
+  """
+  n = x.shape[0]
+  if n % chunk_size:
+    raise ValueError(f"batch of {n} rows does not split into chunks of {chunk_size}")
+  keys = dict(zip(RNG_STREAMS, jax.random.split(rng, len(RNG_STREAMS))))
+  ids = jnp.arange(n // chunk_size) if chunk_ids is None else chunk_ids
+
+  def one(args):
+    xc, cid = args
+    return apply_fn(xc, {k: jax.random.fold_in(v, cid) for k, v in keys.items()})
+
+  out = jax.lax.map(one, (x.reshape((n // chunk_size, chunk_size) + x.shape[1:]), ids))
+  return out.reshape((n,) + out.shape[2:])

@@ -1,0 +1,1 @@
+"""Training: one trainer loop shared by contrastive pre-training and downstream tasks."""

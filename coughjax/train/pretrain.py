@@ -1,0 +1,167 @@
+"""Contrastive pre-training (paper §4.1): pmapped step with a global-batch loss.
+
+Every device encodes its shard of the 2B clips (in chunks, see
+`coughjax.models.chunking`), the projections are `all_gather`-ed along the "batch"
+axis, each device scores its own rows against all 2B clips (eq. 5), and gradients
+are `pmean`-ed: the update equals that of one device holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from coughjax import losses
+from coughjax import models
+from coughjax.data import features as features_lib
+from coughjax.data import get_manifest
+from coughjax.data import manifest as manifest_lib
+from coughjax.data import pipeline
+from coughjax.data import splits
+from coughjax.models import chunking
+from coughjax.models import heads
+from coughjax.train import optim
+from coughjax.train import trainer
+
+AXIS = trainer.AXIS
+
+
+def compute_dtype(name: str) -> Any:
+  try:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+  except KeyError:
+    raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}") from None
+
+
+def encoder_config(model_cfg) -> dict[str, Any]:
+  """The flat model config as encoder kwargs (with the compute dtype resolved)."""
+  return dict(model_cfg.to_dict(), dtype=compute_dtype(model_cfg.dtype))
+
+
+def build_model(model_cfg) -> heads.ContrastiveModel:
+  """Encoder f + projection g + similarity from `config.model`."""
+  return heads.ContrastiveModel(
+      encoder=models.build_encoder(encoder_config(model_cfg)),
+      proj_dim=model_cfg.proj_dim, similarity=model_cfg.similarity,
+      temperature=model_cfg.temperature, dtype=compute_dtype(model_cfg.dtype))
+
+
+def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
+                        rng: jax.Array, *, train: bool, chunk_size: int,
+                        num_devices: int, axis_name: Optional[str] = AXIS):
+  """Eq. 5 over the global batch for this device's shard.
+
+  Args:
+    model: the contrastive model.
+    params: its parameters.
+    views: [2, b, T, M] this device's pairs (views[0][i] and views[1][i] are one
+      participant's two clips).
+    rng: step key (identical on every device).
+    train: dropout / masking on.
+    chunk_size: encoder chunk rows (divides b).
+    num_devices: devices along `axis_name` (1 and axis_name=None: no collectives).
+    axis_name: pmap axis to gather over.
+
+  Returns:
+    (loss, metrics) for this device's rows; their pmean is the global result.
+  """
+  _, b = views.shape[:2]
+  device = jax.lax.axis_index(axis_name) if axis_name else 0
+  chunk = chunking.chunk_size_for(b, chunk_size)
+  x = views.reshape((2 * b,) + views.shape[2:])  # [a_0..a_{b-1}, b_0..b_{b-1}]
+  # Chunk ids by place in the global batch: view v, pairs [device * b, ...).
+  per_view = num_devices * b // chunk
+  ids = jnp.concatenate([v * per_view + device * (b // chunk) + jnp.arange(b // chunk)
+                         for v in range(2)])
+
+  def encode(xc, rngs):
+    return model.apply({"params": params}, xc, train=train, rngs=rngs)
+
+  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids)  # [2b, p]
+  z_all = jax.lax.all_gather(z, axis_name, tiled=True) if axis_name else z  # [2B, p]
+  # Gathered columns are device-major: device d's clips are [d * 2b, (d + 1) * 2b).
+  logits = model.apply({"params": params}, z, z_all, method=heads.ContrastiveModel.logits)
+  self_idx, pos_idx = losses.pair_indices(b, offset=device * 2 * b)
+  return losses.contrastive_loss(logits, self_idx, pos_idx)
+
+
+def make_steps(model: heads.ContrastiveModel, config, num_devices: int):
+  """(pmapped train_step, pmapped eval_step) over the "batch" axis."""
+  loss_fn = functools.partial(contrastive_loss_fn, model, chunk_size=config.model.chunk_size,
+                              num_devices=num_devices)
+
+  def train_step(state: trainer.TrainState, views, rng):
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, train=True), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, views, rng)
+    grads = jax.lax.pmean(grads, AXIS)
+    return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
+
+  def eval_step(state: trainer.TrainState, views, rng):
+    _, metrics = loss_fn(state.params, views, rng, train=False)
+    return jax.lax.pmean(metrics, AXIS)
+
+  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
+          jax.pmap(eval_step, axis_name=AXIS))
+
+
+def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer.TrainState:
+  params = heads.init_contrastive(
+      model, rng, (2, config.features.clip_frames, config.features.nfilt))
+  return trainer.TrainState.create(apply_fn=model.apply, params=params,
+                                   tx=optim.make_optimizer(config.optim))
+
+
+def load_stores(config, needed: tuple[str, ...] = ("train", "val")
+                ) -> dict[str, pipeline.ClipStore]:
+  """Manifest -> participant split -> cached features -> one ClipStore per split."""
+  records = get_manifest(config.data)
+  logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
+  parts = splits.split(records, config.data.split, config.data.split_seed)
+  cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
+  stores = {}
+  for name in needed:
+    kept, feats, _ = cache.load(parts[name], name=f"{config.data.name}/{name}",
+                                workers=config.data.workers)
+    stores[name] = pipeline.ClipStore(kept, feats, config.features.clip_frames)
+  return stores
+
+
+def make_task(config) -> trainer.Task:
+  layout = pipeline.DeviceLayout.current()
+  stores = load_stores(config)
+  train = pipeline.ContrastiveBatches(stores["train"], config.batch_size, config.seed,
+                                      layout)
+  val_participants = len({r.participant_id for r in stores["val"].records})
+  eval_batch = min(config.eval_batch_size, val_participants)
+  eval_batch -= eval_batch % layout.total_devices
+  val = pipeline.ContrastiveBatches(stores["val"], eval_batch, config.seed + 1, layout)
+  logging.info("pre-training: %d train participants (%d steps of %d pairs per epoch), "
+               "%d validation participants (%d steps of %d pairs)",
+               len(train.participants), train.steps_per_epoch, config.batch_size,
+               val_participants, val.steps_per_epoch, eval_batch)
+  model = build_model(config.model)
+  train_step, eval_step = make_steps(model, config, layout.total_devices)
+  eval_rng = jax.random.PRNGKey(config.seed + 2)
+
+  def evaluate(p_state) -> dict[str, float]:
+    """Contrastive loss/accuracy on held-out participants (a fixed set of batches)."""
+    rngs = trainer.replicate(eval_rng)
+    totals: dict[str, float] = {}
+    for views in val.epoch(0):
+      for k, v in eval_step(p_state, views, rngs).items():
+        totals[k] = totals.get(k, 0.0) + float(v[0])
+    return {k: v / val.steps_per_epoch for k, v in totals.items()}
+
+  return trainer.Task(
+      name="pretrain", init_state=functools.partial(init_state, model, config),
+      train_step=train_step, batches=train.epoch, steps_per_epoch=train.steps_per_epoch,
+      evaluate=evaluate, monitor="loss", monitor_mode="min")
+
+
+def train_and_evaluate(config, workdir: str) -> trainer.TrainState:
+  """Runs contrastive pre-training per `config`; checkpoints and metrics in `workdir`."""
+  return trainer.fit(make_task(config), config, workdir)
