@@ -19,7 +19,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant[,runlocal]]",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go "
-                               "(default: runs/<variant>)")
+                               "(default: runs/<variant>, runs/<variant>_runlocal)")
 _COORDINATOR = flags.DEFINE_string("coordinator", os.environ.get("COUGHJAX_COORDINATOR"),
                                    "multi-host: coordinator address host:port")
 _NUM_PROCESSES = flags.DEFINE_integer(
@@ -37,7 +37,8 @@ def main(argv):
   if _COORDINATOR.value:
     run.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join("runs", config.variant)
+  workdir = _WORKDIR.value or os.path.join(
+      "runs", config.variant + ("_runlocal" if config.runlocal else ""))
   logging.info("%s on %d device(s) (%s), workdir %s", config.variant, jax.device_count(),
                jax.devices()[0].platform, workdir)
   run.run(config, workdir)

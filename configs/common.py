@@ -10,6 +10,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "pretrain"
   config.seed = 0
+  config.runlocal = False  # set by the ",runlocal" option; workdirs get a suffix
 
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic",   # synthetic | coswara | covid19_sounds | manifest
@@ -29,6 +30,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       sample_rate=16000, nfilt=64, winlen=0.025, winstep=0.01,
       nfft=0,             # 0 = smallest power of two covering the window
       preemph=0.97, min_duration=0.5, clip_frames=96,
+      train_hop=96,       # downstream training clips every this many frames
       eval_hop=96,        # clip hop when evaluating every clip of a recording
   ))
   config.model = ml_collections.ConfigDict(dict(
@@ -68,3 +70,4 @@ def parse_arg(arg, variants) -> tuple[str, set[str]]:
   if unknown:
     raise ValueError(f"unknown config option(s) {sorted(unknown)}; known: runlocal")
   return name, options
+

@@ -43,5 +43,6 @@ def runlocal(config) -> None:
   config.eval_batch_size = 8
   config.model.chunk_size = 4
   config.num_epochs = 2
+  config.runlocal = True
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1

@@ -89,8 +89,12 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   return losses.contrastive_loss(logits, self_idx, pos_idx)
 
 
-def make_steps(model: heads.ContrastiveModel, config, num_devices: int):
-  """(pmapped train_step, pmapped eval_step) over the "batch" axis."""
+def make_steps(model: heads.ContrastiveModel, config, num_devices: int, devices=None):
+  """(pmapped train_step, pmapped eval_step) over the "batch" axis.
+
+  `num_devices` is the global number of devices along the axis; `devices` restricts
+  the pmap to some local devices (default: all).
+  """
   loss_fn = functools.partial(contrastive_loss_fn, model, chunk_size=config.model.chunk_size,
                               num_devices=num_devices)
 
@@ -104,8 +108,8 @@ def make_steps(model: heads.ContrastiveModel, config, num_devices: int):
     _, metrics = loss_fn(state.params, views, rng, train=False)
     return jax.lax.pmean(metrics, AXIS)
 
-  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
-          jax.pmap(eval_step, axis_name=AXIS))
+  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices),
+          jax.pmap(eval_step, axis_name=AXIS, devices=devices))
 
 
 def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer.TrainState:
@@ -115,10 +119,18 @@ def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer
                                    tx=optim.make_optimizer(config.optim))
 
 
-def load_stores(config, needed: tuple[str, ...] = ("train", "val")
+def load_stores(config, needed: tuple[str, ...] = ("train", "val"), labelled: bool = False
                 ) -> dict[str, pipeline.ClipStore]:
-  """Manifest -> participant split -> cached features -> one ClipStore per split."""
+  """Manifest -> participant split -> cached features -> one ClipStore per split.
+
+  With `labelled`, recordings without a label are dropped first (downstream tasks).
+  """
   records = get_manifest(config.data)
+  if labelled:
+    records = manifest_lib.select(records, labelled=True)
+    if not records:
+      raise ValueError(f"{config.data.name}: no labelled recordings (data.label="
+                       f"{config.data.label!r})")
   logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
   parts = splits.split(records, config.data.split, config.data.split_seed)
   cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))

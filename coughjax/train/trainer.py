@@ -68,14 +68,14 @@ class Task:
 AXIS = "batch"  # the pmap axis of every step
 
 
-def replicate(tree):
+def replicate(tree, devices=None):
   """One copy of `tree` per local device, laid out exactly as a pmap over AXIS lays
   out its outputs, so that feeding outputs back does not recompile the step.
 
   Leaves go through host numpy first: strongly typed, so a weakly typed scalar (a
   fresh step counter, say) cannot change the step's signature either.
   """
-  devices = jax.local_devices()
+  devices = jax.local_devices() if devices is None else devices
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
                                         jax.sharding.PartitionSpec(AXIS))
 
@@ -154,6 +154,19 @@ def restore(directory: str | os.PathLike, target: TrainState,
       state=ocp.args.StandardRestore(jax.device_get(target)), meta=ocp.args.JsonRestore()))
   mgr.close()
   return out.state, out.meta
+
+
+def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
+  """(params as nested dicts of numpy arrays, step) of the latest checkpoint in
+  `directory`, without needing the model that wrote them."""
+  mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint found")
+  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                  meta=ocp.args.JsonRestore()))
+  mgr.close()
+  return out.state["params"], step
 
 
 def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:

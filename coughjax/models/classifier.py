@@ -1,0 +1,56 @@
+"""Downstream classifier (paper §4.2, Fig. 4): encoder(s) + dropout + FC -> logit.
+
+With one encoder this is the paper's classifier f -> FC(d -> 1) -> sigmoid; with two
+it is the ensemble: each branch has its own parameters (both may start from the same
+pre-trained checkpoint) and draws its own random key mask (the "DS masking rate",
+its encoder's `mask_rate`), the branch features are concatenated and fed to one FC.
+
+Frozen branches run in inference mode (no dropout) behind `stop_gradient`, so no
+gradient reaches them; the optimiser additionally gives them no update at all
+(`coughjax.train.optim.make_optimizer(trainable_mask=...)`), which keeps their
+parameters bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Classifier(nn.Module):
+  """x: [batch, time, mel] clips -> [batch] logits (sigmoid gives P(positive)).
+
+  Attributes:
+    encoders: one or two registered encoders (`coughjax.models.build_encoder`);
+      their parameters are named encoder_0, encoder_1.
+    frozen: per encoder, whether it is a fixed feature extractor.
+    dropout: rate on the (concatenated) features before the FC layer.
+  """
+
+  encoders: Sequence[nn.Module]
+  frozen: Sequence[bool] = ()
+  dropout: float = 0.2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    frozen = tuple(self.frozen) or (False,) * len(self.encoders)
+    feats = []
+    for encoder, fixed in zip(self.encoders, frozen):
+      # Each encoder is its own submodule, so make_rng("mask") inside it yields a
+      # key of its own: the branches' masks differ.
+      if fixed:
+        h = jax.lax.stop_gradient(encoder(x, train=False))
+      else:
+        h = encoder(x, train=train)
+      feats.append(h.astype(jnp.float32))  # [B, d_i]
+    h = jnp.concatenate(feats, axis=-1)  # [B, sum d_i]
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return nn.Dense(1, name="fc")(h)[:, 0]  # [B]
+
+
+def encoder_param_name(i: int) -> str:
+  """Flax auto-names the i-th module of the `encoders` field like this."""
+  return f"encoders_{i}"

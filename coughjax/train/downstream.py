@@ -1,0 +1,288 @@
+"""Downstream COVID-19 classification (paper §4.2): train, evaluate over seeds, report.
+
+For each of `config.num_runs` seeds (own participant split and own initialisation)
+the classifier is trained with the shared trainer (Adam + ReduceLROnPlateau on the
+validation loss, best checkpoint and early stopping by validation ROC-AUC), then its
+best checkpoint is scored on the test participants. `run` writes results.json,
+results.md, roc.png and curves.png into the workdir; run i lives in workdir/run_i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from coughjax import evaluate
+from coughjax import models
+from coughjax.data import pipeline
+from coughjax.models import chunking
+from coughjax.models import classifier as classifier_lib
+from coughjax.models import vggish_convert
+from coughjax.train import optim
+from coughjax.train import pretrain
+from coughjax.train import trainer
+
+AXIS = trainer.AXIS
+BRANCHES = ("encoder_a", "encoder_b")
+# Fields that fix an encoder's parameter shapes: a CP branch takes them from the
+# pre-training run, so its checkpoint fits.
+ARCHITECTURE = ("d_model", "num_layers", "num_heads", "mlp_dim", "pooling", "embedding_dim")
+
+
+def branches(config) -> list[ml_collections.ConfigDict]:
+  return [config[k] for k in BRANCHES if config[k].name]
+
+
+def pretrain_workdir(branch, runlocal: bool = False) -> pathlib.Path:
+  """Where a CP branch's pre-training run lives (runs/<variant>[_runlocal])."""
+  if branch.checkpoint:
+    return pathlib.Path(branch.checkpoint)
+  return pathlib.Path("runs") / (branch.pretrain + ("_runlocal" if runlocal else ""))
+
+
+def _missing_checkpoint(key: str, branch, runlocal: bool, path) -> FileNotFoundError:
+  option = ",runlocal" if runlocal else ""
+  return FileNotFoundError(
+      f"{key} ({branch.name}, init='cp') needs the contrastive pre-training checkpoint "
+      f"in {path}, which does not exist. Create it first with:\n"
+      f"  python launch.py --config=configs/pretrain.py:{branch.pretrain}{option}\n"
+      f"or point --config.{key}.checkpoint at an existing pre-training workdir.")
+
+
+def _pretrain_config(key, branch, runlocal) -> ml_collections.ConfigDict:
+  path = pretrain_workdir(branch, runlocal)
+  if not (path / "config.json").is_file() or not (path / "best").is_dir():
+    raise _missing_checkpoint(key, branch, runlocal, path)
+  return ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
+
+
+def encoder_config(config, key: str) -> dict[str, Any]:
+  """Model fields of one branch: downstream settings (dropout, DS masking) with the
+  architecture of its pre-training run for CP branches."""
+  branch = config[key]
+  cfg = dict(config.model.to_dict(), name=branch.name)
+  if branch.init == "cp":
+    saved = _pretrain_config(key, branch, config.runlocal).model
+    if saved.name != branch.name:
+      raise ValueError(f"{key}: a {branch.name} branch cannot start from the "
+                       f"{saved.name} checkpoint in {pretrain_workdir(branch)}")
+    cfg.update({k: saved[k] for k in ARCHITECTURE if k in saved})
+  cfg["dtype"] = pretrain.compute_dtype(cfg["dtype"])
+  return cfg
+
+
+def build_classifier(config) -> classifier_lib.Classifier:
+  encoders = [models.build_encoder(encoder_config(config, k))
+              for k in BRANCHES if config[k].name]
+  return classifier_lib.Classifier(encoders, tuple(b.frozen for b in branches(config)),
+                                   dropout=config.model.dropout)
+
+
+def initial_encoder_params(config, key: str) -> Optional[dict]:
+  """Pre-trained parameters of a branch, or None to keep the random init."""
+  branch = config[key]
+  if branch.init == "scratch":
+    return None
+  if branch.init == "audioset":
+    if branch.name != "vggish" or not branch.checkpoint:
+      raise ValueError(f"{key}: init='audioset' needs name='vggish' and "
+                       f"--config.{key}.checkpoint=<folder from "
+                       "python -m coughjax.models.vggish_convert>")
+    return vggish_convert.load_flax_params(branch.checkpoint)
+  if branch.init == "cp":
+    runlocal = config.runlocal
+    _pretrain_config(key, branch, runlocal)  # clear error if missing
+    params, step = trainer.restore_params(pretrain_workdir(branch, runlocal) / "best")
+    logging.info("%s: encoder from %s (best step %d)", key,
+                 pretrain_workdir(branch, runlocal), step)
+    return params["encoder"]
+  raise ValueError(f"{key}.init must be scratch, cp or audioset; got {branch.init!r}")
+
+
+def _check_shapes(key, loaded, fresh):
+  want = jax.tree.map(jnp.shape, fresh)
+  got = jax.tree.map(jnp.shape, loaded)
+  if want != got:
+    raise ValueError(f"{key}: pre-trained parameter shapes do not fit the encoder:\n"
+                     f"expected {want}\ngot {got}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What every run of a variant shares, built (and compiled) once: the model, its
+  jitted init, the optimiser and the pmapped steps. Reusing the same optimiser
+  object matters: it is static data of the TrainState, so a new one per run would
+  recompile the step."""
+  model: classifier_lib.Classifier
+  init: Callable[..., Any]
+  tx: optax.GradientTransformation
+  train_step: Callable[..., Any]
+  predict_step: Callable[..., Any]
+
+  @classmethod
+  def create(cls, config) -> "Setup":
+    model = build_classifier(config)
+    init = jax.jit(functools.partial(model.init, train=False))
+    x = jax.ShapeDtypeStruct((2, config.features.clip_frames, config.features.nfilt),
+                             jnp.float32)
+    shapes = jax.eval_shape(init, {"params": jax.random.PRNGKey(0),
+                                   "mask": jax.random.PRNGKey(0)}, x)["params"]
+    trainable = {k: jax.tree.map(lambda _: True, v) for k, v in shapes.items()}
+    for i, key in enumerate(k for k in BRANCHES if config[k].name):
+      if config[key].frozen:
+        name = classifier_lib.encoder_param_name(i)
+        trainable[name] = jax.tree.map(lambda _: False, shapes[name])
+    tx = optim.make_optimizer(config.optim, trainable_mask=trainable)
+    return cls(model, init, tx, *make_steps(model, config))
+
+  def init_state(self, config, rng: jax.Array) -> trainer.TrainState:
+    """Random init with the pre-trained encoders copied in."""
+    k_params, k_mask = jax.random.split(rng)
+    x = jnp.zeros((2, config.features.clip_frames, config.features.nfilt))
+    params = dict(self.init({"params": k_params, "mask": k_mask}, x)["params"])
+    for i, key in enumerate(k for k in BRANCHES if config[k].name):
+      loaded = initial_encoder_params(config, key)
+      if loaded is not None:
+        name = classifier_lib.encoder_param_name(i)
+        _check_shapes(key, loaded, params[name])
+        params[name] = jax.tree.map(jnp.asarray, loaded)
+    return trainer.TrainState.create(apply_fn=self.model.apply, params=params, tx=self.tx)
+
+
+def make_steps(model: classifier_lib.Classifier, config):
+  """(pmapped train_step, pmapped predict_step)."""
+  chunk_size = config.model.chunk_size
+
+  def logits_fn(params, x, rng, train):
+    b = x.shape[0]
+    chunk = chunking.chunk_size_for(b, chunk_size)
+    # Chunk ids by place in the global batch: keys do not depend on the layout.
+    first = jax.lax.axis_index(AXIS) * (b // chunk)
+    return chunking.apply_in_chunks(
+        lambda xc, rngs: model.apply({"params": params}, xc, train=train, rngs=rngs),
+        x, rng, chunk, first + jnp.arange(b // chunk))
+
+  def train_step(state, batch, rng):
+    def loss_fn(params):
+      logits = logits_fn(params, batch["x"], rng, True)
+      loss = optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
+      acc = jnp.mean((logits > 0) == (batch["y"] > 0.5))
+      return loss, {"loss": loss, "accuracy": acc}
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
+
+  def predict_step(state, x, rng):
+    return jax.nn.sigmoid(logits_fn(state.params, x, rng, False))
+
+  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
+          jax.pmap(predict_step, axis_name=AXIS))
+
+
+def predict_clips(predict_step, p_state, store: pipeline.ClipStore, config,
+                  rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """P(positive) of every clip of every recording: (probs [n], recording index [n])."""
+  layout = pipeline.DeviceLayout.current()
+  rngs = trainer.replicate(rng)
+  probs, recs = [], []
+  for batch in pipeline.eval_batches(store, config.eval_batch_size,
+                                     config.features.eval_hop, layout):
+    p = np.asarray(predict_step(p_state, batch["x"], rngs))
+    probs.append(p[batch["valid"]])
+    recs.append(batch["rec"][batch["valid"]])
+  return np.concatenate(probs), np.concatenate(recs)
+
+
+def score(predict_step, p_state, store, config, rng) -> dict[str, Any]:
+  """Recording- and clip-level metrics (and the scores behind the ROC curve)."""
+  probs, rec = predict_clips(predict_step, p_state, store, config, rng)
+  rec_scores = evaluate.recording_scores(probs, rec, len(store))
+  eps = 1e-7
+  clip_labels = store.labels[rec]
+  bce = -np.mean(clip_labels * np.log(probs + eps) + (1 - clip_labels) * np.log(1 - probs + eps))
+  return {"recording": evaluate.binary_metrics(store.labels, rec_scores, config.threshold),
+          "clip": evaluate.binary_metrics(clip_labels, probs, config.threshold),
+          "loss": float(bce), "labels": store.labels.tolist(),
+          "scores": rec_scores.tolist()}
+
+
+def _run_config(config, i: int):
+  run_cfg = ml_collections.ConfigDict(config.to_dict())
+  run_cfg.seed = config.seed + i
+  run_cfg.data.split_seed = config.data.split_seed + i
+  return run_cfg
+
+
+def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
+              ) -> dict[str, Any]:
+  """Trains run `run_index` and scores its best checkpoint on the test split."""
+  cfg = _run_config(config, run_index)
+  stores = pretrain.load_stores(cfg, ("train", "val", "test"), labelled=True)
+  batches = pipeline.SupervisedBatches(stores["train"], cfg.batch_size,
+                                       cfg.features.train_hop, cfg.seed,
+                                       pipeline.DeviceLayout.current())
+  predict_step = setup.predict_step
+  eval_rng = jax.random.PRNGKey(cfg.seed + 10_000)
+
+  def validate(p_state):
+    s = score(predict_step, p_state, stores["val"], cfg, eval_rng)
+    return {"loss": s["loss"], **{k: s["recording"][k] for k in evaluate.METRICS}}
+
+  task = trainer.Task(
+      name=f"{cfg.variant}/run_{run_index}",
+      init_state=functools.partial(setup.init_state, cfg),
+      train_step=setup.train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
+      evaluate=validate, monitor="auc", monitor_mode="max")
+  run_dir = workdir / f"run_{run_index}"
+  final = trainer.fit(task, cfg, run_dir)
+  # Score the best checkpoint (by validation AUC), not the last.
+  best, _ = trainer.restore(run_dir / "best", final)
+  result = score(predict_step, trainer.replicate(best), stores["test"], cfg, eval_rng)
+  result.update(run=run_index, seed=cfg.seed, split_seed=cfg.data.split_seed,
+                best_step=int(best.step))
+  logging.info("%s run %d test (recording level): %s", cfg.variant, run_index,
+               ", ".join(f"{k} {result['recording'][k]:.2f}" for k in evaluate.METRICS))
+  return result
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """All runs, then results.json / results.md / roc.png / curves.png in `workdir`."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  trainer.save_config(config, workdir)
+  setup = Setup.create(config)
+  runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]
+  from coughjax import paper  # pylint: disable=g-import-not-at-top
+  dataset = describe_data(config)
+  results = evaluate.write_report(workdir, config.variant, runs, dataset,
+                                  paper.row_for_variant(config.variant))
+  evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
+  evaluate.plot_curves([trainer.read_metrics(workdir / f"run_{i}")
+                        for i in range(config.num_runs)], workdir / "curves.png",
+                       config.variant)
+  s = results["summary"]["recording"]
+  logging.info("%s: test ROC-AUC %.2f (%.2f), accuracy %.2f (%.2f) over %d runs; see %s",
+               config.variant, s["auc_mean"], s["auc_std"], s["accuracy_mean"],
+               s["accuracy_std"], config.num_runs, workdir / "results.md")
+  return results
+
+
+def describe_data(config) -> str:
+  d = config.data
+  if d.name == "synthetic":
+    return (f"built-in synthetic set ({d.num_participants} participants, seed {d.seed}, "
+            f"sounds {', '.join(d.sounds)})")
+  extra = {"coswara": f"label {d.label}", "covid19_sounds": f"task {d.task}",
+           "manifest": d.manifest}.get(d.name, "")
+  return f"{d.name} at {d.root or d.manifest} ({extra}; sounds {', '.join(d.sounds)})"

@@ -1,0 +1,149 @@
+"""Contrastive pre-training: runlocal end to end, 1 vs 4 devices, resume, NaN stop."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import pretrain as pretrain_configs
+from coughjax.train import pretrain
+from coughjax.train import run
+from coughjax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(arg="transformer_m50,runlocal", **overrides):
+  config = pretrain_configs.get_config(arg)
+  for k, v in overrides.items():
+    target = config
+    *path, leaf = k.split(".")
+    for p in path:
+      target = target[p]
+    target[leaf] = v
+  config.lock()
+  return config
+
+
+def test_every_variant_builds():
+  for name in pretrain_configs.VARIANTS:
+    config = pretrain_configs.get_config(f"{name},runlocal")
+    assert config.batch_size == 16 and config.variant == name
+    pretrain.build_model(config.model)
+  full = pretrain_configs.get_config("transformer_m50")
+  assert (full.batch_size, full.model.d_model, full.model.dropout, full.model.mask_rate,
+          full.model.similarity, full.data.name) == (1024, 64, 0.2, 0.5, "bilinear",
+                                                     "synthetic")
+  with pytest.raises(ValueError, match="unknown config variant 'transformer_m60'"):
+    pretrain_configs.get_config("transformer_m60")
+  with pytest.raises(ValueError, match="unknown config option"):
+    pretrain_configs.get_config("gru,fast")
+  config = pretrain_configs.get_config("gru")
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.model.hiden = 3  # a typo in an override is an error
+
+
+def test_runlocal_end_to_end(tmp_path):
+  config = _config()
+  state = run.run(config, str(tmp_path))
+  lines = trainer.read_metrics(tmp_path)
+  train = [l for l in lines if l["split"] == "train"]
+  val = [l for l in lines if l["split"] == "val"]
+  assert len(train) == 4 and len(val) == 2
+  assert all(np.isfinite(l["loss"]) for l in lines)
+  assert {"loss", "accuracy", "lr", "steps_per_sec"} <= set(train[0])
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["mask_rate"] == 0.5 and saved["batch_size"] == 16
+  assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
+  assert int(state.step) == 4
+  # Running again finds the finished run and does nothing.
+  again = run.run(config, str(tmp_path))
+  np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
+                                jax.tree.leaves(state.params)[0])
+
+
+def _one_step(config, views, devices):
+  """Loss and parameters after one pmapped step over `devices` from the same init."""
+  model = pretrain.build_model(config.model)
+  train_step, _ = pretrain.make_steps(model, config, len(devices), devices=devices)
+  state = pretrain.init_state(model, config, jax.random.PRNGKey(0))
+  state = state.replace(plateau=None)
+  p_state = trainer.replicate(state, devices)
+  rng = trainer.replicate(jax.random.PRNGKey(7), devices)
+  shards = views.reshape((2, len(devices), -1) + views.shape[2:]).swapaxes(0, 1)
+  p_state, metrics = train_step(p_state, shards, rng)
+  return float(metrics["loss"][0]), jax.device_get(trainer.unreplicate(p_state.params))
+
+
+def test_one_vs_four_devices_equal_at_batch_1024():
+  assert jax.local_device_count() >= 4, "conftest forces 4 host devices"
+  config = _config("transformer_m50", **{"model.chunk_size": 16})
+  views = np.random.default_rng(0).normal(size=(2, 1024, 96, 64)).astype(np.float32)
+  loss1, params1 = _one_step(config, views, jax.local_devices()[:1])
+  loss4, params4 = _one_step(config, views, jax.local_devices()[:4])
+  assert np.isfinite(loss1)
+  assert abs(loss1 - loss4) <= 1e-5
+  for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params4)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def _launch(workdir, *extra, env=None):
+  cmd = [sys.executable, str(REPO / "launch.py"),
+         "--config=configs/pretrain.py:transformer_m25,runlocal", f"--workdir={workdir}",
+         "--config.num_epochs=4", *extra]
+  env = dict(os.environ, **(env or {}))
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir, config):
+  model = pretrain.build_model(config.model)
+  target = pretrain.init_state(model, config, jax.random.PRNGKey(0))
+  target = target.replace(plateau=trainer.optim.make_plateau(config.optim).init({}))
+  state, meta = trainer.restore(pathlib.Path(workdir) / "checkpoints", target)
+  assert meta["finished"]
+  return state
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+  config = _config("transformer_m25,runlocal", num_epochs=4)
+  full = _launch(tmp_path / "full")
+  killed = _launch(tmp_path / "killed")
+  # Kill the second run once it has checkpointed past the first epoch.
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    steps = [int(p.name) for p in ckpts.glob("[0-9]*")] if ckpts.exists() else []
+    if steps and max(steps) >= 3:
+      break
+    assert killed.poll() is None, killed.stdout.read()
+    time.sleep(0.2)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert full.wait(timeout=300) == 0, full.stdout.read()
+  resumed = _launch(tmp_path / "killed")
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out
+  assert "resumed from" in out
+  a = _final_params(tmp_path / "full", config)
+  b = _final_params(tmp_path / "killed", config)
+  assert int(a.step) == int(b.step) == 8
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  # metrics.jsonl has no duplicated steps after the resume
+  steps = [(l["step"], l["split"]) for l in trainer.read_metrics(tmp_path / "killed")]
+  assert len(steps) == len(set(steps))
+
+
+def test_nan_loss_stops_with_step(tmp_path):
+  config = _config(**{"optim.learning_rate": 1e30})
+  with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step \d+"):
+    run.run(config, str(tmp_path))
