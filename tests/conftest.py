@@ -1,16 +1,43 @@
-"""Shared test set-up: 4 fake CPU devices, the real Coswara subset, a temp cache."""
+"""Shared test set-up: CPU, compilation cache, the real Coswara subset, a temp cache.
 
+The test session itself runs on one CPU device, as users do. Multi-device tests run
+their JAX code in a subprocess with `--xla_force_host_platform_device_count=4`
+(`run_script`): with more fake devices than cores, XLA:CPU can deadlock pmapped
+collectives of heavy programs (VGGish) waiting for a device thread that never gets
+scheduled, so fake devices are confined to the tests that need them.
+"""
+
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
-# Multi-device tests compare 1 vs 4 devices; the flag must be set before jax starts.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests compile the same small models (every downstream variant, xdist workers):
+# a persistent compilation cache shared by the test processes saves most of it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(
+    pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args: str, devices: int = 1, timeout: float = 600,
+               env: dict | None = None) -> dict:
+  """Runs tests/<script> with `devices` fake CPU devices; returns its last stdout
+  line parsed as JSON (the script's report)."""
+  flags = (os.environ.get("XLA_FLAGS", "")
+           + f" --xla_force_host_platform_device_count={devices}").strip()
+  proc = subprocess.run([sys.executable, str(REPO / "tests" / script), *args], cwd=REPO,
+                        env={**os.environ, "XLA_FLAGS": flags, **(env or {})},
+                        capture_output=True, text=True, timeout=timeout, check=False)
+  if proc.returncode != 0:
+    raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-6000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def coswara_ci_root() -> pathlib.Path | None:

@@ -262,6 +262,12 @@ def run(config, workdir: str) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   trainer.save_config(config, workdir)
   setup = Setup.create(config)
+  # The resolved encoder configs, so that coughjax.predict can rebuild the model
+  # without the pre-training workdirs.
+  encoders = [dict(encoder_config(config, k), dtype=config.model.dtype)
+              for k in BRANCHES if config[k].name]
+  (workdir / "encoders.json").write_text(json.dumps(
+      {"encoders": encoders, "frozen": [b.frozen for b in branches(config)]}, indent=2))
   runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)

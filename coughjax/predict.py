@@ -1,0 +1,128 @@
+r"""COVID-positive probability of recordings, from a trained downstream workdir.
+
+  python -m coughjax.predict --workdir=runs/ensemble a.wav b.flac c.webm
+
+prints one line per file: the path and the mean probability over its clips. Python:
+
+  predict_fn = coughjax.predict.load("runs/ensemble")
+  p = predict_fn(waveform, sample_rate)
+
+The model is the run (of the workdir's seeds) with the best validation ROC-AUC, at
+its best checkpoint. Bad input gets the same errors as training data
+(`coughjax.audio.AudioError`, naming the file and the problem). Where the config
+masks at inference (DS masking), the masks come from a fixed key, so a prediction is
+repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+import soxr
+
+from coughjax import audio
+from coughjax import models
+from coughjax.data import features as features_lib
+from coughjax.models import classifier as classifier_lib
+from coughjax.train import pretrain
+from coughjax.train import trainer
+
+ENCODERS_FILE = "encoders.json"
+
+
+def best_run(workdir: pathlib.Path) -> pathlib.Path:
+  """The run folder whose best validation AUC is highest."""
+  scores = {}
+  for run_dir in sorted(workdir.glob("run_*")):
+    val = [l["auc"] for l in trainer.read_metrics(run_dir) if l["split"] == "val"]
+    if val and (run_dir / "best").is_dir():
+      scores[run_dir] = np.nanmax(val)
+  if not scores:
+    raise FileNotFoundError(f"{workdir}: no trained downstream run (run_*/best) found; "
+                            "train one with python launch.py --config=configs/downstream.py:...")
+  return max(scores, key=scores.get)
+
+
+def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
+  """A function (waveform, sample_rate) -> P(positive) for a downstream workdir."""
+  workdir = pathlib.Path(workdir)
+  for name in ("config.json", ENCODERS_FILE):
+    if not (workdir / name).is_file():
+      raise FileNotFoundError(f"{workdir / name}: not found; is {workdir} a downstream "
+                              "workdir (python launch.py --config=configs/downstream.py:...)?")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  encoder_cfgs = json.loads((workdir / ENCODERS_FILE).read_text())
+  model = classifier_lib.Classifier(
+      [models.build_encoder(dict(c, dtype=pretrain.compute_dtype(c["dtype"])))
+       for c in encoder_cfgs["encoders"]],
+      tuple(encoder_cfgs["frozen"]), dropout=config.model.dropout)
+  params, _ = trainer.restore_params(best_run(workdir) / "best")
+  params = jax.tree.map(np.asarray, params)
+  fparams = features_lib.FeatureParams.from_config(config.features)
+  clip_frames, hop = config.features.clip_frames, config.features.eval_hop
+
+  @jax.jit
+  def probs(x, key):
+    return jax.nn.sigmoid(model.apply({"params": params}, x, train=False,
+                                      rngs={"mask": key}))
+
+  def predict(waveform: np.ndarray, sample_rate: int, name: str = "waveform") -> float:
+    wave = np.asarray(waveform, np.float32)
+    if wave.ndim == 2:
+      wave = wave.mean(axis=1)
+    if wave.size == 0 or not np.all(np.isfinite(wave)) or not np.any(wave):
+      raise audio.AudioError(name, "empty, silent or non-finite audio")
+    if sample_rate != fparams.sample_rate:
+      wave = soxr.resample(wave, sample_rate, fparams.sample_rate, quality="HQ")
+    feats = audio.logfbank(wave, fparams.sample_rate, nfilt=fparams.nfilt,
+                           winlen=fparams.winlen, winstep=fparams.winstep,
+                           nfft=fparams.nfft or None, preemph=fparams.preemph)
+    clips = audio.clips(feats, clip_frames, hop, min_frames=fparams.min_frames, name=name)
+    return float(np.mean(probs(np.ascontiguousarray(clips), jax.random.PRNGKey(0))))
+
+  return predict
+
+
+def predict_files(workdir, paths) -> list[tuple[str, float | str]]:
+  """(path, probability) per file, or (path, error message) for unusable ones."""
+  predict = load(workdir)
+  config = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+  rate = config["features"]["sample_rate"]
+  min_duration = config["features"]["min_duration"]
+  out = []
+  for path in paths:
+    try:
+      wave = audio.load(path, rate, min_duration=min_duration)
+      out.append((str(path), predict(wave, rate, name=str(path))))
+    except audio.AudioError as e:
+      out.append((str(path), f"error: {e}"))
+  return out
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "downstream workdir", required=True)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("give one or more audio files")
+  failed = 0
+  for path, result in predict_files(_WORKDIR.value, argv[1:]):
+    if isinstance(result, str):
+      failed += 1
+      print(f"{path}\t{result}", file=sys.stderr)
+    else:
+      print(f"{path}\t{result:.4f}")
+  if failed:
+    sys.exit(f"{failed} of {len(argv) - 1} files could not be scored")
+
+
+if __name__ == "__main__":
+  app.run(main)
