@@ -54,6 +54,24 @@ def test_invalid_rate(rate):
     masking.random_key_mask(jax.random.key(0), 2, TIME, rate)
 
 
+def test_ranks_are_a_stable_double_argsort():
+  """Ties (frequent here: values in 0..3) go to the earlier step, as a stable sort."""
+  noise = np.random.default_rng(5).integers(0, 4, size=(6, TIME)).astype(np.uint32)
+  expected = np.argsort(np.argsort(noise, axis=-1, kind="stable"), axis=-1, kind="stable")
+  got = np.asarray(masking.ranks(jnp.asarray(noise)))
+  np.testing.assert_array_equal(got, expected)
+  np.testing.assert_array_equal(np.sort(got, axis=-1), np.tile(np.arange(TIME), (6, 1)))
+
+
+def test_attention_bias_is_the_mask_as_logits():
+  masked = jnp.asarray(np.random.default_rng(4).random((3, 12)) < 0.4)
+  bias = np.asarray(masking.attention_bias(masked))
+  allowed = np.asarray(masking.attention_mask(masked))
+  assert bias.shape == (3, 1, 12, 12) and bias.dtype == np.float32
+  np.testing.assert_array_equal(bias == 0, allowed)
+  np.testing.assert_array_equal(np.isneginf(bias), ~allowed)
+
+
 def test_attention_mask_rule():
   masked = np.random.default_rng(4).random((3, 12)) < 0.4
   allowed = np.asarray(masking.attention_mask(jnp.asarray(masked)))

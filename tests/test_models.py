@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import coughjax.models
-from coughjax.models import heads, transformer
+from coughjax.models import chunking, heads, transformer
 
 TIME, MEL = 96, 64
 TINY = {
@@ -84,8 +84,94 @@ def test_parameter_counts_and_transformer_tree():
   layer = shapes["transformer"]["layer_0"]
   assert set(shapes["transformer"]) == {"embed", "layer_0", "layer_1"}
   assert set(layer) == {"attention", "attention_norm", "mlp_in", "mlp_out", "mlp_norm"}
-  assert set(layer["attention"]) == {"query", "key", "value", "out"}
-  assert layer["attention"]["query"]["kernel"].shape == (64, 4, 16)
+  assert set(layer["attention"]) == {"qkv", "out"}
+  assert layer["attention"]["qkv"]["kernel"].shape == (64, 192)
+  assert layer["attention"]["out"]["kernel"].shape == (64, 64)
+
+
+def test_encoder_layer_matches_pytorch_twin():
+  """One layer against torch.nn.TransformerEncoderLayer with the documented mapping.
+
+  in_proj_weight = qkv kernel.T, out_proj/linear1/linear2 weights = kernels.T, norm1/2
+  = attention_norm/mlp_norm; a random key mask goes to torch as an additive mask.
+  """
+  torch = pytest.importorskip("torch")
+  d, heads, mlp, time = 16, 2, 32, 12
+  x = np.random.default_rng(0).normal(size=(3, time, d)).astype(np.float32)
+  masked = np.asarray(coughjax.models.masking.random_key_mask(
+      jax.random.key(0), 3, time, 0.5))
+  bias = coughjax.models.masking.attention_bias(jnp.asarray(masked))  # [3, 1, T, T]
+  layer = transformer.EncoderLayer(heads, mlp, dropout=0.2)
+  shapes = jax.eval_shape(
+      lambda x, b: layer.init(jax.random.key(0), x, b, train=False), x, bias)
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype),
+                        shapes)
+  h = jax.jit(lambda p, x, b: layer.apply(p, x, b, train=False))(params, x, bias)
+
+  p = jax.tree.map(lambda a: torch.tensor(np.asarray(a)), params["params"])
+  twin = torch.nn.TransformerEncoderLayer(d, heads, mlp, dropout=0.2, batch_first=True)
+  with torch.no_grad():
+    attn = twin.self_attn
+    attn.in_proj_weight.copy_(p["attention"]["qkv"]["kernel"].T)
+    attn.in_proj_bias.copy_(p["attention"]["qkv"]["bias"])
+    attn.out_proj.weight.copy_(p["attention"]["out"]["kernel"].T)
+    attn.out_proj.bias.copy_(p["attention"]["out"]["bias"])
+    for ours, theirs in (("mlp_in", twin.linear1), ("mlp_out", twin.linear2)):
+      theirs.weight.copy_(p[ours]["kernel"].T)
+      theirs.bias.copy_(p[ours]["bias"])
+    for ours, theirs in (("attention_norm", twin.norm1), ("mlp_norm", twin.norm2)):
+      theirs.weight.copy_(p[ours]["scale"])
+      theirs.bias.copy_(p[ours]["bias"])
+    # torch takes a per-(clip, head) additive mask [N * heads, T, T].
+    torch_mask = torch.tensor(np.repeat(np.asarray(bias)[:, 0], heads, axis=0))
+    expected = twin.eval()(torch.tensor(x), src_mask=torch_mask).numpy()
+  np.testing.assert_allclose(h, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_rate_scale_and_keys():
+  x = jnp.ones((64, 96, 64))
+  run = jax.jit(lambda k: transformer.inverted_dropout(x, 0.2, k))
+  a, b = np.asarray(run(jax.random.key(0))), np.asarray(run(jax.random.key(1)))
+  assert set(np.unique(a)) == {0.0, 1.25}  # inverted: kept elements scaled by 1 / 0.8
+  # 393,216 draws: the drop rate is 0.2 within 5 standard deviations (0.0032).
+  assert abs((a == 0).mean() - 0.2) < 0.0032 and abs((b == 0).mean() - 0.2) < 0.0032
+  # Independent masks for different keys, identical ones for the same key.
+  both = ((a == 0) & (b == 0)).mean()
+  assert abs(both - 0.04) < 0.002
+  np.testing.assert_array_equal(a, run(jax.random.key(0)))
+  assert transformer.inverted_dropout(x, 0.0, jax.random.key(0)) is x
+  np.testing.assert_array_equal(transformer.inverted_dropout(x, 1.0, jax.random.key(0)), 0)
+
+
+def test_hash_bits_look_uniform():
+  bits = np.asarray(transformer.hash_bits(jax.random.key(3), (1 << 18,)), np.uint64)
+  n = bits.size
+  for k in (0, 7, 15, 23, 31):  # every bit is a fair coin...
+    assert abs(((bits >> k) & 1).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+  drops = (bits < round(0.2 * 2**32)).astype(float)
+  for lag in (1, 16, 96):  # ...and neighbouring decisions are uncorrelated
+    assert abs(np.corrcoef(drops[:-lag], drops[lag:])[0, 1]) < 5 / np.sqrt(n)
+
+
+def test_chunked_remat_matches_plain():
+  """apply_in_chunks with remat: same values and gradients, same per-chunk keys."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
+
+  def fn(xc, rngs, w):
+    noise = transformer.inverted_dropout(jnp.ones((xc.shape[0], 3)), 0.5, rngs["dropout"])
+    return jnp.tanh(xc @ w) * noise
+
+  def loss(w, remat):
+    out = chunking.apply_in_chunks(lambda xc, r: fn(xc, r, w), x, jax.random.key(0),
+                                   2, remat=remat)
+    return jnp.sum(out ** 2)
+
+  (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(lambda w, r=r: loss(w, r)))(w)
+                      for r in (False, True))
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_pooling_and_rate(clips):

@@ -1,7 +1,7 @@
 """Random key masking (paper §4.1.2, Fig. 3): which time steps attention may not use.
 
 The paper's masking generator is a Python loop whose cost grows with the masking rate
-(Table 6). Here a mask is one vectorised draw: every row ranks `length` uniform
+(Table 6). Here a mask is one vectorised draw: every row ranks `length` random
 numbers and masks the `round(rate * length)` lowest ranks, so the computation is the
 same for every rate, only a constant differs.
 
@@ -43,14 +43,34 @@ def random_key_mask(key: jax.Array, batch: int, length: int, rate: float) -> jax
 
   Returns:
     [batch, length] bool, True = masked. Each row's masked set is uniform over all
-    subsets of that size.
+    subsets of that size (up to ties among its 32-bit draws, which go to the earlier
+    step; a row has one with probability ~1e-6).
   """
   count = num_masked(length, rate)
-  noise = jax.random.uniform(key, (batch, length))
-  # Rank of each step in its row. argsort is stable, so even tied noise values get
-  # distinct ranks and the count is exact.
-  ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
-  return ranks < count
+  noise = jax.random.bits(key, (batch, length), jnp.uint32)
+  return ranks(noise) < count
+
+
+def ranks(noise: jax.Array) -> jax.Array:
+  """Rank of each entry in its row, ties going to the earlier entry.
+
+  The same as a stable `argsort(argsort(noise))`, so each row's ranks are a
+  permutation of 0..T-1 even when values tie. Counting over [batch, T, T]
+  comparisons is much cheaper on CPU than two sorts for T = 96 (XLA:CPU sorts call
+  a comparator function per comparison): ~25 ms instead of ~85 ms for 2048 rows.
+
+  Args:
+    noise: [batch, T] values of any ordered dtype.
+
+  Returns:
+    [batch, T] int32.
+  """
+  other = noise[:, None, :]  # [B, 1, T]: entry j
+  this = noise[:, :, None]  # [B, T, 1]: entry i
+  index = jnp.arange(noise.shape[-1])
+  earlier = index[None, :] < index[:, None]  # [T, T]: j < i
+  before = (other < this) | ((other == this) & earlier)  # [B, T, T]: j ranks before i
+  return jnp.sum(before, axis=-1, dtype=jnp.int32)
 
 
 def attention_mask(masked: jax.Array) -> jax.Array:
@@ -69,3 +89,18 @@ def attention_mask(masked: jax.Array) -> jax.Array:
   keep_key = jnp.logical_not(masked)[:, None, None, :]  # [B, 1, 1, T]
   itself = jnp.eye(time, dtype=bool)[None, None]  # [1, 1, T, T]
   return jnp.logical_or(keep_key, itself)
+
+
+def attention_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """`attention_mask` as an additive logit bias: 0 where allowed, -inf elsewhere.
+
+  Args:
+    masked: [batch, time] bool, True = masked step.
+    dtype: of the bias (the logits' dtype; float32 in `transformer.attend`).
+
+  Returns:
+    [batch, 1, time, time]. Every row keeps its diagonal at 0, so a softmax over a
+    biased row is never all -inf.
+  """
+  allowed = attention_mask(masked)
+  return jnp.where(allowed, jnp.zeros((), dtype), jnp.asarray(-jnp.inf, dtype))
