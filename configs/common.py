@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       embedding_dim=128,  # vggish
       proj_dim=64, similarity="bilinear",
       temperature=1.0,    # tau: bilinear 1.0, cosine 0.2 (COLA)
-      chunk_size=16,      # encoder evaluated over the batch in chunks of this many clips
+      chunk_size=16,      # encoder evaluated in chunks of this many clips (0: all at once)
       dtype="float32",    # compute dtype: float32 | bfloat16 (params stay float32)
   ))
   config.optim = ml_collections.ConfigDict(dict(
@@ -52,6 +52,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.batch_size = 1024
   config.eval_batch_size = 256
   config.num_epochs = 100
+  config.passes_per_epoch = 1  # pre-training: passes over the participants per epoch
   config.early_stopping_patience = 0  # epochs without improvement; 0 = off
   config.log_every_steps = 10
   config.checkpoint_every_steps = 200

@@ -27,9 +27,10 @@ def get_config(arg: str = "transformer_m50"):
   config.task = "pretrain"
   config.variant = name
   config.model.update(VARIANTS[name])
-  # Synthetic data: 1,200 training participants give one step of B = 1024 per epoch;
-  # 300 epochs take ~25 min on a 2-core CPU.
-  config.num_epochs = 300
+  # Synthetic data: 1,200 training participants give one step of B = 1024 per pass
+  # over them; an epoch is 10 passes, then validation and the plateau check.
+  config.passes_per_epoch = 10
+  config.num_epochs = 30
   if "runlocal" in options:
     runlocal(config)
   return config
@@ -43,6 +44,7 @@ def runlocal(config) -> None:
   config.eval_batch_size = 8
   config.model.chunk_size = 4
   config.num_epochs = 2
+  config.passes_per_epoch = 1
   config.runlocal = True
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1

@@ -264,3 +264,13 @@ def test_sinusoidal_positions():
       angle = p / 10_000 ** (2 * i / 6)
       np.testing.assert_allclose(table[p, 2 * i:2 * i + 2], [np.sin(angle), np.cos(angle)],
                                  rtol=1e-6, atol=1e-7)
+
+
+def test_apply_in_chunks_one_chunk_equals_loop():
+  """A single chunk bypasses lax.map but draws the same keys as chunk 0 of a loop."""
+  x = jnp.arange(8.0).reshape(4, 2)
+  fn = lambda xc, rngs: xc + jax.random.uniform(rngs["mask"], xc.shape)
+  rng = jax.random.PRNGKey(0)
+  whole = chunking.apply_in_chunks(fn, x, rng, 4)
+  looped = chunking.apply_in_chunks(fn, jnp.concatenate([x, x]), rng, 4)
+  np.testing.assert_array_equal(whole, looped[:4])

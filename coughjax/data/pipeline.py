@@ -99,10 +99,16 @@ class ClipStore:
 
 
 class ContrastiveBatches:
-  """Pairs of clips of distinct participants (paper §4.1.1)."""
+  """Pairs of clips of distinct participants (paper §4.1.1).
+
+  An epoch makes `passes` passes over the participants, each in a fresh order with
+  fresh crops. With ~1,200 participants and B = 1024 one pass is a single step, so
+  several passes per epoch keep validation and the learning-rate plateau (counted
+  in epochs) from reacting to every step.
+  """
 
   def __init__(self, store: ClipStore, batch_size: int, seed: int = 0,
-               layout: DeviceLayout = DeviceLayout()):
+               layout: DeviceLayout = DeviceLayout(), passes: int = 1):
     by_participant = collections.defaultdict(list)
     for i, r in enumerate(store.records):
       by_participant[r.participant_id].append(i)
@@ -112,10 +118,13 @@ class ContrastiveBatches:
           f"contrastive batch size {batch_size} is larger than the number of "
           f"participants ({len(self.participants)}): every element of a batch must be a "
           f"distinct participant; lower batch_size to at most {len(self.participants)}")
+    if passes < 1:
+      raise ValueError(f"passes per epoch must be >= 1, got {passes}")
     self.store = store
     self.batch_size = batch_size
     self.seed = seed
     self.layout = layout
+    self.passes = passes
     self._rows = layout.rows(batch_size)
     # [participants, max files] recording indices, padded by repetition.
     width = max(len(v) for v in by_participant.values())
@@ -124,14 +133,20 @@ class ContrastiveBatches:
     self._num_files = np.array([len(by_participant[p]) for p in self.participants])
 
   @property
-  def steps_per_epoch(self) -> int:
+  def steps_per_pass(self) -> int:
     return len(self.participants) // self.batch_size
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.passes * self.steps_per_pass
 
   def batch(self, epoch: int, step: int) -> np.ndarray:
     """Batch `step` of `epoch`: [local devices, 2, per device, clip, mel]; [:, 0] and
     [:, 1] are the two views, row i of both from the same participant."""
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.participants))
-    who = order[step * self.batch_size:(step + 1) * self.batch_size]
+    pass_index, k = divmod(step, self.steps_per_pass)
+    order = np.random.default_rng([self.seed, epoch, pass_index]).permutation(
+        len(self.participants))
+    who = order[k * self.batch_size:(k + 1) * self.batch_size]
     rng = np.random.default_rng([self.seed, epoch, step])
     # Draws cover the global batch so that they do not depend on the device layout.
     pick = rng.integers(0, self._num_files[who][:, None], size=(self.batch_size, 2))

@@ -81,7 +81,7 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   def encode(xc, rngs):
     return model.apply({"params": params}, xc, train=train, rngs=rngs)
 
-  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids)  # [2b, p]
+  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids, remat=train)  # [2b, p]
   z_all = jax.lax.all_gather(z, axis_name, tiled=True) if axis_name else z  # [2B, p]
   # Gathered columns are device-major: device d's clips are [d * 2b, (d + 1) * 2b).
   logits = model.apply({"params": params}, z, z_all, method=heads.ContrastiveModel.logits)
@@ -146,7 +146,7 @@ def make_task(config) -> trainer.Task:
   layout = pipeline.DeviceLayout.current()
   stores = load_stores(config)
   train = pipeline.ContrastiveBatches(stores["train"], config.batch_size, config.seed,
-                                      layout)
+                                      layout, passes=config.passes_per_epoch)
   val_participants = len({r.participant_id for r in stores["val"].records})
   eval_batch = min(config.eval_batch_size, val_participants)
   eval_batch -= eval_batch % layout.total_devices
