@@ -32,7 +32,6 @@ from coughjax import audio
 from coughjax import models
 from coughjax.data import features as features_lib
 from coughjax.models import classifier as classifier_lib
-from coughjax.train import pretrain
 from coughjax.train import trainer
 
 ENCODERS_FILE = "encoders.json"
@@ -61,8 +60,7 @@ def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   encoder_cfgs = json.loads((workdir / ENCODERS_FILE).read_text())
   model = classifier_lib.Classifier(
-      [models.build_encoder(dict(c, dtype=pretrain.compute_dtype(c["dtype"])))
-       for c in encoder_cfgs["encoders"]],
+      [models.build_encoder(c) for c in encoder_cfgs["encoders"]],
       tuple(encoder_cfgs["frozen"]), dropout=config.model.dropout)
   params, _ = trainer.restore_params(best_run(workdir) / "best")
   params = jax.tree.map(np.asarray, params)

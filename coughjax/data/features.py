@@ -120,9 +120,10 @@ def _build(args) -> Optional[str]:
   try:
     feats = compute(record, params)
   except audio.AudioError as e:
+    reason = e.reason
     if not key.startswith("missing-"):  # a missing file may appear later
-      _atomic_write(err, lambda f: f.write(e.reason.encode()))
-    return e.reason
+      _atomic_write(err, lambda f: f.write(reason.encode()))
+    return reason
   _atomic_write(npy, lambda f: np.save(f, feats))
   return None
 

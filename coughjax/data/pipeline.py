@@ -21,7 +21,7 @@ import collections
 import dataclasses
 import queue
 import threading
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
 import numpy as np

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from coughjax import data
 from coughjax import evaluate
 from coughjax import models
 from coughjax.data import pipeline
@@ -29,7 +30,6 @@ from coughjax.models import chunking
 from coughjax.models import classifier as classifier_lib
 from coughjax.models import vggish_convert
 from coughjax.train import optim
-from coughjax.train import pretrain
 from coughjax.train import trainer
 
 AXIS = trainer.AXIS
@@ -77,7 +77,6 @@ def encoder_config(config, key: str) -> dict[str, Any]:
       raise ValueError(f"{key}: a {branch.name} branch cannot start from the "
                        f"{saved.name} checkpoint in {pretrain_workdir(branch)}")
     cfg.update({k: saved[k] for k in ARCHITECTURE if k in saved})
-  cfg["dtype"] = pretrain.compute_dtype(cfg["dtype"])
   return cfg
 
 
@@ -228,7 +227,7 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
               ) -> dict[str, Any]:
   """Trains run `run_index` and scores its best checkpoint on the test split."""
   cfg = _run_config(config, run_index)
-  stores = pretrain.load_stores(cfg, ("train", "val", "test"), labelled=True)
+  stores = data.load_splits(cfg, ("train", "val", "test"), labelled=True)
   batches = pipeline.SupervisedBatches(stores["train"], cfg.batch_size,
                                        cfg.features.train_hop, cfg.seed,
                                        pipeline.DeviceLayout.current())
@@ -264,8 +263,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   setup = Setup.create(config)
   # The resolved encoder configs, so that coughjax.predict can rebuild the model
   # without the pre-training workdirs.
-  encoders = [dict(encoder_config(config, k), dtype=config.model.dtype)
-              for k in BRANCHES if config[k].name]
+  encoders = [encoder_config(config, k) for k in BRANCHES if config[k].name]
   (workdir / "encoders.json").write_text(json.dumps(
       {"encoders": encoders, "frozen": [b.frozen for b in branches(config)]}, indent=2))
   runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]

@@ -17,11 +17,8 @@ import jax.numpy as jnp
 
 from coughjax import losses
 from coughjax import models
-from coughjax.data import features as features_lib
-from coughjax.data import get_manifest
-from coughjax.data import manifest as manifest_lib
+from coughjax import data
 from coughjax.data import pipeline
-from coughjax.data import splits
 from coughjax.models import chunking
 from coughjax.models import heads
 from coughjax.train import optim
@@ -30,16 +27,9 @@ from coughjax.train import trainer
 AXIS = trainer.AXIS
 
 
-def compute_dtype(name: str) -> Any:
-  try:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-  except KeyError:
-    raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}") from None
-
-
 def encoder_config(model_cfg) -> dict[str, Any]:
   """The flat model config as encoder kwargs (with the compute dtype resolved)."""
-  return dict(model_cfg.to_dict(), dtype=compute_dtype(model_cfg.dtype))
+  return dict(model_cfg.to_dict(), dtype=models.compute_dtype(model_cfg.dtype))
 
 
 def build_model(model_cfg) -> heads.ContrastiveModel:
@@ -47,7 +37,7 @@ def build_model(model_cfg) -> heads.ContrastiveModel:
   return heads.ContrastiveModel(
       encoder=models.build_encoder(encoder_config(model_cfg)),
       proj_dim=model_cfg.proj_dim, similarity=model_cfg.similarity,
-      temperature=model_cfg.temperature, dtype=compute_dtype(model_cfg.dtype))
+      temperature=model_cfg.temperature, dtype=models.compute_dtype(model_cfg.dtype))
 
 
 def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
@@ -119,32 +109,9 @@ def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer
                                    tx=optim.make_optimizer(config.optim))
 
 
-def load_stores(config, needed: tuple[str, ...] = ("train", "val"), labelled: bool = False
-                ) -> dict[str, pipeline.ClipStore]:
-  """Manifest -> participant split -> cached features -> one ClipStore per split.
-
-  With `labelled`, recordings without a label are dropped first (downstream tasks).
-  """
-  records = get_manifest(config.data)
-  if labelled:
-    records = manifest_lib.select(records, labelled=True)
-    if not records:
-      raise ValueError(f"{config.data.name}: no labelled recordings (data.label="
-                       f"{config.data.label!r})")
-  logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
-  parts = splits.split(records, config.data.split, config.data.split_seed)
-  cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
-  stores = {}
-  for name in needed:
-    kept, feats, _ = cache.load(parts[name], name=f"{config.data.name}/{name}",
-                                workers=config.data.workers)
-    stores[name] = pipeline.ClipStore(kept, feats, config.features.clip_frames)
-  return stores
-
-
 def make_task(config) -> trainer.Task:
   layout = pipeline.DeviceLayout.current()
-  stores = load_stores(config)
+  stores = data.load_splits(config)
   train = pipeline.ContrastiveBatches(stores["train"], config.batch_size, config.seed,
                                       layout, passes=config.passes_per_epoch)
   val_participants = len({r.participant_id for r in stores["val"].records})
