@@ -26,6 +26,8 @@ with `python -m coughjax.models.vggish_convert --input vggish.pth --output DIR` 
 pass `--config.encoder_a.checkpoint=DIR`.
 """
 
+import copy
+
 import ml_collections
 
 from configs import common
@@ -84,7 +86,7 @@ def get_config(arg: str = "ensemble"):
   config = common.get_base_config()
   config.task = "downstream"
   config.variant = name
-  spec = dict(VARIANTS[name])
+  spec = copy.deepcopy(VARIANTS[name])  # callers may change the returned config
   config.encoder_a = spec["encoder_a"]
   config.encoder_b = spec.get("encoder_b", _encoder())
   # DS masking: each branch draws its own random key mask at this rate, in training

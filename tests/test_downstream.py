@@ -70,6 +70,11 @@ def test_runlocal_variant(variant, workspace, monkeypatch):
   config = downstream_configs.get_config(f"{variant},runlocal")
   if config.encoder_a.init == "audioset":
     config.encoder_a.checkpoint = str(workspace / "vggish_audioset")
+  if "vggish" in variant:
+    # VGGish costs ~1.7 GFLOP per clip: one epoch of non-overlapping clips keeps
+    # these rows to seconds on a 2-core CI machine.
+    config.num_epochs = 1
+    config.features.train_hop = config.features.clip_frames
   config.lock()
   workdir = workspace / "out" / variant
   results = run.run(config, str(workdir))
@@ -89,6 +94,12 @@ def test_runlocal_variant(variant, workspace, monkeypatch):
       assert all(same), "a frozen encoder changed"
     else:
       assert not all(same), "a fine-tuned encoder did not change"
+
+
+def test_get_config_returns_independent_configs():
+  config = downstream_configs.get_config("vggish_ft")
+  config.encoder_a.checkpoint = "/somewhere"
+  assert downstream_configs.get_config("vggish_ft").encoder_a.checkpoint == ""
 
 
 def test_missing_pretraining_says_what_to_run(tmp_path, monkeypatch):

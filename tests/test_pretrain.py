@@ -111,7 +111,9 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
   ckpts = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline:
-    steps = [int(p.name) for p in ckpts.glob("[0-9]*")] if ckpts.exists() else []
+    # Finished checkpoints only (not "<step>.orbax-checkpoint-tmp" folders).
+    steps = ([int(p.name) for p in ckpts.iterdir() if p.name.isdigit()]
+             if ckpts.exists() else [])
     if steps and max(steps) >= 3:
       break
     assert killed.poll() is None, killed.stdout.read()
