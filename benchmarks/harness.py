@@ -1,0 +1,184 @@
+"""What the benchmark scripts share: interleaved timing, the machine, FLOP counts.
+
+* `time_interleaved` runs every implementation once per repeat, in turn, so that load
+  from other processes on a shared machine hits them alike, and reports the median
+  and the interquartile range.
+* `peak_matmul_flops` measures this machine's fp32 peak the way a model would reach
+  it: a large square matmul (jax and torch, best of a few).
+* `transformer_flops`, `gru_flops`, `vggish_flops` count the multiply-adds of an
+  encoder's forward pass per clip (2 FLOPs each; elementwise work not counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The scripts run as `python benchmarks/<name>.py` from a checkout: make the package
+# and configs/ importable without installing them.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+
+def cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo (platform.processor() is often empty)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+  """What a reader needs to compare numbers: CPU, cores, load, library versions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {"cpu": cpu_name(), "cores": os.cpu_count(),
+         "jax": jax.__version__, "jax_device": jax.devices()[0].device_kind,
+         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+         "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  except ImportError:
+    pass
+  return out
+
+
+def describe(m: Mapping[str, Any]) -> str:
+  torch_part = (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m
+                else "")
+  return (f"{m['date']}; {m['cpu']}, {m['cores']} cores ({m['jax_device']}); "
+          f"jax {m['jax']}{torch_part}; load average {m['loadavg_1_5_15']}")
+
+
+@dataclasses.dataclass
+class Timing:
+  """Seconds per call over the timed repeats."""
+  samples: list[float]
+
+  @property
+  def median(self) -> float:
+    return float(np.median(self.samples))
+
+  @property
+  def iqr(self) -> tuple[float, float]:
+    return tuple(float(x) for x in np.percentile(self.samples, [25, 75]))
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
+                     min_repeat_s: float = 0.2, warmup: int = 2) -> dict[str, Timing]:
+  """Seconds per call of each fn (which must block until its result is ready).
+
+  After `warmup` untimed calls each, every repeat times each fn in turn (the order
+  rotating), calling it as often as needed to last about `min_repeat_s` so that
+  sub-millisecond calls are not lost in the timer's and the scheduler's noise.
+  """
+  calls = {}
+  for name, fn in fns.items():
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
+      fn()
+    per_call = (time.perf_counter() - start) / max(warmup, 1)
+    calls[name] = max(1, math.ceil(min_repeat_s / max(per_call, 1e-9)))
+  samples = {name: [] for name in fns}
+  names = list(fns)
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn, n = fns[name], calls[name]
+      start = time.perf_counter()
+      for _ in range(n):
+        fn()
+      samples[name].append((time.perf_counter() - start) / n)
+  return {name: Timing(s) for name, s in samples.items()}
+
+
+def peak_matmul_flops(size: int = 4096, repeats: int = 3) -> dict[str, float]:
+  """FLOP/s of a [size, size] fp32 matmul in jax and in torch (best of `repeats`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  flops = 2.0 * size**3
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, a).block_until_ready()
+  best = {"jax": min(_seconds(lambda: matmul(a, a).block_until_ready())
+                     for _ in range(repeats))}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    t = torch.from_numpy(np.asarray(a))
+    torch.mm(t, t)
+    best["torch"] = min(_seconds(lambda: torch.mm(t, t)) for _ in range(repeats))
+  except ImportError:
+    pass
+  return {k: flops / v for k, v in best.items()}
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size (ru_maxrss is in KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ------------------------------------------------------------------------ FLOP counts
+
+
+def transformer_flops(time_steps: int, mel: int, d_model: int, num_layers: int,
+                      num_heads: int, mlp_dim: int) -> float:
+  """Forward FLOPs per clip of coughjax's Transformer (matmuls only).
+
+  Per layer: q|k|v projection 2*T*d*3d, logits and weights @ v 2 * 2*T*T*d (all
+  heads together), output projection 2*T*d*d, MLP 2 * 2*T*d*mlp; plus the embedding
+  2*T*mel*d. The defaults (T 96, d 64, 2 layers, MLP 256) give 24.38 MFLOP.
+  """
+  del num_heads  # heads split d; the count does not depend on them
+  t, d = time_steps, d_model
+  per_layer = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d + 2 * (2 * t * d * mlp_dim)
+  return float(2 * t * mel * d + num_layers * per_layer)
+
+
+def gru_flops(time_steps: int, mel: int, d_model: int, num_layers: int) -> float:
+  """Forward FLOPs per clip of a GRU: per step and layer, 2*3d*(in + d)."""
+  return float(sum(time_steps * 2 * 3 * d_model * ((mel if i == 0 else d_model) + d_model)
+                   for i in range(num_layers)))
+
+
+def vggish_flops(conv_layers: Sequence[tuple[str, int, bool]],
+                 fc_widths: Sequence[int], height: int, width: int) -> float:
+  """Forward FLOPs per clip of VGGish: 3x3 SAME convs with 2x2 pools, then FCs."""
+  total, channels = 0.0, 1
+  for _, out, pool in conv_layers:
+    total += 2 * height * width * 9 * channels * out
+    channels = out
+    if pool:
+      height, width = height // 2, width // 2
+  fan_in = height * width * channels
+  for units in fc_widths:
+    total += 2 * fan_in * units
+    fan_in = units
+  return total
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: str = "") -> str:
+  """A markdown table; `align` gives one of l/r per column (default: l then r)."""
+  align = align or "l" + "r" * (len(header) - 1)
+  rule = ["---:" if a == "r" else "---" for a in align]
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)

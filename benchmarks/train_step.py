@@ -1,0 +1,241 @@
+r"""The contrastive pre-training step: coughjax beside a PyTorch twin, time and memory.
+
+  python benchmarks/train_step.py [--batch_sizes=1024,256] [--steps=3] [--json=PATH]
+  python benchmarks/train_step.py --quick        # seconds: small batch, one step each
+
+One step = encode the 2B clips of B pairs, bilinear logits over the batch, eq. 5
+loss, gradients, Adam update (paper §4.1; config `configs/pretrain.py:--variant`,
+default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2).
+
+* coughjax: the real `coughjax.train.pretrain.make_steps` train step (pmapped,
+  encoder in chunks of `config.model.chunk_size` clips with remat, state donated),
+  on 1 device and on 2 and 4 fake CPU devices
+  (XLA_FLAGS=--xla_force_host_platform_device_count=N; the global batch is split).
+* torch: the twin (benchmarks/torch_twins.py ContrastiveTwin: same model, bilinear
+  head, eq. 5, torch.optim.Adam lr 1e-3, dropout as coughjax) in eager mode:
+    paper-style      whole batch at once, masks from the paper's Python for-loop;
+    whole batch      the same with the vectorised torch mask;
+    16-clip chunks   the encoder's forward over chunks of 16 clips (autograd keeps
+                     every chunk's graph), vectorised mask;
+    chunks + remat   the same with torch.utils.checkpoint per chunk (recomputed in
+                     the backward pass, as coughjax does).
+
+Every measurement runs in a subprocess of its own, so that its peak resident memory
+(ru_maxrss, which includes imports and compilation) is its own. Step time is the
+median over `--steps` steps after one warm-up step; compile time = first step minus
+the median. Torch uses every core (torch.set_num_threads(os.cpu_count())).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import numpy as np
+
+import harness  # puts the checkout on sys.path  # pylint: disable=g-bad-import-order
+
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1024", "256"], "pairs B per step")
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "coughjax fake CPU device counts "
+                             "(at the first batch size; 1 at the others)")
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per measurement")
+_VARIANT = flags.DEFINE_string("variant", "transformer_m50", "configs/pretrain.py variant")
+_TORCH_MODES = flags.DEFINE_list("torch_modes", ["paper", "whole", "chunked", "remat"],
+                                 "torch twin modes (see the module docstring)")
+_JSON = flags.DEFINE_string("json", None, "also write the results here")
+_QUICK = flags.DEFINE_bool("quick", False, "smoke run: B = 32, one step, 1 and 2 devices")
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", False, "let jax use a persistent compilation cache from the "
+    "environment (compile times are then cache loads)")
+_WORKER = flags.DEFINE_string("worker", None, "internal: run one measurement (JSON spec)")
+
+TORCH_CHUNK = 16  # clips per chunk, as coughjax's default chunk_size
+TORCH_MODES = {"paper": "torch paper-style", "whole": "torch whole batch",
+               "chunked": f"torch {TORCH_CHUNK}-clip chunks",
+               "remat": f"torch {TORCH_CHUNK}-clip chunks + remat"}
+
+
+def pretrain_config(variant: str, batch: int):
+  from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
+  config = pretrain_configs.get_config(variant)
+  config.batch_size = batch
+  return config
+
+
+def random_views(batch: int, time_steps: int, mel: int) -> np.ndarray:
+  return np.random.default_rng(0).standard_normal((2, batch, time_steps, mel), np.float32)
+
+
+def coughjax_worker(spec: dict[str, Any]) -> dict[str, Any]:
+  """Times the real pre-training step on jax.local_device_count() devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
+  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  if not spec["compilation_cache"]:
+    jax.config.update("jax_enable_compilation_cache", False)  # compile time is real
+  devices = jax.local_device_count()
+  if devices != spec["devices"]:
+    raise RuntimeError(f"asked for {spec['devices']} devices, jax has {devices}")
+  config = pretrain_config(spec["variant"], spec["batch"])
+  model = pretrain.build_model(config.model)
+  train_step, _ = pretrain.make_steps(model, config, devices)
+  p_state = trainer.replicate(pretrain.init_state(model, config, jax.random.PRNGKey(0)))
+  views = random_views(spec["batch"], config.features.clip_frames, config.features.nfilt)
+  # [devices, 2, B / devices, T, M] placed on the devices once, as torch's input is.
+  shards = jax.pmap(lambda v: v)(views.reshape((2, devices, -1) + views.shape[2:])
+                                 .swapaxes(0, 1))
+  key = jax.random.PRNGKey(1)
+  rngs = [trainer.replicate(jax.random.fold_in(key, i)) for i in range(spec["steps"] + 1)]
+  times, losses = [], []
+  for rng in rngs:
+    start = time.perf_counter()
+    p_state, metrics = train_step(p_state, shards, rng)
+    jax.block_until_ready((p_state, metrics))
+    times.append(time.perf_counter() - start)
+    losses.append(float(metrics["loss"][0]))
+  return {"times": times, "losses": losses}
+
+
+def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
+  """Times the twin's step in one of TORCH_MODES."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils import checkpoint  # pylint: disable=g-import-not-at-top
+  import torch_twins  # pylint: disable=g-import-not-at-top
+
+  torch_twins.set_threads()
+  torch.manual_seed(0)
+  mode = spec["mode"]
+  config = pretrain_config(spec["variant"], spec["batch"])
+  m = config.model
+  if m.name != "transformer" or m.similarity != "bilinear":
+    raise NotImplementedError("the torch step twins the bilinear Transformer only")
+  encoder = torch_twins.TransformerTwin(
+      mel=config.features.nfilt, time=config.features.clip_frames, d_model=m.d_model,
+      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+      dropout=m.dropout, mask_rate=m.mask_rate,
+      mask_impl="loop" if mode == "paper" else "vectorised")
+  twin = torch_twins.ContrastiveTwin(encoder, m.proj_dim, m.temperature).train()
+  optimizer = torch.optim.Adam(twin.parameters(), lr=config.optim.learning_rate)
+  views = random_views(spec["batch"], config.features.clip_frames, config.features.nfilt)
+  x = torch.from_numpy(views.reshape((-1,) + views.shape[2:]))  # [a..., b...]
+
+  def encode(xc, mc):
+    return twin(xc, mc)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    # One mask per clip for the whole batch, drawn outside the (possibly
+    # recomputed) forward so that a recomputation sees the same mask.
+    mask = encoder.draw_mask(x.shape[0], x.shape[1])
+    if mode in ("paper", "whole"):
+      z = twin(x, mask)
+    else:
+      masks = [None] * (x.shape[0] // TORCH_CHUNK) if mask is None else mask.split(TORCH_CHUNK)
+      if mode == "chunked":
+        z = torch.cat([twin(xc, mc) for xc, mc in zip(x.split(TORCH_CHUNK), masks)])
+      else:
+        z = torch.cat([checkpoint.checkpoint(encode, xc, mc, use_reentrant=False)
+                       for xc, mc in zip(x.split(TORCH_CHUNK), masks)])
+    loss = torch_twins.contrastive_loss(twin.logits(z, z))
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+  times, losses = [], []
+  for _ in range(spec["steps"] + 1):
+    start = time.perf_counter()
+    losses.append(step())
+    times.append(time.perf_counter() - start)
+  return {"times": times, "losses": losses}
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+  """One measurement in a fresh process; its JSON report plus peak RSS."""
+  env = dict(os.environ)
+  if spec["impl"] == "coughjax":
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_"
+                        f"count={spec['devices']}").strip()
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__),
+                         f"--worker={json.dumps(spec)}"], env=env, capture_output=True,
+                        text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"worker {spec} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(spec: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+  steady = report["times"][1:]
+  median = float(np.median(steady))
+  label = ("coughjax" if spec["impl"] == "coughjax" else TORCH_MODES[spec["mode"]])
+  return dict(spec, label=label, step_s=median,
+              step_range_s=[min(steady), max(steady)],
+              steps_per_s=1.0 / median, clips_per_s=2 * spec["batch"] / median,
+              compile_s=max(report["times"][0] - median, 0.0),
+              peak_rss_gib=report["peak_rss"] / 2**30, losses=report["losses"])
+
+
+def table(results: list[dict[str, Any]]) -> str:
+  header = ["implementation", "B (pairs)", "devices", "step s", "min–max",
+            "steps/s", "clips/s", "compile s", "peak RSS GiB", "time / coughjax",
+            "RSS − coughjax GiB"]
+  rows = []
+  for r in results:
+    ref = next((c for c in results if c["impl"] == "coughjax" and c["batch"] == r["batch"]
+                and c["devices"] == 1), r)
+    lo, hi = r["step_range_s"]
+    rows.append([r["label"], r["batch"], r.get("devices", "–") if r["impl"] == "coughjax"
+                 else "–", f"{r['step_s']:.3f}", f"{lo:.3f}–{hi:.3f}",
+                 f"{r['steps_per_s']:.2f}", f"{r['clips_per_s']:,.0f}",
+                 f"{r['compile_s']:.1f}", f"{r['peak_rss_gib']:.2f}",
+                 f"{r['step_s'] / ref['step_s']:.2f}",
+                 f"{r['peak_rss_gib'] - ref['peak_rss_gib']:+.2f}"])
+  return harness.markdown_table(header, rows)
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    spec = json.loads(_WORKER.value)
+    worker = coughjax_worker if spec["impl"] == "coughjax" else torch_worker
+    report = worker(spec)
+    report["peak_rss"] = harness.peak_rss_bytes()
+    print(json.dumps(report))
+    return
+
+  quick = _QUICK.value
+  batch_sizes = [32] if quick else [int(b) for b in _BATCH_SIZES.value]
+  device_counts = [1, 2] if quick else [int(d) for d in _DEVICES.value]
+  steps = 1 if quick else _STEPS.value
+  modes = ["paper", "chunked"] if quick else _TORCH_MODES.value
+  specs = []
+  for i, batch in enumerate(batch_sizes):
+    base = dict(variant=_VARIANT.value, batch=batch, steps=steps,
+                compilation_cache=_COMPILATION_CACHE.value)
+    for devices in (device_counts if i == 0 else [1]):
+      specs.append(dict(base, impl="coughjax", devices=devices))
+    specs += [dict(base, impl="torch", mode=mode, devices=1) for mode in modes]
+  results = []
+  for spec in specs:
+    results.append(summarise(spec, run_worker(spec)))
+    print(f"  {results[-1]['label']} B={spec['batch']} devices={spec['devices']}: "
+          f"{results[-1]['step_s']:.3f} s/step", file=sys.stderr, flush=True)
+
+  m = harness.machine()
+  print(f"\nContrastive pre-training step ({_VARIANT.value}) on {harness.describe(m)}. "
+        f"Median of {steps} steps after one warm-up step; each row a separate process.\n")
+  print(table(results))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"machine": m, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,207 @@
+"""The PyTorch twins of benchmarks/ match coughjax, and the benchmark scripts run."""
+
+import functools
+import os
+import pathlib
+import random
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import torch_twins  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax import paper  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.models import masking  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.models import vggish  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.models import vggish_convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import downstream  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TOL = 1e-4
+RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _encoder_cfg(name: str) -> dict:
+  """The encoder of the downstream config of `name` (its real defaults)."""
+  config = downstream_configs.get_config(name)
+  return downstream.encoder_config(config, "encoder_a")
+
+
+def _clips(batch: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((batch, 96, 64), np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str):
+  """(jitted apply, params, twin with those weights in eval mode) of an encoder."""
+  cfg = _encoder_cfg(name)
+  model = models.build_encoder(cfg)
+  params = jax.device_get(jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x,
+                                                       train=False))(_clips(2))["params"])
+  apply = jax.jit(lambda x, mask=None: model.apply({"params": params}, x, train=False,
+                                                   mask=mask))
+  twin = torch_twins.encoder_twin(cfg)
+  assert torch_twins.num_params(twin) == torch_twins.num_params(params)
+  return apply, params, torch_twins.load_flax_params(twin, params).eval()
+
+
+@pytest.mark.parametrize("name", ["transformer", "gru"])
+def test_encoder_parameter_counts_match(name):
+  _, params, twin = _built(name)
+  assert torch_twins.num_params(twin) == torch_twins.num_params(params) > 40_000
+
+
+def test_vggish_and_ensembles_parameter_counts_match():
+  assert (torch_twins.num_params(torch_twins.VGGishTwin())
+          == torch_twins.num_params(vggish.abstract_params()))
+  for variant in ("ens_gru_transformer", "ens_transformer_cp_ds50"):
+    config = downstream_configs.get_config(variant)
+    for key in downstream.BRANCHES:
+      config[key].init = "scratch"
+    model = downstream.build_classifier(config)
+    shapes = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(1)},
+        jnp.zeros((2, 96, 64)), train=False))["params"]
+    twin = torch_twins.ClassifierTwin(
+        [torch_twins.encoder_twin(downstream.encoder_config(config, k))
+         for k in downstream.BRANCHES])
+    assert torch_twins.num_params(twin) == torch_twins.num_params(shapes), variant
+
+
+@pytest.mark.parametrize("name", ["transformer", "gru"])
+def test_twin_matches_coughjax_without_mask(name):
+  apply, _, twin = _built(name)
+  x = _clips(6, seed=1)
+  expected = np.asarray(apply(x))
+  with torch.inference_mode():
+    got = twin(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+  assert np.abs(expected).max() > 0.1  # not a trivially small output
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0])
+def test_transformer_twin_matches_with_a_given_mask(rate):
+  apply, _, twin = _built("transformer")
+  x = _clips(6, seed=2)
+  mask = masking.random_key_mask(jax.random.PRNGKey(3), 6, 96, rate)
+  expected = np.asarray(apply(x, mask))
+  assert np.abs(expected - np.asarray(apply(x))).max() > 10 * TOL  # the mask matters
+  mask_t = torch.from_numpy(np.array(mask))
+  with torch.inference_mode():  # PyTorch's fused inference kernel
+    fused = twin(torch.from_numpy(x), mask_t).numpy()
+  slow = twin(torch.from_numpy(x), mask_t).detach().numpy()  # the autograd path
+  np.testing.assert_allclose(fused, expected, atol=TOL, rtol=0)
+  np.testing.assert_allclose(slow, expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_both_mask_generators_mask_exactly_round_rate_t(rate):
+  count = masking.num_masked(96, rate)
+  assert torch_twins.num_masked(96, rate) == count
+  loop = torch_twins.loop_mask(64, 96, rate, random.Random(0))
+  vec = torch_twins.vectorised_mask(64, 96, rate, torch.Generator().manual_seed(0))
+  assert loop.dtype == torch.bool and loop.shape == (64, 96)
+  assert (loop.sum(dim=1) == count).all()
+  if count == 0:
+    assert vec is None  # nothing to mask, nothing to apply
+  else:
+    assert (vec.sum(dim=1) == count).all()
+  # The blocked-key mask keeps every query's own position.
+  blocked = torch_twins.blocked_keys(loop, num_heads=4)
+  assert blocked.shape == (64 * 4, 96, 96)
+  assert not blocked.diagonal(dim1=1, dim2=2).any()
+
+
+def test_masks_differ_between_clips():
+  vec = torch_twins.vectorised_mask(8, 96, 0.5, torch.Generator().manual_seed(0))
+  loop = torch_twins.loop_mask(8, 96, 0.5, random.Random(0))
+  for m in (vec, loop):
+    assert len({tuple(row.tolist()) for row in m}) == 8
+
+
+def test_contrastive_twin_matches_loss_and_projections():
+  config = pretrain_configs.get_config("transformer_m0")
+  model = pretrain.build_model(config.model)
+  params = jax.device_get(pretrain.init_state(model, config, jax.random.PRNGKey(0)).params)
+  cfg = pretrain.encoder_config(config.model)
+  twin = torch_twins.ContrastiveTwin(torch_twins.encoder_twin(cfg), config.model.proj_dim,
+                                     config.model.temperature)
+  torch_twins.load_flax_params(twin, params).eval()
+  x = _clips(8, seed=4)  # 4 pairs: [a_0..a_3, b_0..b_3]
+
+  @jax.jit
+  def forward(x):
+    z = model.apply({"params": params}, x, train=False)
+    logits = model.apply({"params": params}, z, z, method=type(model).logits)
+    return z, losses.contrastive_loss(logits, *losses.pair_indices(4))[0]
+
+  z, expected = forward(x)
+  with torch.no_grad():
+    zt = twin(torch.from_numpy(x))
+    got = torch_twins.contrastive_loss(twin.logits(zt, zt))
+  np.testing.assert_allclose(zt.numpy(), z, atol=TOL, rtol=0)
+  np.testing.assert_allclose(float(got), float(expected), atol=TOL, rtol=0)
+
+
+def test_vggish_twin_inverts_the_converter():
+  twin = torch_twins.VGGishTwin()
+  state = {k: v.numpy() for k, v in twin.state_dict().items()}
+  flax_params = vggish_convert.convert_state_dict(state)
+  back = twin.flax_to_torch(flax_params)
+  assert set(back) == set(state)
+  for k, v in state.items():
+    np.testing.assert_array_equal(back[k], v)
+
+
+def test_load_rejects_a_tree_that_does_not_fit():
+  _, params, twin = _built("transformer")
+  bad = {"kernel": np.zeros((3, 64), np.float32), "bias": np.zeros(64, np.float32)}
+  params = dict(params, layer_0=dict(params["layer_0"], extra=bad))
+  with pytest.raises(ValueError):
+    torch_twins.load_flax_params(twin, params)
+
+
+def _run(script: str, *args: str) -> str:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                        check=False)
+  assert proc.returncode == 0, f"{script}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+  return proc.stdout
+
+
+def _table_rows(text: str) -> list[list[str]]:
+  return [[c.strip() for c in line.strip("|").split("|")]
+          for line in text.splitlines()
+          if line.startswith("| ") and not re.match(r"\|\s*(model|implementation)\s*\|", line)]
+
+
+def test_latency_quick_has_every_table6_row(tmp_path):
+  out = _run("latency.py", "--quick", "--compilation_cache", f"--json={tmp_path}/l.json")
+  labels = [r[0] for r in _table_rows(out)]
+  assert labels == list(paper.TABLE6_US)  # 14 rows, in the paper's order
+  assert (tmp_path / "l.json").is_file()
+
+
+def test_train_step_quick_has_the_expected_rows():
+  out = _run("train_step.py", "--quick", "--compilation_cache")
+  rows = _table_rows(out)
+  assert [(r[0], r[2]) for r in rows] == [
+      ("coughjax", "1"), ("coughjax", "2"), ("torch paper-style", "–"),
+      ("torch 16-clip chunks", "–")]
+  for r in rows:
+    assert float(r[3]) > 0 and float(r[8]) > 0  # step s, peak RSS
