@@ -116,7 +116,7 @@ def peak_matmul_flops(size: int = 4096, repeats: int = 3) -> dict[str, float]:
                      for _ in range(repeats))}
   try:
     import torch  # pylint: disable=g-import-not-at-top
-    t = torch.from_numpy(np.asarray(a))
+    t = torch.from_numpy(np.array(a))  # a writable copy
     torch.mm(t, t)
     best["torch"] = min(_seconds(lambda: torch.mm(t, t)) for _ in range(repeats))
   except ImportError:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -341,6 +342,9 @@ def main(argv):
   results = []
   for row in rows:
     results += measure_row(row, batch_sizes, repeats, min_repeat_s, _TORCH_COMPILE.value)
+    print(f"  {row.label}: " + ", ".join(
+        f"batch {r['batch']} {r['coughjax']['median_us']:,.1f} µs" for r in results
+        if r["label"] == row.label), file=sys.stderr, flush=True)
   m = harness.machine()
   print(f"\nTable 6 on {harness.describe(m)}. Median of {repeats} repeats; µs per "
         f"instance; peak fp32 matmul {', '.join(f'{k} {v / 1e9:.0f}' for k, v in peak.items())} "

@@ -24,6 +24,8 @@ from absl import flags
 import jax
 import numpy as np
 
+import harness  # puts the checkout on sys.path  # pylint: disable=g-bad-import-order
+
 from configs import pretrain as pretrain_configs
 from coughjax import models
 from coughjax.models import chunking
@@ -38,13 +40,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per row")
 
 def encoder_flops(cfg) -> float:
   """Forward FLOPs of the Transformer encoder for one clip (multiply-add = 2)."""
-  t, mel, d, mlp = cfg.features.clip_frames, cfg.features.nfilt, cfg.model.d_model, \
-      cfg.model.mlp_dim
-  per_layer = (2 * t * d * 3 * d      # q, k, v projection
-               + 2 * 2 * t * t * d    # logits and weighted values, all heads
-               + 2 * t * d * d        # output projection
-               + 2 * 2 * t * d * mlp)  # MLP
-  return 2 * t * mel * d + cfg.model.num_layers * per_layer
+  m = cfg.model
+  return harness.transformer_flops(cfg.features.clip_frames, cfg.features.nfilt,
+                                   m.d_model, m.num_layers, m.num_heads, m.mlp_dim)
 
 
 def _config(**model_overrides):

@@ -122,9 +122,9 @@ def get_config(arg: str = "ensemble"):
 
 
 def runlocal(config) -> None:
-  """Seconds-long smoke run: tiny data, 2 runs of 2 epochs; CP checkpoints come from
-  the pre-training runlocal workdirs (runs/<variant>,runlocal is not needed: the
-  checkpoint folder is made by the caller, e.g. the tests)."""
+  """Seconds-long smoke run: tiny data, 2 runs of 2 epochs. CP branches load the
+  pre-training runlocal workdirs, runs/<pretrain variant>_runlocal (made by
+  `python launch.py --config=configs/pretrain.py:<pretrain variant>,runlocal`)."""
   config.data.num_participants = 24
   config.batch_size = 16
   config.eval_batch_size = 16

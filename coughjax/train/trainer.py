@@ -143,17 +143,29 @@ def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) 
            force=True)
 
 
+def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict]:
+  try:
+    out = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.device_get(target)),
+        meta=ocp.args.JsonRestore()))
+  except ValueError as e:
+    raise ValueError(f"{mgr.directory}: checkpoint {step} does not fit this config's "
+                     "model (a run of another config in the same workdir? use a new "
+                     f"--workdir):\n{e}") from e
+  return out.state, out.meta
+
+
 def restore(directory: str | os.PathLike, target: TrainState,
             step: Optional[int] = None) -> tuple[TrainState, dict]:
   """Restores (state, meta) from a checkpoint folder (latest step by default)."""
   mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
   step = mgr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no checkpoint found")
-  out = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(jax.device_get(target)), meta=ocp.args.JsonRestore()))
-  mgr.close()
-  return out.state, out.meta
+  try:
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint found")
+    return _restore_state(mgr, step, target)
+  finally:
+    mgr.close()
 
 
 def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
@@ -187,10 +199,7 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
   meta = {"epochs_done": 0, "best": None, "bad_epochs": 0, "finished": False}
   if mgr.latest_step() is not None:
     step0 = mgr.latest_step()
-    restored = mgr.restore(step0, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.device_get(state)),
-        meta=ocp.args.JsonRestore()))
-    state, meta = restored.state, restored.meta
+    state, meta = _restore_state(mgr, step0, state)
     writer.truncate_after(step0)
     logging.info("%s: resumed from %s at step %d (epoch %d)", task.name, mgr.directory,
                  step0, meta["epochs_done"])
