@@ -40,6 +40,7 @@ masking; masks are random and differ between the frameworks).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -70,6 +71,8 @@ _MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.3, "each repeat calls a fun
 _ROWS = flags.DEFINE_list("rows", [], "only these variants (default: all 14 rows)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1, 1 short repeat, all rows")
+_DS_FLATNESS = flags.DEFINE_bool("ds_flatness", True, "also time coughjax's five DS-masked "
+                                  "models interleaved (max/min over masking rates)")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "add torch.compile (inductor) "
                                    "as a candidate for the best torch")
 _COMPILATION_CACHE = flags.DEFINE_bool(
@@ -189,10 +192,9 @@ def _first_call_s(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: float,
-                compile_too: bool) -> list[dict[str, Any]]:
-  """Times one Table 6 row at every batch size."""
-  config = row_config(row.variant)
+def coughjax_model(config):
+  """(setup, params, predict) of a row: `predict(params, x, key)` is the jitted
+  classifier over [batch, T, mel] clips in chunks of the config's chunk size."""
   setup = downstream.Setup.create(config)
   shape = (config.features.clip_frames, config.features.nfilt)
   # The model's initial parameters as Setup.init_state draws them, without the
@@ -200,9 +202,6 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
   # small programs, and inference does not read it).
   params = setup.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(0)},
                       jnp.zeros((2,) + shape))["params"]
-  p_state = trainer.replicate(ParamsOnly(params))
-  key = jax.random.PRNGKey(1)
-  rng = trainer.replicate(key)
 
   @jax.jit
   def predict(params, x, key):
@@ -210,6 +209,19 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
     return jax.nn.sigmoid(chunking.apply_in_chunks(
         lambda xc, rngs: setup.model.apply({"params": params}, xc, train=False, rngs=rngs),
         x, key, chunk))
+
+  return setup, params, predict
+
+
+def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: float,
+                compile_too: bool) -> list[dict[str, Any]]:
+  """Times one Table 6 row at every batch size."""
+  config = row_config(row.variant)
+  setup, params, predict = coughjax_model(config)
+  shape = (config.features.clip_frames, config.features.nfilt)
+  p_state = trainer.replicate(ParamsOnly(params))
+  key = jax.random.PRNGKey(1)
+  rng = trainer.replicate(key)
 
   host_params = jax.device_get(params)
   paper_twin = classifier_twin(config, host_params, "loop", row.ds_masking)
@@ -244,12 +256,15 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
     first = {"coughjax": _first_call_s(coughjax_fn), "coughjax pmap": _first_call_s(pmap_fn)}
     candidates = torch_candidates(best_twin, x_torch, compile_too)
     first.update({k: _first_call_s(fn) for k, fn in candidates.items()})
-    # Pick the best torch on a short interleaved run, then time it with the others.
-    trial = harness.time_interleaved(candidates, repeats=1, min_repeat_s=min_repeat_s / 3)
+    # Pick the best torch on a short interleaved run, then time it with the others
+    # (every function has run once above: one more warm-up call is enough).
+    trial = harness.time_interleaved(candidates, repeats=1, min_repeat_s=min_repeat_s / 3,
+                                     warmup=1)
     best_name = min(trial, key=lambda k: trial[k].median)
     timings = harness.time_interleaved(
         {"coughjax": coughjax_fn, "coughjax pmap": pmap_fn, "torch paper-style": paper_fn,
-         "torch best": candidates[best_name]}, repeats=repeats, min_repeat_s=min_repeat_s)
+         "torch best": candidates[best_name]}, repeats=repeats, min_repeat_s=min_repeat_s,
+        warmup=1)
 
     def us(name):
       t = timings[name]
@@ -271,6 +286,29 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
         "max_abs_diff": max_diff,
     })
   return results
+
+
+def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float
+                ) -> dict[int, dict[str, float]]:
+  """coughjax's µs per instance of the five DS-masked rows, timed interleaved.
+
+  The rows of the main table are measured one after another, so drift of a shared
+  machine's speed between them shows up as a rate effect; here the five models run
+  in turn within every repeat, so max/min isolates the cost of the masking rate.
+  """
+  rows = [r for r in ROWS if r.ds_masking]
+  models = {r.label: coughjax_model(row_config(r.variant)) for r in rows}
+  out = {}
+  for batch in batch_sizes:
+    x = jax.device_put(np.random.default_rng(batch).standard_normal(
+        (batch, 96, 64), np.float32))
+    key = jax.random.PRNGKey(1)
+    fns = {label: functools.partial(
+        lambda predict, params: predict(params, x, key).block_until_ready(), m[2], m[1])
+           for label, m in models.items()}
+    timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
+    out[batch] = {label: t.median / batch * 1e6 for label, t in timings.items()}
+  return out
 
 
 def _fmt_us(v: float) -> str:
@@ -354,10 +392,20 @@ def main(argv):
     print(table(results, batch))
     print()
   print(summary(results, peak))
+  flatness = {}
+  if _DS_FLATNESS.value:
+    flatness = ds_flatness(batch_sizes, repeats, min_repeat_s)
+    print("\nDS-masked ensemble, the five rates timed interleaved (coughjax µs per "
+          "instance):\n")
+    labels = list(next(iter(flatness.values())))
+    print(harness.markdown_table(
+        ["batch", *(l.rsplit(" ", 1)[-1] for l in labels), "max/min"],
+        [[b, *(_fmt_us(t[l]) for l in labels), f"{max(t.values()) / min(t.values()):.2f}"]
+         for b, t in flatness.items()]))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump({"machine": m, "peak_flops": peak, "repeats": repeats,
-                 "results": results}, f, indent=2)
+                 "results": results, "ds_flatness_us": flatness}, f, indent=2)
 
 
 if __name__ == "__main__":
