@@ -20,8 +20,8 @@ with probability 0.8, and one of a negative participant with probability 0.1
 recording-level ROC-AUC of 0.85). The symptom is
 
 * in coughs: a "wet" rattle, low-pitched (< 300 Hz) noise riding on the voiced cough
-  tail at half its amplitude, gated at 6-12 Hz, and a 15 % longer decay (a linear
-  probe on per-band mean/std/delta log-mel statistics detects it at ROC-AUC ~0.9);
+  tail at its amplitude, gated at 6-12 Hz, and a 15 % longer decay (a linear
+  probe on per-band mean/std/delta log-mel statistics detects it at ROC-AUC > 0.9);
 * in breathing: a faint wheeze, a tone at 400-900 Hz gliding by +-5 %, 22 dB below
   the breath noise, present during exhalation.
 
@@ -42,7 +42,7 @@ SCHEME = "synthetic://"
 GENERATOR_VERSION = 2  # bump when rendering changes, to invalidate cached features
 POSITIVE_FRACTION = 0.32
 SYMPTOM_PROB = {1: 0.8, 0: 0.1}
-RATTLE_GAIN = 0.5  # rattle noise amplitude relative to the voiced tail
+RATTLE_GAIN = 1.0  # rattle noise amplitude relative to the voiced tail
 # Duration ranges in seconds per sound.
 _DURATIONS = {
     "breathing-deep": (3.0, 4.5),
