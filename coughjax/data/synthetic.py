@@ -39,7 +39,7 @@ import numpy as np
 from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
 
 SCHEME = "synthetic://"
-GENERATOR_VERSION = 2  # bump when rendering changes, to invalidate cached features
+GENERATOR_VERSION = 3  # bump when rendering changes, to invalidate cached features
 POSITIVE_FRACTION = 0.32
 SYMPTOM_PROB = {1: 0.8, 0: 0.1}
 RATTLE_GAIN = 1.0  # rattle noise amplitude relative to the voiced tail
