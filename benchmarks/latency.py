@@ -26,9 +26,9 @@ Implementations, timed in the same process, interleaved repeat by repeat:
   Python for-loop generator.
 * torch best: the twin with the vectorised torch mask under `torch.inference_mode()`,
   the faster of the whole batch and 16-clip chunks (the coughjax chunk size), chosen
-  per row and batch on the warm-up calls and named in the table (torch.compile was
-  slower here, see benchmarks/README.md, so it is not a candidate by default:
-  `--torch_compile` adds it).
+  per row and batch on the warm-up calls and named in the table. torch.compile
+  (inductor) is a candidate only with `--torch_compile` (the published tables were
+  measured without it).
 
 Per-instance time = seconds per call / batch; median and interquartile range over
 `--repeats` repeats, each lasting at least `--min_repeat_s`. Torch gets every core
