@@ -99,16 +99,26 @@ def _envelope(freqs: np.ndarray, p: dict) -> np.ndarray:
   return env
 
 
-def _shaped_noise(rng, n: int, rate: int, p: dict) -> np.ndarray:
-  """White noise through the participant's envelope, shaped in the frequency domain."""
-  size = 1 << (n - 1).bit_length()  # power-of-two FFT: arbitrary n can be very slow
+def _filtered_noise(rng, n: int, shape) -> np.ndarray:
+  """[n] unit-variance white noise filtered in the frequency domain: `shape` scales
+  (in place) the rfft bins of a power-of-two draw (arbitrary n can be very slow)."""
+  size = 1 << (n - 1).bit_length()
   spec = ducc0.fft.r2c(rng.standard_normal(size, np.float32))
-  # The envelope is smooth: evaluate it on a coarse grid and interpolate.
-  coarse = np.linspace(0.0, rate / 2, 513)
-  spec *= np.interp(np.linspace(0.0, rate / 2, spec.size, dtype=np.float32), coarse,
-                    _envelope(coarse, p)).astype(np.float32)
+  shape(spec)
   noise = ducc0.fft.c2r(spec, axes=(0,), lastsize=size)[:n]
   return noise / (np.std(noise) + 1e-12)
+
+
+def _shaped_noise(rng, n: int, rate: int, p: dict) -> np.ndarray:
+  """White noise through the participant's envelope."""
+
+  def shape(spec):
+    # The envelope is smooth: evaluate it on a coarse grid and interpolate.
+    coarse = np.linspace(0.0, rate / 2, 513)
+    spec *= np.interp(np.linspace(0.0, rate / 2, spec.size, dtype=np.float32), coarse,
+                      _envelope(coarse, p)).astype(np.float32)
+
+  return _filtered_noise(rng, n, shape)
 
 
 def render(path: str, sample_rate: int = 16000) -> np.ndarray:
@@ -180,12 +190,12 @@ def _cough(rng, t, rate, p, *, heavy: bool, wet: bool) -> np.ndarray:
 
 
 def _lowpass_noise(rng, n: int, rate: int, cutoff_hz: float) -> np.ndarray:
-  """Unit-variance white noise with everything above `cutoff_hz` removed."""
-  size = 1 << (n - 1).bit_length()
-  spec = ducc0.fft.r2c(rng.standard_normal(size, np.float32))
-  spec[int(cutoff_hz / rate * size):] = 0
-  noise = ducc0.fft.c2r(spec, axes=(0,), lastsize=size)[:n]
-  return noise / (np.std(noise) + 1e-12)
+  """White noise with everything above `cutoff_hz` removed."""
+
+  def shape(spec):
+    spec[int(cutoff_hz / rate * 2 * (spec.size - 1)):] = 0
+
+  return _filtered_noise(rng, n, shape)
 
 
 def from_config(cfg) -> list[Recording]:
