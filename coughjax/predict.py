@@ -38,12 +38,13 @@ ENCODERS_FILE = "encoders.json"
 
 
 def best_run(workdir: pathlib.Path) -> pathlib.Path:
-  """The run folder whose best validation AUC is highest."""
+  """The run folder whose best validation AUC is highest (ties: the first)."""
   scores = {}
   for run_dir in sorted(workdir.glob("run_*")):
     val = [l["auc"] for l in trainer.read_metrics(run_dir) if l["split"] == "val"]
     if val and (run_dir / "best").is_dir():
-      scores[run_dir] = np.nanmax(val)
+      # A validation split with one class only has no AUC (NaN): such a run ranks last.
+      scores[run_dir] = max((a for a in val if np.isfinite(a)), default=-np.inf)
   if not scores:
     raise FileNotFoundError(f"{workdir}: no trained downstream run (run_*/best) found; "
                             "train one with python launch.py --config=configs/downstream.py:...")
