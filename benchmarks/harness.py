@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Clips per call of the chunked PyTorch twins: coughjax's default model.chunk_size.
+TORCH_CHUNK = 16
 # The scripts run as `python benchmarks/<name>.py` from a checkout: make the package
 # and configs/ importable without installing them.
 if str(REPO) not in sys.path:

@@ -40,7 +40,6 @@ masking; masks are random and differ between the frameworks).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 import time
@@ -79,7 +78,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
     "compilation_cache", False, "let jax use a persistent compilation cache from the "
     "environment (compile times are then cache loads)")
 
-TORCH_CHUNK = 16  # clips per call of the chunked torch twin, as coughjax's chunk_size
+TORCH_CHUNK = harness.TORCH_CHUNK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,16 +295,20 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float
   machine's speed between them shows up as a rate effect; here the five models run
   in turn within every repeat, so max/min isolates the cost of the masking rate.
   """
-  rows = [r for r in ROWS if r.ds_masking]
-  models = {r.label: coughjax_model(row_config(r.variant)) for r in rows}
+  configs = {r.label: row_config(r.variant) for r in ROWS if r.ds_masking}
+  models = {label: coughjax_model(c)[1:] for label, c in configs.items()}
+  config = next(iter(configs.values()))
+  shape = (config.features.clip_frames, config.features.nfilt)
+  key = jax.random.PRNGKey(1)
+
+  def timed(params, predict, x):
+    return lambda: predict(params, x, key).block_until_ready()
+
   out = {}
   for batch in batch_sizes:
-    x = jax.device_put(np.random.default_rng(batch).standard_normal(
-        (batch, 96, 64), np.float32))
-    key = jax.random.PRNGKey(1)
-    fns = {label: functools.partial(
-        lambda predict, params: predict(params, x, key).block_until_ready(), m[2], m[1])
-           for label, m in models.items()}
+    x = jax.device_put(np.random.default_rng(batch).standard_normal((batch,) + shape,
+                                                                    np.float32))
+    fns = {label: timed(params, predict, x) for label, (params, predict) in models.items()}
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
     out[batch] = {label: t.median / batch * 1e6 for label, t in timings.items()}
   return out

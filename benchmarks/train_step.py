@@ -55,7 +55,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
     "environment (compile times are then cache loads)")
 _WORKER = flags.DEFINE_string("worker", None, "internal: run one measurement (JSON spec)")
 
-TORCH_CHUNK = 16  # clips per chunk, as coughjax's default chunk_size
+TORCH_CHUNK = harness.TORCH_CHUNK
 TORCH_MODES = {"paper": "torch paper-style", "whole": "torch whole batch",
                "chunked": f"torch {TORCH_CHUNK}-clip chunks",
                "remat": f"torch {TORCH_CHUNK}-clip chunks + remat"}
