@@ -5,20 +5,26 @@ of --repeats passes over every recording), the speed-up over psf and the max abs
 difference from psf, on the real Coswara recordings:
 
   python benchmarks/features.py [--data=PATH/coswara_ci] [--rate=16000] [--quick]
+                                [--json=PATH]
 
-Each pass runs psf and coughjax back to back so that load on a shared machine hits
-both alike. The jax column is timed after a warm-up pass has compiled every shape.
+The passes are interleaved (psf, coughjax, ... in rotating order) so that load on a
+shared machine hits all alike. The jax row is timed after warm-up passes have compiled
+every shape. The last row times only the float64 real FFT of as many frames, on data
+already in cache: the work no exact implementation can skip, so its speed-up bounds
+any other's.
 """
 
+import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
+
+import harness  # puts the checkout on sys.path  # pylint: disable=g-bad-import-order
+
+import ducc0  # pylint: disable=g-bad-import-order
 import jax
 import numpy as np
 import python_speech_features as psf
@@ -32,70 +38,87 @@ _DATA = flags.DEFINE_string("data", None, "coswara_ci folder (default: $COUGHJAX
 _RATE = flags.DEFINE_integer("rate", 16000, "input rate; files are resampled to it first")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed passes per implementation")
 _QUICK = flags.DEFINE_bool("quick", False, "a handful of files, one pass (smoke test)")
+_JSON = flags.DEFINE_string("json", None, "also write the results here")
+
+FFT_FLOOR = "float64 FFT of the frames alone (floor)"
 
 
 def _find_data() -> pathlib.Path:
-  here = pathlib.Path(__file__).resolve().parents[1]
   for c in (_DATA.value, os.environ.get("COUGHJAX_COSWARA_CI"),
-            here.parent / "shared" / "data" / "coswara_ci"):
+            harness.REPO.parent / "shared" / "data" / "coswara_ci"):
     if c and (pathlib.Path(c) / "audio").is_dir():
       return pathlib.Path(c)
   sys.exit("coswara_ci not found: pass --data or set COUGHJAX_COSWARA_CI")
 
 
-def _time_pass(fn, signals) -> float:
-  start = time.perf_counter()
-  for x in signals:
-    fn(x)
-  return time.perf_counter() - start
+def _fft_floor(signals, rate: int, nfft: int, chunk: int = 256):
+  """A function running the float64 real FFT of every recording's frame count, `chunk`
+  frames at a time, on one buffer of real frames kept hot in cache."""
+  frame_len, frame_step, _ = audio.frame_params(rate)
+  x = np.concatenate(signals)[:(chunk - 1) * frame_step + frame_len]
+  windows = np.lib.stride_tricks.sliding_window_view(x, frame_len)[::frame_step]
+  frames = np.zeros((chunk, nfft))
+  frames[:len(windows), :min(frame_len, nfft)] = windows[:, :nfft]
+  spec = np.empty((chunk, nfft // 2 + 1), np.complex128)
+  counts = [audio.num_frames(x.size, rate) for x in signals]
+
+  def run():
+    for n in counts:
+      for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        ducc0.fft.r2c(frames[:m], axes=(1,), out=spec[:m])
+  return run
 
 
 def main(argv):
   del argv
-  root = _find_data()
   rate = _RATE.value
-  paths = sorted(root.glob("audio/*/*.flac"))
-  if _QUICK.value:
-    paths = paths[:6]
+  paths = sorted(_find_data().glob("audio/*/*.flac"))[:6 if _QUICK.value else None]
   signals = [sf.read(p, dtype="float64")[0] for p in paths]
   if rate != 16000:
     signals = [soxr.resample(x, 16000, rate, quality="HQ") for x in signals]
+  signals32 = [x.astype(np.float32) for x in signals]
   seconds = sum(x.size for x in signals) / rate
   nfft = audio.frame_params(rate)[2]
 
-  impls = {
-      "python_speech_features": lambda x: psf.logfbank(x, rate, nfilt=64, nfft=nfft),
-      "coughjax numpy (float64)": lambda x: audio.logfbank(x, rate),
-      f"coughjax jax jit ({jax.numpy.zeros(()).dtype})":
-          lambda x: audio.logfbank_jax(x, rate).block_until_ready(),
+  impls = {  # name -> (one recording -> features, that implementation's inputs)
+      "python_speech_features": (lambda x: psf.logfbank(x, rate, nfilt=64, nfft=nfft),
+                                 signals),
+      "coughjax numpy (float64)": (lambda x: audio.logfbank(x, rate), signals),
+      f"coughjax jax jit ({jax.numpy.zeros(()).dtype})": (
+          lambda x: audio.logfbank_jax(x, rate).block_until_ready(), signals32),
   }
-  signals32 = [x.astype(np.float32) for x in signals]
-  inputs = {k: (signals32 if "jax" in k else signals) for k in impls}
-  for k, fn in impls.items():  # warm-up: caches, jit compilation of every shape
-    _time_pass(fn, inputs[k])
-
+  passes = {k: (lambda fn=fn, xs=xs: [fn(x) for x in xs]) for k, (fn, xs) in impls.items()}
+  passes[FFT_FLOOR] = _fft_floor(signals, rate, nfft)
   repeats = 1 if _QUICK.value else _REPEATS.value
-  times = {k: [] for k in impls}
-  for _ in range(repeats):
-    for k, fn in impls.items():
-      times[k].append(_time_pass(fn, inputs[k]))
+  times = harness.time_interleaved(passes, repeats, min_repeat_s=0, warmup=1)
 
-  refs = [impls["python_speech_features"](x) for x in signals]
-  diffs = {k: np.concatenate([np.abs(np.asarray(fn(x)) - r).ravel()
-                              for x, r in zip(inputs[k], refs)]) for k, fn in impls.items()}
-
-  base = statistics.median(times["python_speech_features"])
+  refs = passes["python_speech_features"]()
+  base = times["python_speech_features"].median
+  results = []
+  for k, t in times.items():
+    r = {"implementation": k, "audio_s_per_s": seconds / t.median,
+         "speedup_vs_psf": base / t.median, "pass_s": t.samples}
+    if k in impls:
+      fn, xs = impls[k]
+      d = np.concatenate([np.abs(np.asarray(fn(x)) - ref).ravel()
+                          for x, ref in zip(xs, refs)])
+      r.update(max_abs_diff=float(d.max()), median_abs_diff=float(np.median(d)))
+    results.append(r)
+  m = harness.machine()
   print(f"\n{len(signals)} recordings, {seconds:.1f} s of audio at {rate} Hz, nfilt=64, "
-        f"nfft={nfft}; {repeats} passes, median; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}\n")
-  print("| implementation | audio s / compute s | speed-up vs psf "
-        "| max abs diff vs psf | median abs diff |")
-  print("|---|---:|---:|---:|---:|")
-  for k in impls:
-    t = statistics.median(times[k])
-    print(f"| {k} | {seconds / t:,.0f} | {base / t:.2f}x "
-          f"| {diffs[k].max():.2e} | {np.median(diffs[k]):.1e} |")
-
+        f"nfft={nfft}; median of {repeats} interleaved passes; {harness.describe(m)}\n")
+  print(harness.markdown_table(
+      ["implementation", "audio s / compute s", "speed-up vs psf", "max abs diff vs psf",
+       "median abs diff"],
+      [[r["implementation"], f"{r['audio_s_per_s']:,.0f}", f"{r['speedup_vs_psf']:.2f}x",
+        f"{r['max_abs_diff']:.2e}" if "max_abs_diff" in r else "-",
+        f"{r['median_abs_diff']:.1e}" if "median_abs_diff" in r else "-"]
+       for r in results]))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"machine": m, "rate": rate, "nfft": nfft, "audio_s": seconds,
+                 "repeats": repeats, "results": results}, f, indent=2)
 
 if __name__ == "__main__":
   app.run(main)

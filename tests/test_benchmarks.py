@@ -209,3 +209,14 @@ def test_train_step_quick_has_the_expected_rows():
       ("torch 16-clip chunks", "–")]
   for r in rows:
     assert float(r[3]) > 0 and float(r[8]) > 0  # step s, peak RSS
+
+
+def test_features_quick_prints_every_row(coswara_ci, tmp_path):
+  out = _run("features.py", "--quick", f"--data={coswara_ci}", f"--json={tmp_path}/f.json")
+  rows = {r[0]: r for r in _table_rows(out)}
+  assert list(rows) == ["python_speech_features", "coughjax numpy (float64)",
+                        "coughjax jax jit (float32)", "float64 FFT of the frames alone (floor)"]
+  assert float(rows["coughjax numpy (float64)"][3]) <= 1e-4  # max abs diff vs psf
+  for r in rows.values():
+    assert float(r[1].replace(",", "")) > 0 and r[2].endswith("x")
+  assert (tmp_path / "f.json").is_file()
