@@ -4,7 +4,7 @@ The feature recipe is python_speech_features' `logfbank` (pre-emphasis, rectangu
 25 ms frames every 10 ms, power spectrum, triangular mel filterbank, natural log),
 re-implemented vectorised so that it matches psf to float64 round-off at about 4x
 psf's speed (benchmarks/features.py; the float64 FFT alone, which no exact version
-can skip, runs at 9-12x psf on the same machine):
+can skip, runs at 10-13x psf on the same machine):
 
 * the mel filterbank is built without Python loops and cached per parameter set;
 * frames are cut with a strided view straight into the zero-padded FFT buffer;

@@ -35,6 +35,9 @@ from coughjax.models import classifier as classifier_lib
 from coughjax.train import trainer
 
 ENCODERS_FILE = "encoders.json"
+# Clips are scored in batches padded to a power of two, at least this many: recordings
+# of different lengths then share a few compiled shapes instead of one each.
+MIN_BATCH = 8
 
 
 def best_run(workdir: pathlib.Path) -> pathlib.Path:
@@ -85,7 +88,13 @@ def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
                            winlen=fparams.winlen, winstep=fparams.winstep,
                            nfft=fparams.nfft or None, preemph=fparams.preemph)
     clips = audio.clips(feats, clip_frames, hop, min_frames=fparams.min_frames, name=name)
-    return float(np.mean(probs(np.ascontiguousarray(clips), jax.random.PRNGKey(0))))
+    n = len(clips)
+    # Each clip is scored on its own, its DS mask included (jax's default partitionable
+    # threefry draws a row's bits whatever the batch size): the zero padding is inert.
+    batch = np.zeros((max(MIN_BATCH, 1 << (n - 1).bit_length()),) + clips.shape[1:],
+                     np.float32)
+    batch[:n] = clips
+    return float(np.mean(probs(batch, jax.random.PRNGKey(0))[:n]))
 
   return predict
 

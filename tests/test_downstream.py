@@ -195,6 +195,16 @@ def test_predict_api_is_a_repeatable_probability(trained):
     predict.load(trained / "run_0")
 
 
+def test_predict_padding_changes_nothing(trained, monkeypatch):
+  # Clips are scored in zero-padded power-of-two batches; another padding gives the
+  # same probability.
+  waves = [synthetic.render(f"synthetic://1/{i}/cough-heavy", 16000) for i in (3, 4)]
+  before = [predict.load(trained)(w, 16000) for w in waves]
+  monkeypatch.setattr(predict, "MIN_BATCH", 64)
+  after = [predict.load(trained)(w, 16000) for w in waves]
+  np.testing.assert_allclose(after, before, rtol=1e-6)
+
+
 def test_predict_cli_scores_files_and_names_bad_ones(trained, tmp_path):
   good = tmp_path / "cough.wav"
   sf.write(good, synthetic.render("synthetic://1/5/cough-shallow", 16000), 16000)
