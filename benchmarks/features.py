@@ -55,8 +55,8 @@ def _fft_floor(signals, rate: int, nfft: int, chunk: int = 256):
   """A function running the float64 real FFT of every recording's frame count, `chunk`
   frames at a time, on one buffer of real frames kept hot in cache."""
   frame_len, frame_step, _ = audio.frame_params(rate)
-  x = np.concatenate(signals)[:(chunk - 1) * frame_step + frame_len]
-  windows = np.lib.stride_tricks.sliding_window_view(x, frame_len)[::frame_step]
+  head = np.concatenate(signals)[:(chunk - 1) * frame_step + frame_len]
+  windows = np.lib.stride_tricks.sliding_window_view(head, frame_len)[::frame_step]
   frames = np.zeros((chunk, nfft))
   frames[:len(windows), :min(frame_len, nfft)] = windows[:, :nfft]
   spec = np.empty((chunk, nfft // 2 + 1), np.complex128)
