@@ -2,6 +2,8 @@ r"""The contrastive pre-training step: coughjax beside a PyTorch twin, time and 
 
   python benchmarks/train_step.py [--batch_sizes=1024,256] [--steps=3] [--json=PATH]
   python benchmarks/train_step.py --quick        # seconds: small batch, one step each
+  python benchmarks/train_step.py --batch_sizes=1024 --devices=1 --torch_modes= --steps=5
+                                                  # the trainer loop's overhead alone
 
 One step = encode the 2B clips of B pairs, bilinear logits over the batch, eq. 5
 loss, gradients, Adam update (paper §4.1; config `configs/pretrain.py:--variant`,
@@ -19,6 +21,10 @@ default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2)
                      every chunk's graph), vectorised mask;
     chunks + remat   the same with torch.utils.checkpoint per chunk (recomputed in
                      the backward pass, as coughjax does).
+
+* trainer loop: `trainer.fit` (real input pipeline, batches prefetched to the
+  device, metrics kept on the device until a log step) against the bare step, in
+  one process, at the first batch size (`--loop`).
 
 Every measurement runs in a subprocess of its own, so that its peak resident memory
 (ru_maxrss, which includes imports and compilation) is its own. Step time is the
@@ -48,6 +54,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per measurement")
 _VARIANT = flags.DEFINE_string("variant", "transformer_m50", "configs/pretrain.py variant")
 _TORCH_MODES = flags.DEFINE_list("torch_modes", ["paper", "whole", "chunked", "remat"],
                                  "torch twin modes (see the module docstring)")
+_LOOP = flags.DEFINE_bool("loop", True, "also time trainer.fit's loop against the bare "
+                          "step, in one process (at the first batch size)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: B = 32, one step, 1 and 2 devices")
 _COMPILATION_CACHE = flags.DEFINE_bool(
@@ -91,16 +99,74 @@ def coughjax_worker(spec: dict[str, Any]) -> dict[str, Any]:
   # [devices, 2, B / devices, T, M] placed on the devices once, as torch's input is.
   shards = jax.pmap(lambda v: v)(views.reshape((2, devices, -1) + views.shape[2:])
                                  .swapaxes(0, 1))
-  key = jax.random.PRNGKey(1)
-  rngs = [trainer.replicate(jax.random.fold_in(key, i)) for i in range(spec["steps"] + 1)]
+  key = trainer.replicate(jax.random.key(1))  # the step folds its number in
   times, losses = [], []
-  for rng in rngs:
+  for _ in range(spec["steps"] + 1):
     start = time.perf_counter()
-    p_state, metrics = train_step(p_state, shards, rng)
+    p_state, metrics = train_step(p_state, shards, key)
     jax.block_until_ready((p_state, metrics))
     times.append(time.perf_counter() - start)
     losses.append(float(metrics["loss"][0]))
   return {"times": times, "losses": losses}
+
+
+def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
+  """The trainer loop's overhead: steps/s of `trainer.fit` against the bare step.
+
+  Same process, same compiled step: bare steps on a batch already on the device,
+  then `trainer.fit` over the real input pipeline (`ContrastiveBatches` gathering
+  random crops from a ClipStore of random features, prefetched to the device,
+  metrics on the device until a log step), then bare steps again. fit's rate is read
+  from its metrics.jsonl over its second log window (after compilation); its
+  validation and checkpoints fall outside the window.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from coughjax.data.manifest import Recording  # pylint: disable=g-import-not-at-top
+  from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
+  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  config = pretrain_config(spec["variant"], spec["batch"])
+  window = spec["steps"]
+  config.num_epochs, config.log_every_steps = 1, window
+  config.checkpoint_every_steps = 10 * window
+  model = pretrain.build_model(config.model)
+  train_step, _ = pretrain.make_steps(model, config, 1)
+  rng = np.random.default_rng(0)
+  n = spec["batch"]
+  records = [Recording(path=f"p{i}.wav", participant_id=f"p{i}", sound="cough-heavy")
+             for i in range(n)]
+  feats = [rng.standard_normal((int(rng.integers(150, 400)), config.features.nfilt),
+                               np.float32) for _ in range(n)]
+  store = pipeline.ClipStore(records, feats, config.features.clip_frames)
+  batches = pipeline.ContrastiveBatches(store, n, 0, pipeline.DeviceLayout(),
+                                        passes=2 * window)
+  key = trainer.replicate(jax.random.key(1))
+  p_state = trainer.replicate(pretrain.init_state(model, config, jax.random.key(0)))
+  on_device = next(trainer.prefetch_to_devices(iter([batches.batch(0, 0)])))
+
+  def bare(p_state):
+    times = []
+    for _ in range(window + 1):
+      start = time.perf_counter()
+      p_state, metrics = train_step(p_state, on_device, key)
+      jax.block_until_ready((p_state, metrics))
+      times.append(time.perf_counter() - start)
+    return p_state, times[1:]
+
+  p_state, before = bare(p_state)
+  task = trainer.Task(
+      name="loop", init_state=lambda k: pretrain.init_state(model, config, k),
+      train_step=train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
+      evaluate=lambda _: {"loss": 0.0})
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer.fit(task, config, workdir)
+    rates = [l["steps_per_sec"] for l in trainer.read_metrics(workdir)
+             if l["split"] == "train"]
+  _, after = bare(p_state)
+  return {"bare_times": before + after, "loop_step_s": 1.0 / rates[1],
+          "times": before + after, "losses": []}
 
 
 def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +225,7 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
   """One measurement in a fresh process; its JSON report plus peak RSS."""
   env = dict(os.environ)
-  if spec["impl"] == "coughjax":
+  if spec["impl"] in ("coughjax", "loop"):
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_"
                         f"count={spec['devices']}").strip()
   env.setdefault("JAX_PLATFORMS", "cpu")
@@ -204,7 +270,8 @@ def main(argv):
   del argv
   if _WORKER.value:
     spec = json.loads(_WORKER.value)
-    worker = coughjax_worker if spec["impl"] == "coughjax" else torch_worker
+    worker = {"coughjax": coughjax_worker, "loop": loop_worker,
+              "torch": torch_worker}[spec["impl"]]
     report = worker(spec)
     report["peak_rss"] = harness.peak_rss_bytes()
     print(json.dumps(report))
@@ -222,6 +289,16 @@ def main(argv):
     for devices in (device_counts if i == 0 else [1]):
       specs.append(dict(base, impl="coughjax", devices=devices))
     specs += [dict(base, impl="torch", mode=mode, devices=1) for mode in modes]
+  loop = None
+  if _LOOP.value:
+    spec = dict(variant=_VARIANT.value, batch=batch_sizes[0], steps=max(steps, 2),
+                impl="loop", devices=1)
+    report = run_worker(spec)
+    bare = float(np.median(report["bare_times"]))
+    loop = dict(spec, bare_step_s=bare, loop_step_s=report["loop_step_s"],
+                overhead=report["loop_step_s"] / bare - 1)
+    print(f"  trainer loop B={spec['batch']}: {loop['overhead']:+.1%} over the bare step",
+          file=sys.stderr, flush=True)
   results = []
   for spec in specs:
     results.append(summarise(spec, run_worker(spec)))
@@ -232,9 +309,14 @@ def main(argv):
   print(f"\nContrastive pre-training step ({_VARIANT.value}) on {harness.describe(m)}. "
         f"Median of {steps} steps after one warm-up step; each row a separate process.\n")
   print(table(results))
+  if loop:
+    print(f"\ntrainer.fit's loop (input pipeline, device prefetch, metrics kept on the "
+          f"device) at B = {loop['batch']}: {loop['loop_step_s']:.3f} s/step against "
+          f"{loop['bare_step_s']:.3f} s for the bare step in the same process "
+          f"(median of {2 * loop['steps']}), overhead {loop['overhead']:+.1%}.")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump({"machine": m, "results": results}, f, indent=2)
+      json.dump({"machine": m, "results": results, "loop": loop}, f, indent=2)
 
 
 if __name__ == "__main__":

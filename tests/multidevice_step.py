@@ -28,9 +28,9 @@ def one_step(config, views, devices):
   """Loss and parameters after one pmapped step over `devices` from the same init."""
   model = pretrain.build_model(config.model)
   train_step, _ = pretrain.make_steps(model, config, len(devices), devices=devices)
-  state = pretrain.init_state(model, config, jax.random.PRNGKey(0))
+  state = pretrain.init_state(model, config, jax.random.key(0))
   p_state = trainer.replicate(state, devices)
-  rng = trainer.replicate(jax.random.PRNGKey(7), devices)
+  rng = trainer.replicate(jax.random.key(7), devices)
   shards = views.reshape((2, len(devices), -1) + views.shape[2:]).swapaxes(0, 1)
   p_state, metrics = train_step(p_state, shards, rng)
   return float(metrics["loss"][0]), jax.device_get(trainer.unreplicate(p_state.params))
@@ -42,7 +42,7 @@ GRAD_FLOOR = 1e-6
 def grads(config, views, devices):
   """pmean-ed gradients of the train loss over `devices` (as the train step takes)."""
   model = pretrain.build_model(config.model)
-  state = pretrain.init_state(model, config, jax.random.PRNGKey(0))
+  state = pretrain.init_state(model, config, jax.random.key(0))
 
   def grad_fn(params, shard, rng):
     g = jax.grad(lambda p: pretrain.contrastive_loss_fn(
@@ -53,7 +53,7 @@ def grads(config, views, devices):
   shards = views.reshape((2, len(devices), -1) + views.shape[2:]).swapaxes(0, 1)
   out = jax.pmap(grad_fn, axis_name=pretrain.AXIS, devices=devices)(
       trainer.replicate(state.params, devices), shards,
-      trainer.replicate(jax.random.PRNGKey(7), devices))
+      trainer.replicate(jax.random.key(7), devices))
   return jax.device_get(trainer.unreplicate(out))
 
 

@@ -48,9 +48,9 @@ def main():
 
   model = pretrain.build_model(config.model)
   train_step, _ = pretrain.make_steps(model, config, layout.total_devices)
-  state = pretrain.init_state(model, config, jax.random.PRNGKey(0))
+  state = pretrain.init_state(model, config, jax.random.key(0))
   p_state, metrics = train_step(trainer.replicate(state), shards,
-                                trainer.replicate(jax.random.PRNGKey(7)))
+                                trainer.replicate(jax.random.key(7)))
   params = jax.device_get(trainer.unreplicate(p_state.params))
   if jax.process_index() == 0:
     out = pathlib.Path(args.out)

@@ -209,6 +209,9 @@ def test_train_step_quick_has_the_expected_rows():
       ("torch 16-clip chunks", "–")]
   for r in rows:
     assert float(r[3]) > 0 and float(r[8]) > 0  # step s, peak RSS
+  # The trainer loop beside the bare step, same process.
+  (loop,) = [l for l in out.splitlines() if l.startswith("trainer.fit's loop")]
+  assert re.search(r"overhead [+-]\d+\.\d%", loop), loop
 
 
 def test_features_quick_prints_every_row(coswara_ci, tmp_path):

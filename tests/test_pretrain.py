@@ -70,6 +70,72 @@ def test_runlocal_end_to_end(tmp_path):
   again = run.run(config, str(tmp_path))
   np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
                                 jax.tree.leaves(state.params)[0])
+  assert len(trainer.read_metrics(tmp_path)) == len(lines)
+
+
+def test_finished_run_extends_with_more_epochs(tmp_path):
+  """`finished` is decided from the current config: more epochs train more."""
+  run.run(_config(num_epochs=2), str(tmp_path))
+  longer = run.run(_config(num_epochs=3), str(tmp_path))
+  assert int(longer.step) == 6
+  val = [l for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  assert [l["epoch"] for l in val] == [0, 1, 2]
+  # Early stopping's patience is the current config's too.
+  assert trainer.is_finished({"epochs_done": 3, "bad_epochs": 2},
+                             _config(num_epochs=9, early_stopping_patience=2))
+  assert not trainer.is_finished({"epochs_done": 3, "bad_epochs": 2},
+                                 _config(num_epochs=9, early_stopping_patience=3))
+
+
+def _corrupt(step_dir: pathlib.Path) -> int:
+  """Overwrites bytes of every array data file of an Orbax checkpoint."""
+  files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and f.parent.name == "d"]
+  for f in files:
+    data = bytearray(f.read_bytes())
+    data[::3] = bytes((b + 77) % 256 for b in data[::3])
+    f.write_bytes(bytes(data))
+  return len(files)
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+  config = _config(num_epochs=2, keep_checkpoints=2)
+  run.run(config, str(tmp_path))
+  ckpts = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [3, 4]
+  assert _corrupt(ckpts / "4") > 0
+  with caplog.at_level("WARNING"):
+    state = run.run(_config(num_epochs=3, keep_checkpoints=2), str(tmp_path))
+  assert "corrupted checkpoint" in caplog.text and "/4:" in caplog.text
+  assert int(state.step) == 6  # resumed at step 3, then trained to the end
+  aside = list((tmp_path / "corrupted_checkpoints").iterdir())
+  assert [p.name.split(".")[0] for p in aside] == ["4"]  # kept, not deleted
+  # A checkpoint of another model is a config mismatch, not corruption.
+  other = _config("gru,runlocal")
+  model = pretrain.build_model(other.model)
+  target = pretrain.init_state(model, other, jax.random.key(0))
+  with pytest.raises(ValueError, match="does not fit this config's model") as e:
+    trainer.restore(ckpts, target)
+  assert not isinstance(e.value, trainer.CorruptCheckpointError)
+
+
+def test_pretraining_lowers_the_contrastive_loss(tmp_path):
+  """On the built-in data, 30 steps of B = 16 bring the held-out loss well under
+  chance, log(2B - 1), and under its first-epoch value."""
+  config = _config(num_epochs=6, passes_per_epoch=5, log_every_steps=10,
+                   checkpoint_every_steps=1000)
+  run.run(config, str(tmp_path))
+  val = [l["loss"] for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  chance = np.log(2 * 8 - 1)  # validation batches hold 8 pairs
+  assert val[-1] < val[0] - 0.05 and val[-1] < chance - 0.1, val
+
+
+def test_replicate_typed_keys():
+  key = jax.random.key(3)
+  p_key = trainer.replicate(key)
+  assert p_key.shape == (jax.local_device_count(),)
+  assert jax.dtypes.issubdtype(p_key.dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(trainer.unreplicate(p_key)),
+                                jax.random.key_data(key))
 
 
 def test_one_vs_four_devices_equal_at_batch_1024():
@@ -96,10 +162,9 @@ def _launch(workdir, *extra, env=None):
 
 def _final_params(workdir, config):
   model = pretrain.build_model(config.model)
-  target = pretrain.init_state(model, config, jax.random.PRNGKey(0))
-  target = target.replace(plateau=trainer.optim.make_plateau(config.optim).init({}))
+  target = pretrain.init_state(model, config, jax.random.key(0))
   state, meta = trainer.restore(pathlib.Path(workdir) / "checkpoints", target)
-  assert meta["finished"]
+  assert trainer.is_finished(meta, config)
   return state
 
 

@@ -171,7 +171,9 @@ def make_steps(model: classifier_lib.Classifier, config):
         lambda xc, rngs: model.apply({"params": params}, xc, train=train, rngs=rngs),
         x, rng, chunk, first + jnp.arange(b // chunk))
 
-  def train_step(state, batch, rng):
+  def train_step(state, batch, key):
+    rng = jax.random.fold_in(key, state.step)
+
     def loss_fn(params):
       logits = logits_fn(params, batch["x"], rng, True)
       loss = optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()

@@ -1,77 +1,99 @@
-"""Optimiser: Adam (+ optional clipping) with a learning rate cut on plateaus.
+"""Optimiser: Adam (+ optional clipping) with PyTorch's ReduceLROnPlateau.
 
-The paper trains with Adam (lr 1e-3) and PyTorch's ReduceLROnPlateau on the monitored
-loss. Here `optax.contrib.reduce_on_plateau` holds the plateau logic, but it is fed
-the *validation* loss once per epoch (not the training loss every step), and its
-scale is applied by rewriting the injected learning rate of the Adam chain.
+The paper trains with Adam (lr 1e-3) and PyTorch's `ReduceLROnPlateau` on the
+validation loss. The plateau logic here is PyTorch's, step for step (`plateau_update`
+is tested against `torch.optim.lr_scheduler.ReduceLROnPlateau`); optax's
+`contrib.reduce_on_plateau` differs from it (it cuts when the count of bad epochs
+*reaches* `patience`, one epoch before PyTorch, which cuts when the count *exceeds* it).
+
+The plateau state lives in the TrainState and is updated once per epoch from the
+validation loss; its `scale` multiplies Adam's updates inside the pure train step
+(`TrainState.apply_gradients`), which for Adam is the same as multiplying the
+learning rate.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax import contrib
+
+# PyTorch's ReduceLROnPlateau(eps=1e-8): a cut smaller than this is not made.
+PLATEAU_EPS = 1e-8
 
 
 def make_optimizer(cfg, trainable_mask: Optional[Any] = None
                    ) -> optax.GradientTransformation:
-  """Adam with `cfg.learning_rate` injected as a hyper-parameter.
+  """Adam at `cfg.learning_rate` (the plateau scale is applied by the train step).
 
   Args:
     cfg: `config.optim` (learning_rate, grad_clip: global-norm clip, 0 = off).
     trainable_mask: optional pytree of bools like the params; False leaves get no
       update at all (frozen encoders).
   """
-
-  def chain(learning_rate):
-    parts = []
-    if cfg.grad_clip > 0:
-      parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    return optax.chain(*parts, optax.adam(learning_rate))
-
-  tx = optax.inject_hyperparams(chain)(learning_rate=cfg.learning_rate)
+  parts = []
+  if cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  tx = optax.chain(*parts, optax.adam(cfg.learning_rate))
   if trainable_mask is not None:
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask)
     tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
   return tx
 
 
-def make_plateau(cfg) -> optax.GradientTransformationExtraArgs:
-  """ReduceLROnPlateau with PyTorch's defaults (factor 0.1, patience 10, rel 1e-4)."""
-  return contrib.reduce_on_plateau(factor=cfg.plateau_factor,
-                                   patience=cfg.plateau_patience,
-                                   rtol=cfg.plateau_rtol, cooldown=cfg.plateau_cooldown,
-                                   min_scale=cfg.min_lr_scale)
+class PlateauState(NamedTuple):
+  """ReduceLROnPlateau's state (PyTorch's fields), as arrays for a TrainState."""
+  best: jax.Array        # float32: best validation loss so far (+inf at first)
+  bad_epochs: jax.Array  # int32: epochs since `best` improved (num_bad_epochs)
+  cooldown: jax.Array    # int32: epochs of cooldown left (cooldown_counter)
+  scale: jax.Array       # float32: learning rate / cfg.learning_rate
 
 
-def plateau_step(plateau, plateau_state, value: float):
-  """Feeds one validation loss; returns the new state (its `.scale` multiplies lr)."""
-  _, state = plateau.update(updates={}, state=plateau_state, value=jnp.asarray(value))
-  return state
+def plateau_init() -> PlateauState:
+  return PlateauState(best=jnp.array(jnp.inf, jnp.float32),
+                      bad_epochs=jnp.array(0, jnp.int32),
+                      cooldown=jnp.array(0, jnp.int32),
+                      scale=jnp.array(1.0, jnp.float32))
 
 
-def _inject_state(opt_state):
-  """The InjectHyperparamsState inside a (possibly multi-transformed) optimiser state."""
-  if hasattr(opt_state, "hyperparams"):
-    return opt_state
-  if hasattr(opt_state, "inner_states"):  # optax.multi_transform
-    return _inject_state(opt_state.inner_states["train"].inner_state)
-  raise TypeError(f"no injected hyper-parameters in {type(opt_state).__name__}")
+def plateau_update(cfg, state: PlateauState, value) -> PlateauState:
+  """One `ReduceLROnPlateau.step(value)` of PyTorch (mode "min", threshold "rel").
+
+  Args:
+    cfg: `config.optim`: learning_rate, plateau_factor, plateau_patience,
+      plateau_rtol (torch `threshold`), plateau_cooldown, min_lr_scale (torch
+      `min_lr` / learning_rate).
+    state: the current state.
+    value: this epoch's validation loss (a NaN counts as a bad epoch, as in torch).
+
+  Returns:
+    The new state; its `scale` times `cfg.learning_rate` is the next learning rate.
+  """
+  value = jnp.asarray(value, jnp.float32)
+  better = value < state.best * (1.0 - cfg.plateau_rtol)
+  best = jnp.where(better, value, state.best)
+  bad = jnp.where(better, 0, state.bad_epochs + 1)
+  in_cooldown = state.cooldown > 0
+  cooldown = jnp.where(in_cooldown, state.cooldown - 1, state.cooldown)
+  bad = jnp.where(in_cooldown, 0, bad)  # bad epochs in cooldown are ignored
+  cut = bad > cfg.plateau_patience
+  new_scale = jnp.maximum(state.scale * cfg.plateau_factor, cfg.min_lr_scale)
+  # torch: the lr changes only if old_lr - new_lr > eps.
+  changes = cut & ((state.scale - new_scale) * cfg.learning_rate > PLATEAU_EPS)
+  return PlateauState(
+      best=best,
+      bad_epochs=jnp.where(cut, 0, bad).astype(jnp.int32),
+      cooldown=jnp.where(cut, cfg.plateau_cooldown, cooldown).astype(jnp.int32),
+      scale=jnp.where(changes, new_scale, state.scale).astype(jnp.float32))
 
 
-def set_learning_rate(opt_state, value: jax.Array):
-  """Sets the injected learning rate in place; `value` must be laid out like the
-  current one (e.g. replicated for a pmapped state)."""
-  hp = _inject_state(opt_state).hyperparams
-  if jnp.shape(value) != jnp.shape(hp["learning_rate"]):
-    raise ValueError(f"learning rate of shape {jnp.shape(value)} for a state holding "
-                     f"{jnp.shape(hp['learning_rate'])}")
-  hp["learning_rate"] = value
-  return opt_state
+def scale_updates(updates, scale: jax.Array):
+  """Multiplies every update by the plateau scale (Adam's lr is linear in it)."""
+  return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
 
 
-def learning_rate(opt_state) -> float:
-  return float(jnp.ravel(_inject_state(opt_state).hyperparams["learning_rate"])[0])
+def learning_rate(cfg, state: PlateauState) -> float:
+  """The learning rate in force with plateau `state` (host float)."""
+  return cfg.learning_rate * float(jnp.ravel(jnp.asarray(state.scale))[0])

@@ -88,7 +88,8 @@ def make_steps(model: heads.ContrastiveModel, config, num_devices: int, devices=
   loss_fn = functools.partial(contrastive_loss_fn, model, chunk_size=config.model.chunk_size,
                               num_devices=num_devices)
 
-  def train_step(state: trainer.TrainState, views, rng):
+  def train_step(state: trainer.TrainState, views, key):
+    rng = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, train=True), has_aux=True)
     (_, metrics), grads = grad_fn(state.params, views, rng)
     grads = jax.lax.pmean(grads, AXIS)
@@ -124,7 +125,7 @@ def make_task(config) -> trainer.Task:
                val_participants, val.steps_per_epoch, eval_batch)
   model = build_model(config.model)
   train_step, eval_step = make_steps(model, config, layout.total_devices)
-  eval_rng = jax.random.PRNGKey(config.seed + 2)
+  eval_rng = jax.random.key(config.seed + 2)
 
   def evaluate(p_state) -> dict[str, float]:
     """Contrastive loss/accuracy on held-out participants (a fixed set of batches)."""

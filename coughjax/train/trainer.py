@@ -5,18 +5,27 @@ its pmapped step, its batches and its validation; `fit` does the rest:
 
 * absl progress lines (step, loss, lr, steps/s, ETA) and one JSON line per log step
   and per validation in `workdir/metrics.jsonl`;
-* the validation loss feeds ReduceLROnPlateau once per epoch; the monitored metric
-  keeps the best checkpoint (`workdir/best`) and drives optional early stopping;
+* the validation loss feeds ReduceLROnPlateau (PyTorch's rule, `optim`) once per
+  epoch; the monitored metric keeps the best checkpoint (`workdir/best`) and drives
+  optional early stopping;
 * Orbax checkpoints in `workdir/checkpoints` (last k), every `checkpoint_every_steps`
   and at each epoch end, so rerunning the same command resumes where it stopped and
   reaches the same parameters as an uninterrupted run (batches and random keys are
-  functions of (seed, epoch, step), never of wall-clock or history);
+  functions of (seed, epoch, step), never of wall-clock or history). Whether a run
+  is finished is decided from the current config (epochs done, early stopping), so
+  a larger `num_epochs` extends a finished run; a checkpoint that cannot be read is
+  skipped, with a warning, for the newest intact one (nothing is deleted);
 * a non-finite loss stops training with the step number; the checkpoints already
   written are left as they are.
+
+The loop keeps the host off the critical path: the step folds the step number into
+the run's key itself, batches are put on the devices ahead of use, and metrics stay
+on the devices until a log step (or a checkpoint) reads them all at once.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -29,6 +38,7 @@ from absl import logging
 from flax.training import train_state
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from coughjax.data import pipeline
@@ -36,8 +46,23 @@ from coughjax.train import optim
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus the ReduceLROnPlateau state (checkpointed with it)."""
-  plateau: Any = None
+  """Flax TrainState plus the ReduceLROnPlateau state (checkpointed with it).
+
+  `apply_gradients` scales the optimiser's updates by the plateau scale, so the
+  learning-rate schedule is applied inside the pure train step.
+  """
+  plateau: optim.PlateauState = None
+
+  @classmethod
+  def create(cls, *, plateau: Optional[optim.PlateauState] = None, **kwargs):
+    return super().create(plateau=optim.plateau_init() if plateau is None else plateau,
+                          **kwargs)
+
+  def apply_gradients(self, *, grads, **kwargs):
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    updates = optim.scale_updates(updates, self.plateau.scale)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, **kwargs)
 
 
 @dataclasses.dataclass
@@ -46,9 +71,10 @@ class Task:
 
   Attributes:
     name: for logs.
-    init_state: rng -> (unreplicated) TrainState.
-    train_step: pmapped (state, batch, rng) -> (state, metrics); metrics are
-      device-averaged scalars including "loss".
+    init_state: key -> (unreplicated) TrainState.
+    train_step: pmapped (state, batch, key) -> (state, metrics). `key` is the run's
+      training key, the same at every step: the step folds `state.step` into it.
+      Metrics are device-averaged scalars including "loss".
     batches: (epoch, start_step) -> iterator of device-layout batches.
     steps_per_epoch: batches per epoch.
     evaluate: replicated state -> validation metrics, including "loss".
@@ -68,18 +94,27 @@ class Task:
 AXIS = "batch"  # the pmap axis of every step
 
 
+def _device_sharding(devices) -> jax.sharding.Sharding:
+  """[devices, ...] arrays split along their first axis: pmap's own layout."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree, devices=None):
   """One copy of `tree` per local device, laid out exactly as a pmap over AXIS lays
   out its outputs, so that feeding outputs back does not recompile the step.
 
   Leaves go through host numpy first: strongly typed, so a weakly typed scalar (a
-  fresh step counter, say) cannot change the step's signature either.
+  fresh step counter, say) cannot change the step's signature either. Typed keys
+  (`jax.random.key`) are replicated through their key data.
   """
   devices = jax.local_devices() if devices is None else devices
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
+  sharding = _device_sharding(devices)
 
   def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
     x = np.asarray(jax.device_get(x))
     return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
 
@@ -88,6 +123,27 @@ def replicate(tree, devices=None):
 
 def unreplicate(tree):
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def prefetch_to_devices(iterator: Iterator[Any], size: int = 2,
+                        devices=None) -> Iterator[Any]:
+  """Puts batches ([local devices, ...] numpy trees) on the devices `size` ahead.
+
+  Each leaf is split along its first axis over the local devices (the layout pmap
+  expects), so the copy of the next batches overlaps the current step.
+  """
+  sharding = _device_sharding(jax.local_devices() if devices is None else devices)
+  ahead = collections.deque()
+
+  def put(batch):
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+  for batch in iterator:
+    ahead.append(put(batch))
+    if len(ahead) > size:
+      yield ahead.popleft()
+  while ahead:
+    yield ahead.popleft()
 
 
 def _better(mode: str, new: float, old: Optional[float]) -> bool:
@@ -133,37 +189,107 @@ def save_config(config, workdir: pathlib.Path) -> None:
 
 def _checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      directory.absolute(), item_names=("state", "meta"),
+      directory.absolute(),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
 def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) -> None:
+  if step in mgr.all_steps():
+    # Written by a run that stopped before its next resumable checkpoint (a "best"
+    # one, say); the resumed run recomputes it with the same batches and keys.
+    mgr.delete(step)
   mgr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)),
            force=True)
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose files cannot be read back (not a config mismatch)."""
+
+
+def _leaf_shapes(tree) -> list[tuple[int, ...]]:
+  """Sorted shapes of every leaf (a Python scalar has shape ()): comparable between a
+  state and Orbax's metadata of it, whose pytree types differ."""
+  return sorted(tuple(np.shape(x) if not hasattr(x, "shape") else x.shape)
+                for x in jax.tree.leaves(tree))
+
+
 def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict]:
+  """Restores checkpoint `step` into the structure of `target`.
+
+  Raises:
+    ValueError: the checkpoint holds another model's state (a config mismatch).
+    CorruptCheckpointError: its metadata or data files cannot be read.
+  """
+  target = jax.device_get(target)
+  path = pathlib.Path(mgr.directory) / str(step)
+  try:
+    saved = mgr.item_metadata(step)["state"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(f"{path}: unreadable metadata ({e})") from e
+  if saved is None:
+    raise CorruptCheckpointError(f"{path}: no state metadata")
+  want, got = _leaf_shapes(target), _leaf_shapes(saved)
+  if want != got:
+    missing = sorted(set(want) - set(got))[:5]
+    extra = sorted(set(got) - set(want))[:5]
+    raise ValueError(
+        f"{path}: checkpoint does not fit this config's model (a run of another "
+        f"config in the same workdir? use a new --workdir): {len(got)} arrays saved, "
+        f"{len(want)} expected; shapes expected but not saved {missing}, saved but not "
+        f"expected {extra}")
   try:
     out = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.device_get(target)),
-        meta=ocp.args.JsonRestore()))
-  except ValueError as e:
-    raise ValueError(f"{mgr.directory}: checkpoint {step} does not fit this config's "
-                     "model (a run of another config in the same workdir? use a new "
-                     f"--workdir):\n{e}") from e
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
   return out.state, out.meta
+
+
+def _restore_newest_intact(mgr, target: TrainState,
+                           set_aside: Optional[pathlib.Path] = None
+                           ) -> Optional[tuple[int, TrainState, dict]]:
+  """(step, state, meta) of the newest checkpoint that reads back, or None if there
+  is none. Unreadable ones are skipped with a warning; with `set_aside`, they are
+  moved there (kept for inspection, out of the way of the steps to be saved again).
+  """
+  skipped = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    try:
+      return (step, *_restore_state(mgr, step, target))
+    except CorruptCheckpointError as e:
+      skipped.append(step)
+      if set_aside is None:
+        logging.warning("skipping corrupted checkpoint %s; trying an older one", e)
+        continue
+      set_aside.mkdir(parents=True, exist_ok=True)
+      dest = set_aside / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+      (pathlib.Path(mgr.directory) / str(step)).rename(dest)
+      mgr.reload()
+      logging.warning("skipping corrupted checkpoint %s; moved it to %s (nothing "
+                      "deleted) and trying an older one", e, dest)
+  if skipped:
+    raise CorruptCheckpointError(
+        f"{mgr.directory}: no checkpoint can be read back (steps {sorted(skipped)}"
+        + (f", moved to {set_aside}" if set_aside else "") + "); see the warnings. "
+        "Start afresh with a new --workdir.")
+  return None
 
 
 def restore(directory: str | os.PathLike, target: TrainState,
             step: Optional[int] = None) -> tuple[TrainState, dict]:
-  """Restores (state, meta) from a checkpoint folder (latest step by default)."""
+  """Restores (state, meta) from a checkpoint folder (the newest intact step by
+  default)."""
   mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
-  step = mgr.latest_step() if step is None else step
   try:
-    if step is None:
+    if step is not None:
+      return _restore_state(mgr, step, target)
+    found = _restore_newest_intact(mgr, target)
+    if found is None:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
-    return _restore_state(mgr, step, target)
+    return found[1:]
   finally:
     mgr.close()
 
@@ -172,13 +298,57 @@ def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
   """(params as nested dicts of numpy arrays, step) of the latest checkpoint in
   `directory`, without needing the model that wrote them."""
   mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no checkpoint found")
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                  meta=ocp.args.JsonRestore()))
-  mgr.close()
-  return out.state["params"], step
+  try:
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint found")
+    try:
+      out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                      meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"{directory}/{step}: cannot be read back ({e})") from e
+    return out.state["params"], step
+  finally:
+    mgr.close()
+
+
+def is_finished(meta: dict, config) -> bool:
+  """Whether a run with this progress is done under the *current* config: all of
+  `num_epochs` trained, or early stopping's patience used up."""
+  patience = config.get("early_stopping_patience", 0)
+  return (meta["epochs_done"] >= config.num_epochs
+          or bool(patience and meta["bad_epochs"] >= patience))
+
+
+class _Metrics:
+  """Per-step metrics kept on the devices until `flush` reads them all at once."""
+
+  def __init__(self, task_name: str):
+    self.task_name = task_name
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.sums: dict[str, float] = {}
+    self.count = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.pending.append((step, metrics))
+
+  def flush(self, last_good_checkpoint) -> None:
+    """Reads the pending metrics; raises at the first step with a non-finite loss."""
+    for step, metrics in jax.device_get(self.pending):
+      values = {k: float(np.ravel(v)[0]) for k, v in metrics.items()}
+      if not math.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"{self.task_name}: loss is {values['loss']} at step {step}; stopped. Last "
+            f"good checkpoint: {last_good_checkpoint()}")
+      for k, v in values.items():
+        self.sums[k] = self.sums.get(k, 0.0) + v
+      self.count += 1
+    self.pending = []
+
+  def averages(self) -> dict[str, float]:
+    avg = {k: v / self.count for k, v in self.sums.items()}
+    self.sums, self.count = {}, 0
+    return avg
 
 
 def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
@@ -187,85 +357,78 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
   workdir.mkdir(parents=True, exist_ok=True)
   save_config(config, workdir)
   writer = MetricsWriter(workdir)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = task.init_state(init_rng)
-  plateau = optim.make_plateau(config.optim)
-  if state.plateau is None:
-    state = state.replace(plateau=plateau.init({}))
-  base_lr = config.optim.learning_rate
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  state = task.init_state(init_key)
 
   mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints)
   best_mgr = _checkpoint_manager(workdir / "best", 1)
-  meta = {"epochs_done": 0, "best": None, "bad_epochs": 0, "finished": False}
-  if mgr.latest_step() is not None:
-    step0 = mgr.latest_step()
-    state, meta = _restore_state(mgr, step0, state)
+  meta = {"epochs_done": 0, "best": None, "bad_epochs": 0}
+  found = _restore_newest_intact(mgr, state, set_aside=workdir / "corrupted_checkpoints")
+  if found is not None:
+    step0, state, meta = found
     writer.truncate_after(step0)
     logging.info("%s: resumed from %s at step %d (epoch %d)", task.name, mgr.directory,
                  step0, meta["epochs_done"])
-  if meta["finished"]:
-    logging.info("%s: already finished in %s; nothing to do", task.name, workdir)
+  if is_finished(meta, config):
+    logging.info("%s: already finished in %s (%d of %d epochs); nothing to do",
+                 task.name, workdir, meta["epochs_done"], config.num_epochs)
     return state
 
   spe = task.steps_per_epoch
   total = config.num_epochs * spe
   step = int(state.step)
+  lr = optim.learning_rate(config.optim, state.plateau)
   p_state = replicate(state)
+  p_key = replicate(train_key)
+  metrics = _Metrics(task.name)
+
+  def last_good():
+    return f"step {mgr.latest_step()} in {mgr.directory}"
+
   t_last, s_last, t_start, s_start = time.time(), step, time.time(), step
-  sums: dict[str, float] = {}
   for epoch in range(meta["epochs_done"], config.num_epochs):
-    start_step = step - epoch * spe
-    for batch in pipeline.prefetch(task.batches(epoch, start_step)):
-      rng = jax.random.fold_in(train_rng, step)
-      p_state, metrics = task.train_step(p_state, batch, replicate(rng))
+    batches = task.batches(epoch, step - epoch * spe)
+    for batch in prefetch_to_devices(pipeline.prefetch(batches)):
+      p_state, step_metrics = task.train_step(p_state, batch, p_key)
       step += 1
-      metrics = {k: float(v[0]) for k, v in metrics.items()}
-      if not math.isfinite(metrics["loss"]):
-        raise FloatingPointError(
-            f"{task.name}: loss is {metrics['loss']} at step {step} (epoch {epoch}); "
-            f"stopped. Last good checkpoint: step {mgr.latest_step()} in {mgr.directory}")
-      for k, v in metrics.items():
-        sums[k] = sums.get(k, 0.0) + v
+      metrics.add(step, step_metrics)
       if step % config.log_every_steps == 0 or step == total:
+        metrics.flush(last_good)
         now = time.time()
-        n = step - s_last
-        rate = n / max(now - t_last, 1e-9)
-        avg = {k: v / n for k, v in sums.items()}
-        lr = optim.learning_rate(p_state.opt_state)
+        rate = (step - s_last) / max(now - t_last, 1e-9)
+        avg = metrics.averages()
         eta = (total - step) * (now - t_start) / max(step - s_start, 1)
         logging.info("%s step %d/%d (epoch %d): %s, lr %.2e, %.2f steps/s, ETA %s",
                      task.name, step, total, epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, rate, _eta(eta))
         writer.write(step=step, epoch=epoch, split="train", lr=lr, steps_per_sec=rate,
                      **avg)
-        sums, t_last, s_last = {}, now, step
+        t_last, s_last = now, step
       if step % config.checkpoint_every_steps == 0 and step % spe:
+        metrics.flush(last_good)  # never checkpoint past a non-finite loss
         _save(mgr, step, unreplicate(p_state), meta)
+    metrics.flush(last_good)
 
     # End of epoch: validate, adjust the learning rate, keep the best, checkpoint.
     val = task.evaluate(p_state)
     state = unreplicate(p_state)
-    plateau_state = optim.plateau_step(plateau, state.plateau, val["loss"])
-    new_lr = base_lr * float(plateau_state.scale)
-    p_state = p_state.replace(plateau=replicate(plateau_state))
-    optim.set_learning_rate(p_state.opt_state, replicate(np.float32(new_lr)))
+    state = state.replace(plateau=optim.plateau_update(config.optim, state.plateau,
+                                                       val["loss"]))
+    lr = optim.learning_rate(config.optim, state.plateau)
     score = val[task.monitor]
     improved = _better(task.monitor_mode, score, meta["best"])
     meta = dict(meta, epochs_done=epoch + 1,
                 best=score if improved else meta["best"],
                 bad_epochs=0 if improved else meta["bad_epochs"] + 1)
-    patience = config.get("early_stopping_patience", 0)
-    meta["finished"] = (epoch + 1 == config.num_epochs
-                        or bool(patience and meta["bad_epochs"] >= patience))
     logging.info("%s epoch %d validation: %s%s", task.name, epoch,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
                  " (best)" if improved else "")
-    writer.write(step=step, epoch=epoch, split="val", lr=new_lr, best=improved, **val)
-    state = unreplicate(p_state)
+    writer.write(step=step, epoch=epoch, split="val", lr=lr, best=improved, **val)
     if improved:
       _save(best_mgr, step, state, meta)
     _save(mgr, step, state, meta)
-    if meta["finished"]:
+    p_state = replicate(state)
+    if is_finished(meta, config):
       if epoch + 1 < config.num_epochs:
         logging.info("%s: early stopping after epoch %d (%s has not improved for %d "
                      "epochs)", task.name, epoch, task.monitor, meta["bad_epochs"])
