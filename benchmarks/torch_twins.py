@@ -7,8 +7,7 @@ tests), and `load_flax_params` copies a coughjax parameter tree into them:
 
   TransformerTwin   nn.Linear embed + sinusoidal positions + nn.TransformerEncoderLayer
                     (post-LN, ReLU, eps 1e-5, batch_first) x num_layers, mean pooling
-  GRUTwin           torch's fused GRU kernel (the one nn.GRU calls) with flax's bias
-                    layout, see the class
+  GRUTwin           nn.GRU (batch_first), whose parameter layout coughjax's GRU keeps
   VGGishTwin        the AudioSet VGGish as ported to PyTorch (key names of
                     coughjax.models.vggish_convert)
   ClassifierTwin    encoder(s) -> concat -> dropout -> nn.Linear(sum d, 1)
@@ -263,20 +262,11 @@ class TransformerTwin(nn.Module):
 
 
 class GRUTwin(nn.Module):
-  """coughjax's GRU: [B, T, mel] -> last hidden state [B, d], on torch's GRU kernel.
+  """coughjax's GRU: [B, T, mel] -> last hidden state [B, d], as a stock `nn.GRU`.
 
-  nn.GRU keeps an input and a hidden bias for every gate (b_ir, b_hr, b_iz, b_hz,
-  b_in, b_hn); flax's GRUCell has one bias each for r and z and keeps b_in and b_hn
-  apart (b_hn sits inside r * (W_hn h + b_hn), as in torch). This twin therefore
-  holds exactly flax's parameters per layer,
-
-    weight_ih_l{i} [3d, in]  = [ir; iz; in] kernels transposed   (torch order r, z, n)
-    weight_hh_l{i} [3d, d]   = [hr; hz; hn] kernels transposed
-    bias_ih_l{i}   [3d]      = [ir; iz; in] biases
-    bias_hn_l{i}   [d]       = hn bias
-
-  and calls the same fused kernel as nn.GRU (`torch.gru`) with the hidden bias
-  [0, 0, b_hn]: identical maths and speed, flax's parameter count.
+  coughjax keeps torch's own layout (two biases per gate, r | z | n order), so the
+  twin is `nn.GRU(batch_first=True)` itself: weight_ih_l{i} = kernel_ih.T,
+  weight_hh_l{i} = kernel_hh.T, bias_ih_l{i} = bias_ih, bias_hh_l{i} = bias_hh.
   """
 
   def __init__(self, mel: int = 64, d_model: int = 64, num_layers: int = 2,
@@ -284,40 +274,21 @@ class GRUTwin(nn.Module):
     super().__init__()
     self.d_model = d_model
     self.num_layers = num_layers
-    self.dropout = dropout
-    for i in range(num_layers):
-      fan_in = mel if i == 0 else d_model
-      bound = 1.0 / math.sqrt(d_model)  # nn.GRU's default init
-
-      def uniform(*shape):
-        return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
-
-      setattr(self, f"weight_ih_l{i}", uniform(3 * d_model, fan_in))
-      setattr(self, f"weight_hh_l{i}", uniform(3 * d_model, d_model))
-      setattr(self, f"bias_ih_l{i}", uniform(3 * d_model))
-      setattr(self, f"bias_hn_l{i}", uniform(d_model))
+    self.gru = nn.GRU(mel, d_model, num_layers, batch_first=True, dropout=dropout)
 
   def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     del mask  # a GRU has no attention to mask (as in coughjax)
-    zeros = x.new_zeros(2 * self.d_model)
-    weights = []
-    for i in range(self.num_layers):
-      b_hh = torch.cat([zeros, getattr(self, f"bias_hn_l{i}")])
-      weights += [getattr(self, f"weight_ih_l{i}"), getattr(self, f"weight_hh_l{i}"),
-                  getattr(self, f"bias_ih_l{i}"), b_hh]
-    h0 = x.new_zeros(self.num_layers, x.shape[0], self.d_model)
-    _, h_n = torch.gru(x, h0, weights, True, self.num_layers, self.dropout,
-                       self.training, False, True)
+    _, h_n = self.gru(x)
     return h_n[-1]  # [B, d]
 
   def flax_to_torch(self, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out = {}
     for i in range(self.num_layers):
-      p = {k: _dense(v) for k, v in params[f"layer_{i}"].items()}
-      out[f"weight_ih_l{i}"] = np.concatenate([p[g]["weight"] for g in ("ir", "iz", "in")])
-      out[f"weight_hh_l{i}"] = np.concatenate([p[g]["weight"] for g in ("hr", "hz", "hn")])
-      out[f"bias_ih_l{i}"] = np.concatenate([p[g]["bias"] for g in ("ir", "iz", "in")])
-      out[f"bias_hn_l{i}"] = p["hn"]["bias"]
+      p = params[f"layer_{i}"]
+      out[f"gru.weight_ih_l{i}"] = np.asarray(p["kernel_ih"]).T
+      out[f"gru.weight_hh_l{i}"] = np.asarray(p["kernel_hh"]).T
+      out[f"gru.bias_ih_l{i}"] = np.asarray(p["bias_ih"])
+      out[f"gru.bias_hh_l{i}"] = np.asarray(p["bias_hh"])
     return out
 
 

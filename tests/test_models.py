@@ -80,7 +80,8 @@ def test_parameter_counts_and_transformer_tree():
   # MLP 64*256+256 + 256*64+64.
   assert _count(shapes["transformer"]) == 4160 + 2 * (16640 + 256 + 33088) == 104128
   # Per layer: 3 input Dense with bias, 3 hidden Dense of which only hn has a bias.
-  assert _count(shapes["gru"]) == 2 * (3 * (64 * 64 + 64) + 3 * 64 * 64 + 64) == 49664
+  # torch nn.GRU's count: W_ih, W_hh [3d, *] and b_ih, b_hh [3d] per layer.
+  assert _count(shapes["gru"]) == 2 * (2 * 3 * 64 * 64 + 2 * 3 * 64) == 49920
   layer = shapes["transformer"]["layer_0"]
   assert set(shapes["transformer"]) == {"embed", "layer_0", "layer_1"}
   assert set(layer) == {"attention", "attention_norm", "mlp_in", "mlp_out", "mlp_norm"}

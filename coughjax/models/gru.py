@@ -1,12 +1,17 @@
 """GRU encoder f (the paper's recurrent baseline): clips -> last hidden state.
 
-Stacked like PyTorch's `nn.GRU(batch_first=True, num_layers, dropout)`: dropout acts
-on the outputs of every layer but the last. Parameters per layer (`layer_{i}`):
-input Dense `ir`, `iz`, `in` (kernel [in, d], bias [d]) and hidden Dense `hr`, `hz`
-(kernel [d, d], no bias) and `hn` (kernel [d, d], bias [d]). The update rule is
-torch's (r multiplies W_hn h + b_hn); torch keeps separate input and hidden biases
-for the r and z gates, where flax has one each, so a torch twin has 2d more
-parameters per layer and loads b_ir + b_hr, b_iz + b_hz into `ir`, `iz`.
+Stacked like PyTorch's `nn.GRU(batch_first=True, num_layers, dropout)`, with its
+parameters and update rule exactly (r multiplies W_hn h + b_hn; dropout acts on the
+outputs of every layer but the last). Per layer `layer_{i}`:
+
+  kernel_ih [in, 3d]  = torch weight_ih_l{i}.T   (gates r | z | n side by side)
+  kernel_hh [d, 3d]   = torch weight_hh_l{i}.T
+  bias_ih   [3d]      = torch bias_ih_l{i}
+  bias_hh   [3d]      = torch bias_hh_l{i}
+
+Computed as cuDNN and oneDNN do: the input projections of all time steps in one
+[B*T, in] x [in, 3d] matmul before the recurrence, then one fused [B, d] x [d, 3d]
+matmul per step for the three recurrent gates.
 """
 
 from __future__ import annotations
@@ -18,6 +23,58 @@ import jax
 import jax.numpy as jnp
 
 from coughjax.models.registry import register
+
+
+def _stacked_orthogonal(num: int):
+  """Init of a [d, num * d] kernel as `num` independent orthogonal [d, d] blocks
+  (each gate's recurrent matrix orthogonal, as flax's GRUCell initialises them)."""
+  orthogonal = nn.initializers.orthogonal()
+
+  def init(key, shape, dtype=jnp.float32):
+    d = shape[1] // num
+    return jnp.concatenate([orthogonal(k, (shape[0], d), dtype)
+                            for k in jax.random.split(key, num)], axis=1)
+
+  return init
+
+
+class GRULayer(nn.Module):
+  """One GRU layer over a time-major sequence: [T, B, in] -> ([T, B, d], [B, d]).
+
+  Attributes:
+    d_model: hidden size d.
+    return_sequence: also return every step's hidden state (else only the last).
+    dtype: computation dtype; parameters stay float32.
+  """
+
+  d_model: int
+  return_sequence: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[Optional[jax.Array], jax.Array]:
+    d = self.d_model
+    w_ih = self.param("kernel_ih", nn.initializers.lecun_normal(), (x.shape[-1], 3 * d))
+    w_hh = self.param("kernel_hh", _stacked_orthogonal(3), (d, 3 * d))
+    b_ih = self.param("bias_ih", nn.initializers.zeros, (3 * d,))
+    b_hh = self.param("bias_hh", nn.initializers.zeros, (3 * d,))
+    w_ih, w_hh, b_ih, b_hh = (p.astype(self.dtype) for p in (w_ih, w_hh, b_ih, b_hh))
+    # Every step's input gates at once: [T, B, in] x [in, 3d].
+    gates_x = jnp.einsum("tbi,ig->tbg", x.astype(self.dtype), w_ih) + b_ih
+
+    def step(h, gx):  # h [B, d], gx [B, 3d]
+      gh = h @ w_hh + b_hh  # the three recurrent gates in one matmul
+      xr, xz, xn = jnp.split(gx, 3, axis=-1)
+      hr, hz, hn = jnp.split(gh, 3, axis=-1)
+      r = jax.nn.sigmoid(xr + hr)
+      z = jax.nn.sigmoid(xz + hz)
+      n = jnp.tanh(xn + r * hn)
+      h = (1 - z) * n + z * h
+      return h, (h if self.return_sequence else None)
+
+    h0 = jnp.zeros(x.shape[1:2] + (d,), self.dtype)
+    last, seq = jax.lax.scan(step, h0, gates_x)
+    return seq, last
 
 
 @register("gru")
@@ -51,13 +108,12 @@ class GRU(nn.Module):
       h: [batch, d_model], the top layer's hidden state after the last step.
     """
     del mask
-    h = x  # [B, T, mel], then [B, T, d]
-    carry = None
+    h = x.swapaxes(0, 1)  # time-major [T, B, mel], then [T, B, d]
+    last = None
     for i in range(self.num_layers):
       if i:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-      # The cell, not the (parameter-free) RNN wrapper, owns the parameters, so
-      # naming it puts them at params/layer_{i}.
-      cell = nn.GRUCell(self.d_model, dtype=self.dtype, name=f"layer_{i}")
-      carry, h = nn.RNN(cell, return_carry=True)(h)
-    return carry.astype(self.dtype)
+      top = i == self.num_layers - 1
+      h, last = GRULayer(self.d_model, return_sequence=not top, dtype=self.dtype,
+                         name=f"layer_{i}")(h)
+    return last
