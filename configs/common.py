@@ -13,10 +13,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.runlocal = False  # set by the ",runlocal" option; workdirs get a suffix
 
   config.data = ml_collections.ConfigDict(dict(
-      name="synthetic",   # synthetic | coswara | covid19_sounds | manifest
-      root="",            # dataset folder (coswara, covid19_sounds)
+      # synthetic | coswara | covid19_sounds | covid19_cough | manifest, or several
+      # joined by "+" (e.g. "coswara+covid19_cough") with their folders in `roots`.
+      name="synthetic",
+      root="",            # dataset folder (coswara, covid19_sounds, covid19_cough)
+      roots="",           # several sources: "coswara=PATH,covid19_cough=PATH"
       manifest="",        # CSV path (name="manifest")
-      label="",           # coswara: covid_status | sex | age
+      label="",           # coswara: covid_status | sex | age; covid19_cough: covid19
+      source_filter="",   # covid19_cough: "" (both) | call-center | telegram
+      verified_only=False,  # covid19_cough: only PCR-verified positives (+ all negatives)
       age_threshold=50,   # coswara label="age": 1 if age >= this
       task=1,             # covid19_sounds task (1, 2 or 3)
       sounds=PRETRAIN_SOUNDS,  # which sounds to use (empty: all of the source)
@@ -60,15 +65,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def parse_arg(arg, variants) -> tuple[str, set[str]]:
-  """'transformer_m50,runlocal' -> ('transformer_m50', {'runlocal'}), checked."""
+def parse_arg(arg, variants, options=("runlocal",)) -> tuple[str, set[str]]:
+  """'transformer_m50,runlocal' -> ('transformer_m50', {'runlocal'}), checked
+  against the variants and the comma options the config file knows."""
   parts = [p for p in (arg or "").split(",") if p]
   name = parts[0] if parts else ""
-  options = set(parts[1:])
+  chosen = set(parts[1:])
   if name not in variants:
     raise ValueError(f"unknown config variant {name!r}; choose from {sorted(variants)}")
-  unknown = options - {"runlocal"}
+  unknown = chosen - set(options)
   if unknown:
-    raise ValueError(f"unknown config option(s) {sorted(unknown)}; known: runlocal")
-  return name, options
+    raise ValueError(f"unknown config option(s) {sorted(unknown)}; known: "
+                     f"{', '.join(options)}")
+  return name, chosen
 

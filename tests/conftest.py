@@ -1,4 +1,4 @@
-"""Shared test set-up: CPU, compilation cache, the real Coswara subset, a temp cache.
+"""Shared test set-up: CPU, compilation cache, the real data subsets, a temp cache.
 
 The test session itself runs on one CPU device, as users do. Multi-device tests run
 their JAX code in a subprocess with `--xla_force_host_platform_device_count=4`
@@ -55,6 +55,24 @@ def coswara_ci() -> pathlib.Path:
   root = coswara_ci_root()
   if root is None:
     pytest.skip("real Coswara subset not found (set COUGHJAX_COSWARA_CI)")
+  return root
+
+
+def covid19_cough_root() -> pathlib.Path | None:
+  """The real covid19_cough release copy: $COUGHJAX_COVID19_COUGH, else ../shared."""
+  candidates = [os.environ.get("COUGHJAX_COVID19_COUGH"),
+                REPO.parent / "shared" / "data" / "covid19_cough"]
+  for c in candidates:
+    if c and (pathlib.Path(c) / "metadata.json").is_file():
+      return pathlib.Path(c)
+  return None
+
+
+@pytest.fixture(scope="session")
+def covid19_cough() -> pathlib.Path:
+  root = covid19_cough_root()
+  if root is None:
+    pytest.skip("real covid19_cough release not found (set COUGHJAX_COVID19_COUGH)")
   return root
 
 

@@ -1,10 +1,24 @@
-"""Data: manifests from every source, feature cache, splits and batches."""
+"""Data: manifests from every source, feature cache, splits and batches.
+
+Several sources at once: `config.data.name` joins source names with "+", and
+`config.data.roots` gives each its folder as "name=path,name=path", e.g.
+
+    --config.data.name=coswara+covid19_cough \
+    --config.data.roots=coswara=/data/coswara_ci,covid19_cough=/data/covid19_cough
+
+Every other `config.data` field (label, sounds, source_filter, ...) goes to every
+source. Participant ids become "<source>:<id>" so that they cannot collide, and each
+source's recordings form their own split strata ("<source>" or
+"<source>/<stratum>"), so every split keeps the sources' proportions.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from absl import logging
+import ml_collections
 
 from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
@@ -14,15 +28,67 @@ SOURCES = {
     "synthetic": "coughjax.data.synthetic",
     "coswara": "coughjax.data.coswara",
     "covid19_sounds": "coughjax.data.covid19_sounds",
+    "covid19_cough": "coughjax.data.covid19_cough",
     "manifest": "coughjax.data.csv_manifest",
 }
 
 
+SEPARATOR = "+"
+
+
 def get_manifest(cfg) -> list[Recording]:
-  """The recordings of `config.data` (fields: name, and what that source needs)."""
+  """The recordings of `config.data` (fields: name, and what that source needs;
+  for several sources, "a+b" and `roots`, see the module docstring)."""
+  names = cfg.name.split(SEPARATOR)
+  if len(names) > 1:
+    return _combined(cfg, names)
   if cfg.name not in SOURCES:
     raise ValueError(f"unknown data source {cfg.name!r}; known: {', '.join(SOURCES)}")
   return importlib.import_module(SOURCES[cfg.name]).from_config(cfg)
+
+
+def parse_roots(text: str) -> dict[str, str]:
+  """'coswara=/a,covid19_cough=/b' -> {'coswara': '/a', 'covid19_cough': '/b'}."""
+  roots = {}
+  for item in (t.strip() for t in text.split(",")):
+    if not item:
+      continue
+    name, sep, path = item.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+      raise ValueError(f"data.roots entry {item!r} is not name=path (in {text!r})")
+    if name in roots:
+      raise ValueError(f"data.roots names {name!r} twice (in {text!r})")
+    roots[name] = path
+  return roots
+
+
+def _combined(cfg, names: list[str]) -> list[Recording]:
+  """The recordings of several sources, ids prefixed with the source name."""
+  unknown = [n for n in names if n not in SOURCES]
+  if unknown or len(set(names)) != len(names) or not all(names):
+    raise ValueError(f"data.name={cfg.name!r}: sources must be distinct names from "
+                     f"{', '.join(SOURCES)} joined by {SEPARATOR!r}"
+                     + (f"; unknown: {unknown}" if unknown else ""))
+  roots = parse_roots(cfg.get("roots", ""))
+  extra = sorted(set(roots) - set(names))
+  if extra:
+    raise ValueError(f"data.roots names {extra}, which data.name={cfg.name!r} does not "
+                     "use")
+  base = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  records = []
+  for name in names:
+    sub = ml_collections.ConfigDict(dict(base, name=name, root=roots.get(name, ""),
+                                         roots=""))
+    if not sub.root and name not in ("synthetic", "manifest"):
+      raise ValueError(f"data.name={cfg.name!r} needs a folder for {name!r}: "
+                       f"--config.data.roots={name}=PATH[,other=PATH]")
+    found = get_manifest(sub)
+    logging.info("%s (of %s): %s", name, cfg.name, manifest_lib.describe(found))
+    records += [dataclasses.replace(
+        r, participant_id=f"{name}:{r.participant_id}",
+        stratum=f"{name}/{r.stratum}" if r.stratum else name) for r in found]
+  return records
 
 
 def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
