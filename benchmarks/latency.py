@@ -151,10 +151,12 @@ def classifier_twin(config, params, mask_impl: str, ds_masking: bool
   """
   encoders = []
   for seed, cfg in enumerate(encoder_configs(config)):
+    # Resolved settings carry mask fields only for encoders that mask (Transformer).
+    mask_rate = cfg.get("mask_rate", 0.0)
     if mask_impl == "loop":
-      rate = cfg["mask_rate"] if ds_masking else None
+      rate = mask_rate if ds_masking else None
     else:
-      rate = cfg["mask_rate"] if cfg["mask_at_eval"] else None
+      rate = mask_rate if cfg.get("mask_at_eval", False) else None
     encoders.append(torch_twins.encoder_twin(cfg, mask_rate=rate, mask_impl=mask_impl,
                                              seed=seed))
   twin = torch_twins.ClassifierTwin(encoders, dropout=config.model.head_dropout)
