@@ -12,12 +12,13 @@ mask at eval, as in the paper).
 
 Implementations, timed in the same process, interleaved repeat by repeat:
 
-* coughjax: `jax.jit` of the row's model (`downstream.Setup`'s Classifier) applied
-  by `coughjax.models.chunking.apply_in_chunks` in chunks of the config's
-  `model.chunk_size` (0 for VGGish rows: whole batch), masks drawn inside: what the
-  downstream predict step computes, on one device without pmap. Input already on
-  the device, `block_until_ready` included. Compile time (first call minus a steady
-  call) is excluded and shown apart.
+* coughjax: `jax.jit` of `coughjax.infer.probabilities`, the one inference path
+  that the downstream evaluation and `coughjax.predict` use, for the row's model
+  (`downstream.Setup`'s Classifier) in chunks of the config's `model.chunk_size` (0
+  for VGGish rows: whole batch), each clip's DS masks drawn inside from its own key:
+  on one device without pmap. Input already on the device, `block_until_ready`
+  included. Compile time (first call minus a steady call) is excluded and shown
+  apart.
 * coughjax pmap: the downstream trainer's own `Setup.predict_step` (the same
   computation under `jax.pmap`, as the evaluation loop calls it), to show what the
   pmap dispatch adds.
@@ -40,6 +41,7 @@ masking; masks are random and differ between the frameworks).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -56,8 +58,8 @@ import numpy as np
 import torch
 
 from configs import downstream as downstream_configs
+from coughjax import infer
 from coughjax import paper
-from coughjax.models import chunking
 from coughjax.models import vggish as vggish_lib
 from coughjax.train import downstream
 from coughjax.train import trainer
@@ -149,13 +151,15 @@ def classifier_twin(config, params, mask_impl: str, ds_masking: bool
   """
   encoders = []
   for seed, cfg in enumerate(encoder_configs(config)):
+    # Resolved settings carry mask fields only for encoders that mask (Transformer).
+    mask_rate = cfg.get("mask_rate", 0.0)
     if mask_impl == "loop":
-      rate = cfg["mask_rate"] if ds_masking else None
+      rate = mask_rate if ds_masking else None
     else:
-      rate = cfg["mask_rate"] if cfg["mask_at_eval"] else None
+      rate = mask_rate if cfg.get("mask_at_eval", False) else None
     encoders.append(torch_twins.encoder_twin(cfg, mask_rate=rate, mask_impl=mask_impl,
                                              seed=seed))
-  twin = torch_twins.ClassifierTwin(encoders, dropout=config.model.dropout)
+  twin = torch_twins.ClassifierTwin(encoders, dropout=config.model.head_dropout)
   return torch_twins.load_flax_params(twin, params).eval()
 
 
@@ -191,9 +195,15 @@ def _first_call_s(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
+def clip_ids(batch: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rec_keys [batch, 2], clip_index [batch]) for timing: one recording's clips."""
+  return np.zeros((batch, 2), np.uint32), np.arange(batch)
+
+
 def coughjax_model(config):
-  """(setup, params, predict) of a row: `predict(params, x, key)` is the jitted
-  classifier over [batch, T, mel] clips in chunks of the config's chunk size."""
+  """(setup, params, predict) of a row: `predict(params, x, rec_keys, clip_index)`
+  is the jitted `coughjax.infer.probabilities` over [batch, T, mel] clips in chunks
+  of the config's chunk size."""
   setup = downstream.Setup.create(config)
   shape = (config.features.clip_frames, config.features.nfilt)
   # The model's initial parameters as Setup.init_state draws them, without the
@@ -202,13 +212,8 @@ def coughjax_model(config):
   params = setup.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(0)},
                       jnp.zeros((2,) + shape))["params"]
 
-  @jax.jit
-  def predict(params, x, key):
-    chunk = chunking.chunk_size_for(x.shape[0], config.model.chunk_size)
-    return jax.nn.sigmoid(chunking.apply_in_chunks(
-        lambda xc, rngs: setup.model.apply({"params": params}, xc, train=False, rngs=rngs),
-        x, key, chunk))
-
+  predict = jax.jit(functools.partial(infer.probabilities, setup.model,
+                                      chunk_size=config.model.chunk_size))
   return setup, params, predict
 
 
@@ -219,8 +224,6 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
   setup, params, predict = coughjax_model(config)
   shape = (config.features.clip_frames, config.features.nfilt)
   p_state = trainer.replicate(ParamsOnly(params))
-  key = jax.random.PRNGKey(1)
-  rng = trainer.replicate(key)
 
   host_params = jax.device_get(params)
   paper_twin = classifier_twin(config, host_params, "loop", row.ds_masking)
@@ -231,7 +234,7 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
   max_diff = None
   if not config.model.mask_rate:
     x8 = np.random.default_rng(0).standard_normal((8,) + shape, np.float32)
-    ours = np.asarray(predict(params, x8, key))
+    ours = np.asarray(predict(params, x8, *clip_ids(8)))
     with torch.inference_mode():
       theirs = torch.sigmoid(best_twin(torch.from_numpy(x8))).numpy()
     max_diff = float(np.abs(ours - theirs).max())
@@ -241,12 +244,14 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
     x_np = np.random.default_rng(batch).standard_normal((batch,) + shape, np.float32)
     x_jax = jax.device_put(x_np[None])  # [devices = 1, batch, T, mel]
     x_torch = torch.from_numpy(x_np)
+    ids = [jax.device_put(a) for a in clip_ids(batch)]
+    ids_pmap = [jax.device_put(a[None]) for a in clip_ids(batch)]
 
     def coughjax_fn():
-      return predict(params, x_jax[0], key).block_until_ready()
+      return predict(params, x_jax[0], *ids).block_until_ready()
 
     def pmap_fn():
-      return setup.predict_step(p_state, x_jax, rng).block_until_ready()
+      return setup.predict_step(p_state, x_jax, *ids_pmap).block_until_ready()
 
     def paper_fn():
       with torch.no_grad():
@@ -299,15 +304,15 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float
   models = {label: coughjax_model(c)[1:] for label, c in configs.items()}
   config = next(iter(configs.values()))
   shape = (config.features.clip_frames, config.features.nfilt)
-  key = jax.random.PRNGKey(1)
-
-  def timed(params, predict, x):
-    return lambda: predict(params, x, key).block_until_ready()
-
   out = {}
   for batch in batch_sizes:
     x = jax.device_put(np.random.default_rng(batch).standard_normal((batch,) + shape,
                                                                     np.float32))
+    ids = [jax.device_put(a) for a in clip_ids(batch)]
+
+    def timed(params, predict, x=x, ids=ids):
+      return lambda: predict(params, x, *ids).block_until_ready()
+
     fns = {label: timed(params, predict, x) for label, (params, predict) in models.items()}
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
     out[batch] = {label: t.median / batch * 1e6 for label, t in timings.items()}

@@ -40,7 +40,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per row")
 
 def encoder_flops(cfg) -> float:
   """Forward FLOPs of the Transformer encoder for one clip (multiply-add = 2)."""
-  m = cfg.model
+  m = cfg.model.transformer
   return harness.transformer_flops(cfg.features.clip_frames, cfg.features.nfilt,
                                    m.d_model, m.num_layers, m.num_heads, m.mlp_dim)
 
@@ -50,7 +50,9 @@ def _config(**model_overrides):
   cfg.batch_size = _BATCH.value
   if _CHUNK.value:
     cfg.model.chunk_size = _CHUNK.value
-  cfg.model.update(model_overrides)
+  for k, v in model_overrides.items():
+    # Shared fields (mask_rate) are model-level; dropout is the encoder's own.
+    (cfg.model if k in cfg.model else cfg.model[cfg.model.name])[k] = v
   return cfg
 
 

@@ -38,15 +38,31 @@ def get_base_config() -> ml_collections.ConfigDict:
       train_hop=96,       # downstream training clips every this many frames
       eval_hop=96,        # clip hop when evaluating every clip of a recording
   ))
+  # Model. Each encoder has its own sub-config (architecture and dropout), read only
+  # when that encoder is built (`coughjax.models.encoder_config`): a downstream
+  # ensemble of VGGish and a Transformer gives each its own dropout. Override one
+  # with e.g. --config.model.vggish.dropout=0.5.
   config.model = ml_collections.ConfigDict(dict(
-      name="transformer",
-      d_model=64, num_layers=2, num_heads=4, mlp_dim=256, dropout=0.2,
-      mask_rate=0.0, mask_at_eval=False, pooling="mean",
-      embedding_dim=128,  # vggish
+      name="transformer",  # pre-training encoder (downstream: encoder_a/b.name)
+      transformer=dict(    # paper §4.1.1 / §5.2: d = 64 and dropout 0.2 (Fig. 5)
+          d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+          dropout=0.2,     # after attention, inside and after the MLP
+          pooling="mean"),
+      gru=dict(d_model=64, num_layers=2,
+               dropout=0.2),  # between GRU layers (torch nn.GRU's dropout)
+      vggish=dict(embedding_dim=128,
+                  dropout=0.0),  # after fc1_1 / fc1_2; VGGish was trained without it
+      # Shared by every encoder that declares them (models.registry.SHARED_FIELDS):
+      mask_rate=0.0,       # random key masking (Transformer): CP rate, or DS rate downstream
+      mask_at_eval=False,  # also mask at inference (downstream DS masking)
+      dtype="float32",     # compute dtype: float32 | bfloat16 (params stay float32)
+      # Downstream classifier head (paper Fig. 4): dropout on the (concatenated)
+      # encoder features before the FC layer; unused in pre-training.
+      head_dropout=0.2,
+      # Pre-training head (projection g and similarity).
       proj_dim=64, similarity="bilinear",
       temperature=1.0,    # tau: bilinear 1.0, cosine 0.2 (COLA)
       chunk_size=16,      # encoder evaluated in chunks of this many clips (0: all at once)
-      dtype="float32",    # compute dtype: float32 | bfloat16 (params stay float32)
   ))
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3,

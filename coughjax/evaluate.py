@@ -68,8 +68,10 @@ TABLE_HEADER = ("| model | ROC-AUC | Precision | Recall | Accuracy | Avg F1 |\n"
 
 
 def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
-                 dataset: str, paper: Optional[dict[str, float]] = None) -> dict:
-  """Writes results.json and results.md (recording- and clip-level tables)."""
+                 dataset: str, paper: Optional[dict[str, float]] = None,
+                 paper_source: str = "") -> dict:
+  """Writes results.json and results.md (recording- and clip-level tables); `paper`
+  is the paper's row (`coughjax.paper.reference`), `paper_source` says which."""
   workdir = pathlib.Path(workdir)
   levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
   results = {"variant": variant, "dataset": dataset, "num_runs": len(runs),
@@ -81,7 +83,8 @@ def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
   for level, s in levels.items():
     lines += [f"## {level} level", "", TABLE_HEADER, format_row(variant, s), ""]
   if paper:
-    lines += ["Paper (COVID-19 Sounds, Xue & Salim 2021): "
+    source = f", {paper_source}" if paper_source else ""
+    lines += [f"Paper (COVID-19 Sounds, Xue & Salim 2021{source}): "
               + ", ".join(f"{k} {v:.2f}" for k, v in paper.items()), ""]
   (workdir / "results.md").write_text("\n".join(lines))
   return results

@@ -2,20 +2,26 @@ r"""COVID-positive probability of recordings, from a trained downstream workdir.
 
   python -m coughjax.predict --workdir=runs/ensemble a.wav b.flac c.webm
 
-prints one line per file: the path and the mean probability over its clips. Python:
+prints one line per file: the path and the mean probability over its clips (6
+decimals). Python:
 
   predict_fn = coughjax.predict.load("runs/ensemble")
   p = predict_fn(waveform, sample_rate)
 
 The model is the run (of the workdir's seeds) with the best validation ROC-AUC, at
 its best checkpoint. Bad input gets the same errors as training data
-(`coughjax.audio.AudioError`, naming the file and the problem). Where the config
-masks at inference (DS masking), the masks come from a fixed key, so a prediction is
-repeatable.
+(`coughjax.audio.AudioError`, naming the file and the problem).
+
+Clips are scored by `coughjax.infer.probabilities`, the path the downstream
+evaluation uses: where the config masks at inference (DS masking), each clip's masks
+are keyed by the recording's features and the clip's index in it, so a file's score
+does not depend on its path or on the other files scored with it, and equals the
+score that run wrote to run_i/test_predictions.csv for the same recording.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -29,6 +35,7 @@ import numpy as np
 import soxr
 
 from coughjax import audio
+from coughjax import infer
 from coughjax import models
 from coughjax.data import features as features_lib
 from coughjax.models import classifier as classifier_lib
@@ -62,19 +69,19 @@ def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
       raise FileNotFoundError(f"{workdir / name}: not found; is {workdir} a downstream "
                               "workdir (python launch.py --config=configs/downstream.py:...)?")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  encoder_cfgs = json.loads((workdir / ENCODERS_FILE).read_text())
+  spec = json.loads((workdir / ENCODERS_FILE).read_text())
+  # Workdirs written before the head had its own dropout used model.dropout for it
+  # (inference does not apply it either way).
+  head_dropout = spec.get("head_dropout", config.model.get("dropout", 0.0))
   model = classifier_lib.Classifier(
-      [models.build_encoder(c) for c in encoder_cfgs["encoders"]],
-      tuple(encoder_cfgs["frozen"]), dropout=config.model.dropout)
+      [models.build_encoder(c) for c in spec["encoders"]],
+      tuple(spec["frozen"]), dropout=head_dropout)
   params, _ = trainer.restore_params(best_run(workdir) / "best")
-  params = jax.tree.map(np.asarray, params)
+  params = jax.device_put(params)
   fparams = features_lib.FeatureParams.from_config(config.features)
   clip_frames, hop = config.features.clip_frames, config.features.eval_hop
-
-  @jax.jit
-  def probs(x, key):
-    return jax.nn.sigmoid(model.apply({"params": params}, x, train=False,
-                                      rngs={"mask": key}))
+  probs = jax.jit(functools.partial(infer.probabilities, model,
+                                    chunk_size=config.model.chunk_size))
 
   def predict(waveform: np.ndarray, sample_rate: int, name: str = "waveform") -> float:
     wave = np.asarray(waveform, np.float32)
@@ -89,12 +96,14 @@ def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
                            nfft=fparams.nfft or None, preemph=fparams.preemph)
     clips = audio.clips(feats, clip_frames, hop, min_frames=fparams.min_frames, name=name)
     n = len(clips)
-    # Each clip is scored on its own, its DS mask included (jax's default partitionable
-    # threefry draws a row's bits whatever the batch size): the zero padding is inert.
-    batch = np.zeros((max(MIN_BATCH, 1 << (n - 1).bit_length()),) + clips.shape[1:],
-                     np.float32)
+    # Each clip is scored on its own, its DS masks keyed by (recording, clip index):
+    # the zero padding rows are inert.
+    size = max(MIN_BATCH, 1 << (n - 1).bit_length())
+    batch = np.zeros((size,) + clips.shape[1:], np.float32)
     batch[:n] = clips
-    return float(np.mean(probs(batch, jax.random.PRNGKey(0))[:n]))
+    rec_keys = np.broadcast_to(infer.recording_key(feats, clip_frames), (size, 2))
+    p = np.asarray(probs(params, batch, rec_keys, np.arange(size)))
+    return float(np.mean(p[:n], dtype=np.float64))
 
   return predict
 
@@ -127,7 +136,7 @@ def main(argv):
       failed += 1
       print(f"{path}\t{result}", file=sys.stderr)
     else:
-      print(f"{path}\t{result:.4f}")
+      print(f"{path}\t{result:.6f}")
   if failed:
     sys.exit(f"{failed} of {len(argv) - 1} files could not be scored")
 

@@ -40,7 +40,8 @@ def test_every_variant_builds():
     assert config.batch_size == 16 and config.variant == name
     pretrain.build_model(config.model)
   full = pretrain_configs.get_config("transformer_m50")
-  assert (full.batch_size, full.model.d_model, full.model.dropout, full.model.mask_rate,
+  assert (full.batch_size, full.model.transformer.d_model, full.model.transformer.dropout,
+          full.model.mask_rate,
           full.model.similarity, full.data.name) == (1024, 64, 0.2, 0.5, "bilinear",
                                                      "synthetic")
   with pytest.raises(ValueError, match="unknown config variant 'transformer_m60'"):

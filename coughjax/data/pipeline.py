@@ -197,10 +197,12 @@ class SupervisedBatches:
 
 def eval_batches(store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
                  layout: DeviceLayout = DeviceLayout()) -> Iterator[dict[str, np.ndarray]]:
-  """Every clip of every recording once: {"x", "y", "rec", "valid"} in device layout;
-  the last batch is padded (valid=False). In multi-process runs each process sees its
-  own rows of each global batch."""
+  """Every clip of every recording once: {"x", "y", "rec", "clip", "valid"} in device
+  layout ("clip": the clip's index within its recording); the last batch is padded
+  (valid=False). In multi-process runs each process sees its own rows of each global
+  batch."""
   starts, rec = store.clip_starts(hop)
+  clip = (starts - store.offsets[rec]) // hop
   rows = layout.rows(batch_size)
   for begin in range(0, len(starts), batch_size):
     idx = np.arange(begin, begin + batch_size)
@@ -209,6 +211,7 @@ def eval_batches(store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES
     yield {"x": layout.shard(store.gather(starts[idx])),
            "y": layout.shard(store.labels[rec[idx]].astype(np.float32)),
            "rec": layout.shard(rec[idx]),
+           "clip": layout.shard(clip[idx]),
            "valid": layout.shard(valid[rows])}
 
 

@@ -1,6 +1,7 @@
 """Encoders (Transformer with random key masking, GRU, VGGish) and projection heads."""
 
-from coughjax.models.registry import build_encoder, compute_dtype, encoder_class, names, register
+from coughjax.models.registry import (build_encoder, compute_dtype, encoder_class,
+                                      encoder_config, names, register)
 # Imported for their side effect: @register makes each encoder buildable by name.
 from coughjax.models import gru, heads, masking, transformer
 from coughjax.models import vggish

@@ -13,7 +13,7 @@ parameters bit-identical.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,8 @@ class Classifier(nn.Module):
     encoders: one or two registered encoders (`coughjax.models.build_encoder`);
       their parameters are named encoder_0, encoder_1.
     frozen: per encoder, whether it is a fixed feature extractor.
-    dropout: rate on the (concatenated) features before the FC layer.
+    dropout: rate on the (concatenated) features before the FC layer (the head's
+      own, `config.model.head_dropout`; each encoder has its own dropout field).
   """
 
   encoders: Sequence[nn.Module]
@@ -35,16 +36,32 @@ class Classifier(nn.Module):
   dropout: float = 0.2
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               masks: Optional[Sequence[Optional[jax.Array]]] = None) -> jax.Array:
+    """Classifies clips.
+
+    Args:
+      x: [batch, time, mel] clips.
+      train: dropout on (frozen branches always run in inference mode).
+      masks: per encoder, a [batch, time] bool key mask (True = masked) passed as
+        its `mask=`, or None to let it draw its own from the 'mask' stream where it
+        masks (training). Inference gives per-clip masks (`coughjax.infer`).
+
+    Returns:
+      [batch] logits.
+    """
     frozen = tuple(self.frozen) or (False,) * len(self.encoders)
+    masks = (None,) * len(self.encoders) if masks is None else tuple(masks)
+    if len(masks) != len(self.encoders):
+      raise ValueError(f"{len(masks)} masks for {len(self.encoders)} encoders")
     feats = []
-    for encoder, fixed in zip(self.encoders, frozen):
+    for encoder, fixed, mask in zip(self.encoders, frozen, masks):
       # Each encoder is its own submodule, so make_rng("mask") inside it yields a
       # key of its own: the branches' masks differ.
       if fixed:
-        h = jax.lax.stop_gradient(encoder(x, train=False))
+        h = jax.lax.stop_gradient(encoder(x, train=False, mask=mask))
       else:
-        h = encoder(x, train=train)
+        h = encoder(x, train=train, mask=mask)
       feats.append(h.astype(jnp.float32))  # [B, d_i]
     h = jnp.concatenate(feats, axis=-1)  # [B, sum d_i]
     h = nn.Dropout(self.dropout, deterministic=not train)(h)

@@ -1,4 +1,11 @@
-"""Encoders by name: `config.model.name` -> a Flax module class."""
+"""Encoders by name: `config.model.name` -> a Flax module class, and its settings.
+
+A model config keeps each encoder's own settings in a sub-config named after it
+(`config.model.transformer.dropout`, `config.model.vggish.dropout`, ...; see
+configs/common.py) and a few fields shared by every encoder that declares them
+(`SHARED_FIELDS`). `encoder_config` resolves the two into one encoder's keyword
+arguments, so that a setting of one encoder never reaches another.
+"""
 
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -7,6 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 _ENCODERS: dict[str, type[nn.Module]] = {}
+# Model-level fields that every encoder declaring them takes (the Transformer's random
+# key masking, the compute dtype); everything else comes from the encoder's sub-config.
+SHARED_FIELDS = ("mask_rate", "mask_at_eval", "dtype")
 
 
 def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -42,15 +52,50 @@ def compute_dtype(dtype: Any) -> Any:
     raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {dtype!r}") from None
 
 
+def fields(cls: type[nn.Module]) -> set[str]:
+  """The configurable dataclass fields of an encoder class."""
+  return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+def encoder_config(model_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+  """The resolved settings of encoder `name` from a model config.
+
+  Args:
+    model_cfg: `config.model`: a sub-config per encoder (`model_cfg[name]`, e.g.
+      {"d_model": 64, "dropout": 0.2}) and the `SHARED_FIELDS`.
+    name: a registered encoder.
+
+  Returns:
+    {"name": name, **shared fields the encoder declares, **model_cfg[name]} (the
+    encoder's own sub-config wins), JSON-serialisable: `build_encoder` takes it.
+
+  Raises:
+    ValueError: the sub-config is missing or sets a field the encoder does not have.
+  """
+  cls = encoder_class(name)
+  declared = fields(cls)
+  if name not in model_cfg:
+    raise ValueError(f"model config has no settings for encoder {name!r} "
+                     f"(expected a sub-config model.{name} with fields of "
+                     f"{cls.__name__}: {sorted(declared)})")
+  own = dict(model_cfg[name])
+  unknown = set(own) - declared
+  if unknown:
+    raise ValueError(f"model.{name} sets {sorted(unknown)}, which {cls.__name__} does not "
+                     f"have; its fields are {sorted(declared)}")
+  shared = {k: model_cfg[k] for k in SHARED_FIELDS if k in declared and k in model_cfg}
+  return {"name": name, **shared, **own}
+
+
 def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
   """Instantiates `cfg['name']` with the fields of `cfg` that the encoder declares.
 
-  A flat model config can thus carry the fields of every encoder (d_model, mask_rate,
-  ...) and each encoder takes what it understands; a dtype may be given by name.
+  `cfg` is normally `encoder_config`'s result. Fields the encoder does not declare
+  are ignored, so that workdirs written before per-encoder configs (a flat dict of
+  every encoder's fields) still load; a dtype may be given by name.
   """
   cls = encoder_class(cfg["name"])
-  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  kwargs = {k: v for k, v in cfg.items() if k in fields}
+  kwargs = {k: v for k, v in cfg.items() if k in fields(cls)}
   if "dtype" in kwargs:
     kwargs["dtype"] = compute_dtype(kwargs["dtype"])
   return cls(**kwargs)

@@ -4,11 +4,14 @@ For each of `config.num_runs` seeds (own participant split and own initialisatio
 the classifier is trained with the shared trainer (Adam + ReduceLROnPlateau on the
 validation loss, best checkpoint and early stopping by validation ROC-AUC), then its
 best checkpoint is scored on the test participants. `run` writes results.json,
-results.md, roc.png and curves.png into the workdir; run i lives in workdir/run_i.
+results.md, roc.png, curves.png and encoders.json into the workdir; run i lives in
+workdir/run_i, with its per-recording test scores in run_i/test_predictions.csv.
+Every score comes from `coughjax.infer.probabilities`, as in `coughjax.predict`.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import json
@@ -24,6 +27,7 @@ import optax
 
 from coughjax import data
 from coughjax import evaluate
+from coughjax import infer
 from coughjax import models
 from coughjax.data import pipeline
 from coughjax.models import chunking
@@ -37,6 +41,7 @@ BRANCHES = ("encoder_a", "encoder_b")
 # Fields that fix an encoder's parameter shapes: a CP branch takes them from the
 # pre-training run, so its checkpoint fits.
 ARCHITECTURE = ("d_model", "num_layers", "num_heads", "mlp_dim", "pooling", "embedding_dim")
+PREDICTIONS_FILE = "test_predictions.csv"
 
 
 def branches(config) -> list[ml_collections.ConfigDict]:
@@ -67,16 +72,19 @@ def _pretrain_config(key, branch, runlocal) -> ml_collections.ConfigDict:
 
 
 def encoder_config(config, key: str) -> dict[str, Any]:
-  """Model fields of one branch: downstream settings (dropout, DS masking) with the
-  architecture of its pre-training run for CP branches."""
+  """Resolved settings of one branch (`coughjax.models.encoder_config`): the
+  downstream config's `model.<encoder>` sub-config (dropout) and shared fields (DS
+  masking), with the architecture of its pre-training run for CP branches."""
   branch = config[key]
-  cfg = dict(config.model.to_dict(), name=branch.name)
+  cfg = models.encoder_config(config.model, branch.name)
   if branch.init == "cp":
     saved = _pretrain_config(key, branch, config.runlocal).model
     if saved.name != branch.name:
       raise ValueError(f"{key}: a {branch.name} branch cannot start from the "
                        f"{saved.name} checkpoint in {pretrain_workdir(branch)}")
-    cfg.update({k: saved[k] for k in ARCHITECTURE if k in saved})
+    # Pre-training runs saved before per-encoder sub-configs kept a flat model.
+    arch = saved[branch.name] if branch.name in saved else saved
+    cfg.update({k: arch[k] for k in ARCHITECTURE if k in arch and k in cfg})
   return cfg
 
 
@@ -84,7 +92,7 @@ def build_classifier(config) -> classifier_lib.Classifier:
   encoders = [models.build_encoder(encoder_config(config, k))
               for k in BRANCHES if config[k].name]
   return classifier_lib.Classifier(encoders, tuple(b.frozen for b in branches(config)),
-                                   dropout=config.model.dropout)
+                                   dropout=config.model.head_dropout)
 
 
 def initial_encoder_params(config, key: str) -> Optional[dict]:
@@ -159,7 +167,11 @@ class Setup:
 
 
 def make_steps(model: classifier_lib.Classifier, config):
-  """(pmapped train_step, pmapped predict_step)."""
+  """(pmapped train_step, pmapped predict_step).
+
+  predict_step(state, x [b, T, mel], rec_keys [b, 2], clip_index [b]) -> [b]
+  probabilities by `coughjax.infer.probabilities` (per-clip DS masks).
+  """
   chunk_size = config.model.chunk_size
 
   def logits_fn(params, x, rng, train):
@@ -184,30 +196,36 @@ def make_steps(model: classifier_lib.Classifier, config):
     grads = jax.lax.pmean(grads, AXIS)
     return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
 
-  def predict_step(state, x, rng):
-    return jax.nn.sigmoid(logits_fn(state.params, x, rng, False))
+  def predict_step(state, x, rec_keys, clip_index):
+    return infer.probabilities(model, state.params, x, rec_keys, clip_index,
+                               chunk_size=chunk_size)
 
   return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
           jax.pmap(predict_step, axis_name=AXIS))
 
 
-def predict_clips(predict_step, p_state, store: pipeline.ClipStore, config,
-                  rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """P(positive) of every clip of every recording: (probs [n], recording index [n])."""
+def predict_clips(predict_step, p_state, store: pipeline.ClipStore, config
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """P(positive) of every clip of every recording: (probs [n], recording index [n]).
+
+  DS masks are keyed by recording and clip index (`coughjax.infer`), so a clip's
+  probability does not depend on the batch it falls in.
+  """
   layout = pipeline.DeviceLayout.current()
-  rngs = trainer.replicate(rng)
+  rec_keys = infer.store_recording_keys(store)  # [recordings, 2]
   probs, recs = [], []
   for batch in pipeline.eval_batches(store, config.eval_batch_size,
                                      config.features.eval_hop, layout):
-    p = np.asarray(predict_step(p_state, batch["x"], rngs))
+    p = np.asarray(predict_step(p_state, batch["x"], rec_keys[batch["rec"]],
+                                batch["clip"]))
     probs.append(p[batch["valid"]])
     recs.append(batch["rec"][batch["valid"]])
   return np.concatenate(probs), np.concatenate(recs)
 
 
-def score(predict_step, p_state, store, config, rng) -> dict[str, Any]:
+def score(predict_step, p_state, store, config) -> dict[str, Any]:
   """Recording- and clip-level metrics (and the scores behind the ROC curve)."""
-  probs, rec = predict_clips(predict_step, p_state, store, config, rng)
+  probs, rec = predict_clips(predict_step, p_state, store, config)
   rec_scores = evaluate.recording_scores(probs, rec, len(store))
   eps = 1e-7
   clip_labels = store.labels[rec]
@@ -234,10 +252,9 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
                                        cfg.features.train_hop, cfg.seed,
                                        pipeline.DeviceLayout.current())
   predict_step = setup.predict_step
-  eval_rng = jax.random.PRNGKey(cfg.seed + 10_000)
 
   def validate(p_state):
-    s = score(predict_step, p_state, stores["val"], cfg, eval_rng)
+    s = score(predict_step, p_state, stores["val"], cfg)
     return {"loss": s["loss"], **{k: s["recording"][k] for k in evaluate.METRICS}}
 
   task = trainer.Task(
@@ -249,12 +266,32 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
   final = trainer.fit(task, cfg, run_dir)
   # Score the best checkpoint (by validation AUC), not the last.
   best, _ = trainer.restore(run_dir / "best", final)
-  result = score(predict_step, trainer.replicate(best), stores["test"], cfg, eval_rng)
+  result = score(predict_step, trainer.replicate(best), stores["test"], cfg)
+  write_predictions(run_dir / PREDICTIONS_FILE, stores["test"], result["scores"])
   result.update(run=run_index, seed=cfg.seed, split_seed=cfg.data.split_seed,
                 best_step=int(best.step))
   logging.info("%s run %d test (recording level): %s", cfg.variant, run_index,
                ", ".join(f"{k} {result['recording'][k]:.2f}" for k in evaluate.METRICS))
   return result
+
+
+def write_predictions(path: pathlib.Path, store: pipeline.ClipStore,
+                      scores: list[float]) -> None:
+  """One row per recording: path, label, probability (the mean over its clips)."""
+  if len(scores) != len(store):
+    raise ValueError(f"{path}: {len(scores)} scores for {len(store)} recordings")
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "label", "probability"])
+    for record, label, p in zip(store.records, store.labels, scores):
+      writer.writerow([record.path, int(label), repr(float(p))])
+
+
+def read_predictions(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """`write_predictions`' rows: [{"path", "label" (int), "probability" (float)}]."""
+  with open(path, newline="") as f:
+    return [{"path": r["path"], "label": int(r["label"]),
+             "probability": float(r["probability"])} for r in csv.DictReader(f)]
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -263,16 +300,14 @@ def run(config, workdir: str) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   trainer.save_config(config, workdir)
   setup = Setup.create(config)
-  # The resolved encoder configs, so that coughjax.predict can rebuild the model
-  # without the pre-training workdirs.
-  encoders = [encoder_config(config, k) for k in BRANCHES if config[k].name]
-  (workdir / "encoders.json").write_text(json.dumps(
-      {"encoders": encoders, "frozen": [b.frozen for b in branches(config)]}, indent=2))
+  # The resolved encoder configs and head dropout, so that coughjax.predict can
+  # rebuild the model without the pre-training workdirs.
+  (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
   runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
-  results = evaluate.write_report(workdir, config.variant, runs, dataset,
-                                  paper.row_for_variant(config.variant))
+  ref, source = paper.reference(config.variant) or (None, "")
+  results = evaluate.write_report(workdir, config.variant, runs, dataset, ref, source)
   evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
   evaluate.plot_curves([trainer.read_metrics(workdir / f"run_{i}")
                         for i in range(config.num_runs)], workdir / "curves.png",
@@ -282,6 +317,14 @@ def run(config, workdir: str) -> dict[str, Any]:
                config.variant, s["auc_mean"], s["auc_std"], s["accuracy_mean"],
                s["accuracy_std"], config.num_runs, workdir / "results.md")
   return results
+
+
+def model_spec(config) -> dict[str, Any]:
+  """What encoders.json holds: {"encoders": [resolved settings per branch],
+  "frozen": [bool per branch], "head_dropout": float}."""
+  return {"encoders": [encoder_config(config, k) for k in BRANCHES if config[k].name],
+          "frozen": [b.frozen for b in branches(config)],
+          "head_dropout": config.model.head_dropout}
 
 
 def describe_data(config) -> str:

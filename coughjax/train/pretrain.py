@@ -28,8 +28,10 @@ AXIS = trainer.AXIS
 
 
 def encoder_config(model_cfg) -> dict[str, Any]:
-  """The flat model config as encoder kwargs (with the compute dtype resolved)."""
-  return dict(model_cfg.to_dict(), dtype=models.compute_dtype(model_cfg.dtype))
+  """Encoder kwargs of `model_cfg.name`: its sub-config and the shared fields
+  (`coughjax.models.encoder_config`), with the compute dtype resolved."""
+  cfg = models.encoder_config(model_cfg, model_cfg.name)
+  return dict(cfg, dtype=models.compute_dtype(cfg.get("dtype", model_cfg.dtype)))
 
 
 def build_model(model_cfg) -> heads.ContrastiveModel:

@@ -1,0 +1,163 @@
+"""Inference: P(positive) of clips, with DS masks that depend only on the clip.
+
+DS masking (paper Tables 5 and 6) draws a random key mask at inference too. For a
+recording's score to be a function of the recording alone — the same in the
+evaluation loop, in `coughjax.predict` and in the benchmarks, wherever a clip sits
+in a batch and whatever other recordings are scored beside it — every mask comes
+from its own key:
+
+  key(recording, clip, branch) = fold_in(fold_in(fold_in(fold_in(
+      MASK_KEY, r0), r1), clip index in the recording), branch index)
+
+where (r0, r1) = `recording_key(features)`: 64 bits of a BLAKE2b digest of the
+recording's log-mel features. Masks are drawn row by row (`jax.vmap` of
+`masking.random_key_mask`) and handed to the encoders through their `mask=`
+argument, so no key depends on the batch.
+
+Why the features: they are the recording as the model sees it, computed by the same
+deterministic numpy code (`coughjax.audio.logfbank`, float32) from the decoded audio
+in training, evaluation and `predict`, so they are bit-identical however the file is
+named, where it lies or in which order it is scored, while a file's path is not
+(and Python's `hash` is salted per process). Their bytes are hashed with an explicit
+little-endian float32 layout and the shape, so the key does not depend on the
+platform's byte order either. A recording whose features change (other feature
+parameters, a re-encoded file) gets other masks — as it gets another score anyway.
+
+Training draws its masks from the step's 'mask' stream instead (fresh every step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coughjax.models import chunking
+from coughjax.models import masking
+
+# The root of every inference mask key. A constant: a score must not depend on the
+# run, the process or the caller (a benchmark, the evaluation loop, predict).
+MASK_SEED = 0
+
+
+def pad_to_clip(features: np.ndarray, clip_frames: int) -> np.ndarray:
+  """[T, mel] -> [max(T, clip_frames), mel] float32: a recording shorter than one clip
+  is zero-padded to one clip, as `audio.clips` and `pipeline.ClipStore` do."""
+  features = np.asarray(features, np.float32)
+  if features.shape[0] >= clip_frames:
+    return features
+  return np.pad(features, ((0, clip_frames - features.shape[0]), (0, 0)))
+
+
+def recording_key(features: np.ndarray, clip_frames: int) -> np.ndarray:
+  """The mask key of one recording: [2] uint32 from a digest of its features.
+
+  Args:
+    features: [T, mel] log-mel features of the whole recording (as computed by
+      `audio.logfbank`; padded or not to one clip: the same key either way).
+    clip_frames: frames per clip.
+
+  Returns:
+    [2] uint32, 64 bits of BLAKE2b over the shape and the little-endian float32
+    bytes of `pad_to_clip(features)`.
+  """
+  feats = np.ascontiguousarray(pad_to_clip(features, clip_frames), dtype="<f4")
+  digest = hashlib.blake2b(digest_size=8)
+  digest.update(np.asarray(feats.shape, "<i8").tobytes())
+  digest.update(feats.tobytes())
+  return np.frombuffer(digest.digest(), "<u4").astype(np.uint32)
+
+
+def store_recording_keys(store) -> np.ndarray:
+  """`recording_key` of every recording of a `pipeline.ClipStore`: [n, 2] uint32."""
+  return np.stack([
+      recording_key(store.frames[o:o + n], store.clip_frames)
+      for o, n in zip(store.offsets, store.lengths)])
+
+
+def clip_keys(rec_keys: jax.Array, clip_index: jax.Array) -> jax.Array:
+  """Per-row keys: [n, 2] uint32 recording keys, [n] clip indices -> [n] keys."""
+
+  def one(rk, ci):
+    key = jax.random.PRNGKey(MASK_SEED)
+    key = jax.random.fold_in(jax.random.fold_in(key, rk[0]), rk[1])
+    return jax.random.fold_in(key, ci)
+
+  return jax.vmap(one)(rec_keys, clip_index)
+
+
+def inference_mask_rate(encoder: nn.Module) -> Optional[float]:
+  """The rate at which `encoder` masks at inference, or None if it does not."""
+  active = getattr(encoder, "masking_active", None)
+  if active is None or not active(False):
+    return None
+  return float(encoder.mask_rate)
+
+
+def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int
+                 ) -> tuple[Optional[jax.Array], ...]:
+  """Each branch's inference masks from per-row keys.
+
+  Args:
+    encoders: the classifier's encoders (branch i folds i into every key, so two
+      branches of an ensemble draw different masks).
+    keys: [n] per-row keys (`clip_keys`).
+    time: time steps per clip.
+
+  Returns:
+    Per branch, [n, time] bool (True = masked) or None where it does not mask.
+  """
+  out = []
+  for i, encoder in enumerate(encoders):
+    rate = inference_mask_rate(encoder)
+    if rate is None:
+      out.append(None)
+      continue
+
+    def one(key, i=i, rate=rate):
+      return masking.random_key_mask(jax.random.fold_in(key, i), 1, time, rate)[0]
+
+    out.append(jax.vmap(one)(keys))
+  return tuple(out)
+
+
+def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Array,
+                  clip_index: jax.Array, *, chunk_size: int = 0) -> jax.Array:
+  """P(positive) of every clip, in inference mode: the one inference path.
+
+  Used by the downstream evaluation (under pmap), `coughjax.predict` and
+  benchmarks/latency.py. Every row's output depends only on its own clip, key and
+  index, not on the batch (up to float round-off of batched matmuls).
+
+  Args:
+    model: a `coughjax.models.classifier.Classifier`.
+    params: its parameters.
+    x: [n, T, mel] clips.
+    rec_keys: [n, 2] uint32, each row's `recording_key` (padding rows: anything).
+    clip_index: [n] int, each row's clip index within its recording.
+    chunk_size: run the model over chunks of this many rows (`chunking.chunk_size_for`;
+      0 = all at once), which bounds memory and keeps activations in cache.
+
+  Returns:
+    [n] float32 probabilities.
+  """
+  n, time = x.shape[:2]
+  if rec_keys.shape != (n, 2) or clip_index.shape != (n,):
+    raise ValueError(f"rec_keys {rec_keys.shape} / clip_index {clip_index.shape} do not "
+                     f"match {n} clips (expected ({n}, 2) / ({n},))")
+
+  def apply(args):
+    xc, rk, ci = args
+    masks = branch_masks(model.encoders, clip_keys(rk, ci), time)
+    return jax.nn.sigmoid(model.apply({"params": params}, xc, train=False, masks=masks))
+
+  chunk = chunking.chunk_size_for(n, chunk_size)
+  args = (x, rec_keys.astype(jnp.uint32), clip_index.astype(jnp.int32))
+  if chunk == n:
+    return apply(args)
+  chunked = jax.tree.map(lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), args)
+  return jax.lax.map(apply, chunked).reshape(n)
