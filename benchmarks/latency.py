@@ -14,7 +14,8 @@ Implementations, timed in the same process, interleaved repeat by repeat:
 
 * coughjax: `jax.jit` of the row's model (`downstream.Setup`'s Classifier) applied
   by `coughjax.models.chunking.apply_in_chunks` in chunks of the config's
-  `model.chunk_size` (0 for VGGish rows: whole batch), masks drawn inside: what the
+  `model.chunk_size` ("auto": 16 clips on CPU, the whole batch on GPU/TPU; 0 = the
+  whole batch for VGGish rows on every platform), masks drawn inside: what the
   downstream predict step computes, on one device without pmap. Input already on
   the device, `block_until_ready` included. Compile time (first call minus a steady
   call) is excluded and shown apart.
