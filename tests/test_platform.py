@@ -133,14 +133,19 @@ def test_pretrain_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
 
 
 def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
-  """Same for the downstream classifier: a train step, and predictions that agree."""
-  config = downstream_configs.get_config("transformer,runlocal")
-  config.lock()
-  x = _views(config)[:, 0]  # [1, b, T, mel]
-  y = jnp.asarray(np.arange(config.batch_size) % 2, jnp.float32)[None]
+  """Same for the downstream classifier: a train step, and predictions that agree,
+  also with a pinned chunk size (4 chunks per batch: the lax.map path, which the
+  runlocal batch of 16 no longer takes by default)."""
+  x = None
   all_probs = []
   calls = _count_dot_product_attention(monkeypatch)
-  for backend in ("cpu", "gpu"):
+  for backend, chunk_size in (("cpu", "auto"), ("gpu", "auto"), ("cpu", 4)):
+    config = downstream_configs.get_config("transformer,runlocal")
+    config.model.chunk_size = chunk_size
+    config.lock()
+    if x is None:
+      x = _views(config)[:, 0]  # [1, b, T, mel]
+      y = jnp.asarray(np.arange(config.batch_size) % 2, jnp.float32)[None]
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
     calls[0] = 0
     setup = downstream.Setup.create(config)
@@ -152,4 +157,5 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     assert np.isfinite(float(metrics["loss"][0])) and int(state.step[0]) == 1
     assert (calls[0] > 0) == (backend != "cpu")
     all_probs.append(probs)
-  np.testing.assert_allclose(all_probs[0], all_probs[1], rtol=1e-5, atol=1e-6)
+  for probs in all_probs[1:]:
+    np.testing.assert_allclose(probs, all_probs[0], rtol=1e-5, atol=1e-6)
