@@ -24,7 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Clips per call of the chunked PyTorch twins: coughjax's default model.chunk_size.
+# Clips per call of the chunked PyTorch twins: coughjax's model.chunk_size on CPU
+# ("auto" = coughjax.models.chunking.CPU_CHUNK_SIZE; not imported, to keep jax out of
+# the torch-only subprocesses).
 TORCH_CHUNK = 16
 # The scripts run as `python benchmarks/<name>.py` from a checkout: make the package
 # and configs/ importable without installing them.

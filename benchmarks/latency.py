@@ -14,8 +14,8 @@ Implementations, timed in the same process, interleaved repeat by repeat:
 
 * coughjax: `jax.jit` of `coughjax.infer.probabilities`, the one inference path
   that the downstream evaluation and `coughjax.predict` use, for the row's model
-  (`downstream.Setup`'s Classifier) in chunks of the config's `model.chunk_size` (0
-  for VGGish rows: whole batch), each clip's DS masks drawn inside from its own key:
+  (`downstream.Setup`'s Classifier) in chunks of the config's `model.chunk_size` ("auto":
+  16 clips on CPU, the whole batch on GPU/TPU; 0 for VGGish rows: whole batch), each clip's DS masks drawn inside from its own key:
   on one device without pmap. Input already on the device, `block_until_ready`
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.

@@ -7,7 +7,11 @@ the achieved GFLOP/s from an analytic FLOP count; then the same train step with
 dropout off and with masking off, which shows what each costs:
 
   python benchmarks/profile_step.py [--config=transformer_m50] [--batch_size=1024]
-                                    [--repeats=5] [--chunk_size=16]
+                                    [--repeats=5] [--chunk_size=16] [--remat=false]
+
+--chunk_size and --remat pin the config's `model.chunk_size` / `model.remat`, whose
+"auto" default is the platform's (16-clip chunks with remat on CPU, the whole batch
+on GPU/TPU; coughjax/models/chunking.py).
 
 All rows are timed round-robin in one process (compile excluded), so that load on a
 shared machine hits them alike; the load average is printed before and after. For
@@ -34,7 +38,10 @@ from coughjax.train import trainer
 
 _CONFIG = flags.DEFINE_string("config", "transformer_m50", "configs/pretrain.py variant")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "pairs per step (2x clips)")
-_CHUNK = flags.DEFINE_integer("chunk_size", 0, "encoder chunk rows (0: the config's)")
+_CHUNK = flags.DEFINE_integer("chunk_size", None,
+                               "encoder chunk rows, 0 = whole batch (default: the config's)")
+_REMAT = flags.DEFINE_bool("remat", None, "recompute chunks in the backward pass "
+                           "(default: the config's)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per row")
 
 
@@ -48,8 +55,10 @@ def encoder_flops(cfg) -> float:
 def _config(**model_overrides):
   cfg = pretrain_configs.get_config(_CONFIG.value)
   cfg.batch_size = _BATCH.value
-  if _CHUNK.value:
+  if _CHUNK.value is not None:
     cfg.model.chunk_size = _CHUNK.value
+  if _REMAT.value is not None:
+    cfg.model.remat = _REMAT.value
   for k, v in model_overrides.items():
     # Shared fields (mask_rate) are model-level; dropout is the encoder's own.
     (cfg.model if k in cfg.model else cfg.model[cfg.model.name])[k] = v
@@ -123,7 +132,10 @@ def main(argv):
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
 
-  print(f"\n{_CONFIG.value}, B = {b} pairs, chunk {cfg.model.chunk_size}, "
+  chunk = chunking.chunk_size_for(b, cfg.model.chunk_size)
+  remat = chunking.resolve_remat(cfg.model.remat)  # the 2B clips are always >= 2 chunks
+  print(f"\n{_CONFIG.value}, B = {b} pairs, chunk {chunk} ({cfg.model.chunk_size}), "
+        f"remat {remat}, "
         f"{jax.devices()[0].platform} x{os.cpu_count()} cores, encoder "
         f"{fwd / 1e6:.1f} MFLOP/clip forward; load average {load_before:.1f} -> "
         f"{os.getloadavg()[0]:.1f}\n")
@@ -133,8 +145,9 @@ def main(argv):
     med, best = statistics.median(times[name]), min(times[name])
     rate = f"{flops / med / 1e9:.0f}" if flops else ""
     print(f"| {name} | {med:.3f} | {best:.3f} | {med / n * 1e6:.0f} | {rate} |")
-  print("\nGFLOP/s counts the train step as 3x the forward FLOPs; its backward pass "
-        "also recomputes each chunk's forward (remat), which is not counted.")
+  print("\nGFLOP/s counts the train step as 3x the forward FLOPs"
+        + ("; its backward pass also recomputes each chunk's forward (remat), which is "
+           "not counted." if remat else "."))
 
 
 if __name__ == "__main__":

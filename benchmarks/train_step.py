@@ -10,7 +10,8 @@ loss, gradients, Adam update (paper §4.1; config `configs/pretrain.py:--variant
 default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2).
 
 * coughjax: the real `coughjax.train.pretrain.make_steps` train step (pmapped,
-  encoder in chunks of `config.model.chunk_size` clips with remat, state donated),
+  encoder in chunks of `config.model.chunk_size` clips with remat -- their CPU
+  defaults, 16 clips with remat, on the platform "auto" -- state donated),
   on 1 device and on 2 and 4 fake CPU devices
   (XLA_FLAGS=--xla_force_host_platform_device_count=N; the global batch is split).
 * torch: the twin (benchmarks/torch_twins.py ContrastiveTwin: same model, bilinear

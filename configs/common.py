@@ -1,6 +1,7 @@
 """Defaults shared by every coughjax config; variants change only what differs."""
 
 import ml_collections
+from ml_collections.config_dict import FieldReference
 
 from coughjax.data.manifest import PRETRAIN_SOUNDS
 
@@ -62,7 +63,17 @@ def get_base_config() -> ml_collections.ConfigDict:
       # Pre-training head (projection g and similarity).
       proj_dim=64, similarity="bilinear",
       temperature=1.0,    # tau: bilinear 1.0, cosine 0.2 (COLA)
-      chunk_size=16,      # encoder evaluated in chunks of this many clips (0: all at once)
+      # Platform-dependent settings (coughjax/models/platform.py): "auto" is resolved
+      # from jax.default_backend() at trace time; an explicit value pins one. On CPU
+      # the measured optimum (the step is memory-bound): the encoder over 16-clip
+      # chunks, each recomputed in the backward pass (remat), einsum attention and
+      # hash-based dropout bits. On GPU/TPU: the whole batch at once, no remat,
+      # jax.nn.dot_product_attention and flax's dropout.
+      chunk_size=FieldReference("auto", field_type=object),  # int: clips per chunk, 0 = all
+      remat=FieldReference("auto", field_type=object),       # bool: pre-training recomputes chunks
+      # (the Transformer's, passed to it as shared fields):
+      attention_impl="auto",  # einsum | dot_product
+      dropout_impl="auto",    # hash | flax
   ))
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3,

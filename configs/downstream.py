@@ -128,7 +128,6 @@ def runlocal(config) -> None:
   config.data.num_participants = 24
   config.batch_size = 16
   config.eval_batch_size = 16
-  config.model.chunk_size = min(config.model.chunk_size, 8)
   config.num_epochs = 2
   config.runlocal = True
   config.num_runs = 2

@@ -101,7 +101,6 @@ def runlocal(config) -> None:
   config.data.sounds = ("cough-heavy", "breathing-deep")
   config.batch_size = 16
   config.eval_batch_size = 8
-  config.model.chunk_size = 4
   config.num_epochs = 2
   config.passes_per_epoch = 1
   config.runlocal = True

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import coughjax.models
-from coughjax.models import chunking, heads, transformer
+from coughjax.models import chunking, cpu_kernels, heads, transformer
 
 TIME, MEL = 96, 64
 TINY = {
@@ -15,13 +15,14 @@ TINY = {
 }
 
 
-def _random_params(model, x):
-  """Parameters of `model` with random values, without compiling its init.
+def _random_params(model, *args):
+  """Parameters of `model` (called on `args`) with random values, without compiling
+  its init.
 
   Compiling is what costs time in these tests (seconds for an init on a busy CPU);
   the shapes come from tracing alone and the values need only be generic.
   """
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  shapes = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, train=False), *args)
   rng = np.random.default_rng(0)
   return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype),
                       shapes)
@@ -57,10 +58,12 @@ def test_encoder_shapes_and_dropout(name, clips):
   assert not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_bfloat16_computation_float32_params(name, clips):
+@pytest.mark.parametrize("name, extra", [
+    ("gru", {}), ("transformer", {"attention_impl": "einsum"}),
+    ("transformer", {"attention_impl": "dot_product"})])
+def test_bfloat16_computation_float32_params(name, extra, clips):
   model = coughjax.models.build_encoder({"name": name, "dtype": jnp.bfloat16,
-                                         **TINY[name]})
+                                         **TINY[name], **extra})
   params = _random_params(model, clips)
   assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   h = jax.jit(lambda p, x: model.apply(p, x, train=False))(params, clips)
@@ -90,25 +93,28 @@ def test_parameter_counts_and_transformer_tree():
   assert layer["attention"]["out"]["kernel"].shape == (64, 64)
 
 
-def test_encoder_layer_matches_pytorch_twin():
+@pytest.mark.parametrize("attention_impl", transformer.ATTENTION_IMPLS)
+def test_encoder_layer_matches_pytorch_twin(attention_impl):
   """One layer against torch.nn.TransformerEncoderLayer with the documented mapping.
 
   in_proj_weight = qkv kernel.T, out_proj/linear1/linear2 weights = kernels.T, norm1/2
   = attention_norm/mlp_norm; a random key mask goes to torch as an additive mask.
+  Both attention kernels (CPU einsum, jax.nn.dot_product_attention) share the layout.
   """
   torch = pytest.importorskip("torch")
   d, heads, mlp, time = 16, 2, 32, 12
   x = np.random.default_rng(0).normal(size=(3, time, d)).astype(np.float32)
   masked = np.asarray(coughjax.models.masking.random_key_mask(
       jax.random.key(0), 3, time, 0.5))
-  bias = coughjax.models.masking.attention_bias(jnp.asarray(masked))  # [3, 1, T, T]
-  layer = transformer.EncoderLayer(heads, mlp, dropout=0.2)
+  allowed = coughjax.models.masking.attention_mask(jnp.asarray(masked))  # [3, 1, T, T]
+  bias = coughjax.models.masking.attention_bias(jnp.asarray(masked))
+  layer = transformer.EncoderLayer(heads, mlp, dropout=0.2, attention_impl=attention_impl)
   shapes = jax.eval_shape(
-      lambda x, b: layer.init(jax.random.key(0), x, b, train=False), x, bias)
+      lambda x, m: layer.init(jax.random.key(0), x, m, train=False), x, allowed)
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype),
                         shapes)
-  h = jax.jit(lambda p, x, b: layer.apply(p, x, b, train=False))(params, x, bias)
+  h = jax.jit(lambda p, x, m: layer.apply(p, x, m, train=False))(params, x, allowed)
 
   p = jax.tree.map(lambda a: torch.tensor(np.asarray(a)), params["params"])
   twin = torch.nn.TransformerEncoderLayer(d, heads, mlp, dropout=0.2, batch_first=True)
@@ -132,7 +138,7 @@ def test_encoder_layer_matches_pytorch_twin():
 
 def test_dropout_rate_scale_and_keys():
   x = jnp.ones((64, 96, 64))
-  run = jax.jit(lambda k: transformer.inverted_dropout(x, 0.2, k))
+  run = jax.jit(lambda k: cpu_kernels.inverted_dropout(x, 0.2, k))
   a, b = np.asarray(run(jax.random.key(0))), np.asarray(run(jax.random.key(1)))
   assert set(np.unique(a)) == {0.0, 1.25}  # inverted: kept elements scaled by 1 / 0.8
   # 393,216 draws: the drop rate is 0.2 within 5 standard deviations (0.0032).
@@ -141,12 +147,12 @@ def test_dropout_rate_scale_and_keys():
   both = ((a == 0) & (b == 0)).mean()
   assert abs(both - 0.04) < 0.002
   np.testing.assert_array_equal(a, run(jax.random.key(0)))
-  assert transformer.inverted_dropout(x, 0.0, jax.random.key(0)) is x
-  np.testing.assert_array_equal(transformer.inverted_dropout(x, 1.0, jax.random.key(0)), 0)
+  assert cpu_kernels.inverted_dropout(x, 0.0, jax.random.key(0)) is x
+  np.testing.assert_array_equal(cpu_kernels.inverted_dropout(x, 1.0, jax.random.key(0)), 0)
 
 
 def test_hash_bits_look_uniform():
-  bits = np.asarray(transformer.hash_bits(jax.random.key(3), (1 << 18,)), np.uint64)
+  bits = np.asarray(cpu_kernels.hash_bits(jax.random.key(3), (1 << 18,)), np.uint64)
   n = bits.size
   for k in (0, 7, 15, 23, 31):  # every bit is a fair coin...
     assert abs(((bits >> k) & 1).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
@@ -155,13 +161,66 @@ def test_hash_bits_look_uniform():
     assert abs(np.corrcoef(drops[:-lag], drops[lag:])[0, 1]) < 5 / np.sqrt(n)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_impls_agree(masked, clips):
+  """The CPU einsum kernel and jax.nn.dot_product_attention (XLA on CPU) give the same
+  encoder output and gradients, with and without a key mask."""
+  cfg = {"name": "transformer", **TINY["transformer"]}
+  mask = (coughjax.models.masking.random_key_mask(jax.random.key(4), 3, TIME, 0.5)
+          if masked else None)
+  models = {impl: coughjax.models.build_encoder({**cfg, "attention_impl": impl})
+            for impl in transformer.ATTENTION_IMPLS}
+  params = _random_params(models["einsum"], clips)
+
+  def run(model):
+    loss = lambda p: jnp.sum(model.apply(p, clips, train=False, mask=mask) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (a, ga), (b, gb) = (run(models[impl]) for impl in transformer.ATTENTION_IMPLS)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), ga, gb)
+  h = {impl: models[impl].apply(params, clips, train=False, mask=mask) for impl in models}
+  np.testing.assert_allclose(h["einsum"], h["dot_product"], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown attention_impl 'flash'"):
+    coughjax.models.build_encoder({**cfg, "attention_impl": "flash"}).apply(
+        params, clips, train=False)
+
+
+def test_flax_dropout_path_drops_at_the_rate():
+  """dropout_impl="flax" (the accelerator default) routes every dropout of a layer
+  through flax.linen.Dropout at the layer's rate; "hash" never does."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(32, TIME, 16)), jnp.float32)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+      seen.append((np.asarray(args[0]), np.asarray(out)))
+    return out
+
+  for impl, calls in (("hash", 0), ("flax", 3)):
+    seen.clear()
+    layer = transformer.EncoderLayer(2, 32, dropout=0.2, dropout_impl=impl)
+    params = _random_params(layer, x, None)
+    with nn.intercept_methods(record):
+      out = layer.apply(params, x, None, train=True, rngs={"dropout": jax.random.key(1)})
+    assert len(seen) == calls and np.all(np.isfinite(out))
+  for before, after in seen:  # attention output, MLP hidden, MLP output
+    live = before != 0  # the MLP hidden units after ReLU are often 0 already
+    dropped = (after[live] == 0).mean()
+    assert abs(dropped - 0.2) < 5 * np.sqrt(0.16 / live.sum())
+    kept = live & (after != 0)
+    np.testing.assert_allclose(after[kept], before[kept] / 0.8, rtol=1e-6)
+
+
 def test_chunked_remat_matches_plain():
   """apply_in_chunks with remat: same values and gradients, same per-chunk keys."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
 
   def fn(xc, rngs, w):
-    noise = transformer.inverted_dropout(jnp.ones((xc.shape[0], 3)), 0.5, rngs["dropout"])
+    noise = cpu_kernels.inverted_dropout(jnp.ones((xc.shape[0], 3)), 0.5, rngs["dropout"])
     return jnp.tanh(xc @ w) * noise
 
   def loss(w, remat):

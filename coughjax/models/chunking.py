@@ -2,7 +2,14 @@
 
 At B = 1024 the encoder is memory-bound on CPU: running it over chunks of ~16 clips
 inside the jitted step (`jax.lax.map`) keeps each chunk's activations in cache and
-was measured ~2x faster than one big batch, with a lower peak memory.
+was measured ~2x faster than one big batch, with a lower peak memory; recomputing
+each chunk in the backward pass (remat) was faster still. On a GPU or TPU the same
+chunks would run one after another (128 per device at B = 1024), each recomputed, on
+hardware built to take the whole batch at once. So `model.chunk_size` and
+`model.remat` default to "auto" (`resolve_chunk_size`, `resolve_remat`): 16 clips with
+remat on CPU, the whole batch without remat on an accelerator. A config pins either
+with an explicit value (e.g. `--config.model.chunk_size=256 --config.model.remat=True`
+to bound a GPU's activation memory).
 
 Each chunk draws its random keys (mask, dropout) from `fold_in(key, chunk_id)`, where
 the caller numbers chunks by their place in the *global* batch. A clip therefore gets
@@ -11,17 +18,58 @@ the same mask and dropout whether the batch runs on 1 device or is split over 4.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from coughjax.models import platform as platform_lib
 
 RNG_STREAMS = ("mask", "dropout")
+# Clips per chunk on CPU: the measured optimum of the attention encoders' pre-training
+# step at B = 1024 on 2 cores (benchmarks/README.md); 0 = the whole batch.
+CPU_CHUNK_SIZE = 16
 
 
-def chunk_size_for(rows: int, chunk_size: int) -> int:
-  """The largest divisor of `rows` not above `chunk_size` (all rows if <= 0)."""
-  if chunk_size <= 0 or chunk_size >= rows:
+def resolve_chunk_size(value: int | str, platform: Optional[str] = None) -> int:
+  """`config.model.chunk_size` -> rows per chunk, 0 meaning the whole batch.
+
+  Args:
+    value: "auto" (CPU: `CPU_CHUNK_SIZE`; GPU/TPU: 0, the whole batch) or an int >= 0,
+      which pins it.
+    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+  """
+  size = platform_lib.resolve(value, cpu=CPU_CHUNK_SIZE, accelerator=0, platform=platform)
+  if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 0:
+    raise ValueError(f"model.chunk_size must be 'auto' or an int >= 0 (0 = whole batch), "
+                     f"got {value!r}")
+  return int(size)
+
+
+def resolve_remat(value: bool | str, platform: Optional[str] = None) -> bool:
+  """`config.model.remat` -> whether a differentiated step recomputes its chunks.
+
+  Args:
+    value: "auto" (CPU: True; GPU/TPU: False, where "auto" chunking runs the whole
+      batch as one chunk and there is nothing to recompute) or a bool, which pins it.
+      A config that pins a chunk size on an accelerator to bound memory should also
+      pin remat=True: without it the backward pass keeps every chunk's activations.
+    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+  """
+  remat = platform_lib.resolve(value, cpu=True, accelerator=False, platform=platform)
+  if not isinstance(remat, (bool, np.bool_)):
+    raise ValueError(f"model.remat must be 'auto', True or False, got {value!r}")
+  return bool(remat)
+
+
+def chunk_size_for(rows: int, chunk_size: int | str) -> int:
+  """The largest divisor of `rows` not above `chunk_size` (all rows if <= 0).
+
+  `chunk_size` may be a config value, "auto" included (see `resolve_chunk_size`).
+  """
+  chunk_size = resolve_chunk_size(chunk_size)
+  if chunk_size == 0 or chunk_size >= rows:
     return rows
   return max(c for c in range(1, chunk_size + 1) if rows % c == 0)
 

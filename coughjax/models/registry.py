@@ -16,7 +16,7 @@ import jax.numpy as jnp
 _ENCODERS: dict[str, type[nn.Module]] = {}
 # Model-level fields that every encoder declaring them takes (the Transformer's random
 # key masking, the compute dtype); everything else comes from the encoder's sub-config.
-SHARED_FIELDS = ("mask_rate", "mask_at_eval", "dtype")
+SHARED_FIELDS = ("mask_rate", "mask_at_eval", "dtype", "attention_impl", "dropout_impl")
 
 
 def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:

@@ -18,12 +18,20 @@ queries, [d, 2d) the keys, [2d, 3d) the values, and within each, head h owns the
 Dh = d / heads columns [h * Dh, (h + 1) * Dh), as in torch. One difference: torch
 also applies dropout to the attention weights; here, as before, dropout acts on the
 attention output and in the MLP only (it changes no parameter).
+
+Kernels per platform, chosen at trace time (see `coughjax.models.platform`):
+`attention_impl` "auto" is "einsum" on CPU (`cpu_kernels.attend`, measured faster
+there) and "dot_product" on GPU/TPU (`jax.nn.dot_product_attention`, where XLA or
+cuDNN picks a fused kernel); `dropout_impl` "auto" is "hash" on CPU
+(`cpu_kernels.inverted_dropout`: threefry is slow on XLA:CPU) and "flax"
+(`flax.linen.Dropout`, threefry/`jax.random.bernoulli`) elsewhere. Either choice
+computes the same function with the same parameters; a config pins one with
+`--config.model.attention_impl=...` / `--config.model.dropout_impl=...`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -31,12 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coughjax.models import cpu_kernels
 from coughjax.models import masking
+from coughjax.models import platform as platform_lib
 from coughjax.models.registry import register
 
 # PyTorch's LayerNorm default (flax's is 1e-6); matters for a numerical twin.
 LAYER_NORM_EPS = 1e-5
 POOLINGS = ("mean", "first", "max")
+ATTENTION_IMPLS = ("einsum", "dot_product")
+DROPOUT_IMPLS = ("hash", "flax")
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,92 +76,34 @@ def pool(h: jax.Array, how: str) -> jax.Array:
   raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
 
 
-def _fmix32(h: jax.Array) -> jax.Array:
-  """MurmurHash3's 32-bit finalizer: a bijection on uint32 with full avalanche."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
+def _resolve_impl(field: str, value: str, known: tuple[str, ...], *, cpu: str,
+                  accelerator: str, platform: Optional[str]) -> str:
+  impl = platform_lib.resolve(value, cpu=cpu, accelerator=accelerator, platform=platform)
+  if impl not in known:
+    raise ValueError(f"unknown {field} {value!r}; expected 'auto' or one of {known}")
+  return impl
 
 
-def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Random uint32 bits of `shape`: element i is fmix32(fmix32(i + s0) ^ s1).
-
-  A counter-based generator like `jax.random`'s own (which hashes a counter with
-  threefry), with a cheaper hash. The seeds s0, s1 are drawn from `key` with
-  `jax.random.bits`, so each key gives an independent stream; the second round
-  keeps streams of nearby seeds from being shifted copies of each other. Enough for
-  dropout masks (drop rate, lag and cross-seed correlations match i.i.d. draws),
-  not for anything that needs a cryptographic generator.
+def resolve_attention_impl(value: str, platform: Optional[str] = None) -> str:
+  """`attention_impl` -> "einsum" or "dot_product" ("auto": einsum on CPU only).
 
   Args:
-    key: a `jax.random` key.
-    shape: of the result (at most 2**32 elements).
-
-  Returns:
-    uint32 array of `shape`.
+    value: "auto", "einsum" or "dot_product".
+    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
   """
-  s0, s1 = jax.random.bits(key, (2,), jnp.uint32)
-  counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  return _fmix32(_fmix32(counter + s0) ^ s1)
+  return _resolve_impl("attention_impl", value, ATTENTION_IMPLS, cpu="einsum",
+                       accelerator="dot_product", platform=platform)
 
 
-def inverted_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-  """Inverted dropout: zeroes each element with probability `rate`, scales the rest.
-
-  Same semantics as `flax.linen.Dropout`, with the keep mask drawn by `hash_bits`
-  instead of `jax.random.bernoulli`: on CPU, threefry (lowered as a rolled loop) made
-  dropout ~20% of the pre-training step at B = 1024, and jax's unrolled "philox4x32"
-  key was only ~25% cheaper inside the model; with `hash_bits` it is a few percent.
+def resolve_dropout_impl(value: str, platform: Optional[str] = None) -> str:
+  """`dropout_impl` -> "hash" or "flax" ("auto": hash on CPU only).
 
   Args:
-    x: activations of any shape.
-    rate: drop probability in [0, 1] (static).
-    key: a `jax.random` key; fold the step into it upstream.
-
-  Returns:
-    x with dropped elements 0 and kept ones divided by 1 - rate.
+    value: "auto", "hash" or "flax".
+    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
   """
-  if rate == 0.0:
-    return x
-  if rate == 1.0:
-    return jnp.zeros_like(x)
-  # P(bits < threshold) = round(rate * 2**32) / 2**32, i.e. rate to within 2**-33.
-  threshold = jnp.uint32(round(rate * 2.0**32))
-  keep = hash_bits(key, x.shape) >= threshold
-  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array,
-           bias: Optional[jax.Array]) -> jax.Array:
-  """Softmax attention of every head: [B, H, T, Dh] q, k, v -> [B, T, H, Dh].
-
-  Plain einsums in heads-major layout, faster on CPU at T = 96, Dh = 16 (forward and
-  backward) than `jax.nn.dot_product_attention` on [B, T, H, Dh]. The softmax's
-  normalisation is applied to the [T, Dh] output rather than to the [T, T] weights,
-  which saves a pass over the weights in the forward and the backward pass:
-  softmax(l) @ v = (exp(l - m) @ v) / sum(exp(l - m)) for any row constant m.
-
-  Args:
-    q, k, v: [B, H, T, Dh] queries, keys and values.
-    bias: [B, 1, T, T] added to the logits (0, or -inf for a masked key; every row
-      must keep a finite entry), or None.
-
-  Returns:
-    [B, T, H, Dh] attention output, ready to be flattened to [B, T, H * Dh].
-  """
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q * (q.shape[-1] ** -0.5), k)
-  # The softmax runs in float32 even when computing in bf16.
-  logits = logits.astype(jnp.float32)
-  if bias is not None:
-    logits = logits + bias
-  # m = the row max keeps exp in range; it cancels out, so no gradient flows to it.
-  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  weights = jnp.exp(logits - row_max)  # [B, H, T, T], unnormalised
-  out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
-  out = out / jnp.sum(weights, axis=-1, keepdims=True).astype(out.dtype)
-  return out.transpose(0, 2, 1, 3)
+  return _resolve_impl("dropout_impl", value, DROPOUT_IMPLS, cpu="hash",
+                       accelerator="flax", platform=platform)
 
 
 class SelfAttention(nn.Module):
@@ -159,46 +113,72 @@ class SelfAttention(nn.Module):
   contiguous, which is exactly the transpose of torch's `in_proj_weight` [3d, d].
   One [B*T, d] x [d, 3d] matmul replaces three DenseGeneral projections and their
   [B, T, H, Dh] relayouts.
+
+  Attributes:
+    num_heads: attention heads H (must divide d).
+    attention_impl: "einsum" (CPU kernel), "dot_product" (jax.nn.dot_product_attention)
+      or "auto" (einsum on CPU, dot_product on GPU/TPU).
+    dtype: computation dtype; the softmax runs in float32 either way.
   """
 
   num_heads: int
+  attention_impl: str = platform_lib.AUTO
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: Optional[jax.Array]) -> jax.Array:
-    """x: [B, T, d]; bias: [B, 1, T, T] additive logit bias or None."""
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    """x: [B, T, d]; mask: [B, 1, T, T] bool (True = query may attend to key) or None."""
     batch, time, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"num_heads {self.num_heads} does not divide d_model {d}")
+    impl = resolve_attention_impl(self.attention_impl)
     qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)  # [B, T, 3d]
     qkv = qkv.reshape(batch, time, 3, self.num_heads, d // self.num_heads)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, Dh]
-    out = attend(q, k, v, bias).reshape(batch, time, d)
-    return nn.Dense(d, dtype=self.dtype, name="out")(out)
+    if impl == "einsum":
+      q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, Dh]
+      # [B, 1, T, T], 1/H the size of the logits; the kernel adds it in float32.
+      bias = None if mask is None else jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
+      out = cpu_kernels.attend(q, k, v, bias)  # [B, T, H, Dh]
+    else:
+      q, k, v = (qkv[:, :, i] for i in range(3))  # [B, T, H, Dh]
+      # implementation=None lets jax pick (XLA today; cuDNN's fused kernel where
+      # jax routes to it); its softmax also runs in float32.
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
+    return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(batch, time, d))
 
 
 class EncoderLayer(nn.Module):
-  """Post-LN Transformer encoder layer: [batch, time, d] -> [batch, time, d]."""
+  """Post-LN Transformer encoder layer: [batch, time, d] -> [batch, time, d].
+
+  `attention_impl` and `dropout_impl` as in `Transformer`.
+  """
 
   num_heads: int
   mlp_dim: int
   dropout: float
+  attention_impl: str = platform_lib.AUTO
+  dropout_impl: str = platform_lib.AUTO
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, attn_bias: Optional[jax.Array], *,
+  def __call__(self, x: jax.Array, attn_mask: Optional[jax.Array], *,
                train: bool) -> jax.Array:
-    """x: [B, T, d]; attn_bias: [B, 1, T, T] (0 = may attend, -inf = not) or None."""
+    """x: [B, T, d]; attn_mask: [B, 1, T, T] bool (True = query may attend to key),
+    or None."""
     d = x.shape[-1]
+    dropout_impl = resolve_dropout_impl(self.dropout_impl)
 
     def drop(y):
       if not train or self.dropout == 0.0:
         return y
-      return inverted_dropout(y, self.dropout, self.make_rng("dropout"))
+      if dropout_impl == "hash":
+        return cpu_kernels.inverted_dropout(y, self.dropout, self.make_rng("dropout"))
+      return nn.Dropout(self.dropout, deterministic=False)(y)  # stream 'dropout'
 
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPS, dtype=self.dtype)
-    attn = SelfAttention(self.num_heads, dtype=self.dtype, name="attention")
-    x = norm(name="attention_norm")(x + drop(attn(x, attn_bias)))
+    attn = SelfAttention(self.num_heads, self.attention_impl, dtype=self.dtype,
+                         name="attention")
+    x = norm(name="attention_norm")(x + drop(attn(x, attn_mask)))
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(x)
     y = drop(nn.relu(y))
     y = nn.Dense(d, dtype=self.dtype, name="mlp_out")(y)
@@ -218,6 +198,11 @@ class Transformer(nn.Module):
     mask_rate: fraction of time steps removed as attention keys (see masking.py).
     mask_at_eval: also mask when train=False (the ensemble's "DS masking").
     pooling: "mean" over time (default), "first" step or "max" over time.
+    attention_impl: "einsum" (`cpu_kernels.attend`), "dot_product"
+      (`jax.nn.dot_product_attention`) or "auto": einsum on CPU, dot_product on
+      GPU/TPU (resolved at trace time from `jax.default_backend()`).
+    dropout_impl: "hash" (`cpu_kernels.inverted_dropout`), "flax"
+      (`flax.linen.Dropout`) or "auto": hash on CPU, flax on GPU/TPU.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
   """
 
@@ -229,6 +214,8 @@ class Transformer(nn.Module):
   mask_rate: float = 0.0
   mask_at_eval: bool = False
   pooling: str = "mean"
+  attention_impl: str = platform_lib.AUTO
+  dropout_impl: str = platform_lib.AUTO
   dtype: Any = jnp.float32
 
   def masking_active(self, train: bool) -> bool:
@@ -259,11 +246,12 @@ class Transformer(nn.Module):
       mask = masking.random_key_mask(self.make_rng("mask"), batch, time, self.mask_rate)
     if mask is not None and mask.shape != (batch, time):
       raise ValueError(f"mask shape {mask.shape} does not match clips [{batch}, {time}]")
-    attn_bias = None if mask is None else masking.attention_bias(mask.astype(bool))
+    attn_mask = None if mask is None else masking.attention_mask(mask.astype(bool))
 
     h = nn.Dense(self.d_model, dtype=self.dtype, name="embed")(x)  # [B, T, d]
     h = h + jnp.asarray(sinusoidal_positions(time, self.d_model), h.dtype)
     for i in range(self.num_layers):
-      h = EncoderLayer(self.num_heads, self.mlp_dim, self.dropout, self.dtype,
-                       name=f"layer_{i}")(h, attn_bias, train=train)
+      h = EncoderLayer(self.num_heads, self.mlp_dim, self.dropout, self.attention_impl,
+                       self.dropout_impl, self.dtype, name=f"layer_{i}")(
+                           h, attn_mask, train=train)
     return pool(h, self.pooling)  # [B, d]

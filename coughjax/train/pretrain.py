@@ -43,8 +43,9 @@ def build_model(model_cfg) -> heads.ContrastiveModel:
 
 
 def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
-                        rng: jax.Array, *, train: bool, chunk_size: int,
-                        num_devices: int, axis_name: Optional[str] = AXIS):
+                        rng: jax.Array, *, train: bool, chunk_size: int | str,
+                        num_devices: int, axis_name: Optional[str] = AXIS,
+                        remat: bool | str = "auto"):
   """Eq. 5 over the global batch for this device's shard.
 
   Args:
@@ -54,9 +55,11 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
       participant's two clips).
     rng: step key (identical on every device).
     train: dropout / masking on.
-    chunk_size: encoder chunk rows (divides b).
+    chunk_size: encoder chunk rows, or "auto" (`chunking.resolve_chunk_size`).
     num_devices: devices along `axis_name` (1 and axis_name=None: no collectives).
     axis_name: pmap axis to gather over.
+    remat: recompute each chunk in the backward pass of a train step, or "auto"
+      (`chunking.resolve_remat`).
 
   Returns:
     (loss, metrics) for this device's rows; their pmean is the global result.
@@ -73,7 +76,8 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   def encode(xc, rngs):
     return model.apply({"params": params}, xc, train=train, rngs=rngs)
 
-  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids, remat=train)  # [2b, p]
+  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids,
+                               remat=train and chunking.resolve_remat(remat))  # [2b, p]
   z_all = jax.lax.all_gather(z, axis_name, tiled=True) if axis_name else z  # [2B, p]
   # Gathered columns are device-major: device d's clips are [d * 2b, (d + 1) * 2b).
   logits = model.apply({"params": params}, z, z_all, method=heads.ContrastiveModel.logits)
@@ -88,7 +92,7 @@ def make_steps(model: heads.ContrastiveModel, config, num_devices: int, devices=
   the pmap to some local devices (default: all).
   """
   loss_fn = functools.partial(contrastive_loss_fn, model, chunk_size=config.model.chunk_size,
-                              num_devices=num_devices)
+                              remat=config.model.remat, num_devices=num_devices)
 
   def train_step(state: trainer.TrainState, views, key):
     rng = jax.random.fold_in(key, state.step)

@@ -1,0 +1,161 @@
+"""Platform defaults: "auto" chunking, remat and kernels per backend, and config pins.
+
+The accelerator side runs on CPU by making `jax.default_backend()` answer "gpu" or
+"tpu": what "auto" resolves to is then the accelerator's choice, and the steps run
+its code path (whole-batch encoder, jax.nn.dot_product_attention, flax dropout).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import downstream as downstream_configs
+from configs import pretrain as pretrain_configs
+from coughjax.models import chunking
+from coughjax.models import transformer
+from coughjax.train import downstream
+from coughjax.train import pretrain
+from coughjax.train import trainer
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+  """Makes jax.default_backend() report `request.param` (the tests still run on CPU)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: request.param)
+  return request.param
+
+
+def test_auto_resolves_per_platform():
+  assert chunking.resolve_chunk_size("auto", "cpu") == chunking.CPU_CHUNK_SIZE == 16
+  assert chunking.resolve_remat("auto", "cpu") is True
+  assert transformer.resolve_attention_impl("auto", "cpu") == "einsum"
+  assert transformer.resolve_dropout_impl("auto", "cpu") == "hash"
+  for accelerator in ("gpu", "tpu"):
+    assert chunking.resolve_chunk_size("auto", accelerator) == 0  # the whole batch
+    assert chunking.resolve_remat("auto", accelerator) is False
+    assert transformer.resolve_attention_impl("auto", accelerator) == "dot_product"
+    assert transformer.resolve_dropout_impl("auto", accelerator) == "flax"
+
+
+@pytest.mark.parametrize("backend, rows", [("cpu", 16), ("gpu", 1024), ("tpu", 1024)],
+                         indirect=["backend"])
+def test_auto_follows_the_default_backend(backend, rows):
+  assert chunking.chunk_size_for(1024, "auto") == rows
+  assert chunking.resolve_remat("auto") is (backend == "cpu")
+  assert transformer.resolve_attention_impl("auto") == (
+      "einsum" if backend == "cpu" else "dot_product")
+
+
+def test_explicit_values_pin():
+  assert chunking.resolve_chunk_size(64, "gpu") == 64
+  assert chunking.resolve_chunk_size(0, "cpu") == 0
+  assert chunking.chunk_size_for(96, np.int64(40)) == 32  # largest divisor <= 40
+  assert chunking.resolve_remat(False, "cpu") is False
+  assert chunking.resolve_remat(True, "tpu") is True
+  assert transformer.resolve_attention_impl("einsum", "gpu") == "einsum"
+  assert transformer.resolve_dropout_impl("flax", "cpu") == "flax"
+  for bad in (-1, "16", 2.0, True):
+    with pytest.raises(ValueError, match="model.chunk_size must be"):
+      chunking.resolve_chunk_size(bad, "cpu")
+  with pytest.raises(ValueError, match="model.remat must be"):
+    chunking.resolve_remat("yes", "cpu")
+  with pytest.raises(ValueError, match="unknown dropout_impl 'bernoulli'"):
+    transformer.resolve_dropout_impl("bernoulli", "gpu")
+
+
+def test_configs_default_to_auto_and_take_pins():
+  for config in (pretrain_configs.get_config("transformer_m50"),
+                 pretrain_configs.get_config("gru,runlocal"),
+                 downstream_configs.get_config("ensemble,runlocal")):
+    m = config.model
+    assert (m.chunk_size, m.remat, m.attention_impl, m.dropout_impl) == ("auto",) * 4
+  # VGGish rows run the whole batch on every platform (convolutions differentiate
+  # ~15x slower inside lax.map on XLA:CPU).
+  assert downstream_configs.get_config("ens_vggish_transformer").model.chunk_size == 0
+  # A locked config takes an int or a bool where "auto" was (as --config.model.* does).
+  config = pretrain_configs.get_config("transformer_m50")
+  config.lock()
+  config.model.chunk_size = 256
+  config.model.remat = True
+  assert chunking.resolve_chunk_size(config.model.chunk_size, "gpu") == 256
+  assert chunking.resolve_remat(config.model.remat, "gpu") is True
+
+
+def _count_dot_product_attention(monkeypatch) -> list[int]:
+  """Counts traced calls of jax.nn.dot_product_attention (the accelerator kernel)."""
+  calls = [0]
+  original = jax.nn.dot_product_attention
+
+  def counted(*args, **kwargs):
+    calls[0] += 1
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", counted)
+  return calls
+
+
+def _views(config, seed=0):
+  shape = (1, 2, config.batch_size, config.features.clip_frames, config.features.nfilt)
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _pretrain_step(config, views):
+  """(eval loss, train loss, step) of one eval and one train step from init."""
+  devices = jax.local_devices()[:1]
+  model = pretrain.build_model(config.model)
+  train_step, eval_step = pretrain.make_steps(model, config, 1, devices=devices)
+  state = trainer.replicate(pretrain.init_state(model, config, jax.random.PRNGKey(0)),
+                            devices)
+  rng = trainer.replicate(jax.random.PRNGKey(1), devices)
+  eval_loss = float(eval_step(state, views, rng)["loss"][0])
+  state, metrics = train_step(state, views, rng)
+  return eval_loss, float(metrics["loss"][0]), int(state.step[0])
+
+
+def test_pretrain_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
+  """The runlocal config, "auto" everywhere, steps on both platforms' code paths. At
+  b = 16 both encode each view as one chunk, so the eval losses (no dropout, the same
+  mask keys) agree across the two attention kernels."""
+  config = pretrain_configs.get_config("transformer_m50,runlocal")
+  config.lock()
+  views = _views(config)
+  eval_losses = []
+  calls = _count_dot_product_attention(monkeypatch)
+  for backend in ("cpu", "gpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    calls[0] = 0
+    eval_loss, train_loss, step = _pretrain_step(config, views)
+    assert np.isfinite(eval_loss) and np.isfinite(train_loss) and step == 1
+    assert (calls[0] > 0) == (backend != "cpu")  # the kernel "auto" picks was traced
+    eval_losses.append(eval_loss)
+  np.testing.assert_allclose(eval_losses[0], eval_losses[1], rtol=1e-5)
+
+
+def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
+  """Same for the downstream classifier: a train step, and predictions that agree,
+  also with a pinned chunk size (4 chunks per batch: the lax.map path, which the
+  runlocal batch of 16 no longer takes by default)."""
+  x = None
+  all_probs = []
+  calls = _count_dot_product_attention(monkeypatch)
+  for backend, chunk_size in (("cpu", "auto"), ("gpu", "auto"), ("cpu", 4)):
+    config = downstream_configs.get_config("transformer,runlocal")
+    config.model.chunk_size = chunk_size
+    config.lock()
+    if x is None:
+      x = _views(config)[:, 0]  # [1, b, T, mel]
+      y = jnp.asarray(np.arange(config.batch_size) % 2, jnp.float32)[None]
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    calls[0] = 0
+    setup = downstream.Setup.create(config)
+    state = trainer.replicate(setup.init_state(config, jax.random.PRNGKey(0)))
+    rng = trainer.replicate(jax.random.PRNGKey(1))
+    probs = np.asarray(setup.predict_step(state, x, rng))
+    state, metrics = setup.train_step(state, {"x": x, "y": y}, rng)
+    assert probs.shape == (1, config.batch_size) and np.all((probs > 0) & (probs < 1))
+    assert np.isfinite(float(metrics["loss"][0])) and int(state.step[0]) == 1
+    assert (calls[0] > 0) == (backend != "cpu")
+    all_probs.append(probs)
+  for probs in all_probs[1:]:
+    np.testing.assert_allclose(probs, all_probs[0], rtol=1e-5, atol=1e-6)
