@@ -151,7 +151,10 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     setup = downstream.Setup.create(config)
     state = trainer.replicate(setup.init_state(config, jax.random.PRNGKey(0)))
     rng = trainer.replicate(jax.random.PRNGKey(1))
-    probs = np.asarray(setup.predict_step(state, x, rng))
+    b = config.batch_size
+    rec_keys = np.zeros((1, b, 2), np.uint32)
+    rec_keys[..., 0] = np.arange(b)
+    probs = np.asarray(setup.predict_step(state, x, rec_keys, np.zeros((1, b), np.int32)))
     state, metrics = setup.train_step(state, {"x": x, "y": y}, rng)
     assert probs.shape == (1, config.batch_size) and np.all((probs > 0) & (probs < 1))
     assert np.isfinite(float(metrics["loss"][0])) and int(state.step[0]) == 1
