@@ -1,0 +1,219 @@
+"""Non-deep baselines for the downstream task, on the downstream trainer's splits.
+
+* `logmel_statistics`: a recording's log-mel features [frames, mel] summarised per
+  band as (mean, std, mean |Δ|) over time — 3 x 64 = 192 numbers — the "log-mel
+  statistics" representation, reusable wherever a hand-made feature vector is needed
+  (e.g. as the input of a linear probe).
+* `logistic_regression_scores`: scikit-learn logistic regression on standardised
+  statistics, its inverse regularisation C chosen on the validation split by ROC-AUC.
+* `channel_only_scores`: the recording's source (stratum) alone as its score,
+  P(positive | source) from the training split — how much of a pooled score the
+  recording channel explains.
+
+`run` scores a baseline on the same seeded splits as `coughjax.train.downstream`
+(run i uses `data.split_seed + i`) and writes the same results.json / results.md,
+so reports can treat baselines as rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import numpy as np
+from sklearn import linear_model
+from sklearn import metrics as skm
+from sklearn import pipeline as sk_pipeline
+from sklearn import preprocessing
+
+from coughjax import data
+from coughjax import evaluate
+from coughjax.data import features as features_lib
+from coughjax.data import manifest as manifest_lib
+from coughjax.data import splits as splits_lib
+from coughjax.data.manifest import Recording
+
+STATISTICS = ("mean", "std", "mean_abs_delta")
+# Inverse L2 strengths tried on the validation split (scikit-learn's default is 1).
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def logmel_statistics(feats: np.ndarray) -> np.ndarray:
+  """Per-band statistics of one recording's log-mel features.
+
+  Args:
+    feats: [frames, mel] log-mel filterbank energies (frames >= 2).
+
+  Returns:
+    [3 * mel] float64: the mean over time of each band, its standard deviation
+    (ddof 0), and the mean absolute frame-to-frame difference, in that order.
+  """
+  feats = np.asarray(feats, dtype=np.float64)
+  if feats.ndim != 2 or feats.shape[0] < 2:
+    raise ValueError(f"log-mel statistics need [frames >= 2, mel] features, got shape "
+                     f"{feats.shape}")
+  delta = np.abs(np.diff(feats, axis=0))  # [frames - 1, mel]
+  return np.concatenate([feats.mean(axis=0), feats.std(axis=0), delta.mean(axis=0)])
+
+
+def statistics_matrix(feature_list: Sequence[np.ndarray]) -> np.ndarray:
+  """[recordings, 3 * mel] statistics of many recordings."""
+  if not feature_list:
+    raise ValueError("no recordings to summarise")
+  return np.stack([logmel_statistics(f) for f in feature_list])
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int):
+  model = sk_pipeline.make_pipeline(
+      preprocessing.StandardScaler(),
+      linear_model.LogisticRegression(C=c, max_iter=5000, random_state=seed))
+  return model.fit(x, y)
+
+
+def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
+                               val_x: np.ndarray, val_y: np.ndarray,
+                               test_x: np.ndarray, seed: int = 0,
+                               c_grid: Sequence[float] = C_GRID
+                               ) -> tuple[np.ndarray, float]:
+  """P(positive) of the test rows from standardised logistic regression.
+
+  The model is fitted on the training rows only, with the C of `c_grid` whose
+  validation ROC-AUC is highest (the smallest C among ties; if the validation split
+  has a single class, C = 1) — the validation split plays the part it plays for the
+  deep models (checkpoint choice), and never trains.
+
+  Returns:
+    (test scores [n_test], chosen C).
+  """
+  train_y = np.asarray(train_y).astype(int)
+  if len(np.unique(train_y)) != 2:
+    raise ValueError(f"logistic regression needs both labels in the training split, "
+                     f"got {np.bincount(train_y, minlength=2)} (negative, positive)")
+  chosen = 1.0
+  if len(np.unique(val_y)) == 2:
+    aucs = [skm.roc_auc_score(val_y, _fit_logistic(train_x, train_y, c, seed)
+                              .predict_proba(val_x)[:, 1]) for c in c_grid]
+    chosen = float(c_grid[int(np.argmax(aucs))])
+  model = _fit_logistic(train_x, train_y, chosen, seed)
+  return model.predict_proba(test_x)[:, 1], chosen
+
+
+def channel_only_scores(train_sources: Sequence[str], train_y: np.ndarray,
+                        test_sources: Sequence[str]) -> np.ndarray:
+  """P(positive | source) estimated on the training split, as each test score."""
+  train_y = np.asarray(train_y, dtype=np.float64)
+  rate = {s: float(train_y[np.asarray(train_sources) == s].mean())
+          for s in set(train_sources)}
+  unseen = sorted(set(test_sources) - set(rate))
+  if unseen:
+    raise ValueError(f"channel-only score: source(s) {unseen} have no training "
+                     f"recordings")
+  return np.array([rate[s] for s in test_sources])
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split's usable recordings and their unpadded [frames, mel] features."""
+  records: list[Recording]
+  features: list[np.ndarray]
+
+  @property
+  def labels(self) -> np.ndarray:
+    return np.array([r.label for r in self.records], dtype=int)
+
+  @property
+  def sources(self) -> list[str]:
+    return [r.stratum for r in self.records]
+
+
+def load_split_features(config, split_seed: int) -> dict[str, Split]:
+  """The train/val/test recordings `coughjax.data.load_splits(labelled=True)` gives
+  for `split_seed` (same manifest, labelled filter and split), with their features
+  as cached — unpadded, unlike a ClipStore, so short recordings' statistics are not
+  diluted by zero frames."""
+  records = manifest_lib.select(data.get_manifest(config.data), labelled=True)
+  if not records:
+    raise ValueError(f"{config.data.name}: no labelled recordings "
+                     f"(data.label={config.data.label!r})")
+  parts = splits_lib.split(records, config.data.split, split_seed)
+  cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
+  out = {}
+  for name in splits_lib.SPLITS:
+    kept, feats, _ = cache.load(parts[name], name=f"{config.data.name}/{name}",
+                                workers=config.data.workers, progress=False)
+    if not kept:
+      raise ValueError(f"{config.data.name}: split {name!r} (split_seed {split_seed}) "
+                       "has no usable recordings")
+    out[name] = Split(kept, feats)
+  return out
+
+
+def logmel_logreg(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+  """Test scores of logistic regression on log-mel statistics, and what was chosen."""
+  x = {k: statistics_matrix(p.features) for k, p in parts.items()}
+  scores, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
+                                         parts["val"].labels, x["test"], seed)
+  return scores, {"C": c, "num_features": int(x["train"].shape[1])}
+
+
+def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+  """Test scores P(positive | source) from the training split."""
+  del seed  # deterministic
+  train = parts["train"]
+  scores = channel_only_scores(train.sources, train.labels, parts["test"].sources)
+  rates = {s: float(train.labels[np.asarray(train.sources) == s].mean())
+           for s in sorted(set(train.sources))}
+  return scores, {"p_positive_by_source": rates}
+
+
+BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]] = {
+    "logmel_logreg": logmel_logreg,
+    "channel_only": channel_only,
+}
+DESCRIPTIONS = {
+    "logmel_logreg": "logistic regression (scikit-learn, standardised, C chosen on "
+                     "validation AUC) on per-recording log-mel statistics: mean, std and "
+                     "mean |Δ| of each of the 64 bands (192 features)",
+    "channel_only": "the recording's source alone: P(positive | source) in the training "
+                    "split as the score",
+}
+
+
+def describe_data(cfg) -> str:
+  """'covid19_cough at ROOT (source_filter call-center, split 0.7/0.1/0.2)'."""
+  where = cfg.root or cfg.roots or cfg.manifest or f"{cfg.num_participants} participants"
+  extra = [f"source_filter {cfg.source_filter}"] if cfg.get("source_filter") else []
+  extra.append("split " + "/".join(f"{f:g}" for f in cfg.split))
+  return f"{cfg.name} at {where} ({', '.join(extra)})"
+
+
+def run(name: str, config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Scores baseline `name` on `config.num_runs` splits (split_seed + i, as the
+  downstream trainer) and writes results.json / results.md in `workdir`."""
+  if name not in BASELINES:
+    raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  runs = []
+  for i in range(config.num_runs):
+    split_seed = config.data.split_seed + i
+    parts = load_split_features(config, split_seed)
+    scores, info = BASELINES[name](parts, config.seed + i)
+    labels = parts["test"].labels
+    runs.append({"recording": evaluate.binary_metrics(labels, scores, config.threshold),
+                 "labels": labels.tolist(), "scores": np.asarray(scores).tolist(),
+                 "run": i, "seed": config.seed + i, "split_seed": split_seed, **info})
+    logging.info("%s run %d (split_seed %d): test ROC-AUC %.2f", name, i, split_seed,
+                 runs[-1]["recording"]["auc"])
+  # evaluate.write_report summarises a "clip" level too; a baseline scores whole
+  # recordings, so its clip level is the recording level.
+  for r in runs:
+    r["clip"] = r["recording"]
+  results = evaluate.write_report(workdir, name, runs, describe_data(config.data))
+  (workdir / "baseline.json").write_text(json.dumps(
+      {"baseline": name, "description": DESCRIPTIONS[name]}, indent=2) + "\n")
+  return results
