@@ -116,8 +116,10 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
   if config.data.name == "tfds":
     from coughjax.data import tfds_source  # pylint: disable=g-import-not-at-top
     prebuilt = tfds_source.pack(config.data, params, clip_frames)
-    # data.sounds selects from a build as from any source (empty: all it holds).
-    records = manifest_lib.select(prebuilt.records, config.data.get("sounds") or None)
+    # The build's own config chose its sounds (coswara/pretrain: the four pre-training
+    # sounds; covid19_sounds/task1_cough: coughs): data.sounds is not applied, since
+    # its default names Coswara's sounds, which other builds do not have.
+    records = prebuilt.records
   else:
     records = get_manifest(config.data)
   if labelled:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import queue
 import threading
 from typing import Iterator, Sequence
@@ -125,6 +126,15 @@ class ClipStore:
     self._clips = np.lib.stride_tricks.as_strided(
         frames, shape=(rows, clip_frames, frames.shape[1]),
         strides=(frames.strides[0],) + frames.strides, writeable=False)
+    # A memory-mapped pack is gathered with pread into the batch, not through the
+    # map: pages touched through a map stay resident in this process (its RSS grows
+    # towards the corpus over an epoch, if reclaimably), pread's do not.
+    self._file = None
+    if isinstance(frames, np.memmap) and frames.filename and frames.flags.c_contiguous:
+      self._file = open(frames.filename, "rb", buffering=0)  # pylint: disable=consider-using-with
+      self._file_base = frames.offset
+      if hasattr(os, "posix_fadvise"):  # crops are scattered: no read-ahead
+        os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
 
   def __len__(self) -> int:
     return len(self.records)
@@ -132,8 +142,17 @@ class ClipStore:
   def gather(self, starts: np.ndarray) -> np.ndarray:
     """[n] absolute frame offsets -> [n, clip_frames, mel] clips (reads only
     these clips' pages of a memory-mapped store)."""
-    # Indexing, not np.take: take would first make the strided view contiguous.
-    return self._clips[np.asarray(starts)]
+    starts = np.asarray(starts)
+    if self._file is None:
+      # Indexing, not np.take: take would first make the strided view contiguous.
+      return self._clips[starts]
+    out = np.empty((len(starts),) + self._clips.shape[1:], self.frames.dtype)
+    row = self.frames.strides[0]
+    fd = self._file.fileno()
+    for clip, start in zip(out, starts.tolist()):
+      if os.preadv(fd, [clip], self._file_base + start * row) != clip.nbytes:
+        raise OSError(f"{self.frames.filename}: short read at frame {start}")
+    return out
 
   def clip_starts(self, hop: int) -> tuple[np.ndarray, np.ndarray]:
     """Every clip of every recording, windows every `hop` frames (as audio.clips):

@@ -9,6 +9,7 @@ newest version in the folder), as built by `tfds_builders` (`coswara/pretrain`,
 build is opened from its folder alone (`tfds.builder_from_directory`: no builder
 class, no TensorFlow; array_record read by random access with TFDS's numpy parser).
 
+The build holds the sounds its config chose; `config.data.sounds` does not apply.
 Its recordings go through the same participant splits as every other source, and its
 features -- exactly those the build stored -- are streamed once into a pack
 (`coughjax.data.packed`, keyed by the build's folder and files), which training
@@ -72,8 +73,10 @@ def _record(example: dict[str, Any]) -> Recording:
   text = {k: (v.decode() if isinstance(v, bytes) else str(v))
           for k, v in ((k, example[k]) for k in ("path", "participant_id", "sound"))}
   label = int(example["label"])
+  stratum = example.get("stratum", b"")  # builds before version 1.1.1 have none
   return Recording(text["path"], text["participant_id"], text["sound"],
-                   None if label == UNLABELLED else label)
+                   None if label == UNLABELLED else label,
+                   stratum.decode() if isinstance(stratum, bytes) else str(stratum))
 
 
 def _examples(source) -> Iterator[dict[str, Any]]:
