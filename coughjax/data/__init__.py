@@ -10,6 +10,13 @@ Every other `config.data` field (label, sounds, source_filter, ...) goes to ever
 source. Participant ids become "<source>:<id>" so that they cannot collide, and each
 source's recordings form their own split strata ("<source>" or
 "<source>/<stratum>"), so every split keeps the sources' proportions.
+
+A TFDS build of features is a source too (`coughjax.data.tfds_source`):
+
+    --config.data.name=tfds --config.data.tfds_name=coswara/pretrain \
+    --config.data.tfds_dir=/data/tfds
+
+`load_splits` hands out stores whose features stay on disk (`coughjax.data.packed`).
 """
 
 from __future__ import annotations
