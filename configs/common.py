@@ -14,12 +14,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.runlocal = False  # set by the ",runlocal" option; workdirs get a suffix
 
   config.data = ml_collections.ConfigDict(dict(
-      # synthetic | coswara | covid19_sounds | covid19_cough | manifest, or several
+      # synthetic | coswara | covid19_sounds | covid19_cough | manifest | tfds, or several
       # joined by "+" (e.g. "coswara+covid19_cough") with their folders in `roots`.
       name="synthetic",
       root="",            # dataset folder (coswara, covid19_sounds, covid19_cough)
       roots="",           # several sources: "coswara=PATH,covid19_cough=PATH"
       manifest="",        # CSV path (name="manifest")
+      # name="tfds": a build of coughjax.data.tfds_builders, e.g. "coswara/pretrain"
+      # (or "<dataset>/<config>:<version>"), in the TFDS data_dir `tfds_dir`.
+      tfds_name="", tfds_dir="", tfds_split="train",
       label="",           # coswara: covid_status | sex | age; covid19_cough: covid19
       source_filter="",   # covid19_cough: "" (both) | call-center | telegram
       verified_only=False,  # covid19_cough: only PCR-verified positives (+ all negatives)

@@ -223,3 +223,16 @@ def test_features_quick_prints_every_row(coswara_ci, tmp_path):
   for r in rows.values():
     assert float(r[1].replace(",", "")) > 0 and r[2].endswith("x")
   assert (tmp_path / "f.json").is_file()
+
+
+def test_input_pipeline_quick_prints_every_row(tmp_path):
+  out = _run("input_pipeline.py", "--quick", f"--workdir={tmp_path}/w",
+             f"--json={tmp_path}/i.json")
+  rows = [r for r in _table_rows(out) if r[0] != "participants"]
+  assert [r[0] for r in rows] == ["40", "80"]
+  for r in rows:
+    loader, step = (float(r[i].replace(",", "")) for i in (5, 7))
+    assert loader > step > 0 and float(r[9]) > 0  # pairs/s; pre-training peak RSS
+  assert "peak RSS, largest minus smallest" in out
+  assert (tmp_path / "i.json").is_file()
+  assert not list((tmp_path / "w").iterdir())  # the feature caches are deleted

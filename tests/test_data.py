@@ -338,3 +338,40 @@ def test_prefetch_order_and_errors():
   assert next(it) == 1
   with pytest.raises(RuntimeError, match="bad batch"):
     next(it)
+
+
+def test_load_splits_maps_a_pack_written_once():
+  """Stores from load_splits memory-map one pack per split, written on first use and
+  reopened after, and batch exactly as in-memory stores of the same features."""
+  from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  config = pretrain_configs.get_config("transformer_m50,runlocal")
+  train = data.load_splits(config)["train"]
+  assert isinstance(train.frames, np.memmap)
+  kept, feats, _ = features.FeatureCache().load(train.records, progress=False)
+  in_memory = pipeline.ClipStore(kept, feats)
+  for epoch in range(2):
+    np.testing.assert_array_equal(
+        pipeline.ContrastiveBatches(train, 16).batch(epoch, 1),
+        pipeline.ContrastiveBatches(in_memory, 16).batch(epoch, 1))
+  files = {p: p.stat().st_mtime_ns for p in packed.directory().iterdir()}
+  assert len([p for p in files if p.suffix == ".f32"]) == 2  # train and val
+  again = data.load_splits(config)["train"]
+  assert {p: p.stat().st_mtime_ns for p in packed.directory().iterdir()} == files
+  np.testing.assert_array_equal(again.frames, train.frames)
+
+
+def test_each_process_gathers_only_its_rows():
+  """Multi-host: process 1 of 2 (2 of 4 devices) reads only its half of the batch."""
+  store = _store()
+  read = []
+  real_gather = store.gather
+  store.gather = lambda s: read.append(np.array(s)) or real_gather(s)
+  full = pipeline.ContrastiveBatches(store, 8).batch(3, 0)  # [1, 2, 8, T, M]
+  mine = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(2, 4, 2)
+                                     ).batch(3, 0)
+  all_starts, my_starts = read
+  # Views [a_0..a_7, b_0..b_7] of the global batch; process 1 holds pairs 4..7.
+  np.testing.assert_array_equal(my_starts, all_starts.reshape(2, 8)[:, 4:].reshape(-1))
+  np.testing.assert_array_equal(
+      mine, full[0][:, 4:].reshape(2, 2, 2, 96, 64).swapaxes(0, 1))

@@ -10,6 +10,13 @@ Every other `config.data` field (label, sounds, source_filter, ...) goes to ever
 source. Participant ids become "<source>:<id>" so that they cannot collide, and each
 source's recordings form their own split strata ("<source>" or
 "<source>/<stratum>"), so every split keeps the sources' proportions.
+
+A TFDS build of features is a source too (`coughjax.data.tfds_source`):
+
+    --config.data.name=tfds --config.data.tfds_name=coswara/pretrain \
+    --config.data.tfds_dir=/data/tfds
+
+`load_splits` hands out stores whose features stay on disk (`coughjax.data.packed`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ SOURCES = {
     "covid19_sounds": "coughjax.data.covid19_sounds",
     "covid19_cough": "coughjax.data.covid19_cough",
     "manifest": "coughjax.data.csv_manifest",
+    # A TFDS build of features (coughjax.data.tfds_builders): data.tfds_name/tfds_dir.
+    "tfds": "coughjax.data.tfds_source",
 }
+# Sources whose recordings come with their features (not audio for the cache).
+PREBUILT = ("tfds",)
 
 
 SEPARATOR = "+"
@@ -70,6 +81,10 @@ def _combined(cfg, names: list[str]) -> list[Recording]:
     raise ValueError(f"data.name={cfg.name!r}: sources must be distinct names from "
                      f"{', '.join(SOURCES)} joined by {SEPARATOR!r}"
                      + (f"; unknown: {unknown}" if unknown else ""))
+  prebuilt = sorted(set(names) & set(PREBUILT))
+  if prebuilt:
+    raise ValueError(f"data.name={cfg.name!r}: {prebuilt} cannot be combined with other "
+                     "sources (its features are stored, not computed from audio)")
   roots = parse_roots(cfg.get("roots", ""))
   extra = sorted(set(roots) - set(names))
   if extra:
@@ -96,11 +111,24 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
   """`config.data` -> participant split -> cached features -> {split: ClipStore}.
 
   With `labelled`, recordings without a label are dropped first (downstream tasks).
+  The stores' features are memory maps of packs on disk (`coughjax.data.packed`),
+  written once per corpus, so memory does not grow with the corpus.
   """
   # Imported here: the feature code pulls in the audio stack, which a caller that
   # only needs manifests should not pay for.
-  from coughjax.data import features, pipeline, splits  # pylint: disable=g-import-not-at-top
-  records = get_manifest(config.data)
+  from coughjax.data import features, packed, pipeline, splits  # pylint: disable=g-import-not-at-top
+  params = features.FeatureParams.from_config(config.features)
+  clip_frames = config.features.clip_frames
+  prebuilt = None
+  if config.data.name == "tfds":
+    from coughjax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    prebuilt = tfds_source.pack(config.data, params, clip_frames)
+    # The build's own config chose its sounds (coswara/pretrain: the four pre-training
+    # sounds; covid19_sounds/task1_cough: coughs): data.sounds is not applied, since
+    # its default names Coswara's sounds, which other builds do not have.
+    records = prebuilt.records
+  else:
+    records = get_manifest(config.data)
   if labelled:
     records = manifest_lib.select(records, labelled=True)
     if not records:
@@ -108,10 +136,15 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
                        f"(data.label={config.data.label!r})")
   logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
   parts = splits.split(records, config.data.split, config.data.split_seed)
-  cache = features.FeatureCache(features.FeatureParams.from_config(config.features))
+  if prebuilt is not None:
+    return tfds_source.stores_for(prebuilt, parts, needed, clip_frames)
+  cache = features.FeatureCache(params)
   stores = {}
   for name in needed:
-    kept, feats, _ = cache.load(parts[name], name=f"{config.data.name}/{name}",
-                                workers=config.data.workers)
-    stores[name] = pipeline.ClipStore(kept, feats, config.features.clip_frames)
+    found = packed.from_cache(cache, parts[name], clip_frames,
+                              name=f"{config.data.name}/{name}",
+                              workers=config.data.workers)
+    stores[name] = pipeline.ClipStore.from_frames(
+        [parts[name][i] for i in found.kept], found.frames, found.offsets,
+        found.lengths, clip_frames)
   return stores

@@ -174,21 +174,24 @@ class FeatureCache:
     return sha
 
   def _lookup(self, record: Recording):
-    """(features or None, skip reason or None, key)."""
+    """(path of the cached features or None, skip reason or None, key); reads no
+    features."""
     key = self.content_key(record)
     npy, err = _entry_paths(self._dir, key)
     if npy.exists():
-      return np.load(npy), None, key
+      return npy, None, key
     if err.exists() and not key.startswith("missing-"):
       return None, err.read_text(), key
     return None, None, key
 
-  def load(self, records: Sequence[Recording], *, name: str = "data",
-           workers: int = 0, progress: bool = True
-           ) -> tuple[list[Recording], list[np.ndarray], list[Skipped]]:
-    """Features for `records`, computing (in `workers` processes, 0 = all cores) what
-    the cache lacks. Returns the usable recordings, their [T, nfilt] features, and
-    the skipped ones; logs one summary line."""
+  def resolve(self, records: Sequence[Recording], *, name: str = "data",
+              workers: int = 0, progress: bool = True
+              ) -> tuple[list[int], list[pathlib.Path], list[Skipped]]:
+    """Makes sure the cache holds the features of `records`, computing (in `workers`
+    processes, 0 = all cores) what it lacks, without loading any: returns the
+    indices of the usable recordings, the `.npy` file of each (a [T, nfilt] float32
+    array, which `np.load(path, mmap_mode="r")` opens without reading it), and the
+    skipped recordings; logs the skips."""
     found = [self._lookup(r) for r in records]
     todo = [i for i, (f, reason, _) in enumerate(found) if f is None and reason is None]
     if todo:
@@ -206,22 +209,37 @@ class FeatureCache:
                         disable=not progress, mininterval=1.0)
         for i, reason in zip(todo, bar):
           key = found[i][2]
-          feats = None if reason else np.load(_entry_paths(self._dir, key)[0])
-          found[i] = (feats, reason, key)
+          found[i] = (None if reason else _entry_paths(self._dir, key)[0], reason, key)
 
-    kept, feats, skipped = [], [], []
-    for record, (f, reason, _) in zip(records, found):
-      if f is None:
+    kept, paths, skipped = [], [], []
+    for i, (record, (path, reason, _)) in enumerate(zip(records, found)):
+      if path is None:
         skipped.append(Skipped(record, reason))
       else:
-        kept.append(record)
-        feats.append(f)
-    if skipped:
-      kinds = collections.Counter(_skip_kind(s.reason) for s in skipped)
-      detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-      logging.warning("%s: skipped %d of %d recordings (%s); first: %s: %s", name,
-                      len(skipped), len(records), detail, skipped[0].record.path,
-                      skipped[0].reason)
+        kept.append(i)
+        paths.append(path)
+    log_skipped(name, skipped, len(records))
+    return kept, paths, skipped
+
+  def load(self, records: Sequence[Recording], *, name: str = "data",
+           workers: int = 0, progress: bool = True
+           ) -> tuple[list[Recording], list[np.ndarray], list[Skipped]]:
+    """Features for `records` in memory (see `resolve`). Returns the usable
+    recordings, their [T, nfilt] features, and the skipped ones. For corpora larger
+    than memory, `coughjax.data.packed` reads the cache by memory map instead."""
+    kept, paths, skipped = self.resolve(records, name=name, workers=workers,
+                                        progress=progress)
+    feats = [np.load(p) for p in paths]
     logging.info("%s: %d recordings with features (%d frames)", name, len(kept),
                  sum(f.shape[0] for f in feats))
-    return kept, feats, skipped
+    return [records[i] for i in kept], feats, skipped
+
+
+def log_skipped(name: str, skipped: Sequence[Skipped], total: int) -> None:
+  """One warning line summing up why recordings were skipped."""
+  if skipped:
+    kinds = collections.Counter(_skip_kind(s.reason) for s in skipped)
+    detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    logging.warning("%s: skipped %d of %d recordings (%s); first: %s: %s", name,
+                    len(skipped), total, detail, skipped[0].record.path,
+                    skipped[0].reason)

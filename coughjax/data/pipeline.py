@@ -1,7 +1,10 @@
 """Batches for training and evaluation, shaped for the device layout, prefetched.
 
 All recordings' features live in one `ClipStore` (a single [frames, mel] array with
-per-recording offsets), so a batch is one fancy-index gather.
+per-recording offsets), so a batch is one gather of whole clips. The array is a
+read-only memory map of a pack on disk (`coughjax.data.packed`) when the store comes
+from `load_splits`: a batch reads only the pages of its own crops, so memory does not
+grow with the corpus; in-memory arrays work the same (tests, benchmarks).
 
 * `ContrastiveBatches`: each batch element is a distinct participant with two random
   96-frame crops from any of its recordings (the same file is allowed); participants
@@ -12,13 +15,16 @@ per-recording offsets), so a batch is one fancy-index gather.
   with a `valid` mask) so recording scores can average their clips.
 
 Batches are numpy arrays with a leading [devices, per_device, ...] layout for pmap;
-in multi-process runs each process builds only the rows of its own devices.
+in multi-process runs each process builds, and reads from disk, only the rows of
+its own devices (the random draws cover the global batch, so that they do not
+depend on the layout; only the gather is restricted to the process's rows).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import queue
 import threading
 from typing import Iterator, Sequence
@@ -65,6 +71,14 @@ class ClipStore:
 
   Recordings shorter than a clip are zero-padded to one clip (the cache has already
   skipped those shorter than the minimum duration).
+
+  Attributes:
+    records: the recordings.
+    frames: [total frames, mel] float32, in memory or a read-only memory map.
+    offsets, lengths: [n] where each recording's frames are in `frames` (recordings
+      need not be adjacent or in order: split stores can share one pack).
+    labels: [n] int, -1 where unlabelled.
+    clip_frames: frames per clip.
   """
 
   def __init__(self, records: Sequence[Recording], features: Sequence[np.ndarray],
@@ -73,21 +87,72 @@ class ClipStore:
       raise ValueError(f"{len(records)} records but {len(features)} feature arrays")
     if not records:
       raise ValueError("no recordings with usable features")
-    self.records = list(records)
-    self.clip_frames = clip_frames
     padded = [f if f.shape[0] >= clip_frames else
               np.pad(f, ((0, clip_frames - f.shape[0]), (0, 0))) for f in features]
-    self.lengths = np.array([f.shape[0] for f in padded])
-    self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-    self.frames = np.concatenate(padded).astype(np.float32, copy=False)
+    lengths = np.array([f.shape[0] for f in padded])
+    self._init(records, np.concatenate(padded).astype(np.float32, copy=False),
+               np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths, clip_frames)
+
+  @classmethod
+  def from_frames(cls, records: Sequence[Recording], frames: np.ndarray,
+                  offsets: np.ndarray, lengths: np.ndarray,
+                  clip_frames: int = audio.CLIP_FRAMES) -> "ClipStore":
+    """A store over frames already packed (e.g. `packed.Packed.frames`, a memory
+    map): recording i is frames[offsets[i]:offsets[i] + lengths[i]], lengths >=
+    clip_frames. Nothing is copied."""
+    if not records:
+      raise ValueError("no recordings with usable features")
+    if not len(records) == len(offsets) == len(lengths):
+      raise ValueError(f"{len(records)} records but {len(offsets)} offsets and "
+                       f"{len(lengths)} lengths")
+    lengths = np.asarray(lengths)
+    if np.any(lengths < clip_frames):
+      raise ValueError(f"recordings must be padded to {clip_frames} frames; the "
+                       f"shortest has {lengths.min()}")
+    store = cls.__new__(cls)
+    store._init(records, frames, offsets, lengths, clip_frames)
+    return store
+
+  def _init(self, records, frames, offsets, lengths, clip_frames) -> None:
+    self.records = list(records)
+    self.clip_frames = clip_frames
+    self.frames = frames
+    self.offsets = np.asarray(offsets, np.int64)
+    self.lengths = np.asarray(lengths, np.int64)
     self.labels = np.array([-1 if r.label is None else r.label for r in self.records])
+    # Every clip start as one row of a strided view (no copy): a gather takes whole
+    # contiguous clips (one copy each) instead of indexing clip_frames rows apiece.
+    rows = frames.shape[0] - clip_frames + 1
+    self._clips = np.lib.stride_tricks.as_strided(
+        frames, shape=(rows, clip_frames, frames.shape[1]),
+        strides=(frames.strides[0],) + frames.strides, writeable=False)
+    # A memory-mapped pack is gathered with pread into the batch, not through the
+    # map: pages touched through a map stay resident in this process (its RSS grows
+    # towards the corpus over an epoch, if reclaimably), pread's do not.
+    self._file = None
+    if isinstance(frames, np.memmap) and frames.filename and frames.flags.c_contiguous:
+      self._file = open(frames.filename, "rb", buffering=0)  # pylint: disable=consider-using-with
+      self._file_base = frames.offset
+      if hasattr(os, "posix_fadvise"):  # crops are scattered: no read-ahead
+        os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
 
   def __len__(self) -> int:
     return len(self.records)
 
   def gather(self, starts: np.ndarray) -> np.ndarray:
-    """[n] absolute frame offsets -> [n, clip_frames, mel] clips."""
-    return self.frames[starts[:, None] + np.arange(self.clip_frames)]
+    """[n] absolute frame offsets -> [n, clip_frames, mel] clips (reads only
+    these clips' pages of a memory-mapped store)."""
+    starts = np.asarray(starts)
+    if self._file is None:
+      # Indexing, not np.take: take would first make the strided view contiguous.
+      return self._clips[starts]
+    out = np.empty((len(starts),) + self._clips.shape[1:], self.frames.dtype)
+    row = self.frames.strides[0]
+    fd = self._file.fileno()
+    for clip, start in zip(out, starts.tolist()):
+      if os.preadv(fd, [clip], self._file_base + start * row) != clip.nbytes:
+        raise OSError(f"{self.frames.filename}: short read at frame {start}")
+    return out
 
   def clip_starts(self, hop: int) -> tuple[np.ndarray, np.ndarray]:
     """Every clip of every recording, windows every `hop` frames (as audio.clips):
@@ -112,6 +177,11 @@ class ContrastiveBatches:
     by_participant = collections.defaultdict(list)
     for i, r in enumerate(store.records):
       by_participant[r.participant_id].append(i)
+    # Each participant's recordings in path order, so that the batches depend on the
+    # recordings, not on the order a source lists them in (a TFDS build stores its
+    # examples shuffled).
+    for files in by_participant.values():
+      files.sort(key=lambda i: store.records[i].path)
     self.participants = sorted(by_participant)
     if batch_size > len(self.participants):
       raise ValueError(

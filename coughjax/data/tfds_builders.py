@@ -1,14 +1,21 @@
-"""TFDS builders that store log-mel features of Coswara and COVID-19 Sounds as array_record.
+"""TFDS builders that store log-mel features of Coswara, COVID-19 Sounds and
+covid19_cough as array_record.
 
-Importing this module registers two `tfds.core.GeneratorBasedBuilder`s:
+Importing this module registers three `tfds.core.GeneratorBasedBuilder`s:
 
 * `coswara` (configs `pretrain`: the four pre-training sounds, default; `all`),
 * `covid19_sounds` (configs `task{1,2,3}_{cough,breath,cough_breath}`; default
-  `task1_cough`, the paper's downstream set).
+  `task1_cough`, the paper's downstream set),
+* `covid19_cough` (configs `all`, default; `call_center`, `telegram`, `verified`).
+
+A build is a data source that a config names (`coughjax.data.tfds_source`):
+`--config.data.name=tfds --config.data.tfds_name=coswara/pretrain
+--config.data.tfds_dir=<data_dir>`.
 
 Each example is one usable recording: `features` [T, 64] float32 log-mel (exactly
 `coughjax.data.features.compute`, via the on-disk `FeatureCache`), `participant_id`,
-`sound`, `label` (int64; -1 when unlabelled) and `path` (the audio file). Recordings
+`sound`, `label` (int64; -1 when unlabelled), `path` (the audio file) and `stratum`
+(the split stratum, e.g. covid19_cough's recording channel; "" for the others). Recordings
 that cannot be used (silent, corrupt, too short, ...) are skipped by the feature
 cache, logged, and counted in the dataset's metadata (`num_skipped`, `skipped`).
 There is a single `train` split with every recording: participant-disjoint
@@ -60,6 +67,7 @@ except ImportError as e:
                     "TensorFlow): pip install 'coughjax[data]'") from e
 
 from coughjax.data import coswara
+from coughjax.data import covid19_cough
 from coughjax.data import covid19_sounds
 from coughjax.data.features import FEATURE_VERSION, FeatureCache, FeatureParams
 from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
@@ -105,8 +113,9 @@ class _FeatureBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   # The minor version follows the feature code's version, so that changed feature
   # code writes to a new folder instead of passing off stale features as current.
-  VERSION = tfds.core.Version(f"1.{FEATURE_VERSION}.0")
-  RELEASE_NOTES = {"1.1.0": "Log-mel features (coughjax FEATURE_VERSION 1)."}
+  VERSION = tfds.core.Version(f"1.{FEATURE_VERSION}.1")
+  RELEASE_NOTES = {"1.1.0": "Log-mel features (coughjax FEATURE_VERSION 1).",
+                   "1.1.1": "The recordings' split stratum (`stratum`)."}
 
   def __init__(self, *, file_format: Optional[str] = None, **kwargs: Any):
     # array_record by default: random access, and readable without TensorFlow.
@@ -136,6 +145,7 @@ class _FeatureBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "sound": tfds.features.Text(),
             "label": tfds.features.Scalar(dtype=np.int64),
             "path": tfds.features.Text(),
+            "stratum": tfds.features.Text(),
         }),
         metadata=tfds.core.MetadataDict(),
     )
@@ -162,6 +172,7 @@ class _FeatureBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "sound": record.sound,
             "label": UNLABELLED if record.label is None else record.label,
             "path": record.path,
+            "stratum": record.stratum,
         }
     # Written to metadata.json with the dataset info once the split is done.
     self.info.metadata.update(
@@ -220,6 +231,36 @@ class Covid19Sounds(_FeatureBuilder):
     return covid19_sounds.manifest(root, task=cfg.task, sounds=cfg.sounds)
 
 
+@dataclasses.dataclass(eq=False)
+class Covid19CoughConfig(FeatureConfig):
+  """`source_filter`: "" (both), "call-center" or "telegram"; `verified_only`: only
+  PCR-verified positives (and every negative); see `coughjax.data.covid19_cough`."""
+  source_filter: str = ""
+  verified_only: bool = False
+
+
+class Covid19Cough(_FeatureBuilder):
+  """covid19_cough (CC0 1.0) log-mel features; manual_dir = the release copy."""
+
+  BUILDER_CONFIGS = [
+      Covid19CoughConfig(name="all", description="Both sources."),
+      Covid19CoughConfig(name="call_center", source_filter="call-center",
+                         description="Call-centre recordings only."),
+      Covid19CoughConfig(name="telegram", source_filter="telegram",
+                         description="Telegram recordings only."),
+      Covid19CoughConfig(name="verified", verified_only=True,
+                         description="PCR-verified positives and every negative."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Set manual_dir to a copy of the covid19-cough/dataset release: the folder with "
+      "metadata.json and raw/<uuid>.mp3.")
+
+  def _manifest(self, root: pathlib.Path) -> list[Recording]:
+    cfg = self.builder_config
+    return covid19_cough.manifest(root, source_filter=cfg.source_filter,
+                                  verified_only=cfg.verified_only)
+
+
 def to_recordings(source: Sequence[dict[str, Any]]
                   ) -> tuple[list[Recording], list[np.ndarray]]:
   """The examples of a data source as coughjax Recordings and their [T, mel] features,
@@ -229,7 +270,8 @@ def to_recordings(source: Sequence[dict[str, Any]]
     text = {k: _text(example[k]) for k in ("path", "participant_id", "sound")}
     label = int(example["label"])
     records.append(Recording(text["path"], text["participant_id"], text["sound"],
-                             None if label == UNLABELLED else label))
+                             None if label == UNLABELLED else label,
+                             _text(example.get("stratum", b""))))
     feats.append(np.asarray(example["features"], np.float32))
   return records, feats
 
