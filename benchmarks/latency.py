@@ -1,7 +1,12 @@
 r"""Table 6 of the paper: inference time per instance, coughjax beside a PyTorch twin.
 
-  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=5] [--json=PATH]
+  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=3] [--json=PATH]
+  python benchmarks/latency.py --repeats=7 --time_identical --pmap   # publication run
   python benchmarks/latency.py --quick     # seconds: every row at batch 1, 1 repeat
+
+The defaults take ~6 minutes on 2 quiet cores (up to ~15 when a batch-1024 VGGish
+call slows from ~7 s to ~25 s on a loaded machine); one progress line per row and
+batch size goes to stderr as it is measured, with an estimate of the time left.
 
 One row per row of Table 6, each built from its downstream config
 (configs/downstream.py) with the branches' `init` set to "scratch": weights do not
@@ -19,20 +24,28 @@ Implementations, timed in the same process, interleaved repeat by repeat:
   on one device without pmap. Input already on the device, `block_until_ready`
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.
-* coughjax pmap: the downstream trainer's own `Setup.predict_step` (the same
-  computation under `jax.pmap`, as the evaluation loop calls it), to show what the
-  pmap dispatch adds.
+* coughjax pmap (only with `--pmap`): the downstream trainer's own
+  `Setup.predict_step` (the same computation under `jax.pmap`, as the evaluation loop
+  calls it), to show what the pmap dispatch adds.
+* coughjax GPU: an empty column, no GPU having been available to the published runs.
 * torch paper-style: the twin (benchmarks/torch_twins.py, the same weights) in plain
   eager mode under `torch.no_grad()`, whole batch at once, masks from the paper's
   Python for-loop generator.
 * torch best: the twin with the vectorised torch mask under `torch.inference_mode()`,
-  the faster of the whole batch and 16-clip chunks (the coughjax chunk size), chosen
-  per row and batch on the warm-up calls and named in the table. torch.compile
+  the faster of the whole batch and 16-clip chunks (the coughjax chunk size): both
+  are timed in the same interleaved repeats, the lower median is the row's best
+  (named in the table). torch.compile
   (inductor) is a candidate only with `--torch_compile` (the published tables were
   measured without it).
 
+Rows whose coughjax program is identical (same StableHLO: VGGish (pre-trained) and
+VGGish, each -CP row and its plain row) are timed once and shown on both, unless
+`--time_identical`. After the table, the five DS-masked ensembles are timed like for
+like (`ds_flatness`: the masked program at every rate, 0 % an all-False mask).
+
 Per-instance time = seconds per call / batch; median and interquartile range over
-`--repeats` repeats, each lasting at least `--min_repeat_s`. Torch gets every core
+`--repeats` repeats (fewer, at least one, where a row's timed repeats at a batch size
+would exceed `--max_timed_s`), each lasting at least `--min_repeat_s`. Torch gets every core
 (torch.set_num_threads(os.cpu_count())), as XLA:CPU does. `max |dp|` is the largest
 difference between coughjax's and the twin's probabilities on 8 clips (rows without
 masking; masks are random and differ between the frameworks).
