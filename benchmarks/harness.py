@@ -19,7 +19,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -69,8 +69,9 @@ def describe(m: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass
 class Timing:
-  """Seconds per call over the timed repeats."""
+  """Seconds per call over the timed repeats, and the first (untimed) call's."""
   samples: list[float]
+  first_s: float = float("nan")  # includes compilation for a jitted fn
 
   @property
   def median(self) -> float:
@@ -82,20 +83,39 @@ class Timing:
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
-                     min_repeat_s: float = 0.2, warmup: int = 2) -> dict[str, Timing]:
+                     min_repeat_s: float = 0.2, warmup: int = 2,
+                     max_warmup_s: float = 10.0,
+                     max_timed_s: Optional[float] = None) -> dict[str, Timing]:
   """Seconds per call of each fn (which must block until its result is ready).
 
-  After `warmup` untimed calls each, every repeat times each fn in turn (the order
-  rotating), calling it as often as needed to last about `min_repeat_s` so that
-  sub-millisecond calls are not lost in the timer's and the scheduler's noise.
+  After up to `warmup` untimed calls each (the first may compile; a fn whose
+  warm-up calls have already lasted `max_warmup_s` gets no more: a call that long is
+  warm), every repeat times each fn in turn (the order rotating), calling it as
+  often as needed to last about `min_repeat_s` so that sub-millisecond calls are not
+  lost in the timer's and the scheduler's noise.
+
+  `max_timed_s` caps the timed part: when one round over every fn is estimated (from
+  the last warm-up calls) to last longer than max_timed_s / repeats, fewer repeats
+  are run, at least one. Slow calls (VGGish at batch 1024 runs ~25 s) then cost one
+  repeat each, which already averages over many seconds.
   """
-  calls = {}
+  calls, first = {}, {}
+  round_s = 0.0
   for name, fn in fns.items():
-    start = time.perf_counter()
-    for _ in range(max(warmup, 1)):
+    spent, per_call = 0.0, 0.0
+    for i in range(max(warmup, 1)):
+      start = time.perf_counter()
       fn()
-    per_call = (time.perf_counter() - start) / max(warmup, 1)
+      per_call = time.perf_counter() - start
+      spent += per_call
+      if i == 0:
+        first[name] = per_call
+      if spent >= max_warmup_s:
+        break
     calls[name] = max(1, math.ceil(min_repeat_s / max(per_call, 1e-9)))
+    round_s += calls[name] * per_call
+  if max_timed_s is not None:
+    repeats = max(1, min(repeats, int(max_timed_s // max(round_s, 1e-9))))
   samples = {name: [] for name in fns}
   names = list(fns)
   for r in range(repeats):
@@ -105,7 +125,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
       for _ in range(n):
         fn()
       samples[name].append((time.perf_counter() - start) / n)
-  return {name: Timing(s) for name, s in samples.items()}
+  return {name: Timing(s, first[name]) for name, s in samples.items()}
 
 
 def peak_matmul_flops(size: int = 4096, repeats: int = 3) -> dict[str, float]:

@@ -1,7 +1,12 @@
 r"""Table 6 of the paper: inference time per instance, coughjax beside a PyTorch twin.
 
-  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=5] [--json=PATH]
+  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=3] [--json=PATH]
+  python benchmarks/latency.py --repeats=7 --time_identical --pmap   # publication run
   python benchmarks/latency.py --quick     # seconds: every row at batch 1, 1 repeat
+
+The defaults take ~6 minutes on 2 quiet cores (up to ~15 when a batch-1024 VGGish
+call slows from ~7 s to ~25 s on a loaded machine); one progress line per row and
+batch size goes to stderr as it is measured, with an estimate of the time left.
 
 One row per row of Table 6, each built from its downstream config
 (configs/downstream.py) with the branches' `init` set to "scratch": weights do not
@@ -19,20 +24,28 @@ Implementations, timed in the same process, interleaved repeat by repeat:
   on one device without pmap. Input already on the device, `block_until_ready`
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.
-* coughjax pmap: the downstream trainer's own `Setup.predict_step` (the same
-  computation under `jax.pmap`, as the evaluation loop calls it), to show what the
-  pmap dispatch adds.
+* coughjax pmap (only with `--pmap`): the downstream trainer's own
+  `Setup.predict_step` (the same computation under `jax.pmap`, as the evaluation loop
+  calls it), to show what the pmap dispatch adds.
+* coughjax GPU: an empty column, no GPU having been available to the published runs.
 * torch paper-style: the twin (benchmarks/torch_twins.py, the same weights) in plain
   eager mode under `torch.no_grad()`, whole batch at once, masks from the paper's
   Python for-loop generator.
 * torch best: the twin with the vectorised torch mask under `torch.inference_mode()`,
-  the faster of the whole batch and 16-clip chunks (the coughjax chunk size), chosen
-  per row and batch on the warm-up calls and named in the table. torch.compile
+  the faster of the whole batch and 16-clip chunks (the coughjax chunk size): both
+  are timed in the same interleaved repeats, the lower median is the row's best
+  (named in the table). torch.compile
   (inductor) is a candidate only with `--torch_compile` (the published tables were
   measured without it).
 
+Rows whose coughjax program is identical (same StableHLO: VGGish (pre-trained) and
+VGGish, each -CP row and its plain row) are timed once and shown on both, unless
+`--time_identical`. After the table, the five DS-masked ensembles are timed like for
+like (`ds_flatness`: the masked program at every rate, 0 % an all-False mask).
+
 Per-instance time = seconds per call / batch; median and interquartile range over
-`--repeats` repeats, each lasting at least `--min_repeat_s`. Torch gets every core
+`--repeats` repeats (fewer, at least one, where a row's timed repeats at a batch size
+would exceed `--max_timed_s`), each lasting at least `--min_repeat_s`. Torch gets every core
 (torch.set_num_threads(os.cpu_count())), as XLA:CPU does. `max |dp|` is the largest
 difference between coughjax's and the twin's probabilities on 8 clips (rows without
 masking; masks are random and differ between the frameworks).
@@ -42,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -66,14 +80,25 @@ from coughjax.train import trainer
 import torch_twins
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "1024"], "batch sizes to time")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats per implementation")
-_MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.3, "each repeat calls a function "
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats per implementation (at most; "
+                                "publication runs: 5 or more)")
+_MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.2, "each repeat calls a function "
                                    "until it has run this long")
+_MAX_TIMED_S = flags.DEFINE_float("max_timed_s", 30.0, "fewer repeats (at least 1) where "
+                                  "the timed repeats of a row at a batch size would last "
+                                  "longer than this (VGGish at batch 1024: ~25 s a call)")
+_PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's pmapped "
+                          "predict step (the coughjax pmap column)")
+_TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
+                                    "whose program is identical to an earlier row's")
+_FLATNESS_REPEATS = flags.DEFINE_integer("flatness_repeats", 5, "repeats of the DS "
+                                         "flatness table (at least --repeats)")
 _ROWS = flags.DEFINE_list("rows", [], "only these variants (default: all 14 rows)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1, 1 short repeat, all rows")
 _DS_FLATNESS = flags.DEFINE_bool("ds_flatness", True, "also time coughjax's five DS-masked "
-                                  "models interleaved (max/min over masking rates)")
+                                  "ensembles like for like, interleaved (max/min over "
+                                  "masking rates)")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "add torch.compile (inductor) "
                                    "as a candidate for the best torch")
 _COMPILATION_CACHE = flags.DEFINE_bool(
@@ -189,41 +214,101 @@ def torch_candidates(twin: torch.nn.Module, x: torch.Tensor, compile_too: bool
   return out
 
 
-def _first_call_s(fn: Callable[[], Any]) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
 def clip_ids(batch: int) -> tuple[np.ndarray, np.ndarray]:
   """(rec_keys [batch, 2], clip_index [batch]) for timing: one recording's clips."""
   return np.zeros((batch, 2), np.uint32), np.arange(batch)
 
 
-def coughjax_model(config):
-  """(setup, params, predict) of a row: `predict(params, x, rec_keys, clip_index)`
-  is the jitted `coughjax.infer.probabilities` over [batch, T, mel] clips in chunks
-  of the config's chunk size."""
-  setup = downstream.Setup.create(config)
+def coughjax_predict(config, setup, mask_rates=None):
+  """`predict(params, x, rec_keys, clip_index)`: the jitted `coughjax.infer.probabilities`
+  over [batch, T, mel] clips in chunks of the config's chunk size (`mask_rates`: see
+  `infer.branch_masks`; None = the model as configured)."""
+  return jax.jit(functools.partial(infer.probabilities, setup.model,
+                                   chunk_size=config.model.chunk_size,
+                                   mask_rates=mask_rates))
+
+
+def init_params(config, setup, abstract: bool = False):
+  """The model's initial parameters as Setup.init_state draws them, without the
+  optimiser state (initialising Adam for VGGish's 72M parameters compiles ~30 small
+  programs, and inference does not read it). `abstract`: shapes only."""
   shape = (config.features.clip_frames, config.features.nfilt)
-  # The model's initial parameters as Setup.init_state draws them, without the
-  # optimiser state (initialising Adam for VGGish's 72M parameters compiles ~30
-  # small programs, and inference does not read it).
-  params = setup.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(0)},
+
+  def init():
+    return setup.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(0)},
                       jnp.zeros((2,) + shape))["params"]
 
-  predict = jax.jit(functools.partial(infer.probabilities, setup.model,
-                                      chunk_size=config.model.chunk_size))
-  return setup, params, predict
+  return jax.eval_shape(init) if abstract else init()
 
 
-def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: float,
-                compile_too: bool) -> list[dict[str, Any]]:
+def program_fingerprint(config) -> str:
+  """A digest of the row's coughjax inference program (StableHLO at 8 clips).
+
+  Rows with the same digest run the same computation on same-shaped weights
+  (VGGish and VGGish (pre-trained): frozen weights change training, not inference;
+  each -CP row and its plain row), and their twins are built from the same encoder
+  configs, so by default such a row is timed once and reported on both.
+  """
+  setup = downstream.Setup.create(config)
+  params = init_params(config, setup, abstract=True)
+  x = jax.ShapeDtypeStruct((8, config.features.clip_frames, config.features.nfilt),
+                           jnp.float32)
+  text = coughjax_predict(config, setup).lower(params, x, *clip_ids(8)).as_text()
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Options:
+  repeats: int
+  min_repeat_s: float
+  max_timed_s: float
+  pmap: bool
+  torch_compile: bool
+
+
+class Progress:
+  """Per-measurement progress on stderr, flushed, with an estimate of the time left.
+
+  Each unit of work (a row at a batch size, a flatness batch) has a prior cost in
+  seconds, from its FLOPs; the time left is the remaining prior cost scaled by the
+  ratio of elapsed time to the prior cost of what is done.
+  """
+
+  def __init__(self, units: list[tuple[str, float]]):
+    self.prior = dict(units)
+    self.done = 0.0
+    self.count = 0
+    self.start = time.perf_counter()
+
+  def report(self, unit: str, message: str) -> None:
+    self.count += 1
+    self.done += self.prior[unit]
+    elapsed = time.perf_counter() - self.start
+    left = (sum(self.prior.values()) - self.done) * elapsed / max(self.done, 1e-9)
+    print(f"[{self.count}/{len(self.prior)} {_minutes(elapsed)} elapsed, ~{_minutes(left)} "
+          f"left] {unit}: {message}", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def prior_cost_s(flops_per_instance: float, batch: int, implementations: int) -> float:
+  """A rough prior of a measurement's seconds: set-up and compilation, plus a warm-up
+  and a timed call per implementation at ~40 GFLOP/s (repeats of small calls last
+  about min_repeat_s each)."""
+  call_s = flops_per_instance * batch / 40e9
+  return 6.0 + implementations * (2 * call_s + 0.5)
+
+
+def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
+                progress: Progress) -> list[dict[str, Any]]:
   """Times one Table 6 row at every batch size."""
-  config = row_config(row.variant)
-  setup, params, predict = coughjax_model(config)
+  setup = downstream.Setup.create(config)
+  params = init_params(config, setup)
+  predict = coughjax_predict(config, setup)
   shape = (config.features.clip_frames, config.features.nfilt)
-  p_state = trainer.replicate(ParamsOnly(params))
+  p_state = trainer.replicate(ParamsOnly(params)) if opts.pmap else None
 
   host_params = jax.device_get(params)
   paper_twin = classifier_twin(config, host_params, "loop", row.ds_masking)
@@ -242,33 +327,30 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
   results = []
   for batch in batch_sizes:
     x_np = np.random.default_rng(batch).standard_normal((batch,) + shape, np.float32)
-    x_jax = jax.device_put(x_np[None])  # [devices = 1, batch, T, mel]
+    x_jax = jax.device_put(x_np)
     x_torch = torch.from_numpy(x_np)
     ids = [jax.device_put(a) for a in clip_ids(batch)]
-    ids_pmap = [jax.device_put(a[None]) for a in clip_ids(batch)]
 
-    def coughjax_fn():
-      return predict(params, x_jax[0], *ids).block_until_ready()
-
-    def pmap_fn():
-      return setup.predict_step(p_state, x_jax, *ids_pmap).block_until_ready()
+    fns = {"coughjax": lambda: predict(params, x_jax, *ids).block_until_ready()}
+    if opts.pmap:
+      x_pmap = jax.device_put(x_np[None])  # [devices = 1, batch, T, mel]
+      ids_pmap = [jax.device_put(a[None]) for a in clip_ids(batch)]
+      fns["coughjax pmap"] = (
+          lambda: setup.predict_step(p_state, x_pmap, *ids_pmap).block_until_ready())
 
     def paper_fn():
       with torch.no_grad():
         return torch.sigmoid(paper_twin(x_torch))
 
-    first = {"coughjax": _first_call_s(coughjax_fn), "coughjax pmap": _first_call_s(pmap_fn)}
-    candidates = torch_candidates(best_twin, x_torch, compile_too)
-    first.update({k: _first_call_s(fn) for k, fn in candidates.items()})
-    # Pick the best torch on a short interleaved run, then time it with the others
-    # (every function has run once above: one more warm-up call is enough).
-    trial = harness.time_interleaved(candidates, repeats=1, min_repeat_s=min_repeat_s / 3,
-                                     warmup=1)
-    best_name = min(trial, key=lambda k: trial[k].median)
-    timings = harness.time_interleaved(
-        {"coughjax": coughjax_fn, "coughjax pmap": pmap_fn, "torch paper-style": paper_fn,
-         "torch best": candidates[best_name]}, repeats=repeats, min_repeat_s=min_repeat_s,
-        warmup=1)
+    fns["torch paper-style"] = paper_fn
+    candidates = torch_candidates(best_twin, x_torch, opts.torch_compile)
+    fns.update({f"torch {k}": fn for k, fn in candidates.items()})
+    # Every candidate for the best torch is timed with the others; the best is the
+    # lowest median of the same run.
+    timings = harness.time_interleaved(fns, repeats=opts.repeats,
+                                       min_repeat_s=opts.min_repeat_s, warmup=2,
+                                       max_timed_s=opts.max_timed_s)
+    best_name = min(candidates, key=lambda k: timings[f"torch {k}"].median)
 
     def us(name):
       t = timings[name]
@@ -276,33 +358,56 @@ def measure_row(row: Row, batch_sizes: list[int], repeats: int, min_repeat_s: fl
               "iqr_us": [v / batch * 1e6 for v in t.iqr]}
 
     cj = us("coughjax")
+    best = timings[f"torch {best_name}"]
     results.append({
         "label": row.label, "variant": row.variant, "batch": batch,
         "paper_us": paper.TABLE6_US[row.label],
-        "coughjax": dict(cj, compile_s=max(first["coughjax"] - timings["coughjax"].median,
-                                           0.0)),
-        "coughjax_pmap": us("coughjax pmap"),
+        "repeats": len(timings["coughjax"].samples),
+        "coughjax": dict(cj, compile_s=max(timings["coughjax"].first_s
+                                           - timings["coughjax"].median, 0.0)),
+        "coughjax_pmap": us("coughjax pmap") if opts.pmap else None,
+        "coughjax_gpu": None,  # no GPU in this run: see benchmarks/README.md
         "torch_paper_style": us("torch paper-style"),
-        "torch_best": dict(us("torch best"), impl=best_name,
-                           first_call_s=first[best_name]),
+        "torch_best": dict(us(f"torch {best_name}"), impl=best_name,
+                           first_call_s=best.first_s),
+        "torch_candidates_us": {k: timings[f"torch {k}"].median / batch * 1e6
+                                for k in candidates},
+        "ratio_best": cj["median_us"] / (best.median / batch * 1e6),
+        "ratio_paper_style": cj["median_us"] / us("torch paper-style")["median_us"],
         "flops_per_instance": flops,
         "coughjax_gflops": flops / (cj["median_us"] * 1e-6) / 1e9,
         "max_abs_diff": max_diff,
+        "same_program_as": None,
     })
+    progress.report(f"{row.label} @ {batch}",
+                    f"coughjax {_fmt_us(cj['median_us'])} µs, torch best "
+                    f"{_fmt_us(results[-1]['torch_best']['median_us'])} µs ({best_name}): "
+                    f"{results[-1]['ratio_best']:.2f}x")
   return results
 
 
-def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float
-                ) -> dict[int, dict[str, float]]:
-  """coughjax's µs per instance of the five DS-masked rows, timed interleaved.
+DS_RATES = (0, 25, 50, 75, 100)
 
-  The rows of the main table are measured one after another, so drift of a shared
-  machine's speed between them shows up as a rate effect; here the five models run
-  in turn within every repeat, so max/min isolates the cost of the masking rate.
+
+def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
+                progress: Progress) -> dict[str, dict[str, float]]:
+  """coughjax's µs per instance of the five DS-masked ensembles, like for like.
+
+  Each ensemble runs the same masked program at its rate: the masks are drawn and
+  applied at every rate, 0 % included (an all-False mask; the models as configured
+  skip masking at 0 %), so the programs differ in one constant, the number of masked
+  steps. The five run in turn within every repeat, so drift of a shared machine's
+  speed hits them alike and max/min isolates the cost of the masking rate.
+
+  Returns:
+    {str(batch): {"0%": µs, ..., "100%": µs, "max_over_min": x}}.
   """
-  configs = {r.label: row_config(r.variant) for r in ROWS if r.ds_masking}
-  models = {label: coughjax_model(c)[1:] for label, c in configs.items()}
-  config = next(iter(configs.values()))
+  models = {}
+  for rate in DS_RATES:
+    config = row_config(f"ens_transformer_cp_ds{rate}")
+    setup = downstream.Setup.create(config)
+    models[f"{rate}%"] = (init_params(config, setup),
+                          coughjax_predict(config, setup, mask_rates=(rate / 100,) * 2))
   shape = (config.features.clip_frames, config.features.nfilt)
   out = {}
   for batch in batch_sizes:
@@ -310,12 +415,15 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float
                                                                     np.float32))
     ids = [jax.device_put(a) for a in clip_ids(batch)]
 
-    def timed(params, predict, x=x, ids=ids):
+    def timed(params, predict):
       return lambda: predict(params, x, *ids).block_until_ready()
 
-    fns = {label: timed(params, predict, x) for label, (params, predict) in models.items()}
+    fns = {label: timed(*model) for label, model in models.items()}
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
-    out[batch] = {label: t.median / batch * 1e6 for label, t in timings.items()}
+    us = {label: t.median / batch * 1e6 for label, t in timings.items()}
+    out[str(batch)] = dict(us, max_over_min=max(us.values()) / min(us.values()))
+    progress.report(f"DS flatness @ {batch}",
+                    f"max/min {out[str(batch)]['max_over_min']:.2f}")
   return out
 
 
@@ -325,7 +433,7 @@ def _fmt_us(v: float) -> str:
 
 def table(results: list[dict[str, Any]], batch: int) -> str:
   header = ["model", "paper µs (RTX 2080 Ti)", "coughjax µs", "IQR", "coughjax pmap µs",
-            "torch paper-style µs", "torch best µs", "torch best is",
+            "coughjax GPU µs", "torch paper-style µs", "torch best µs", "torch best is",
             "coughjax / best", "coughjax / paper-style", "compile s", "GFLOP/s",
             "max abs dp"]
   rows = []
@@ -334,30 +442,46 @@ def table(results: list[dict[str, Any]], batch: int) -> str:
       continue
     cj, ps, best = r["coughjax"], r["torch_paper_style"], r["torch_best"]
     lo, hi = cj["iqr_us"]
+    label = r["label"]
+    if r["same_program_as"]:
+      label += f" (timed as {r['same_program_as']}: same program)"
     rows.append([
-        r["label"], f"{r['paper_us']:.2f}", _fmt_us(cj["median_us"]),
-        f"{_fmt_us(lo)}–{_fmt_us(hi)}", _fmt_us(r["coughjax_pmap"]["median_us"]),
-        _fmt_us(ps["median_us"]),
-        _fmt_us(best["median_us"]), best["impl"],
-        f"{cj['median_us'] / best['median_us']:.2f}",
-        f"{cj['median_us'] / ps['median_us']:.2f}", f"{cj['compile_s']:.2f}",
-        f"{r['coughjax_gflops']:.1f}",
+        label, f"{r['paper_us']:.2f}", _fmt_us(cj["median_us"]),
+        f"{_fmt_us(lo)}–{_fmt_us(hi)}",
+        _fmt_us(r["coughjax_pmap"]["median_us"]) if r["coughjax_pmap"] else "–", "–",
+        _fmt_us(ps["median_us"]), _fmt_us(best["median_us"]), best["impl"],
+        f"{r['ratio_best']:.2f}", f"{r['ratio_paper_style']:.2f}",
+        f"{cj['compile_s']:.2f}", f"{r['coughjax_gflops']:.1f}",
         "–" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"])
-  return harness.markdown_table(header, rows, "l" + "r" * 6 + "l" + "r" * 5)
+  return harness.markdown_table(header, rows, "l" + "r" * 7 + "l" + "r" * 5)
+
+
+def flatness_table(flatness: dict[str, dict[str, float]]) -> str:
+  rates = [f"{r}%" for r in DS_RATES]
+  return harness.markdown_table(
+      ["batch", *rates, "max/min"],
+      [[b, *(_fmt_us(t[r]) for r in rates), f"{t['max_over_min']:.2f}"]
+       for b, t in flatness.items()])
 
 
 def summary(results: list[dict[str, Any]], peak: dict[str, float]) -> str:
-  """DS-masking flatness and the Transformer's distance to the FLOP floor."""
+  """Ratios to the best twin, the main table's DS rows, the Transformer's FLOP floor."""
   lines = []
   peak_flops = max(peak.values())
   for batch in sorted({r["batch"] for r in results}):
     at = {r["label"]: r for r in results if r["batch"] == batch}
+    ratios = [r["ratio_best"] for r in at.values()]
+    worst = max(at.values(), key=lambda r: r["ratio_best"])
+    lines.append(f"- batch {batch}: coughjax / best torch {min(ratios):.2f}–{max(ratios):.2f} "
+                 f"over {len(ratios)} rows, {sum(x <= 1.0 for x in ratios)} at or under 1.0 "
+                 f"(highest: {worst['label']})")
     ds = [at[k] for k in at if k.startswith("Transformer-CP x2, DS")]
     if len(ds) > 1:
       ours = [r["coughjax"]["median_us"] for r in ds]
       theirs = [r["paper_us"] for r in ds]
       loop = [r["torch_paper_style"]["median_us"] for r in ds]
-      lines.append(f"- batch {batch}: DS-masked ensemble max/min over rates: coughjax "
+      lines.append(f"- batch {batch}: DS-masked rows of this table (timed one after another; "
+                   f"0 % runs unmasked) max/min over rates: coughjax "
                    f"{max(ours) / min(ours):.2f}, torch paper-style "
                    f"{max(loop) / min(loop):.2f}, paper {max(theirs) / min(theirs):.2f}")
     if "Transformer" in at:
@@ -373,47 +497,78 @@ def summary(results: list[dict[str, Any]], peak: dict[str, float]) -> str:
 
 def main(argv):
   del argv
+  start = time.perf_counter()
   if not _COMPILATION_CACHE.value:
     jax.config.update("jax_enable_compilation_cache", False)
   torch_twins.set_threads()
   quick = _QUICK.value
   batch_sizes = [1] if quick else [int(b) for b in _BATCH_SIZES.value]
-  repeats = 1 if quick else _REPEATS.value
-  min_repeat_s = 0.01 if quick else _MIN_REPEAT_S.value
+  opts = Options(repeats=1 if quick else _REPEATS.value,
+                 min_repeat_s=0.01 if quick else _MIN_REPEAT_S.value,
+                 max_timed_s=_MAX_TIMED_S.value, pmap=_PMAP.value,
+                 torch_compile=_TORCH_COMPILE.value)
   rows = [r for r in ROWS if not _ROWS.value or r.variant in _ROWS.value]
   if not rows:
     raise app.UsageError(f"--rows matches none of {[r.variant for r in ROWS]}")
 
+  # Rows that run the same program are timed once (unless --time_identical).
+  configs = {r.label: row_config(r.variant) for r in rows}
+  timed_as = {}
+  if not _TIME_IDENTICAL.value:
+    first_with = {}
+    for r in rows:
+      timed_as[r.label] = first_with.setdefault(program_fingerprint(configs[r.label]),
+                                                r.label)
+  units = []
+  implementations = 4 + opts.pmap + opts.torch_compile
+  for r in rows:
+    if timed_as.get(r.label, r.label) == r.label:
+      flops = forward_flops(configs[r.label])
+      units += [(f"{r.label} @ {b}", prior_cost_s(flops, b, implementations))
+                for b in batch_sizes]
+  flatness_repeats = 1 if quick else max(_FLATNESS_REPEATS.value, opts.repeats)
+  if _DS_FLATNESS.value:
+    ds_flops = forward_flops(configs.get("Transformer-CP x2, DS 50%")
+                             or row_config("ens_transformer_cp_ds50"))
+    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, 5)) for b in batch_sizes]
+  progress = Progress(units)
+
   peak = harness.peak_matmul_flops(size=1024 if quick else 4096)
   results = []
   for row in rows:
-    results += measure_row(row, batch_sizes, repeats, min_repeat_s, _TORCH_COMPILE.value)
-    print(f"  {row.label}: " + ", ".join(
-        f"batch {r['batch']} {r['coughjax']['median_us']:,.1f} µs" for r in results
-        if r["label"] == row.label), file=sys.stderr, flush=True)
+    source = timed_as.get(row.label, row.label)
+    if source != row.label:
+      results += [dict(r, label=row.label, variant=row.variant,
+                       paper_us=paper.TABLE6_US[row.label], same_program_as=source)
+                  for r in results if r["label"] == source]
+      continue
+    results += measure_row(row, configs[row.label], batch_sizes, opts, progress)
+  flatness = {}
+  if _DS_FLATNESS.value:
+    flatness = ds_flatness(batch_sizes, flatness_repeats, opts.min_repeat_s, progress)
+  wall_s = time.perf_counter() - start
+
   m = harness.machine()
-  print(f"\nTable 6 on {harness.describe(m)}. Median of {repeats} repeats; µs per "
-        f"instance; peak fp32 matmul {', '.join(f'{k} {v / 1e9:.0f}' for k, v in peak.items())} "
-        "GFLOP/s.\n")
+  print(f"\nTable 6 on {harness.describe(m)}. Median of up to {opts.repeats} repeats "
+        f"(fewer for calls over {opts.max_timed_s:.0f} s a round); µs per instance; peak "
+        f"fp32 matmul {', '.join(f'{k} {v / 1e9:.0f}' for k, v in peak.items())} GFLOP/s; "
+        f"the whole run took {_minutes(wall_s)} min.\n")
   for batch in batch_sizes:
     print(f"Batch {batch}:\n")
     print(table(results, batch))
     print()
   print(summary(results, peak))
-  flatness = {}
-  if _DS_FLATNESS.value:
-    flatness = ds_flatness(batch_sizes, repeats, min_repeat_s)
-    print("\nDS-masked ensemble, the five rates timed interleaved (coughjax µs per "
-          "instance):\n")
-    labels = list(next(iter(flatness.values())))
-    print(harness.markdown_table(
-        ["batch", *(l.rsplit(" ", 1)[-1] for l in labels), "max/min"],
-        [[b, *(_fmt_us(t[l]) for l in labels), f"{max(t.values()) / min(t.values()):.2f}"]
-         for b, t in flatness.items()]))
+  if flatness:
+    print(f"\nDS-masked ensembles like for like: the same masked program at every rate "
+          f"(0 % an all-False mask), the five timed interleaved, median of "
+          f"{flatness_repeats} repeats (coughjax µs per instance; paper max/min 1.74):\n")
+    print(flatness_table(flatness))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump({"machine": m, "peak_flops": peak, "repeats": repeats,
-                 "results": results, "ds_flatness_us": flatness}, f, indent=2)
+      json.dump({"machine": m, "peak_flops": peak, "repeats": opts.repeats,
+                 "min_repeat_s": opts.min_repeat_s, "max_timed_s": opts.max_timed_s,
+                 "wall_s": wall_s, "results": results, "ds_flatness": flatness}, f,
+                indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ r"""The contrastive pre-training step: coughjax beside a PyTorch twin, time and 
 
 One step = encode the 2B clips of B pairs, bilinear logits over the batch, eq. 5
 loss, gradients, Adam update (paper §4.1; config `configs/pretrain.py:--variant`,
-default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2).
+default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2;
+`--variant=gru` times the GRU's step against a stock nn.GRU twin, which masks
+nothing, so its paper-style and whole-batch modes are the same step).
 
 * coughjax: the real `coughjax.train.pretrain.make_steps` train step (pmapped,
   encoder in chunks of `config.model.chunk_size` clips with remat -- their CPU
@@ -170,6 +172,24 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
           "times": before + after, "losses": []}
 
 
+def contrastive_twin(config, mask_impl: str):
+  """(ContrastiveTwin, its encoder) of a pre-training config, the bilinear head.
+
+  The Transformer masks at the config's rate in training (the paper-style "loop"
+  generator or the vectorised one); the GRU twin is a stock nn.GRU.
+  """
+  import torch_twins  # pylint: disable=g-import-not-at-top
+  from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
+
+  m = config.model
+  if m.similarity != "bilinear":
+    raise NotImplementedError("the torch step twins the bilinear similarity only")
+  cfg = pretrain.encoder_config(m)
+  encoder = torch_twins.encoder_twin(cfg, mask_rate=cfg.get("mask_rate"),
+                                     mask_impl=mask_impl)
+  return torch_twins.ContrastiveTwin(encoder, m.proj_dim, m.temperature), encoder
+
+
 def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
   """Times the twin's step in one of TORCH_MODES."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -180,18 +200,14 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
   torch.manual_seed(0)
   mode = spec["mode"]
   config = pretrain_config(spec["variant"], spec["batch"])
-  m = config.model
-  if m.name != "transformer" or m.similarity != "bilinear":
-    raise NotImplementedError("the torch step twins the bilinear Transformer only")
-  encoder = torch_twins.TransformerTwin(
-      mel=config.features.nfilt, time=config.features.clip_frames, d_model=m.d_model,
-      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-      dropout=m.dropout, mask_rate=m.mask_rate,
-      mask_impl="loop" if mode == "paper" else "vectorised")
-  twin = torch_twins.ContrastiveTwin(encoder, m.proj_dim, m.temperature).train()
+  twin, encoder = contrastive_twin(config, "loop" if mode == "paper" else "vectorised")
+  twin.train()
   optimizer = torch.optim.Adam(twin.parameters(), lr=config.optim.learning_rate)
   views = random_views(spec["batch"], config.features.clip_frames, config.features.nfilt)
   x = torch.from_numpy(views.reshape((-1,) + views.shape[2:]))  # [a..., b...]
+
+  # A GRU has no attention to mask: its twin draws none.
+  has_mask = hasattr(encoder, "draw_mask")
 
   def encode(xc, mc):
     return twin(xc, mc)
@@ -200,7 +216,7 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer.zero_grad(set_to_none=True)
     # One mask per clip for the whole batch, drawn outside the (possibly
     # recomputed) forward so that a recomputation sees the same mask.
-    mask = encoder.draw_mask(x.shape[0], x.shape[1])
+    mask = encoder.draw_mask(x.shape[0], x.shape[1]) if has_mask else None
     if mode in ("paper", "whole"):
       z = twin(x, mask)
     else:

@@ -98,7 +98,8 @@ def inference_mask_rate(encoder: nn.Module) -> Optional[float]:
   return float(encoder.mask_rate)
 
 
-def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int
+def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
+                 mask_rates: Optional[Sequence[Optional[float]]] = None
                  ) -> tuple[Optional[jax.Array], ...]:
   """Each branch's inference masks from per-row keys.
 
@@ -107,13 +108,20 @@ def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int
       branches of an ensemble draw different masks).
     keys: [n] per-row keys (`clip_keys`).
     time: time steps per clip.
+    mask_rates: per branch, a rate to draw at instead of `inference_mask_rate`
+      (None: the encoder's own). A rate of 0 then draws and applies an all-False
+      mask rather than skipping masking, so every rate runs the same program
+      (benchmarks/latency.py times DS masking like for like that way).
 
   Returns:
     Per branch, [n, time] bool (True = masked) or None where it does not mask.
   """
   out = []
-  for i, encoder in enumerate(encoders):
-    rate = inference_mask_rate(encoder)
+  mask_rates = (None,) * len(encoders) if mask_rates is None else tuple(mask_rates)
+  if len(mask_rates) != len(encoders):
+    raise ValueError(f"{len(mask_rates)} mask rates for {len(encoders)} encoders")
+  for i, (encoder, override) in enumerate(zip(encoders, mask_rates)):
+    rate = inference_mask_rate(encoder) if override is None else float(override)
     if rate is None:
       out.append(None)
       continue
@@ -126,7 +134,8 @@ def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int
 
 
 def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Array,
-                  clip_index: jax.Array, *, chunk_size: int = 0) -> jax.Array:
+                  clip_index: jax.Array, *, chunk_size: int = 0,
+                  mask_rates: Optional[Sequence[Optional[float]]] = None) -> jax.Array:
   """P(positive) of every clip, in inference mode: the one inference path.
 
   Used by the downstream evaluation (under pmap), `coughjax.predict` and
@@ -141,6 +150,8 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
     clip_index: [n] int, each row's clip index within its recording.
     chunk_size: run the model over chunks of this many rows (`chunking.chunk_size_for`;
       0 = all at once), which bounds memory and keeps activations in cache.
+    mask_rates: per branch, an inference mask rate overriding the encoder's
+      (`branch_masks`); None, the default, is the model as configured.
 
   Returns:
     [n] float32 probabilities.
@@ -152,7 +163,7 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
 
   def apply(args):
     xc, rk, ci = args
-    masks = branch_masks(model.encoders, clip_keys(rk, ci), time)
+    masks = branch_masks(model.encoders, clip_keys(rk, ci), time, mask_rates)
     return jax.nn.sigmoid(model.apply({"params": params}, xc, train=False, masks=masks))
 
   chunk = chunking.chunk_size_for(n, chunk_size)

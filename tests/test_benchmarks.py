@@ -1,6 +1,7 @@
 """The PyTorch twins of benchmarks/ match coughjax, and the benchmark scripts run."""
 
 import functools
+import json
 import os
 import pathlib
 import random
@@ -157,6 +158,19 @@ def test_contrastive_twin_matches_loss_and_projections():
   np.testing.assert_allclose(float(got), float(expected), atol=TOL, rtol=0)
 
 
+def test_mask_rate_override_draws_an_all_false_mask_at_zero():
+  # The like-for-like DS flatness table runs the masked program at 0 % too.
+  from coughjax import infer  # pylint: disable=g-import-not-at-top
+  model = models.build_encoder(dict(_encoder_cfg("transformer"), mask_rate=0.0,
+                                    mask_at_eval=True))
+  keys = infer.clip_keys(jnp.zeros((3, 2), jnp.uint32), jnp.arange(3))
+  assert infer.branch_masks([model], keys, 96) == (None,)  # as configured: no mask
+  (zero,) = infer.branch_masks([model], keys, 96, mask_rates=[0.0])
+  (half,) = infer.branch_masks([model], keys, 96, mask_rates=[0.5])
+  assert zero.shape == (3, 96) and not zero.any()
+  np.testing.assert_array_equal(half.sum(axis=1), 48)
+
+
 def test_vggish_twin_inverts_the_converter():
   twin = torch_twins.VGGishTwin()
   state = {k: v.numpy() for k, v in twin.state_dict().items()}
@@ -193,12 +207,24 @@ def _table_rows(text: str) -> list[list[str]]:
 def test_latency_quick_has_every_table6_row(tmp_path):
   out = _run("latency.py", "--quick", "--compilation_cache", f"--json={tmp_path}/l.json")
   rows = _table_rows(out)
-  labels = [r[0] for r in rows if not r[0].isdigit()]
+  # A row whose program is identical to an earlier row's is timed once, and says so.
+  labels = [re.sub(r" \(timed as .*\)$", "", r[0]) for r in rows if not r[0].isdigit()]
   assert labels == list(paper.TABLE6_US)  # 14 rows, in the paper's order
-  # The five DS-masked models timed interleaved: batch, 5 rates, max/min.
+  assert sum("(timed as" in r[0] for r in rows) == 4  # the -CP and pre-trained twins
+  # The five DS-masked ensembles like for like: batch, 5 rates, max/min.
   (flat,) = [r for r in rows if r[0].isdigit()]
   assert flat[0] == "1" and len(flat) == 7 and float(flat[-1]) >= 1.0
-  assert (tmp_path / "l.json").is_file()
+  report = json.loads((tmp_path / "l.json").read_text())
+  assert [r["label"] for r in report["results"]] == list(paper.TABLE6_US)
+  for r in report["results"]:
+    assert r["batch"] == 1 and r["ratio_best"] > 0 and r["coughjax_gpu"] is None
+    assert r["ratio_best"] == pytest.approx(
+        r["coughjax"]["median_us"] / r["torch_best"]["median_us"])
+  flatness = report["ds_flatness"]["1"]
+  assert set(flatness) == {"0%", "25%", "50%", "75%", "100%", "max_over_min"}
+  assert flatness["max_over_min"] == pytest.approx(
+      max(v for k, v in flatness.items() if k.endswith("%"))
+      / min(v for k, v in flatness.items() if k.endswith("%")))
 
 
 def test_train_step_quick_has_the_expected_rows():
@@ -212,6 +238,16 @@ def test_train_step_quick_has_the_expected_rows():
   # The trainer loop beside the bare step, same process.
   (loop,) = [l for l in out.splitlines() if l.startswith("trainer.fit's loop")]
   assert re.search(r"overhead [+-]\d+\.\d%", loop), loop
+
+
+def test_train_step_quick_times_the_gru_against_its_twin():
+  out = _run("train_step.py", "--quick", "--compilation_cache", "--variant=gru", "--noloop",
+             "--devices=1")
+  rows = _table_rows(out)
+  assert [r[0] for r in rows] == ["coughjax", "coughjax", "torch paper-style",
+                                  "torch 16-clip chunks"]
+  for r in rows:
+    assert float(r[3]) > 0  # step s
 
 
 def test_features_quick_prints_every_row(coswara_ci, tmp_path):

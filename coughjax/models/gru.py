@@ -64,11 +64,11 @@ class GRULayer(nn.Module):
 
     def step(h, gx):  # h [B, d], gx [B, 3d]
       gh = h @ w_hh + b_hh  # the three recurrent gates in one matmul
-      xr, xz, xn = jnp.split(gx, 3, axis=-1)
-      hr, hz, hn = jnp.split(gh, 3, axis=-1)
-      r = jax.nn.sigmoid(xr + hr)
-      z = jax.nn.sigmoid(xz + hz)
-      n = jnp.tanh(xn + r * hn)
+      # r and z in one [B, 2d] sigmoid, as tanh (one transcendental fewer per entry
+      # than XLA:CPU's logistic).
+      rz = 0.5 * jnp.tanh(0.5 * (gx[:, :2 * d] + gh[:, :2 * d])) + 0.5
+      r, z = rz[:, :d], rz[:, d:]
+      n = jnp.tanh(gx[:, 2 * d:] + r * gh[:, 2 * d:])
       h = (1 - z) * n + z * h
       return h, (h if self.return_sequence else None)
 
