@@ -98,14 +98,29 @@ def inference_mask_rate(encoder: nn.Module) -> Optional[float]:
   return float(encoder.mask_rate)
 
 
+def branch_mask(encoder: nn.Module, keys: jax.Array, time: int, branch: int,
+                rate: Optional[float] = None) -> Optional[jax.Array]:
+  """One branch's inference masks: [n, time] bool (True = masked), or None where
+  `encoder` does not mask at inference. Branch `branch` folds its index into every
+  key, so two branches of an ensemble draw different masks. `rate` overrides the
+  encoder's own (0 then draws and applies an all-False mask)."""
+  rate = inference_mask_rate(encoder) if rate is None else float(rate)
+  if rate is None:
+    return None
+
+  def one(key):
+    return masking.random_key_mask(jax.random.fold_in(key, branch), 1, time, rate)[0]
+
+  return jax.vmap(one)(keys)
+
+
 def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
                  mask_rates: Optional[Sequence[Optional[float]]] = None
                  ) -> tuple[Optional[jax.Array], ...]:
   """Each branch's inference masks from per-row keys.
 
   Args:
-    encoders: the classifier's encoders (branch i folds i into every key, so two
-      branches of an ensemble draw different masks).
+    encoders: the classifier's encoders (branch i is `branch_mask(..., branch=i)`).
     keys: [n] per-row keys (`clip_keys`).
     time: time steps per clip.
     mask_rates: per branch, a rate to draw at instead of `inference_mask_rate`
@@ -116,21 +131,27 @@ def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
   Returns:
     Per branch, [n, time] bool (True = masked) or None where it does not mask.
   """
-  out = []
   mask_rates = (None,) * len(encoders) if mask_rates is None else tuple(mask_rates)
   if len(mask_rates) != len(encoders):
     raise ValueError(f"{len(mask_rates)} mask rates for {len(encoders)} encoders")
-  for i, (encoder, override) in enumerate(zip(encoders, mask_rates)):
-    rate = inference_mask_rate(encoder) if override is None else float(override)
-    if rate is None:
-      out.append(None)
-      continue
+  return tuple(branch_mask(e, keys, time, i, r)
+               for i, (e, r) in enumerate(zip(encoders, mask_rates)))
 
-    def one(key, i=i, rate=rate):
-      return masking.random_key_mask(jax.random.fold_in(key, i), 1, time, rate)[0]
 
-    out.append(jax.vmap(one)(keys))
-  return tuple(out)
+def _in_chunks(apply, args: tuple, n: int, chunk_size) -> jax.Array:
+  """apply(args) over row chunks of `chunk_size` (`chunking.chunk_size_for`)."""
+  chunk = chunking.chunk_size_for(n, chunk_size)
+  if chunk == n:
+    return apply(args)
+  chunked = jax.tree.map(lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), args)
+  out = jax.lax.map(apply, chunked)
+  return out.reshape((n,) + out.shape[2:])
+
+
+def _check_keys(n: int, rec_keys, clip_index) -> None:
+  if rec_keys.shape != (n, 2) or clip_index.shape != (n,):
+    raise ValueError(f"rec_keys {rec_keys.shape} / clip_index {clip_index.shape} do not "
+                     f"match {n} clips (expected ({n}, 2) / ({n},))")
 
 
 def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Array,
@@ -157,18 +178,54 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
     [n] float32 probabilities.
   """
   n, time = x.shape[:2]
-  if rec_keys.shape != (n, 2) or clip_index.shape != (n,):
-    raise ValueError(f"rec_keys {rec_keys.shape} / clip_index {clip_index.shape} do not "
-                     f"match {n} clips (expected ({n}, 2) / ({n},))")
+  _check_keys(n, rec_keys, clip_index)
 
   def apply(args):
     xc, rk, ci = args
     masks = branch_masks(model.encoders, clip_keys(rk, ci), time, mask_rates)
     return jax.nn.sigmoid(model.apply({"params": params}, xc, train=False, masks=masks))
 
-  chunk = chunking.chunk_size_for(n, chunk_size)
   args = (x, rec_keys.astype(jnp.uint32), clip_index.astype(jnp.int32))
-  if chunk == n:
-    return apply(args)
-  chunked = jax.tree.map(lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), args)
-  return jax.lax.map(apply, chunked).reshape(n)
+  return _in_chunks(apply, args, n, chunk_size)
+
+
+def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
+               rec_keys: Optional[jax.Array] = None,
+               clip_index: Optional[jax.Array] = None, *, branch: int = 0,
+               chunk_size: int = 0) -> jax.Array:
+  """An encoder's output h of every clip, in inference mode (no dropout).
+
+  Where `encoder` masks at inference (`mask_at_eval`, e.g. a DS-masked ensemble
+  branch), each clip's mask comes from its (recording, clip index, branch) key as in
+  `probabilities`, so branch i of a classifier sees exactly the masks it sees there;
+  such an encoder needs `rec_keys` and `clip_index`. Otherwise they are ignored.
+
+  Args:
+    encoder: a registered encoder (`coughjax.models.build_encoder`).
+    params: its parameters.
+    x: [n, T, mel] clips.
+    rec_keys: [n, 2] uint32 `recording_key` of each row's recording, or None.
+    clip_index: [n] int clip index within its recording, or None.
+    branch: the branch index folded into the mask keys.
+    chunk_size: as in `probabilities`.
+
+  Returns:
+    [n, d] float32.
+  """
+  n, time = x.shape[:2]
+  masked = inference_mask_rate(encoder) is not None
+  if masked:
+    if rec_keys is None or clip_index is None:
+      raise ValueError(f"{type(encoder).__name__} masks at inference (mask_rate "
+                       f"{encoder.mask_rate}): its embeddings need rec_keys and clip_index")
+    _check_keys(n, rec_keys, clip_index)
+    args = (x, rec_keys.astype(jnp.uint32), clip_index.astype(jnp.int32))
+  else:
+    args = (x,)
+
+  def apply(args):
+    mask = branch_mask(encoder, clip_keys(*args[1:]), time, branch) if masked else None
+    h = encoder.apply({"params": params}, args[0], train=False, mask=mask)
+    return h.astype(jnp.float32)
+
+  return _in_chunks(apply, args, n, chunk_size)

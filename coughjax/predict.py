@@ -5,14 +5,20 @@ r"""COVID-positive probability of recordings, from a trained downstream workdir.
 prints one line per file: the path and the mean probability over its clips (6
 decimals). Python:
 
-  predict_fn = coughjax.predict.load("runs/ensemble")
-  p = predict_fn(waveform, sample_rate)
+  classifier = coughjax.load_classifier("runs/ensemble")
+  p = classifier.predict(waveform, sample_rate)        # one recording
+  rows = classifier.predict_files(["a.wav", "b.flac"])  # many: (path, p or "error: ...")
+
+(`coughjax.predict.load(workdir)` is `load_classifier(workdir).predict`.) Logs are
+quiet unless --verbosity is given (e.g. --verbosity=0 for INFO).
 
 The model is the run (of the workdir's seeds) with the best validation ROC-AUC, at
 its best checkpoint. Bad input gets the same errors as training data
 (`coughjax.audio.AudioError`, naming the file and the problem).
 
-Clips are scored by `coughjax.infer.probabilities`, the path the downstream
+Inputs are made by `coughjax.inputs` (decode, resample, log-mel, clips, padded
+batches; shared with `coughjax.embed`) and clips are scored by
+`coughjax.infer.probabilities`, the path the downstream
 evaluation uses: where the config masks at inference (DS masking), each clip's masks
 are keyed by the recording's features and the clip's index in it, so a file's score
 does not depend on its path or on the other files scored with it, and equals the
@@ -23,28 +29,25 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import sys
-from typing import Callable
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from absl import app
 from absl import flags
 import jax
 import ml_collections
 import numpy as np
-import soxr
 
-from coughjax import audio
+from coughjax import cli
 from coughjax import infer
+from coughjax import inputs
 from coughjax import models
-from coughjax.data import features as features_lib
 from coughjax.models import classifier as classifier_lib
 from coughjax.train import trainer
 
 ENCODERS_FILE = "encoders.json"
-# Clips are scored in batches padded to a power of two, at least this many: recordings
-# of different lengths then share a few compiled shapes instead of one each.
-MIN_BATCH = 8
 
 
 def best_run(workdir: pathlib.Path) -> pathlib.Path:
@@ -61,77 +64,110 @@ def best_run(workdir: pathlib.Path) -> pathlib.Path:
   return max(scores, key=scores.get)
 
 
-def load(workdir: str | pathlib.Path) -> Callable[[np.ndarray, int], float]:
-  """A function (waveform, sample_rate) -> P(positive) for a downstream workdir."""
-  workdir = pathlib.Path(workdir)
+def _read_workdir(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, encoders.json) of a downstream workdir, or a clear error."""
   for name in ("config.json", ENCODERS_FILE):
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name}: not found; is {workdir} a downstream "
                               "workdir (python launch.py --config=configs/downstream.py:...)?")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  spec = json.loads((workdir / ENCODERS_FILE).read_text())
+  return config, json.loads((workdir / ENCODERS_FILE).read_text())
+
+
+def build_model(workdir: str | pathlib.Path) -> tuple[classifier_lib.Classifier, Any,
+                                                       ml_collections.ConfigDict, pathlib.Path]:
+  """(model, params of the best run's best checkpoint, config, that run's folder)."""
+  workdir = pathlib.Path(workdir)
+  config, spec = _read_workdir(workdir)
   # Workdirs written before the head had its own dropout used model.dropout for it
   # (inference does not apply it either way).
   head_dropout = spec.get("head_dropout", config.model.get("dropout", 0.0))
   model = classifier_lib.Classifier(
       [models.build_encoder(c) for c in spec["encoders"]],
       tuple(spec["frozen"]), dropout=head_dropout)
-  params, _ = trainer.restore_params(best_run(workdir) / "best")
-  params = jax.device_put(params)
-  fparams = features_lib.FeatureParams.from_config(config.features)
-  clip_frames, hop = config.features.clip_frames, config.features.eval_hop
-  probs = jax.jit(functools.partial(infer.probabilities, model,
-                                    chunk_size=config.model.chunk_size))
+  run_dir = best_run(workdir)
+  params, _ = trainer.restore_params(run_dir / "best")
+  return model, params, config, run_dir
 
-  def predict(waveform: np.ndarray, sample_rate: int, name: str = "waveform") -> float:
-    wave = np.asarray(waveform, np.float32)
-    if wave.ndim == 2:
-      wave = wave.mean(axis=1)
-    if wave.size == 0 or not np.all(np.isfinite(wave)) or not np.any(wave):
-      raise audio.AudioError(name, "empty, silent or non-finite audio")
-    if sample_rate != fparams.sample_rate:
-      wave = soxr.resample(wave, sample_rate, fparams.sample_rate, quality="HQ")
-    feats = audio.logfbank(wave, fparams.sample_rate, nfilt=fparams.nfilt,
-                           winlen=fparams.winlen, winstep=fparams.winstep,
-                           nfft=fparams.nfft or None, preemph=fparams.preemph)
-    clips = audio.clips(feats, clip_frames, hop, min_frames=fparams.min_frames, name=name)
-    n = len(clips)
-    # Each clip is scored on its own, its DS masks keyed by (recording, clip index):
-    # the zero padding rows are inert.
-    size = max(MIN_BATCH, 1 << (n - 1).bit_length())
-    batch = np.zeros((size,) + clips.shape[1:], np.float32)
-    batch[:n] = clips
-    rec_keys = np.broadcast_to(infer.recording_key(feats, clip_frames), (size, 2))
-    p = np.asarray(probs(params, batch, rec_keys, np.arange(size)))
-    return float(np.mean(p[:n], dtype=np.float64))
 
-  return predict
+class Classifier:
+  """A trained downstream classifier: P(positive) of waveforms, files, features.
+
+  Attributes:
+    workdir: the downstream workdir; run_dir: its best run, whose best checkpoint
+      this is.
+    spec: how inputs are made (`inputs.ClipSpec`: feature parameters, clip, hop).
+    model, params, config: the Flax classifier, its parameters, the run's config.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.workdir = pathlib.Path(workdir)
+    self.model, params, self.config, self.run_dir = build_model(self.workdir)
+    self.params = jax.device_put(params)
+    self.spec = inputs.ClipSpec.from_config(self.config.features)
+    probs = jax.jit(functools.partial(infer.probabilities, self.model,
+                                      chunk_size=self.config.model.chunk_size))
+    self._fn = functools.partial(probs, self.params)
+
+  def clip_probabilities(self, clips: inputs.Clips) -> np.ndarray:
+    """[n] P(positive) of each row of `clips` (`infer.probabilities`)."""
+    return inputs.run(self._fn, clips)
+
+  def predict_features(self, features: Sequence[np.ndarray],
+                       names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """[recordings] float64: the mean P(positive) over each recording's clips, from
+    its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them)."""
+    clips = inputs.cut(features, self.spec, names)
+    return inputs.recording_means(self.clip_probabilities(clips), clips.recording,
+                                  len(features))
+
+  def predict(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
+              ) -> float:
+    """P(positive) of one recording: [samples] or [samples, channels] audio."""
+    feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
+    return float(self.predict_features([feats], [name])[0])
+
+  __call__ = predict
+
+  def predict_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
+                    ) -> list[tuple[str, float | str]]:
+    """(path, probability) per file, in order, or (path, "error: ...") for a file
+    that cannot be scored; the clips of many files share batches."""
+    out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="scoring")
+    probs = inputs.recording_means(out.outputs, out.recording, len(out.paths))
+    results = dict(zip(out.paths, (float(p) for p in probs)))
+    results.update((path, f"error: {message}") for path, message in out.errors)
+    return [(str(p), results[str(p)]) for p in paths]
+
+
+def load_classifier(workdir: str | pathlib.Path) -> Classifier:
+  """The best run of a downstream workdir, at its best checkpoint (`Classifier`)."""
+  return Classifier(workdir)
+
+
+def load(workdir: str | pathlib.Path) -> Callable[..., float]:
+  """A function (waveform, sample_rate[, name]) -> P(positive) for a downstream workdir."""
+  return Classifier(workdir).predict
 
 
 def predict_files(workdir, paths) -> list[tuple[str, float | str]]:
   """(path, probability) per file, or (path, error message) for unusable ones."""
-  predict = load(workdir)
-  config = json.loads((pathlib.Path(workdir) / "config.json").read_text())
-  rate = config["features"]["sample_rate"]
-  min_duration = config["features"]["min_duration"]
-  out = []
-  for path in paths:
-    try:
-      wave = audio.load(path, rate, min_duration=min_duration)
-      out.append((str(path), predict(wave, rate, name=str(path))))
-    except audio.AudioError as e:
-      out.append((str(path), f"error: {e}"))
-  return out
+  paths = [str(p) for p in paths]
+  return Classifier(workdir).predict_files(paths)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "downstream workdir", required=True)
+def define_flags() -> None:
+  """The command's flags; defined only when run as a command, so that importing the
+  library (`coughjax.load_classifier`) adds no flags to a caller's program."""
+  flags.DEFINE_string("workdir", None, "downstream workdir", required=True)
 
 
 def main(argv):
+  cli.quiet_logging()
   if len(argv) < 2:
     raise app.UsageError("give one or more audio files")
   failed = 0
-  for path, result in predict_files(_WORKDIR.value, argv[1:]):
+  for path, result in predict_files(flags.FLAGS.workdir, argv[1:]):
     if isinstance(result, str):
       failed += 1
       print(f"{path}\t{result}", file=sys.stderr)
@@ -142,4 +178,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -25,6 +25,7 @@ from coughjax import audio
 from coughjax import data
 from coughjax import evaluate
 from coughjax import infer
+from coughjax import inputs
 from coughjax import models
 from coughjax import paper
 from coughjax import predict
@@ -413,7 +414,7 @@ def test_predict_padding_changes_nothing(trained, monkeypatch):
   # same probability.
   waves = [synthetic.render(f"synthetic://1/{i}/cough-heavy", 16000) for i in (3, 4)]
   before = [predict.load(trained)(w, 16000) for w in waves]
-  monkeypatch.setattr(predict, "MIN_BATCH", 64)
+  monkeypatch.setattr(inputs, "MIN_BATCH", 64)
   after = [predict.load(trained)(w, 16000) for w in waves]
   np.testing.assert_allclose(after, before, rtol=1e-6)
 
@@ -431,6 +432,7 @@ def test_predict_cli_scores_files_and_names_bad_ones(trained, tmp_path):
                                    16000)
   assert path == good and float(prob) == pytest.approx(expected, abs=1e-6)
   assert str(short) in proc.stderr and "1 of 2 files could not be scored" in proc.stderr
+  assert not re.search(r"^I\d{4} ", proc.stderr, re.M)  # no INFO logs unless --verbosity
 
 
 def test_reproduce_writes_ours_beside_the_paper(workspace):

@@ -1,0 +1,293 @@
+"""Embeddings (API and CLI), shipped encoders, the linear probe, jax.export artifacts,
+and quiet command-line logs — on a runlocal pre-training and a runlocal `ensemble`."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+import coughjax
+from configs import downstream as downstream_configs
+from configs import pretrain as pretrain_configs
+from coughjax import audio
+from coughjax import embed
+from coughjax import encoders
+from coughjax import export
+from coughjax import infer
+from coughjax import inputs
+from coughjax import predict
+from coughjax import probe
+from coughjax.data import synthetic
+from coughjax.train import run
+from tests.conftest import REPO
+
+INFO_LINE = re.compile(r"^I\d{4} ", re.M)  # absl's INFO prefix
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{"pretrain": runlocal transformer_m50 workdir, "ensemble": runlocal `ensemble`
+  (two Transformer-CP branches from it, DS masking 50 % also at inference)}."""
+  root = tmp_path_factory.mktemp("embed_runs")
+  pre = root / "runs" / "transformer_m50_runlocal"
+  config = pretrain_configs.get_config("transformer_m50,runlocal")
+  config.num_epochs = 1
+  config.lock()
+  run.run(config, str(pre))
+  config = downstream_configs.get_config("ensemble,runlocal")
+  config.num_runs, config.num_epochs = 1, 1
+  config.encoder_a.checkpoint = config.encoder_b.checkpoint = str(pre)
+  config.lock()
+  run.run(config, str(root / "ensemble"))
+  return {"pretrain": pre, "ensemble": root / "ensemble"}
+
+
+def _flac(path, address):
+  sf.write(path, synthetic.render(address, 16000), 16000)
+  return str(path)
+
+
+def _cli(module, *args, check=True):
+  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+  if check and proc.returncode:
+    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def test_import_is_light_and_api_is_lazy():
+  code = ("import sys, coughjax; assert 'jax' not in sys.modules, 'jax imported'; "
+          "f = coughjax.load_encoder; assert 'jax' in sys.modules; print(f.__module__)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                       text=True, check=True, timeout=300)
+  assert out.stdout.strip() == "coughjax.embed"
+  with pytest.raises(AttributeError, match="load_everything"):
+    coughjax.load_everything  # pylint: disable=pointless-statement
+
+
+def test_embed_cli_writes_what_the_api_computes(runs, tmp_path):
+  files = [_flac(tmp_path / "a.flac", "synthetic://1/0/cough-heavy"),
+           _flac(tmp_path / "b.flac", "synthetic://1/1/cough-shallow")]
+  out = tmp_path / "emb.npz"
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={out}", *files)
+  assert not INFO_LINE.search(proc.stderr), proc.stderr
+  saved = np.load(out)
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  assert saved["embeddings"].shape == (2, encoder.dim)
+  api = encoder.embed_files(files)
+  np.testing.assert_allclose(saved["embeddings"], api.recordings, atol=1e-6)
+  np.testing.assert_allclose(saved["clip_embeddings"], api.clips, atol=1e-6)
+  assert list(saved["paths"]) == files and list(saved["labels"]) == [-1, -1]
+  # A recording's embedding is the mean of its clips', and equals the waveform API's.
+  for i, path in enumerate(files):
+    rows = saved["clip_recording"] == i
+    np.testing.assert_allclose(saved["clip_embeddings"][rows].mean(0),
+                               saved["embeddings"][i], atol=1e-6)
+    wave = audio.load(path, 16000)
+    np.testing.assert_allclose(encoder.embed(wave, 16000), api.recordings[i], atol=1e-6)
+    np.testing.assert_allclose(encoder.embed_clips(wave, 16000), api.clips[rows], atol=1e-6)
+  # h is the encoder output, not the projection: d = the encoder's d_model (64),
+  # and repeated calls give the same numbers (no dropout, no masking).
+  assert encoder.dim == 64 and not encoder.masked
+  np.testing.assert_array_equal(encoder.embed_files(files[::-1]).recordings, api.recordings[::-1])
+
+
+def test_bad_files_are_listed_and_the_rest_embedded(runs, tmp_path):
+  good = _flac(tmp_path / "good.flac", "synthetic://1/2/cough-heavy")
+  short = tmp_path / "short.wav"
+  sf.write(short, np.full(800, 0.1, np.float32), 16000)
+  missing = tmp_path / "missing.wav"
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  out = encoder.embed_files([missing, good, short])
+  assert out.names == [good] and out.recordings.shape == (1, encoder.dim)
+  assert [p for p, _ in out.errors] == [str(missing), str(short)]
+  assert "not found" in out.errors[0][1] and "too short" in out.errors[1][1]
+  with pytest.raises(audio.AudioError, match="my-recording: empty, silent"):
+    encoder.embed(np.zeros(16000, np.float32), 16000, name="my-recording")
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}",
+              f"--output={tmp_path / 'e.npz'}", good, missing, check=False)
+  assert proc.returncode != 0 and str(missing) in proc.stderr
+  assert list(np.load(tmp_path / "e.npz")["paths"]) == [good]
+  with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
+    coughjax.load_encoder(tmp_path / "nowhere")
+
+
+def test_masked_branch_embeddings_are_what_the_classifier_head_sees(runs, tmp_path):
+  wd = runs["ensemble"]
+  clf = coughjax.load_classifier(wd)
+  files = [_flac(tmp_path / f"{i}.flac", f"synthetic://1/{i}/cough-heavy") for i in range(3)]
+  feats = [inputs.file_features(f, clf.spec.features) for f in files]
+  clips = inputs.cut(feats, clf.spec, files)
+  live = clf.clip_probabilities(clips)
+  h = [coughjax.load_encoder(wd, branch=i, mask=True).embed_features(feats).clips
+       for i in (0, 1)]
+  fc = clf.params["fc"]
+  logits = np.concatenate(h, axis=1) @ np.asarray(fc["kernel"])[:, 0] + np.asarray(fc["bias"])[0]
+  np.testing.assert_allclose(1 / (1 + np.exp(-logits)), live, atol=1e-5)
+  # Masking is off unless asked for, and then it changes the embeddings.
+  plain = coughjax.load_encoder(wd, branch=0).embed_features(feats).clips
+  assert np.max(np.abs(plain - h[0])) > 1e-4
+  with pytest.raises(ValueError, match="branch 2 out of range"):
+    coughjax.load_encoder(wd, branch=2)
+
+
+def test_classifier_scores_many_files_as_one_by_one(runs, tmp_path):
+  clf = coughjax.load_classifier(runs["ensemble"])
+  files = [_flac(tmp_path / f"{i}.flac", f"synthetic://3/{i}/cough-shallow") for i in range(5)]
+  many = dict(clf.predict_files(files + [str(tmp_path / "none.wav")]))
+  assert many[str(tmp_path / "none.wav")].startswith("error: ")
+  for f in files:
+    assert many[f] == pytest.approx(clf.predict(audio.load(f, 16000), 16000), abs=1e-6)
+
+
+def test_predict_cli_is_quiet_unless_asked(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/0/cough-heavy")
+  quiet = _cli("coughjax.predict", f"--workdir={runs['ensemble']}", f)
+  assert not INFO_LINE.search(quiet.stderr), quiet.stderr
+  assert quiet.stdout.startswith(f + "\t")
+  loud = _cli("coughjax.predict", f"--workdir={runs['ensemble']}", "--verbosity=0", f)
+  assert INFO_LINE.search(loud.stderr)  # the logs are there when asked for
+
+
+_FRESH = r"""
+import json, sys
+import numpy as np
+import jax
+blob = open(sys.argv[1], "rb").read()
+exported = jax.export.deserialize(bytearray(blob))
+data = np.load(sys.argv[2])
+args = [data[k] for k in json.loads(sys.argv[3])]
+out = np.asarray(exported.call(*args))
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("coughjax", "flax", "optax"))
+print(json.dumps({"max_diff": float(np.max(np.abs(out - data["expected"]))),
+                  "shape": list(out.shape), "leaked": leaked}))
+"""
+
+
+def _run_fresh(folder, arrays, names, tmp_path):
+  np.savez(tmp_path / "io.npz", **arrays)
+  proc = subprocess.run([sys.executable, "-c", _FRESH, str(folder / export.PROGRAM),
+                         str(tmp_path / "io.npz"), json.dumps(names)],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": ""}, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_exported_classifier_reproduces_the_live_one(runs, tmp_path):
+  clf = coughjax.load_classifier(runs["ensemble"])
+  assert all(infer.inference_mask_rate(e) == 0.5 for e in clf.model.encoders)
+  folder = export.export_classifier(runs["ensemble"], tmp_path / "clf")
+  meta = json.loads((folder / export.SIDECAR).read_text())
+  assert [i["shape"] for i in meta["inputs"]] == [["b", 96, 64], ["b", 2], ["b"]]
+  assert meta["features"]["nfilt"] == 64 and meta["features"]["sample_rate"] == 16000
+  files = [_flac(tmp_path / f"{i}.flac", f"synthetic://5/{i}/cough-heavy") for i in range(2)]
+  feats = [inputs.file_features(f, clf.spec.features) for f in files]
+  clips = inputs.cut(feats, clf.spec, files)
+  live = np.asarray(infer.probabilities(clf.model, clf.params, clips.x, clips.rec_keys,
+                                        clips.clip))
+  assert len(live) not in (8, 16)  # a batch size the live path never compiled
+  report = _run_fresh(folder, {"x": clips.x, "rec_keys": clips.rec_keys,
+                               "clip_index": clips.clip.astype(np.int32), "expected": live},
+                      ["x", "rec_keys", "clip_index"], tmp_path)
+  assert report["leaked"] == [] and report["shape"] == [len(live)]
+  assert report["max_diff"] < 1e-5
+  # The masks are part of the program: other keys give other outputs.
+  exported, _ = export.load(folder)
+  other = np.asarray(exported.call(clips.x, clips.rec_keys + 1, clips.clip.astype(np.int32)))
+  assert np.max(np.abs(other - live)) > 1e-4
+
+
+def test_exported_encoder_and_cli(runs, tmp_path):
+  proc = _cli("coughjax.export", f"--workdir={runs['pretrain']}", f"--output={tmp_path / 'enc'}",
+              "--batch=4")
+  assert "encoder" in proc.stdout and not INFO_LINE.search(proc.stderr)
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  f = _flac(tmp_path / "a.flac", "synthetic://1/4/breathing-deep")
+  x = inputs.cut([inputs.file_features(f, encoder.spec.features)], encoder.spec).x
+  x = np.resize(x, (4,) + x.shape[1:])  # the fixed batch of 4
+  expected = np.asarray(infer.embeddings(encoder.module, encoder.params, x))
+  report = _run_fresh(tmp_path / "enc", {"x": x, "expected": expected}, ["x"], tmp_path)
+  assert report["leaked"] == [] and report["shape"] == [4, encoder.dim]
+  assert report["max_diff"] < 1e-5
+
+
+def test_shipped_encoder_loads_offline(runs, tmp_path, monkeypatch):
+  monkeypatch.setenv("COUGHJAX_ENCODERS", str(tmp_path / "shipped"))
+  assert encoders.names() == []
+  encoders.ship(runs["pretrain"], "tiny_m50", "A runlocal test encoder.")
+  assert encoders.names() == ["tiny_m50"]
+  card = (tmp_path / "shipped" / "tiny_m50.md").read_text()
+  assert "A runlocal test encoder." in card and "d = 64" in card
+  shipped = coughjax.load_encoder("tiny_m50")
+  live = coughjax.load_encoder(runs["pretrain"])
+  wave = synthetic.render("synthetic://2/0/cough-heavy", 16000)
+  np.testing.assert_array_equal(shipped.embed(wave, 16000), live.embed(wave, 16000))
+  assert shipped.spec == live.spec
+  with pytest.raises(ValueError, match="card text is empty"):
+    encoders.ship(runs["pretrain"], "other", "  ")
+  with pytest.raises(FileNotFoundError, match="shipped: tiny_m50"):
+    coughjax.load_encoder("tiny_m25")
+  # The CLI writes the same files.
+  (tmp_path / "card.md").write_text("Card.")
+  _cli("coughjax.encoders", f"--workdir={runs['pretrain']}", "--name=cli_m50",
+       f"--card={tmp_path / 'card.md'}", f"--folder={tmp_path / 'shipped'}")
+  assert encoders.names() == ["cli_m50", "tiny_m50"]
+
+
+def test_logmel_stats_matches_a_loop():
+  f = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+  want = []
+  for stat in (lambda c: c.mean(), lambda c: c.std(),
+               lambda c: np.mean([abs(c[t + 1] - c[t]) for t in range(len(c) - 1)])):
+    want += [stat(f[:, b].astype(np.float64)) for b in range(4)]
+  np.testing.assert_allclose(probe.logmel_stats(f), want, rtol=1e-5)
+
+
+def test_probe_command_prints_encoder_and_baseline(runs):
+  proc = _cli("coughjax.probe", f"--encoder={runs['pretrain']}",
+              "--config=configs/probe.py:runlocal")
+  rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and "---" not in l][1:]
+  assert [r.split(" | ")[0][2:] for r in rows] == [str(runs["pretrain"]), "logmel_stats"]
+  assert [int(r.split(" | ")[1]) for r in rows] == [64, 192]
+  for r in rows:
+    auc = float(r.split(" | ")[2].split()[0])
+    assert 0 <= auc <= 100
+  assert not INFO_LINE.search(proc.stderr)
+
+
+def test_probe_on_real_coswara_sex(runs, coswara_ci):
+  sys.path.insert(0, str(REPO))
+  from configs import probe as probe_configs  # pylint: disable=g-import-not-at-top
+  config = probe_configs.get_config()
+  config.data.name, config.data.root, config.data.label = "coswara", str(coswara_ci), "sex"
+  config.num_runs = 2
+  results = dict((name, runs_) for name, _, runs_ in probe.run([str(runs["pretrain"])], config))
+  assert set(results) == {str(runs["pretrain"]), "logmel_stats"}
+  # The same participants are tested for both, and every split has both classes.
+  for name, per_split in results.items():
+    assert all(np.isfinite(r["auc"]) for r in per_split), name
+  assert [r["test"] for r in results["logmel_stats"]] == [
+      r["test"] for r in results[str(runs["pretrain"])]]
+
+
+def test_embed_cli_embeds_a_data_source_with_labels(runs, tmp_path):
+  out = tmp_path / "src.npz"
+  _cli("coughjax.embed", f"--encoder={runs['pretrain']}", f"--output={out}",
+       "--config=configs/probe.py:runlocal", "--config.data.name=synthetic")
+  saved = np.load(out)
+  n = len(saved["paths"])
+  assert n > 10 and saved["embeddings"].shape == (n, 64)
+  assert set(saved["labels"].tolist()) == {0, 1}  # the downstream synthetic set is labelled
+  assert all(p.startswith("synthetic://") for p in saved["paths"])
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  wave = synthetic.render(str(saved["paths"][0]), 16000)
+  np.testing.assert_allclose(encoder.embed(wave, 16000), saved["embeddings"][0], atol=1e-6)
+  proc = _cli("coughjax.embed", f"--encoder={runs['pretrain']}", f"--output={out}", check=False)
+  assert proc.returncode != 0 and "give audio files, or a data source" in proc.stderr
