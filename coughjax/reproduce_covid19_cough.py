@@ -90,33 +90,39 @@ BEST = "ens_transformer_cp_ds50"  # the paper's best model (Table 5)
 METRICS = ("auc", "precision", "recall", "accuracy")
 K_SE = 2.0  # a finding holds when its paired mean difference exceeds K_SE standard errors
 
-_ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
-                            "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/covid19_cough",
-                               "where every row's and baseline's runs go")
-_SEEDS = flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "runs (seeds and splits) per row")
-_EPOCHS = flags.DEFINE_integer("epochs", DEFAULT_EPOCHS, "downstream epochs per run")
-_VGGISH_EPOCHS = flags.DEFINE_integer(
-    "vggish_epochs", DEFAULT_VGGISH_EPOCHS,
-    "downstream epochs of rows with a VGGish branch (~30x a Transformer's cost on CPU)")
-_TABLES = flags.DEFINE_list("tables", [str(t) for t in DEFAULT_TABLES], "paper tables")
-_ROWS = flags.DEFINE_list("rows", None, "only these rows of the tables (default: all)")
-_SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), "call-center, telegram, pooled")
-_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "run i of every row uses split_seed + i")
-_PRETRAIN_RUNS = flags.DEFINE_string(
-    "pretrain_runs", "runs", "folder of the pre-training workdirs <variant>_real")
-_PRETRAIN_EPOCHS = flags.DEFINE_integer(
-    "pretrain_epochs", DEFAULT_PRETRAIN_EPOCHS,
-    "epochs (15 steps of B = 256 each) of each real-audio pre-training; 0 = the "
-    "config's default")
-_COSWARA_ROOT = flags.DEFINE_string(
-    "coswara_root", None, "Coswara folder joined to the pre-training data (default: as "
-    "configs/pretrain.py's real option; '' = pre-train on covid19_cough alone)")
-_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
-_REPORT = flags.DEFINE_string("report", "docs/reproduction_covid19_cough.md", "report path")
-_PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value for pre-training")
-_DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [],
-                                            "key=value for every downstream row")
+def define_flags() -> None:
+  """Defines the command's flags (at run time only: coughjax.reproduce, which a
+  process may import too, defines some of the same names)."""
+  global _ROOT, _WORKDIR, _SEEDS, _EPOCHS, _VGGISH_EPOCHS, _TABLES, _ROWS, _SETTINGS
+  global _SPLIT_SEED, _PRETRAIN_RUNS, _PRETRAIN_EPOCHS, _COSWARA_ROOT, _RUNLOCAL, _REPORT
+  global _PRETRAIN_SET, _DOWNSTREAM_SET
+  _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
+                              "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/covid19_cough",
+                                 "where every row's and baseline's runs go")
+  _SEEDS = flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "runs (seeds and splits) per row")
+  _EPOCHS = flags.DEFINE_integer("epochs", DEFAULT_EPOCHS, "downstream epochs per run")
+  _VGGISH_EPOCHS = flags.DEFINE_integer(
+      "vggish_epochs", DEFAULT_VGGISH_EPOCHS,
+      "downstream epochs of rows with a VGGish branch (~30x a Transformer's cost on CPU)")
+  _TABLES = flags.DEFINE_list("tables", [str(t) for t in DEFAULT_TABLES], "paper tables")
+  _ROWS = flags.DEFINE_list("rows", None, "only these rows of the tables (default: all)")
+  _SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), "call-center, telegram, pooled")
+  _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "run i of every row uses split_seed + i")
+  _PRETRAIN_RUNS = flags.DEFINE_string(
+      "pretrain_runs", "runs", "folder of the pre-training workdirs <variant>_real")
+  _PRETRAIN_EPOCHS = flags.DEFINE_integer(
+      "pretrain_epochs", DEFAULT_PRETRAIN_EPOCHS,
+      "epochs (15 steps of B = 256 each) of each real-audio pre-training; 0 = the "
+      "config's default")
+  _COSWARA_ROOT = flags.DEFINE_string(
+      "coswara_root", None, "Coswara folder joined to the pre-training data (default: as "
+      "configs/pretrain.py's real option; '' = pre-train on covid19_cough alone)")
+  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
+  _REPORT = flags.DEFINE_string("report", "docs/reproduction_covid19_cough.md", "report path")
+  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value for pre-training")
+  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [],
+                                              "key=value for every downstream row")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -652,4 +658,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
