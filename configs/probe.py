@@ -7,7 +7,7 @@ data source.
       --config.data.source_filter=call-center
   python -m coughjax.probe --encoder=runs/transformer_m50 \
       --config.data.name=coswara --config.data.root=../shared/data/coswara_ci \
-      --config.data.label=sex --config.data.sounds=
+      --config.data.label=sex "--config.data.sounds=('cough-heavy','cough-shallow')"
   python -m coughjax.probe --config=configs/probe.py:runlocal --encoder=...  # seconds
 
 Data and splits are the downstream config's (configs/downstream.py): run i splits the

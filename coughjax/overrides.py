@@ -1,9 +1,5 @@
-"""Config files and 'key=value' overrides for commands that build many configs.
-
-`coughjax.reproduce` has the same two helpers; they live here too because importing
-that module defines its absl flags (one of them required), which a sibling command
-must not inherit.
-"""
+"""Config files and 'key=value' overrides for commands that build many configs
+(`coughjax.reproduce`, `coughjax.reproduce_covid19_cough`)."""
 
 from __future__ import annotations
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from coughjax import overrides
 from coughjax import paper
 from coughjax.train import run as run_lib
 
@@ -32,49 +32,22 @@ _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value for pre
 _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value for downstream")
 
 
-def _configs():
-  # The config files live beside the package in the repository.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import downstream  # pylint: disable=g-import-not-at-top
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
-  return pretrain, downstream
-
-
-def apply_overrides(config, assignments) -> None:
-  """'data.root=/x' style overrides, typed like the field they replace."""
-  for item in assignments:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"override {item!r} is not key=value")
-    *path, leaf = key.split(".")
-    target = config
-    for p in path:
-      target = target[p]
-    current = target[leaf]
-    if isinstance(current, bool):
-      target[leaf] = value.lower() in ("1", "true", "yes")
-    elif isinstance(current, tuple):
-      target[leaf] = tuple(v for v in value.split(",") if v)
-    else:
-      target[leaf] = type(current)(value)
-
-
 def run_table(table: int, runs: pathlib.Path, runlocal: bool = False,
               pretrain_set=(), downstream_set=()) -> str:
   """Runs every row of `table`; returns the markdown report."""
   if table not in paper.TABLES:
     raise ValueError(f"--table must be one of {sorted(paper.TABLES)}, got {table}")
-  pretrain_cfgs, downstream_cfgs = _configs()
+  pretrain_cfgs, downstream_cfgs = overrides.config_modules()
   suffix = ",runlocal" if runlocal else ""
   rows = {}
   for variant in paper.TABLES[table]:
     config = downstream_cfgs.get_config(variant + suffix)
-    apply_overrides(config, downstream_set)
+    overrides.apply_overrides(config, downstream_set)
     for key in ("encoder_a", "encoder_b"):
       branch = config[key]
       if branch.name and branch.init == "cp" and not branch.checkpoint:
         pcfg = pretrain_cfgs.get_config(branch.pretrain + suffix)
-        apply_overrides(pcfg, pretrain_set)
+        overrides.apply_overrides(pcfg, pretrain_set)
         pdir = runs / (branch.pretrain + ("_runlocal" if runlocal else ""))
         branch.checkpoint = str(pdir)
         # Resumes an interrupted run; returns at once if it already finished.
