@@ -10,6 +10,7 @@ scheduled, so fake devices are confined to the tests that need them.
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -74,6 +75,35 @@ def covid19_cough() -> pathlib.Path:
   if root is None:
     pytest.skip("real covid19_cough release not found (set COUGHJAX_COVID19_COUGH)")
   return root
+
+
+def copy_covid19_cough_slice(release: pathlib.Path, dest: pathlib.Path,
+                              counts: dict, key, min_bytes: int = -1,
+                              always: tuple[str, ...] = ()) -> list[dict]:
+  """Copies a small slice of a covid19_cough release into dest/raw.
+
+  Walks the release's records in order and takes, for each `key(record)` in
+  `counts`, that many files of distinct contents larger than `min_bytes`; files
+  named in `always` are taken as well (uncounted). Returns the taken records, in
+  release order; the caller writes dest/metadata.json (maybe with changes).
+  """
+  (dest / "raw").mkdir(parents=True, exist_ok=True)
+  wanted, kept, seen = dict(counts), [], set()
+  for rec in json.loads((release / "metadata.json").read_text()):
+    src = release / "raw" / rec["filename"]
+    forced = rec["filename"] in always
+    if not forced and not (wanted.get(key(rec)) and src.stat().st_size > min_bytes):
+      continue
+    content = src.read_bytes()
+    if not forced:
+      if content in seen:
+        continue
+      wanted[key(rec)] -= 1
+    seen.add(content)
+    shutil.copy(src, dest / "raw" / rec["filename"])
+    kept.append(rec)
+  assert not any(wanted.values()), wanted
+  return kept
 
 
 @pytest.fixture(autouse=True)

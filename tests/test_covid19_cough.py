@@ -2,13 +2,13 @@
 
 import collections
 import json
-import shutil
 
 import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
 
+import conftest
 from configs import common
 from configs import downstream as downstream_configs
 from coughjax import data
@@ -37,21 +37,10 @@ def _cfg(root, **kw):
 def small_copy(covid19_cough, tmp_path_factory):
   """18 real recordings in the release layout: SLICE's files (distinct contents)
   plus the two short ones, with their own records."""
-  release = json.loads((covid19_cough / "metadata.json").read_text())
   root = tmp_path_factory.mktemp("covid19_cough")
-  (root / "raw").mkdir()
-  wanted, kept, seen = dict(SLICE), [], set()
-  for rec in release:
-    src = covid19_cough / "raw" / rec["filename"]
-    key = (rec["source"], rec["covid19"], rec.get("verified"))
-    content = src.read_bytes()
-    if rec["filename"] in SHORT or (wanted.get(key) and content not in seen):
-      if rec["filename"] not in SHORT:
-        wanted[key] -= 1
-      seen.add(content)
-      shutil.copy(src, root / "raw" / rec["filename"])
-      kept.append(rec)
-  assert not any(wanted.values()), wanted
+  kept = conftest.copy_covid19_cough_slice(
+      covid19_cough, root, SLICE, lambda r: (r["source"], r["covid19"], r.get("verified")),
+      always=SHORT)
   (root / "metadata.json").write_text(json.dumps(kept))
   return root, kept
 

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+import conftest
 from configs import common
 from configs import pretrain as pretrain_configs
 from coughjax import data
@@ -41,18 +42,9 @@ def slices(coswara_ci, covid19_cough, tmp_path_factory):
     writer.writerows(rows)
 
   cc = out / "covid19_cough"
-  (cc / "raw").mkdir(parents=True)
-  wanted, kept, seen = dict(COUGH_SLICE), [], set()
-  for rec in json.loads((covid19_cough / "metadata.json").read_text()):
-    src = covid19_cough / "raw" / rec["filename"]
-    key, content = (rec["source"], rec["covid19"]), src.read_bytes()
-    # Distinct contents, and long enough for the 0.5 s minimum (> 4 kB of MP3).
-    if wanted.get(key) and content not in seen and len(content) > 4000:
-      wanted[key] -= 1
-      seen.add(content)
-      shutil.copy(src, cc / "raw" / rec["filename"])
-      kept.append(rec)
-  assert not any(wanted.values()), wanted
+  # Distinct contents, and long enough for the 0.5 s minimum (> 4 kB of MP3).
+  kept = conftest.copy_covid19_cough_slice(
+      covid19_cough, cc, COUGH_SLICE, lambda r: (r["source"], r["covid19"]), min_bytes=4000)
   (cc / "metadata.json").write_text(json.dumps(kept))
   return cw, cc, len(rows)
 

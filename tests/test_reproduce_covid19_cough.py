@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import conftest
 from coughjax import baselines
 from coughjax import evaluate
 from coughjax import reproduce_covid19_cough as rcc
@@ -84,22 +85,11 @@ def release_slice(covid19_cough, tmp_path_factory):
   """30 call-centre + 30 Telegram recordings (distinct contents, > 6 kB so none is
   under 0.5 s), plus a copy of one Telegram file under a second name with the other
   label — the source merges the two into one unlabelled recording."""
-  release = json.loads((covid19_cough / "metadata.json").read_text())
   root = tmp_path_factory.mktemp("covid19_cough_slice")
-  (root / "raw").mkdir()
   want = {("call-center", True): 20, ("call-center", False): 10,
           ("telegram", True): 10, ("telegram", False): 20}
-  kept, seen = [], set()
-  for rec in release:
-    key, src = (rec["source"], rec["covid19"]), covid19_cough / "raw" / rec["filename"]
-    if want.get(key) and src.stat().st_size > 6000:
-      content = src.read_bytes()
-      if content not in seen:
-        want[key] -= 1
-        seen.add(content)
-        shutil.copy(src, root / "raw" / rec["filename"])
-        kept.append(rec)
-  assert not any(want.values()), want
+  kept = conftest.copy_covid19_cough_slice(
+      covid19_cough, root, want, lambda r: (r["source"], r["covid19"]), min_bytes=6000)
   twin = next(r for r in kept if r["source"] == "telegram" and not r["covid19"])
   shutil.copy(root / "raw" / twin["filename"], root / "raw" / "twin.mp3")
   kept.append(dict(twin, filename="twin.mp3", covid19=True))
