@@ -39,19 +39,13 @@ from sklearn import model_selection
 from sklearn import pipeline as skpipeline
 from sklearn import preprocessing
 
+from coughjax import baselines
 from coughjax import cli
 from coughjax.data import manifest as manifest_lib
 from coughjax.data import splits as splits_lib
 from coughjax.data.manifest import Recording
 
 BASELINE = "logmel_stats"
-
-
-def logmel_stats(features: np.ndarray) -> np.ndarray:
-  """[T, nfilt] log-mel -> [3 * nfilt]: per band mean, std, mean |frame difference|."""
-  f = np.asarray(features, np.float64)
-  delta = np.abs(np.diff(f, axis=0)).mean(axis=0) if len(f) > 1 else np.zeros(f.shape[1])
-  return np.concatenate([f.mean(axis=0), f.std(axis=0), delta]).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -69,7 +63,7 @@ def embed(name: str, records: Sequence[Recording], config) -> Table:
     from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
     cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
     kept, feats, _ = cache.load(records, name=config.data.name, workers=config.data.workers)
-    return Table(name, kept, np.stack([logmel_stats(f) for f in feats]))
+    return Table(name, kept, baselines.statistics_matrix(feats).astype(np.float32))
   encoder = embed_lib.load_encoder(name)
   kept, out = embed_lib.embed_records(encoder, records, name=config.data.name,
                                       workers=config.data.workers)

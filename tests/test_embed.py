@@ -16,6 +16,7 @@ import coughjax
 from configs import downstream as downstream_configs
 from configs import pretrain as pretrain_configs
 from coughjax import audio
+from coughjax import baselines
 from coughjax import embed
 from coughjax import encoders
 from coughjax import export
@@ -247,7 +248,7 @@ def test_logmel_stats_matches_a_loop():
   for stat in (lambda c: c.mean(), lambda c: c.std(),
                lambda c: np.mean([abs(c[t + 1] - c[t]) for t in range(len(c) - 1)])):
     want += [stat(f[:, b].astype(np.float64)) for b in range(4)]
-  np.testing.assert_allclose(probe.logmel_stats(f), want, rtol=1e-5)
+  np.testing.assert_allclose(baselines.logmel_statistics(f), want, rtol=1e-5)
 
 
 def test_probe_command_prints_encoder_and_baseline(runs):
