@@ -41,14 +41,23 @@ def run_script(script: str, *args: str, devices: int = 1, timeout: float = 600,
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def coswara_ci_root() -> pathlib.Path | None:
-  """The real Coswara test subset: $COUGHJAX_COSWARA_CI, else ../shared beside the repo."""
-  candidates = [os.environ.get("COUGHJAX_COSWARA_CI"),
-                REPO.parent / "shared" / "data" / "coswara_ci"]
-  for c in candidates:
-    if c and (pathlib.Path(c) / "labels.csv").is_file():
+def _shared_data(env: str, name: str, marker: str) -> pathlib.Path | None:
+  """A real data set for the tests: $`env`, else ../shared/data/`name` beside the
+  repository; a candidate counts only if it holds `marker`."""
+  for c in (os.environ.get(env), REPO.parent / "shared" / "data" / name):
+    if c and (pathlib.Path(c) / marker).is_file():
       return pathlib.Path(c)
   return None
+
+
+def coswara_ci_root() -> pathlib.Path | None:
+  """The real Coswara test subset (CC BY 4.0)."""
+  return _shared_data("COUGHJAX_COSWARA_CI", "coswara_ci", "labels.csv")
+
+
+def covid19_cough_root() -> pathlib.Path | None:
+  """The real covid19_cough release copy (CC0)."""
+  return _shared_data("COUGHJAX_COVID19_COUGH", "covid19_cough", "metadata.json")
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +66,6 @@ def coswara_ci() -> pathlib.Path:
   if root is None:
     pytest.skip("real Coswara subset not found (set COUGHJAX_COSWARA_CI)")
   return root
-
-
-def covid19_cough_root() -> pathlib.Path | None:
-  """The real covid19_cough release copy: $COUGHJAX_COVID19_COUGH, else ../shared."""
-  candidates = [os.environ.get("COUGHJAX_COVID19_COUGH"),
-                REPO.parent / "shared" / "data" / "covid19_cough"]
-  for c in candidates:
-    if c and (pathlib.Path(c) / "metadata.json").is_file():
-      return pathlib.Path(c)
-  return None
 
 
 @pytest.fixture(scope="session")
