@@ -1,9 +1,9 @@
 r"""The paper's Tables 1, 3, 4 and 5 on real COVID-19 labels (covid19_cough), with
 baselines and a verdict on each of the paper's findings.
 
-  python -m coughjax.reproduce_covid19_cough                       # everything, ~2.6 h
+  python -m coughjax.reproduce_covid19_cough                       # everything, ~1.6 h
   python -m coughjax.reproduce_covid19_cough --root=DIR --workdir=runs/covid19_cough \
-      --seeds=3 --epochs=5 --vggish_epochs=1 --tables=1,3,4,5 \
+      --seeds=5 --epochs=5 --vggish_epochs=1 --tables=1,3,4,5 \
       --settings=call-center,telegram,pooled
 
 Three settings: within the call centre (`data.source_filter=call-center`), within
@@ -59,27 +59,18 @@ NOT_RUN = {
     "vggish_frozen": "needs the AudioSet VGGish weights, which cannot be downloaded here",
     "vggish_ft": "needs the AudioSet VGGish weights, which cannot be downloaded here",
 }
-# Defaults chosen so the full report fits one 3-hour session on 2 CPU cores; see
-# COST_NOTE (written into the report) for the measurement behind them.
-# Measured on the 2-core machine shared with other jobs (load average 4-7), one seed
-# of 2 epochs per row (compilation included): pooled (19 steps of B = 128 an epoch)
-# GRU 10 s, Transformer 18 s, GRU+Transformer 26 s, VGGish 9.1 min; call centre
-# (8 steps) 4 / 9 / 13 s. An epoch of every non-VGGish row (24 single-encoder
-# equivalents) over the three settings is ~3.6 min a seed; of the two VGGish rows
-# ~18 min a seed; a real-audio pre-training ~1 s a step (README). So: 3 seeds x
-# (5 epochs x 3.6 + 1 VGGish epoch x 18) ~ 108 min, + ~15 min start-up and
-# evaluation, + 6 pre-trainings x 300 steps ~ 30 min: ~2.6 h of a 3-hour session.
-DEFAULT_SEEDS = 3
+# Defaults chosen so the full report fits one 3-hour session on 2 CPU cores. Measured
+# (2026-12-01, 2 cores, the machine otherwise quiet): 94.5 min in all, of which the
+# six real-audio pre-trainings 11 min and the VGGish-branch rows 36 min (their one
+# epoch costs ~15x a Transformer row's five); every row's time is in the report's Cost
+# section. On a machine loaded by other jobs (load 4-7) rows ran ~3x slower.
+DEFAULT_SEEDS = 5
 DEFAULT_EPOCHS = 5
 DEFAULT_VGGISH_EPOCHS = 1
 DEFAULT_PRETRAIN_EPOCHS = 20
 COST_NOTE = (
-    "Estimate behind the defaults (2 shared CPU cores, load 4-7, one seed of 2 epochs "
-    "per row measured): pooled GRU 10 s, Transformer 18 s, GRU+Transformer 26 s, "
-    "VGGish 9.1 min; all non-VGGish rows ~3.6 min per epoch and seed over the three "
-    "settings, the two VGGish rows ~18 min; pre-training ~1 s a step. 3 seeds x (5 "
-    "epochs + 1 VGGish epoch) + 6 pre-trainings of 300 steps ≈ 2.6 h. The Cost "
-    "section below gives every row's own wall time.")
+    "The defaults were sized for one 3-hour session on 2 CPU cores; the Cost section "
+    "below gives every row's wall time and the total of this run.")
 LOGMEL = "logmel_logreg"
 CHANNEL = "channel_only"
 BASELINE_LABELS = {
@@ -595,6 +586,11 @@ def format_report(opts: Options, results: dict[str, dict[str, Any]], counts: dic
     lines.append(f"| {name} | " + " | ".join(
         _minutes(results[s].get(name, {}).get("seconds")) if "same_as" not in
         results[s].get(name, {}) else "(same run)" for s in opts.settings) + " |")
+  row_s = sum(r.get("seconds") or 0.0 for res in results.values() for r in res.values()
+              if "same_as" not in r)
+  pre_s = sum(pretrain_timings.get(p) or 0.0 for p in pretrain.values())
+  lines += ["", f"Total: rows and baselines {_minutes(row_s)} min + pre-training "
+            f"{_minutes(pre_s)} min = {_minutes(row_s + pre_s)} min."]
   return "\n".join(lines) + "\n"
 
 
@@ -607,10 +603,11 @@ def _t_note(n: int) -> str:
 
 
 def _cut_text(opts: Options) -> str:
+  seeds = "" if opts.seeds >= 5 else f"{opts.seeds} seeds instead of the paper's 5, "
   return (f"{opts.epochs} downstream epochs per run ({opts.vggish_epochs} for rows "
-          f"with a VGGish branch) instead of the config's 40 with patience 10, "
-          f"{opts.seeds} seeds instead of the paper's 5, pre-training "
-          f"{opts.pretrain_epochs or 40} of 40 epochs; every row is kept. " + COST_NOTE)
+          f"with a VGGish branch) instead of the config's 40 with patience 10, {seeds}"
+          f"pre-training {opts.pretrain_epochs or 40} of 40 epochs; every row is kept. "
+          + COST_NOTE)
 
 
 def run_report(opts: Options, command: str, date: Optional[str] = None) -> str:
