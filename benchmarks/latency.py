@@ -19,8 +19,9 @@ Implementations, timed in the same process, interleaved repeat by repeat:
 
 * coughjax: `jax.jit` of `coughjax.infer.probabilities`, the one inference path
   that the downstream evaluation and `coughjax.predict` use, for the row's model
-  (`downstream.Setup`'s Classifier) in chunks of the config's `model.chunk_size` ("auto":
-  16 clips on CPU, the whole batch on GPU/TPU; 0 for VGGish rows: whole batch), each clip's DS masks drawn inside from its own key:
+  (`downstream.Setup`'s Classifier) in chunks of the config's `model.eval_chunk_size`
+  ("auto": on CPU 16 clips, 256 for GRU-only rows; the whole batch on GPU/TPU), each
+  clip's DS masks drawn inside from its own key:
   on one device without pmap. Input already on the device, `block_until_ready`
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.
@@ -224,7 +225,7 @@ def coughjax_predict(config, setup, mask_rates=None):
   over [batch, T, mel] clips in chunks of the config's chunk size (`mask_rates`: see
   `infer.branch_masks`; None = the model as configured)."""
   return jax.jit(functools.partial(infer.probabilities, setup.model,
-                                   chunk_size=config.model.chunk_size,
+                                   chunk_size=config.model.eval_chunk_size,
                                    mask_rates=mask_rates))
 
 

@@ -53,7 +53,8 @@ def get_base_config() -> ml_collections.ConfigDict:
           dropout=0.2,     # after attention, inside and after the MLP
           pooling="mean"),
       gru=dict(d_model=64, num_layers=2,
-               dropout=0.2),  # between GRU layers (torch nn.GRU's dropout)
+               dropout=0.2,   # between GRU layers (torch nn.GRU's dropout)
+               eval_unroll=4, eval_streams="auto"),  # inference scan (models/gru.py)
       vggish=dict(embedding_dim=128,
                   dropout=0.0),  # after fc1_1 / fc1_2; VGGish was trained without it
       # Shared by every encoder that declares them (models.registry.SHARED_FIELDS):
@@ -74,6 +75,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       # jax.nn.dot_product_attention and flax's dropout.
       chunk_size=FieldReference("auto", field_type=object),  # int: clips per chunk, 0 = all
       remat=FieldReference("auto", field_type=object),       # bool: pre-training recomputes chunks
+      # Inference (evaluation, predict, embed) chunks: "auto" is the whole batch on
+      # GPU/TPU and on CPU the encoders' preference (chunking.inference_chunk_size:
+      # 16 clips, the GRU 256).
+      eval_chunk_size=FieldReference("auto", field_type=object),
       # (the Transformer's, passed to it as shared fields):
       attention_impl="auto",  # einsum | dot_product
       dropout_impl="auto",    # hash | flax

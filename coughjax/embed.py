@@ -220,7 +220,7 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
     from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
     config = _read_config(path)
     spec = inputs.ClipSpec.from_config(config.features)
-    chunk = config.model.get("chunk_size", "auto")
+    chunk = config.model.get("eval_chunk_size", "auto")
     if (path / predict.ENCODERS_FILE).is_file():
       branches = json.loads((path / predict.ENCODERS_FILE).read_text())["encoders"]
       if not 0 <= branch < len(branches):

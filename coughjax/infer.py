@@ -138,9 +138,11 @@ def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
                for i, (e, r) in enumerate(zip(encoders, mask_rates)))
 
 
-def _in_chunks(apply, args: tuple, n: int, chunk_size) -> jax.Array:
-  """apply(args) over row chunks of `chunk_size` (`chunking.chunk_size_for`)."""
-  chunk = chunking.chunk_size_for(n, chunk_size)
+def _in_chunks(apply, args: tuple, n: int, chunk_size, encoders: Sequence[nn.Module]
+               ) -> jax.Array:
+  """apply(args) over row chunks of `chunk_size` ("auto": `chunking.inference_chunk_size`
+  for these encoders; `chunking.chunk_size_for` picks a divisor of n)."""
+  chunk = chunking.chunk_size_for(n, chunking.inference_chunk_size(chunk_size, encoders))
   if chunk == n:
     return apply(args)
   chunked = jax.tree.map(lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), args)
@@ -170,7 +172,8 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
     rec_keys: [n, 2] uint32, each row's `recording_key` (padding rows: anything).
     clip_index: [n] int, each row's clip index within its recording.
     chunk_size: run the model over chunks of this many rows (`chunking.chunk_size_for`;
-      0 = all at once), which bounds memory and keeps activations in cache.
+      0 = all at once; "auto": `chunking.inference_chunk_size`, e.g. a config's
+      `model.eval_chunk_size`), which bounds memory and keeps activations in cache.
     mask_rates: per branch, an inference mask rate overriding the encoder's
       (`branch_masks`); None, the default, is the model as configured.
 
@@ -186,7 +189,7 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
     return jax.nn.sigmoid(model.apply({"params": params}, xc, train=False, masks=masks))
 
   args = (x, rec_keys.astype(jnp.uint32), clip_index.astype(jnp.int32))
-  return _in_chunks(apply, args, n, chunk_size)
+  return _in_chunks(apply, args, n, chunk_size, model.encoders)
 
 
 def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
@@ -228,4 +231,4 @@ def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
     h = encoder.apply({"params": params}, args[0], train=False, mask=mask)
     return h.astype(jnp.float32)
 
-  return _in_chunks(apply, args, n, chunk_size)
+  return _in_chunks(apply, args, n, chunk_size, (encoder,))

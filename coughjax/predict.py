@@ -106,7 +106,8 @@ class Classifier:
     self.params = jax.device_put(params)
     self.spec = inputs.ClipSpec.from_config(self.config.features)
     probs = jax.jit(functools.partial(infer.probabilities, self.model,
-                                      chunk_size=self.config.model.chunk_size))
+                                      chunk_size=self.config.model.get(
+                                          "eval_chunk_size", "auto")))
     self._fn = functools.partial(probs, self.params)
 
   def clip_probabilities(self, clips: inputs.Clips) -> np.ndarray:

@@ -12,7 +12,9 @@ import pytest
 
 from configs import downstream as downstream_configs
 from configs import pretrain as pretrain_configs
+from coughjax import models
 from coughjax.models import chunking
+from coughjax.models import gru as gru_lib
 from coughjax.models import transformer
 from coughjax.train import downstream
 from coughjax.train import pretrain
@@ -162,3 +164,37 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     all_probs.append(probs)
   for probs in all_probs[1:]:
     np.testing.assert_allclose(probs, all_probs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_inference_chunks_follow_the_encoders():
+  """Inference "auto" chunks: the encoders' CPU preference (the smallest), the whole
+  batch on an accelerator; an int pins it. Training chunks do not change."""
+  gru, tfm = models.build_encoder({"name": "gru"}), models.build_encoder({"name": "transformer"})
+  assert chunking.inference_chunk_size("auto", (gru,), "cpu") == gru_lib.GRU.CPU_INFERENCE_CHUNK == 256
+  assert chunking.inference_chunk_size("auto", (tfm,), "cpu") == chunking.CPU_CHUNK_SIZE
+  assert chunking.inference_chunk_size("auto", (gru, tfm), "cpu") == chunking.CPU_CHUNK_SIZE
+  assert chunking.inference_chunk_size("auto", (gru,), "gpu") == 0
+  assert chunking.inference_chunk_size(32, (gru,), "cpu") == 32
+  with pytest.raises(ValueError, match="model.eval_chunk_size must be"):
+    chunking.inference_chunk_size("16", (gru,), "cpu")
+  assert chunking.resolve_chunk_size("auto", "cpu") == chunking.CPU_CHUNK_SIZE
+  # VGGish rows train on the whole batch but infer in chunks.
+  m = downstream_configs.get_config("vggish").model
+  assert (m.chunk_size, m.eval_chunk_size) == (0, "auto")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"], indirect=True)
+def test_gru_inference_scan_settings_keep_the_outputs(backend):
+  """The GRU's inference scan (2 streams, 4 steps per iteration on CPU; odd batches in
+  one stream) gives the plain scan's outputs; training differentiates the plain scan."""
+  x = jax.random.normal(jax.random.key(0), (6, 96, 64))
+  plain = gru_lib.GRU(eval_unroll=1, eval_streams=1)
+  params = plain.init(jax.random.key(1), x, train=False)
+  want = plain.apply(params, x, train=False)
+  for unroll, streams in ((4, "auto"), (3, 2), (1, 4), (2, 3)):
+    got = gru_lib.GRU(eval_unroll=unroll, eval_streams=streams).apply(params, x, train=False)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{unroll}, {streams}")
+  tuned = gru_lib.GRU(eval_unroll=4, eval_streams=2)
+  jaxpr = str(jax.make_jaxpr(lambda p: tuned.apply(
+      p, x, train=True, rngs={"dropout": jax.random.key(2)}))(params))
+  assert "unroll=1" in jaxpr and "unroll=4" not in jaxpr

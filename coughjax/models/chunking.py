@@ -18,7 +18,7 @@ the same mask and dropout whether the batch runs on 1 device or is split over 4.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +41,30 @@ def resolve_chunk_size(value: int | str, platform: Optional[str] = None) -> int:
     platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
   """
   size = platform_lib.resolve(value, cpu=CPU_CHUNK_SIZE, accelerator=0, platform=platform)
+  return _checked(size, value, "model.chunk_size")
+
+
+def inference_chunk_size(value: int | str, encoders: Sequence[Any] = (),
+                         platform: Optional[str] = None) -> int:
+  """`config.model.eval_chunk_size` -> rows per inference chunk, 0 meaning all.
+
+  Args:
+    value: "auto" or an int >= 0, which pins it. "auto" on GPU/TPU is the whole
+      batch; on CPU the smallest `CPU_INFERENCE_CHUNK` of `encoders` (an encoder
+      class attribute: the GRU's recurrence prefers 256-clip chunks), else
+      `CPU_CHUNK_SIZE`.
+    encoders: the model's encoder modules.
+    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+  """
+  cpu = min((getattr(e, "CPU_INFERENCE_CHUNK", CPU_CHUNK_SIZE) for e in encoders),
+            default=CPU_CHUNK_SIZE)
+  size = platform_lib.resolve(value, cpu=cpu, accelerator=0, platform=platform)
+  return _checked(size, value, "model.eval_chunk_size")
+
+
+def _checked(size, value, key: str) -> int:
   if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 0:
-    raise ValueError(f"model.chunk_size must be 'auto' or an int >= 0 (0 = whole batch), "
-                     f"got {value!r}")
+    raise ValueError(f"{key} must be 'auto' or an int >= 0 (0 = whole batch), got {value!r}")
   return int(size)
 
 

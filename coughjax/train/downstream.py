@@ -198,7 +198,7 @@ def make_steps(model: classifier_lib.Classifier, config):
 
   def predict_step(state, x, rec_keys, clip_index):
     return infer.probabilities(model, state.params, x, rec_keys, clip_index,
-                               chunk_size=chunk_size)
+                               chunk_size=config.model.eval_chunk_size)
 
   return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
           jax.pmap(predict_step, axis_name=AXIS))
