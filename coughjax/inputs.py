@@ -111,20 +111,26 @@ def cut(features: Sequence[np.ndarray], spec: ClipSpec,
       `spec.features.min_frames`.
   """
   names = names or [f"recording {i}" for i in range(len(features))]
-  xs, recs, idx, keys = [], [], [], []
-  for i, (feats, name) in enumerate(zip(features, names)):
-    c = audio.clips(feats, spec.clip_frames, spec.hop,
-                    min_frames=spec.features.min_frames, name=name)
-    xs.append(np.asarray(c, np.float32))
-    recs.append(np.full(len(c), i))
-    idx.append(np.arange(len(c)))
-    keys.append(np.broadcast_to(infer.recording_key(feats, spec.clip_frames), (len(c), 2)))
-  if not xs:
+  return _concat([_cut_one(f, spec, name) for f, name in zip(features, names)], spec)
+
+
+def _cut_one(feats: np.ndarray, spec: ClipSpec, name: str) -> Clips:
+  c = np.asarray(audio.clips(feats, spec.clip_frames, spec.hop,
+                             min_frames=spec.features.min_frames, name=name), np.float32)
+  return Clips(c, np.zeros(len(c), int), np.arange(len(c)),
+               np.broadcast_to(infer.recording_key(feats, spec.clip_frames), (len(c), 2)))
+
+
+def _concat(parts: Sequence[Clips], spec: ClipSpec) -> Clips:
+  """The clips of several single-recording `Clips` (recording i = parts[i])."""
+  if not parts:
     shape = (0, spec.clip_frames, spec.features.nfilt)
     return Clips(np.zeros(shape, np.float32), np.zeros(0, int), np.zeros(0, int),
                  np.zeros((0, 2), np.uint32))
-  return Clips(np.concatenate(xs), np.concatenate(recs), np.concatenate(idx),
-               np.concatenate(keys).astype(np.uint32))
+  return Clips(np.concatenate([p.x for p in parts]),
+               np.concatenate([p.recording + i for i, p in enumerate(parts)]),
+               np.concatenate([p.clip for p in parts]),
+               np.concatenate([p.rec_keys for p in parts]).astype(np.uint32))
 
 
 def padded_size(rows: int) -> int:
@@ -183,17 +189,15 @@ def run_files(fn: BatchFn, paths: Iterable[str | os.PathLike], spec: ClipSpec, *
   bar = tqdm.tqdm(total=len(paths), desc=desc, unit="file", disable=not progress,
                   mininterval=1.0)
   for start in range(0, len(paths), FILES_PER_GROUP):
-    feats, names = [], []
+    parts, names = [], []
     for path in paths[start:start + FILES_PER_GROUP]:
-      try:
-        f = file_features(path, spec.features)
-        cut([f], spec, [path])  # too-short files fail here, alone
-        feats.append(f)
+      try:  # each file alone: an unreadable or too-short one fails here
+        parts.append(_cut_one(file_features(path, spec.features), spec, path))
         names.append(path)
       except audio.AudioError as e:
         errors.append((path, str(e)))
-    if feats:
-      clips = cut(feats, spec, names)
+    if parts:
+      clips = _concat(parts, spec)
       outputs.append(run(fn, clips))
       recs.append(clips.recording + len(good))
       clip_idx.append(clips.clip)
