@@ -134,11 +134,12 @@ class Classifier:
                     ) -> list[tuple[str, float | str]]:
     """(path, probability) per file, in order, or (path, "error: ...") for a file
     that cannot be scored; the clips of many files share batches."""
+    paths = [str(p) for p in paths]  # read twice below: an iterator would be spent
     out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="scoring")
     probs = inputs.recording_means(out.outputs, out.recording, len(out.paths))
     results = dict(zip(out.paths, (float(p) for p in probs)))
     results.update((path, f"error: {message}") for path, message in out.errors)
-    return [(str(p), results[str(p)]) for p in paths]
+    return [(p, results[p]) for p in paths]
 
 
 def load_classifier(workdir: str | pathlib.Path) -> Classifier:
@@ -153,7 +154,6 @@ def load(workdir: str | pathlib.Path) -> Callable[..., float]:
 
 def predict_files(workdir, paths) -> list[tuple[str, float | str]]:
   """(path, probability) per file, or (path, error message) for unusable ones."""
-  paths = [str(p) for p in paths]
   return Classifier(workdir).predict_files(paths)
 
 

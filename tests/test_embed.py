@@ -145,6 +145,8 @@ def test_classifier_scores_many_files_as_one_by_one(runs, tmp_path):
   assert many[str(tmp_path / "none.wav")].startswith("error: ")
   for f in files:
     assert many[f] == pytest.approx(clf.predict(audio.load(f, 16000), 16000), abs=1e-6)
+  # Any iterable of paths, an iterator included (read once).
+  assert clf.predict_files(iter(files)) == [(f, many[f]) for f in files]
 
 
 def test_predict_cli_is_quiet_unless_asked(runs, tmp_path):
