@@ -66,11 +66,11 @@ def statistics_matrix(feature_list: Sequence[np.ndarray]) -> np.ndarray:
   return np.stack([logmel_statistics(f) for f in feature_list])
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int):
-  model = sk_pipeline.make_pipeline(
+def logistic_model(c: float, seed: int = 0, max_iter: int = 5000):
+  """An unfitted standardised logistic regression (scikit-learn pipeline)."""
+  return sk_pipeline.make_pipeline(
       preprocessing.StandardScaler(),
-      linear_model.LogisticRegression(C=c, max_iter=5000, random_state=seed))
-  return model.fit(x, y)
+      linear_model.LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
 
 
 def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
@@ -94,19 +94,24 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
                      f"got {np.bincount(train_y, minlength=2)} (negative, positive)")
   chosen = 1.0
   if len(np.unique(val_y)) == 2:
-    aucs = [skm.roc_auc_score(val_y, _fit_logistic(train_x, train_y, c, seed)
+    aucs = [skm.roc_auc_score(val_y, logistic_model(c, seed).fit(train_x, train_y)
                               .predict_proba(val_x)[:, 1]) for c in c_grid]
     chosen = float(c_grid[int(np.argmax(aucs))])
-  model = _fit_logistic(train_x, train_y, chosen, seed)
+  model = logistic_model(chosen, seed).fit(train_x, train_y)
   return model.predict_proba(test_x)[:, 1], chosen
+
+
+def source_rates(train_sources: Sequence[str], train_y: np.ndarray) -> dict[str, float]:
+  """{source: P(positive | source)} in the training split, sources sorted."""
+  train_y = np.asarray(train_y, dtype=np.float64)
+  return {s: float(train_y[np.asarray(train_sources) == s].mean())
+          for s in sorted(set(train_sources))}
 
 
 def channel_only_scores(train_sources: Sequence[str], train_y: np.ndarray,
                         test_sources: Sequence[str]) -> np.ndarray:
   """P(positive | source) estimated on the training split, as each test score."""
-  train_y = np.asarray(train_y, dtype=np.float64)
-  rate = {s: float(train_y[np.asarray(train_sources) == s].mean())
-          for s in set(train_sources)}
+  rate = source_rates(train_sources, train_y)
   unseen = sorted(set(test_sources) - set(rate))
   if unseen:
     raise ValueError(f"channel-only score: source(s) {unseen} have no training "
@@ -164,9 +169,7 @@ def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
   del seed  # deterministic
   train = parts["train"]
   scores = channel_only_scores(train.sources, train.labels, parts["test"].sources)
-  rates = {s: float(train.labels[np.asarray(train.sources) == s].mean())
-           for s in sorted(set(train.sources))}
-  return scores, {"p_positive_by_source": rates}
+  return scores, {"p_positive_by_source": source_rates(train.sources, train.labels)}
 
 
 BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]] = {

@@ -33,11 +33,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import numpy as np
-from sklearn import linear_model
 from sklearn import metrics as skm
 from sklearn import model_selection
-from sklearn import pipeline as skpipeline
-from sklearn import preprocessing
 
 from coughjax import baselines
 from coughjax import cli
@@ -74,9 +71,7 @@ def fit_and_score(x_train, y_train, groups, x_test, y_test, probe_cfg) -> tuple[
   """(test ROC-AUC in %, chosen C) of a standardised logistic regression."""
 
   def model(c):
-    return skpipeline.make_pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(C=c, max_iter=probe_cfg.max_iter))
+    return baselines.logistic_model(c, max_iter=probe_cfg.max_iter)
 
   c = float(probe_cfg.C)
   if c <= 0:
