@@ -89,7 +89,7 @@ def _encoder_fn(cfg, clips):
   encoder = models.build_encoder(pretrain.encoder_config(cfg.model))
   params = jax.jit(lambda k, x: encoder.init(k, x[:2], train=False))(
       jax.random.PRNGKey(0), clips)
-  chunk = chunking.chunk_size_for(clips.shape[0], cfg.model.chunk_size)
+  chunk = chunking.chunk_size_for(clips.shape[0], cfg.model.chunk_size, (encoder,))
 
   @jax.jit
   def encode(params, x, rng):
@@ -132,8 +132,9 @@ def main(argv):
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
 
-  chunk = chunking.chunk_size_for(b, cfg.model.chunk_size)
-  remat = chunking.resolve_remat(cfg.model.remat)  # the 2B clips are always >= 2 chunks
+  encoder = models.build_encoder(pretrain.encoder_config(cfg.model))
+  chunk = chunking.chunk_size_for(b, cfg.model.chunk_size, (encoder,))
+  remat = chunking.resolve_remat(cfg.model.remat, encoders=(encoder,))
   print(f"\n{_CONFIG.value}, B = {b} pairs, chunk {chunk} ({cfg.model.chunk_size}), "
         f"remat {remat}, "
         f"{jax.devices()[0].platform} x{os.cpu_count()} cores, encoder "

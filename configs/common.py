@@ -54,7 +54,8 @@ def get_base_config() -> ml_collections.ConfigDict:
           pooling="mean"),
       gru=dict(d_model=64, num_layers=2,
                dropout=0.2,   # between GRU layers (torch nn.GRU's dropout)
-               eval_unroll=4, eval_streams="auto"),  # inference scan (models/gru.py)
+               # inference scan (models/gru.py); eval_streams: "auto" or an int
+               eval_unroll=4, eval_streams=FieldReference("auto", field_type=object)),
       vggish=dict(embedding_dim=128,
                   dropout=0.0),  # after fc1_1 / fc1_2; VGGish was trained without it
       # Shared by every encoder that declares them (models.registry.SHARED_FIELDS):

@@ -93,13 +93,6 @@ def get_config(arg: str = "ensemble"):
   # and, with mask_at_eval, at inference (paper Tables 5 and 6).
   config.model.mask_rate = spec.get("ds_rate", 0.0)
   config.model.mask_at_eval = True
-  if "vggish" in (config.encoder_a.name, config.encoder_b.name):
-    # Chunking helps the small attention models on CPU; VGGish's convolutions are
-    # compute-bound, and differentiating them inside lax.map was ~15x slower on
-    # XLA:CPU. 0 = the whole batch at once. (Inference keeps "auto" chunks:
-    # model.eval_chunk_size; 16-clip chunks were ~1.4x faster than the whole batch.)
-    config.model.chunk_size = 0
-
   # Downstream data. COVID-19 Sounds is licence-gated, so the default is the built-in
   # synthetic set: coughs of 450 participants disjoint from the pre-training ones
   # (generator seed 1), labelled positive/negative (about 1 in 3 positive).

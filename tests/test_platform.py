@@ -72,9 +72,7 @@ def test_configs_default_to_auto_and_take_pins():
                  downstream_configs.get_config("ensemble,runlocal")):
     m = config.model
     assert (m.chunk_size, m.remat, m.attention_impl, m.dropout_impl) == ("auto",) * 4
-  # VGGish rows run the whole batch on every platform (convolutions differentiate
-  # ~15x slower inside lax.map on XLA:CPU).
-  assert downstream_configs.get_config("ens_vggish_transformer").model.chunk_size == 0
+  assert downstream_configs.get_config("ens_vggish_transformer").model.chunk_size == "auto"
   # A locked config takes an int or a bool where "auto" was (as --config.model.* does).
   config = pretrain_configs.get_config("transformer_m50")
   config.lock()
@@ -166,27 +164,33 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     np.testing.assert_allclose(probs, all_probs[0], rtol=1e-5, atol=1e-6)
 
 
-def test_inference_chunks_follow_the_encoders():
-  """Inference "auto" chunks: the encoders' CPU preference (the smallest), the whole
-  batch on an accelerator; an int pins it. Training chunks do not change."""
-  gru, tfm = models.build_encoder({"name": "gru"}), models.build_encoder({"name": "transformer"})
+def test_auto_chunks_follow_the_encoders():
+  """"auto" chunks ask the encoders on CPU. Training: the whole batch without remat if
+  any encoder asks for it (GRU, VGGish), else the smallest. Inference: the smallest
+  preference. The whole batch on an accelerator; an int pins it."""
+  gru, tfm, vgg = (models.build_encoder({"name": n}) for n in ("gru", "transformer", "vggish"))
   assert chunking.inference_chunk_size("auto", (gru,), "cpu") == gru_lib.GRU.CPU_INFERENCE_CHUNK == 256
   assert chunking.inference_chunk_size("auto", (tfm,), "cpu") == chunking.CPU_CHUNK_SIZE
   assert chunking.inference_chunk_size("auto", (gru, tfm), "cpu") == chunking.CPU_CHUNK_SIZE
+  assert chunking.inference_chunk_size("auto", (vgg,), "cpu") == chunking.CPU_CHUNK_SIZE
   assert chunking.inference_chunk_size("auto", (gru,), "gpu") == 0
   assert chunking.inference_chunk_size(32, (gru,), "cpu") == 32
   with pytest.raises(ValueError, match="model.eval_chunk_size must be"):
     chunking.inference_chunk_size("16", (gru,), "cpu")
-  assert chunking.resolve_chunk_size("auto", "cpu") == chunking.CPU_CHUNK_SIZE
-  # VGGish rows train on the whole batch but infer in chunks.
-  m = downstream_configs.get_config("vggish").model
-  assert (m.chunk_size, m.eval_chunk_size) == (0, "auto")
+  for encoders, chunk in (((tfm,), 16), ((gru,), 0), ((vgg, tfm), 0), ((tfm, gru), 0), ((), 16)):
+    assert chunking.resolve_chunk_size("auto", "cpu", encoders=encoders) == chunk, encoders
+    assert chunking.resolve_remat("auto", "cpu", encoders=encoders) is (chunk > 0), encoders
+    assert chunking.resolve_chunk_size("auto", "gpu", encoders=encoders) == 0
+    assert chunking.resolve_remat("auto", "gpu", encoders=encoders) is False
+  assert chunking.chunk_size_for(1024, "auto", (gru,)) == 1024
+  assert chunking.resolve_chunk_size(8, "cpu", encoders=(gru,)) == 8
+  assert chunking.resolve_remat(True, "cpu", encoders=(gru,)) is True
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"], indirect=True)
 def test_gru_inference_scan_settings_keep_the_outputs(backend):
   """The GRU's inference scan (2 streams, 4 steps per iteration on CPU; odd batches in
-  one stream) gives the plain scan's outputs; training differentiates the plain scan."""
+  one stream) gives the plain scan's outputs; a train step runs the plain scan."""
   x = jax.random.normal(jax.random.key(0), (6, 96, 64))
   plain = gru_lib.GRU(eval_unroll=1, eval_streams=1)
   params = plain.init(jax.random.key(1), x, train=False)

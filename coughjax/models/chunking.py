@@ -32,16 +32,27 @@ RNG_STREAMS = ("mask", "dropout")
 CPU_CHUNK_SIZE = 16
 
 
-def resolve_chunk_size(value: int | str, platform: Optional[str] = None) -> int:
-  """`config.model.chunk_size` -> rows per chunk, 0 meaning the whole batch.
+def resolve_chunk_size(value: int | str, platform: Optional[str] = None, *,
+                       encoders: Sequence[Any] = ()) -> int:
+  """`config.model.chunk_size` -> rows per chunk of a train step, 0 meaning the whole batch.
 
   Args:
-    value: "auto" (CPU: `CPU_CHUNK_SIZE`; GPU/TPU: 0, the whole batch) or an int >= 0,
-      which pins it.
+    value: "auto" or an int >= 0, which pins it. "auto" on GPU/TPU is the whole batch;
+      on CPU it asks `encoders` through their class attribute `CPU_TRAIN_CHUNK`
+      (default `CPU_CHUNK_SIZE`): the whole batch if any of them asks for it (0:
+      the GRU, whose recurrence is bound by per-step overhead, and VGGish, whose
+      convolutions differentiate ~15x slower inside `lax.map`), else the smallest.
     platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    encoders: the model's encoder modules.
   """
-  size = platform_lib.resolve(value, cpu=CPU_CHUNK_SIZE, accelerator=0, platform=platform)
+  size = platform_lib.resolve(value, cpu=_cpu_train_chunk(encoders), accelerator=0,
+                              platform=platform)
   return _checked(size, value, "model.chunk_size")
+
+
+def _cpu_train_chunk(encoders: Sequence[Any]) -> int:
+  asked = [getattr(e, "CPU_TRAIN_CHUNK", CPU_CHUNK_SIZE) for e in encoders]
+  return 0 if 0 in asked else min(asked, default=CPU_CHUNK_SIZE)
 
 
 def inference_chunk_size(value: int | str, encoders: Sequence[Any] = (),
@@ -68,28 +79,34 @@ def _checked(size, value, key: str) -> int:
   return int(size)
 
 
-def resolve_remat(value: bool | str, platform: Optional[str] = None) -> bool:
+def resolve_remat(value: bool | str, platform: Optional[str] = None, *,
+                  encoders: Sequence[Any] = ()) -> bool:
   """`config.model.remat` -> whether a differentiated step recomputes its chunks.
 
   Args:
-    value: "auto" (CPU: True; GPU/TPU: False, where "auto" chunking runs the whole
-      batch as one chunk and there is nothing to recompute) or a bool, which pins it.
-      A config that pins a chunk size on an accelerator to bound memory should also
-      pin remat=True: without it the backward pass keeps every chunk's activations.
+    value: "auto" or a bool, which pins it. "auto" is True where "auto" chunking
+      cuts the batch into small chunks (CPU, unless one of `encoders` asks for the
+      whole batch: see `resolve_chunk_size`), False where it runs the whole batch
+      (GPU/TPU). A config that pins a chunk size on an accelerator to bound memory
+      should also pin remat=True: without it the backward pass keeps every chunk's
+      activations.
     platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    encoders: the model's encoder modules.
   """
-  remat = platform_lib.resolve(value, cpu=True, accelerator=False, platform=platform)
+  remat = platform_lib.resolve(value, cpu=_cpu_train_chunk(encoders) > 0, accelerator=False,
+                               platform=platform)
   if not isinstance(remat, (bool, np.bool_)):
     raise ValueError(f"model.remat must be 'auto', True or False, got {value!r}")
   return bool(remat)
 
 
-def chunk_size_for(rows: int, chunk_size: int | str) -> int:
+def chunk_size_for(rows: int, chunk_size: int | str, encoders: Sequence[Any] = ()) -> int:
   """The largest divisor of `rows` not above `chunk_size` (all rows if <= 0).
 
-  `chunk_size` may be a config value, "auto" included (see `resolve_chunk_size`).
+  `chunk_size` may be a config value, "auto" included (see `resolve_chunk_size`,
+  which asks `encoders`).
   """
-  chunk_size = resolve_chunk_size(chunk_size)
+  chunk_size = resolve_chunk_size(chunk_size, encoders=encoders)
   if chunk_size == 0 or chunk_size >= rows:
     return rows
   return max(c for c in range(1, chunk_size + 1) if rows % c == 0)

@@ -57,6 +57,13 @@ def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return _fmix32(_fmix32(counter + s0) ^ s1)
 
 
+def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+  """Boolean dropout keep mask from `hash_bits`: each entry False with probability
+  `rate` (static, in [0, 1)), to within 2**-33."""
+  threshold = jnp.uint32(round(rate * 2.0**32))  # P(bits < threshold) = rate
+  return hash_bits(key, shape) >= threshold
+
+
 def inverted_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
   """Inverted dropout: zeroes each element with probability `rate`, scales the rest.
 
@@ -77,9 +84,7 @@ def inverted_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     return x
   if rate == 1.0:
     return jnp.zeros_like(x)
-  # P(bits < threshold) = round(rate * 2**32) / 2**32, i.e. rate to within 2**-33.
-  threshold = jnp.uint32(round(rate * 2.0**32))
-  keep = hash_bits(key, x.shape) >= threshold
+  keep = keep_mask(key, x.shape, rate)
   return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 

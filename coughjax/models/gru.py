@@ -9,30 +9,40 @@ outputs of every layer but the last). Per layer `layer_{i}`:
   bias_ih   [3d]      = torch bias_ih_l{i}
   bias_hh   [3d]      = torch bias_hh_l{i}
 
-Computed as cuDNN and oneDNN do: the input projections of all time steps in one
-[B*T, in] x [in, 3d] matmul before the recurrence, then one fused [B, d] x [d, 3d]
-matmul per step for the three recurrent gates.
+Computed as cuDNN and oneDNN do: the bottom layer's input projections of all time
+steps in one [B*T, in] x [in, 3d] matmul before the recurrence, then one fused
+[B, d] x [d, 3d] matmul per step for the three recurrent gates. Beyond that, every
+layer advances in the same scan over time (`stacked_recurrence`): step t of layer i
+feeds step t of layer i + 1 while both are in cache, so no layer's output sequence
+is written out and read back, and the loop runs T iterations rather than L * T.
 
-Inference on CPU (measured at B = 1024 on 2 cores, interleaved with the torch twin):
-the recurrence is bound by per-step overhead, not FLOPs, so it runs over 256-clip
-chunks (`CPU_INFERENCE_CHUNK`, against 16 for the attention encoders), advances two
-independent halves of each chunk per scan iteration (`eval_streams`; independent ops
-that XLA:CPU may run on both cores) and unrolls 4 steps per iteration
-(`eval_unroll`): 119-123 us per clip, against 140 us for a plain scan over the same
-chunks, 174-181 us over 16-clip chunks and 131-137 us for torch's fused nn.GRU. In a
-training step the same settings were ~18 % slower (pre-training, B = 256), so the
-differentiated scan stays plain. The outputs do not change: each clip's recurrence
-is computed alone either way.
+Training differentiates the recurrence by hand (`_stacked_fwd`, `_stacked_bwd`)
+rather than through the scan: the forward pass stores only each step's incoming
+states (L x [T, B, d]); the backward scan recomputes one step's gates at a time, in
+cache, and carries dL/dh and the weight gradients. On CPU, at B = 1024 pairs (2,048
+clips) on 2 cores, this took the contrastive pre-training step from 1.07-1.28 s
+(scan autodiff, per-layer scans) to ~0.52 s, against ~0.76 s for torch's fused
+nn.GRU twin (benchmarks/train_step.py). Its per-step cost is small enough that the
+train step runs the whole batch at once (`CPU_TRAIN_CHUNK`): 16-clip chunks with
+remat took 1.05 s, 256-clip chunks 0.79 s.
+
+Inference on CPU runs over 256-clip chunks (`CPU_INFERENCE_CHUNK`, against 16 for
+the attention encoders), advances two independent halves of each chunk per scan
+iteration (`eval_streams`; independent ops that XLA:CPU may run on both cores) and
+unrolls 4 steps per iteration (`eval_unroll`). The outputs do not change: each
+clip's recurrence is computed alone either way.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coughjax.models import cpu_kernels
 from coughjax.models import platform
 from coughjax.models.registry import register
 
@@ -50,56 +60,158 @@ def _stacked_orthogonal(num: int):
   return init
 
 
-class GRULayer(nn.Module):
-  """One GRU layer over a time-major sequence: [T, B, in] -> ([T, B, d], [B, d]).
+def _cell(h, gx, w_hh, b_hh):
+  """One step of one layer: h [b, d], gx [b, 3d] -> (h', (r, z, n, gh_n))."""
+  d = h.shape[-1]
+  gh = h @ w_hh + b_hh  # the three recurrent gates in one matmul
+  # r and z in one [b, 2d] sigmoid, as tanh (one transcendental fewer per entry than
+  # XLA:CPU's logistic).
+  rz = 0.5 * jnp.tanh(0.5 * (gx[:, :2 * d] + gh[:, :2 * d])) + 0.5
+  r, z = rz[:, :d], rz[:, d:]
+  gh_n = gh[:, 2 * d:]
+  n = jnp.tanh(gx[:, 2 * d:] + r * gh_n)
+  return (1 - z) * n + z * h, (r, z, n, gh_n)
 
-  Attributes:
-    d_model: hidden size d.
-    return_sequence: also return every step's hidden state (else only the last).
-    unroll: time steps per scan iteration.
-    streams: batch slices advanced independently in each scan iteration (1 when the
-      batch does not split evenly).
-    dtype: computation dtype; parameters stay float32.
+
+def _layer_input(h_below, keep, scale, w_ih, b_ih):
+  """The input gates of an upper layer from the layer below's new state, after dropout."""
+  if keep is not None:
+    h_below = jnp.where(keep, h_below * scale, 0)
+  return h_below @ w_ih + b_ih
+
+
+def _stack_step(hs, gx0, keep, scale, recurrent, inputs):
+  """One time step up the stack: returns every layer's new state and gates."""
+  new, gates = [], []
+  for i, (h, (w_hh, b_hh)) in enumerate(zip(hs, recurrent)):
+    gx = gx0 if i == 0 else _layer_input(new[-1], keep and keep[i - 1], scale,
+                                         *inputs[i - 1])
+    h, parts = _cell(h, gx, w_hh, b_hh)
+    new.append(h)
+    gates.append(parts)
+  return tuple(new), gates
+
+
+def _zeros_states(gates_x, num_layers):
+  return (jnp.zeros((gates_x.shape[1], gates_x.shape[2] // 3), gates_x.dtype),) * num_layers
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def stacked_recurrence(gates_x: jax.Array, recurrent: tuple, inputs: tuple,
+                       keep: Optional[tuple], scale: float = 1.0, unroll: int = 1,
+                       streams: int = 1) -> jax.Array:
+  """A stack of GRU layers from h = 0, all layers advanced in one scan over time.
+
+  Args:
+    gates_x: [T, B, 3d] the bottom layer's input gates x_t W_ih + b_ih (r | z | n).
+    recurrent: per layer, (w_hh [d, 3d], b_hh [3d]).
+    inputs: per layer above the bottom one, (w_ih [d, 3d], b_ih [3d]).
+    keep: per layer above the bottom one, the [T, B, d] boolean dropout keep mask of
+      its input, or None without dropout.
+    scale: the factor on kept inputs, 1 / (1 - rate) (0 when every input is dropped).
+    unroll: time steps per scan iteration (inference only).
+    streams: batch slices advanced independently per scan iteration (inference only;
+      1 when B does not split evenly).
+
+  Returns:
+    [B, d], the top layer's state after the last step.
+
+  Its gradient is computed as cuDNN does rather than by differentiating the scan:
+  see `_stacked_fwd` and `_stacked_bwd`.
   """
+  num_layers, b = len(recurrent), gates_x.shape[1]
+  streams = streams if b % streams == 0 else 1
+  split = lambda a: tuple(jnp.split(a, streams, axis=1))
+  xs = (split(gates_x), tuple(split(k) for k in keep) if keep else None)
+
+  def step(carry, xs_t):
+    gx0, keep_t = xs_t
+    carry = tuple(_stack_step(hs, gx0[j], keep_t and tuple(k[j] for k in keep_t), scale,
+                              recurrent, inputs)[0]
+                  for j, hs in enumerate(carry))
+    return carry, None
+
+  h0 = (_zeros_states(gates_x[:, :b // streams], num_layers),) * streams
+  last, _ = jax.lax.scan(step, h0, xs, unroll=unroll)
+  return jnp.concatenate([hs[-1] for hs in last], axis=0)
+
+
+def _stacked_fwd(gates_x, recurrent, inputs, keep, scale, unroll, streams):
+  """The differentiated forward pass: a plain scan that keeps each step's incoming
+  states h_{t-1} of every layer (L x [T, B, d]), the only activations stored."""
+  del unroll, streams
+
+  def step(hs, xs_t):
+    gx0, keep_t = xs_t
+    return _stack_step(hs, gx0, keep_t, scale, recurrent, inputs)[0], hs
+
+  last, prevs = jax.lax.scan(step, _zeros_states(gates_x, len(recurrent)), (gates_x, keep))
+  return last[-1], (gates_x, recurrent, inputs, keep, prevs)
+
+
+def _stacked_bwd(scale, unroll, streams, residuals, g):
+  """Backward scan over time: each step recomputes its gates from the stored states
+  (in cache, one step at a time), then walks the stack top-down. It carries dL/dh of
+  every layer and the weight gradients (each step adds its [d, b] x [b, 3d] products),
+  and emits only the bottom layer's input-gate gradients, which are `gates_x`'s."""
+  del unroll, streams
+  gates_x, recurrent, inputs, keep, prevs = residuals
+  num_layers, d = len(recurrent), g.shape[-1]
+  f32 = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), tree)
+
+  def step(carry, xs_t):
+    dhs, d_rec, d_inp = carry
+    gx0, prev, keep_t = xs_t
+    new, gates = _stack_step(prev, gx0, keep_t, scale, recurrent, inputs)
+    dhs, d_rec, d_inp = list(dhs), list(d_rec), list(d_inp)
+    from_above = 0
+    for i in reversed(range(num_layers)):
+      (r, z, n, gh_n), h = gates[i], prev[i]
+      dh = dhs[i] + from_above  # dL/dh_t of layer i
+      dn = dh * (1 - z) * (1 - n * n)  # dL/d(pre-activations), gate by gate
+      dr = dn * gh_n * r * (1 - r)
+      dz = dh * (h - n) * z * (1 - z)
+      dgx = jnp.concatenate([dr, dz, dn], axis=-1)
+      dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)
+      w_hh = recurrent[i][0]
+      dhs[i] = dh * z + dgh @ w_hh.T  # dL/dh_{t-1} through this step
+      d_rec[i] = (d_rec[i][0] + (h.T @ dgh).astype(jnp.float32),
+                  d_rec[i][1] + dgh.sum(0).astype(jnp.float32))
+      if i:
+        k = keep_t and keep_t[i - 1]
+        x_in = new[i - 1] if k is None else jnp.where(k, new[i - 1] * scale, 0)
+        d_inp[i - 1] = (d_inp[i - 1][0] + (x_in.T @ dgx).astype(jnp.float32),
+                        d_inp[i - 1][1] + dgx.sum(0).astype(jnp.float32))
+        from_above = dgx @ inputs[i - 1][0].T
+        if k is not None:
+          from_above = jnp.where(k, from_above * scale, 0)
+    return (tuple(dhs), tuple(d_rec), tuple(d_inp)), dgx
+
+  dhs = tuple(jnp.zeros_like(g) for _ in range(num_layers - 1)) + (g,)
+  init = (dhs, f32(recurrent), f32(inputs))
+  (_, d_rec, d_inp), dgates_x = jax.lax.scan(step, init, (gates_x, prevs, keep),
+                                             reverse=True)
+  cast = lambda grads, primals: jax.tree.map(lambda a, p: a.astype(p.dtype), grads, primals)
+  keep_ct = None if keep is None else tuple(None for _ in keep)
+  return dgates_x, cast(d_rec, recurrent), cast(d_inp, inputs), keep_ct
+
+
+stacked_recurrence.defvjp(_stacked_fwd, _stacked_bwd)
+
+
+class _LayerParams(nn.Module):
+  """One layer's parameters, laid out as torch's nn.GRU layer (see the module doc)."""
 
   d_model: int
-  return_sequence: bool = True
-  unroll: int = 1
-  streams: int = 1
-  dtype: Any = jnp.float32
+  in_features: int
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[Optional[jax.Array], jax.Array]:
+  def __call__(self):
     d = self.d_model
-    w_ih = self.param("kernel_ih", nn.initializers.lecun_normal(), (x.shape[-1], 3 * d))
-    w_hh = self.param("kernel_hh", _stacked_orthogonal(3), (d, 3 * d))
-    b_ih = self.param("bias_ih", nn.initializers.zeros, (3 * d,))
-    b_hh = self.param("bias_hh", nn.initializers.zeros, (3 * d,))
-    w_ih, w_hh, b_ih, b_hh = (p.astype(self.dtype) for p in (w_ih, w_hh, b_ih, b_hh))
-    # Every step's input gates at once: [T, B, in] x [in, 3d].
-    gates_x = jnp.einsum("tbi,ig->tbg", x.astype(self.dtype), w_ih) + b_ih
-
-    def cell(h, gx):  # h [b, d], gx [b, 3d]
-      gh = h @ w_hh + b_hh  # the three recurrent gates in one matmul
-      # r and z in one [b, 2d] sigmoid, as tanh (one transcendental fewer per entry
-      # than XLA:CPU's logistic).
-      rz = 0.5 * jnp.tanh(0.5 * (gx[:, :2 * d] + gh[:, :2 * d])) + 0.5
-      r, z = rz[:, :d], rz[:, d:]
-      n = jnp.tanh(gx[:, 2 * d:] + r * gh[:, 2 * d:])
-      return (1 - z) * n + z * h
-
-    def step(hs, gxs):
-      hs = tuple(cell(h, gx) for h, gx in zip(hs, gxs))
-      return hs, (hs if self.return_sequence else None)
-
-    b = x.shape[1]
-    streams = self.streams if b % self.streams == 0 else 1
-    h0 = (jnp.zeros((b // streams, d), self.dtype),) * streams
-    last, seq = jax.lax.scan(step, h0, tuple(jnp.split(gates_x, streams, axis=1)),
-                             unroll=self.unroll)
-    last = jnp.concatenate(last, axis=0)
-    seq = jnp.concatenate(seq, axis=1) if self.return_sequence else None
-    return seq, last
+    return (self.param("kernel_ih", nn.initializers.lecun_normal(), (self.in_features, 3 * d)),
+            self.param("kernel_hh", _stacked_orthogonal(3), (d, 3 * d)),
+            self.param("bias_ih", nn.initializers.zeros, (3 * d,)),
+            self.param("bias_hh", nn.initializers.zeros, (3 * d,)))
 
 
 @register("gru")
@@ -109,15 +221,18 @@ class GRU(nn.Module):
   Attributes:
     d_model: hidden size d of every layer.
     num_layers: stacked GRU layers.
-    dropout: rate between layers (as torch nn.GRU's `dropout`).
+    dropout: rate between layers (as torch nn.GRU's `dropout`), its keep masks drawn
+      by `cpu_kernels.keep_mask` from the 'dropout' RNG stream.
     eval_unroll: time steps per scan iteration at inference (see the module doc).
     eval_streams: batch slices advanced together at inference, or "auto" (2 on CPU,
       1 on GPU/TPU).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
   """
 
-  # Clips per inference chunk on CPU, where "auto" chunking asks the encoders
-  # (`chunking.inference_chunk_size`); the attention encoders' is 16.
+  # Clips per chunk on CPU, where "auto" chunking asks the encoders: train steps run
+  # the whole batch (0; `chunking.resolve_chunk_size`), inference 256-clip chunks
+  # (`chunking.inference_chunk_size`); the attention encoders' are 16 for both.
+  CPU_TRAIN_CHUNK: ClassVar[int] = 0
   CPU_INFERENCE_CHUNK: ClassVar[int] = 256
 
   d_model: int = 64
@@ -142,16 +257,27 @@ class GRU(nn.Module):
       h: [batch, d_model], the top layer's hidden state after the last step.
     """
     del mask
-    unroll, streams = 1, 1  # a plain scan to differentiate
+    b, t, width = x.shape
+    params = [_LayerParams(self.d_model, width if i == 0 else self.d_model,
+                           name=f"layer_{i}")() for i in range(self.num_layers)]
+    params = [tuple(p.astype(self.dtype) for p in layer) for layer in params]
+    w_ih, _, b_ih, _ = params[0]
+    # Every step's bottom-layer input gates in one [T*B, in] x [in, 3d] matmul (2-D,
+    # so that its gradient for the kernel is a plain matmul too).
+    x = x.astype(self.dtype).swapaxes(0, 1).reshape(t * b, width)
+    gates_x = (x @ w_ih + b_ih).reshape(t, b, -1)
+    keep, scale = None, 1.0
+    if train and self.dropout > 0 and self.num_layers > 1:
+      rng = self.make_rng("dropout")
+      shape = (t, b, self.d_model)
+      keep = tuple(jnp.zeros(shape, bool) if self.dropout == 1 else
+                   cpu_kernels.keep_mask(jax.random.fold_in(rng, i), shape, self.dropout)
+                   for i in range(1, self.num_layers))
+      scale = 0.0 if self.dropout == 1 else 1 / (1 - self.dropout)
+    unroll, streams = 1, 1
     if not train:
       unroll = self.eval_unroll
       streams = platform.resolve(self.eval_streams, cpu=2, accelerator=1)
-    h = x.swapaxes(0, 1)  # time-major [T, B, mel], then [T, B, d]
-    last = None
-    for i in range(self.num_layers):
-      if i:
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-      top = i == self.num_layers - 1
-      h, last = GRULayer(self.d_model, return_sequence=not top, unroll=unroll,
-                         streams=streams, dtype=self.dtype, name=f"layer_{i}")(h)
-    return last
+    return stacked_recurrence(
+        gates_x, tuple((w_hh, b_hh) for _, w_hh, _, b_hh in params),
+        tuple((w_ih, b_ih) for w_ih, _, b_ih, _ in params[1:]), keep, scale, unroll, streams)

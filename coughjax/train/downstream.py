@@ -176,7 +176,7 @@ def make_steps(model: classifier_lib.Classifier, config):
 
   def logits_fn(params, x, rng, train):
     b = x.shape[0]
-    chunk = chunking.chunk_size_for(b, chunk_size)
+    chunk = chunking.chunk_size_for(b, chunk_size, model.encoders)
     # Chunk ids by place in the global batch: keys do not depend on the layout.
     first = jax.lax.axis_index(AXIS) * (b // chunk)
     return chunking.apply_in_chunks(

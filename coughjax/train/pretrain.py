@@ -55,18 +55,19 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
       participant's two clips).
     rng: step key (identical on every device).
     train: dropout / masking on.
-    chunk_size: encoder chunk rows, or "auto" (`chunking.resolve_chunk_size`).
+    chunk_size: encoder chunk rows, or "auto" (`chunking.resolve_chunk_size`, which
+      asks the encoder).
     num_devices: devices along `axis_name` (1 and axis_name=None: no collectives).
     axis_name: pmap axis to gather over.
     remat: recompute each chunk in the backward pass of a train step, or "auto"
-      (`chunking.resolve_remat`).
+      (`chunking.resolve_remat`, which asks the encoder).
 
   Returns:
     (loss, metrics) for this device's rows; their pmean is the global result.
   """
   _, b = views.shape[:2]
   device = jax.lax.axis_index(axis_name) if axis_name else 0
-  chunk = chunking.chunk_size_for(b, chunk_size)
+  chunk = chunking.chunk_size_for(b, chunk_size, (model.encoder,))
   x = views.reshape((2 * b,) + views.shape[2:])  # [a_0..a_{b-1}, b_0..b_{b-1}]
   # Chunk ids by place in the global batch: view v, pairs [device * b, ...).
   per_view = num_devices * b // chunk
@@ -76,8 +77,8 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   def encode(xc, rngs):
     return model.apply({"params": params}, xc, train=train, rngs=rngs)
 
-  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids,
-                               remat=train and chunking.resolve_remat(remat))  # [2b, p]
+  remat = train and chunking.resolve_remat(remat, encoders=(model.encoder,))
+  z = chunking.apply_in_chunks(encode, x, rng, chunk, ids, remat=remat)  # [2b, p]
   z_all = jax.lax.all_gather(z, axis_name, tiled=True) if axis_name else z  # [2B, p]
   # Gathered columns are device-major: device d's clips are [d * 2b, (d + 1) * 2b).
   logits = model.apply({"params": params}, z, z_all, method=heads.ContrastiveModel.logits)
