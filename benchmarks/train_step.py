@@ -13,7 +13,8 @@ nothing, so its paper-style and whole-batch modes are the same step).
 
 * coughjax: the real `coughjax.train.pretrain.make_steps` train step (pmapped,
   encoder in chunks of `config.model.chunk_size` clips with remat -- their CPU
-  defaults, 16 clips with remat, on the platform "auto" -- state donated),
+  defaults, "auto": 16 clips with remat for the Transformer, the whole batch for
+  the GRU -- state donated),
   on 1 device and on 2 and 4 fake CPU devices
   (XLA_FLAGS=--xla_force_host_platform_device_count=N; the global batch is split).
 * torch: the twin (benchmarks/torch_twins.py ContrastiveTwin: same model, bilinear

@@ -71,8 +71,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       # Platform-dependent settings (coughjax/models/platform.py): "auto" is resolved
       # from jax.default_backend() at trace time; an explicit value pins one. On CPU
       # the measured optimum (the step is memory-bound): the encoder over 16-clip
-      # chunks, each recomputed in the backward pass (remat), einsum attention and
-      # hash-based dropout bits. On GPU/TPU: the whole batch at once, no remat,
+      # chunks, each recomputed in the backward pass (remat), or the whole batch where
+      # an encoder asks for it (GRU, VGGish: chunking.resolve_chunk_size), einsum
+      # attention and hash-based dropout bits. On GPU/TPU: the whole batch at once, no remat,
       # jax.nn.dot_product_attention and flax's dropout.
       chunk_size=FieldReference("auto", field_type=object),  # int: clips per chunk, 0 = all
       remat=FieldReference("auto", field_type=object),       # bool: pre-training recomputes chunks

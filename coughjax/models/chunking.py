@@ -7,7 +7,10 @@ each chunk in the backward pass (remat) was faster still. On a GPU or TPU the sa
 chunks would run one after another (128 per device at B = 1024), each recomputed, on
 hardware built to take the whole batch at once. So `model.chunk_size` and
 `model.remat` default to "auto" (`resolve_chunk_size`, `resolve_remat`): 16 clips with
-remat on CPU, the whole batch without remat on an accelerator. A config pins either
+remat on CPU, the whole batch without remat on an accelerator. An encoder may ask for
+other CPU chunks through class attributes (`CPU_TRAIN_CHUNK`, `CPU_INFERENCE_CHUNK`):
+the GRU, whose recurrence pays per step rather than per clip, trains on the whole
+batch and infers in 256-clip chunks. A config pins either
 with an explicit value (e.g. `--config.model.chunk_size=256 --config.model.remat=True`
 to bound a GPU's activation memory).
 
