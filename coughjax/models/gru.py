@@ -73,19 +73,20 @@ def _cell(h, gx, w_hh, b_hh):
   return (1 - z) * n + z * h, (r, z, n, gh_n)
 
 
-def _layer_input(h_below, keep, scale, w_ih, b_ih):
-  """The input gates of an upper layer from the layer below's new state, after dropout."""
-  if keep is not None:
-    h_below = jnp.where(keep, h_below * scale, 0)
-  return h_below @ w_ih + b_ih
+def _dropped(x, keep, scale):
+  """Inverted dropout with a given keep mask (None: none)."""
+  return x if keep is None else jnp.where(keep, x * scale, 0)
 
 
 def _stack_step(hs, gx0, keep, scale, recurrent, inputs):
   """One time step up the stack: returns every layer's new state and gates."""
   new, gates = [], []
   for i, (h, (w_hh, b_hh)) in enumerate(zip(hs, recurrent)):
-    gx = gx0 if i == 0 else _layer_input(new[-1], keep and keep[i - 1], scale,
-                                         *inputs[i - 1])
+    if i:  # the layer below's new state, after dropout, is this layer's input
+      w_ih, b_ih = inputs[i - 1]
+      gx = _dropped(new[-1], keep and keep[i - 1], scale) @ w_ih + b_ih
+    else:
+      gx = gx0
     h, parts = _cell(h, gx, w_hh, b_hh)
     new.append(h)
     gates.append(parts)
@@ -156,7 +157,7 @@ def _stacked_bwd(scale, unroll, streams, residuals, g):
   and emits only the bottom layer's input-gate gradients, which are `gates_x`'s."""
   del unroll, streams
   gates_x, recurrent, inputs, keep, prevs = residuals
-  num_layers, d = len(recurrent), g.shape[-1]
+  num_layers = len(recurrent)
   f32 = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), tree)
 
   def step(carry, xs_t):
@@ -179,12 +180,10 @@ def _stacked_bwd(scale, unroll, streams, residuals, g):
                   d_rec[i][1] + dgh.sum(0).astype(jnp.float32))
       if i:
         k = keep_t and keep_t[i - 1]
-        x_in = new[i - 1] if k is None else jnp.where(k, new[i - 1] * scale, 0)
+        x_in = _dropped(new[i - 1], k, scale)
         d_inp[i - 1] = (d_inp[i - 1][0] + (x_in.T @ dgx).astype(jnp.float32),
                         d_inp[i - 1][1] + dgx.sum(0).astype(jnp.float32))
-        from_above = dgx @ inputs[i - 1][0].T
-        if k is not None:
-          from_above = jnp.where(k, from_above * scale, 0)
+        from_above = _dropped(dgx @ inputs[i - 1][0].T, k, scale)
     return (tuple(dhs), tuple(d_rec), tuple(d_inp)), dgx
 
   dhs = tuple(jnp.zeros_like(g) for _ in range(num_layers - 1)) + (g,)
