@@ -169,7 +169,8 @@ def test_auto_chunks_follow_the_encoders():
   any encoder asks for it (GRU, VGGish), else the smallest. Inference: the smallest
   preference. The whole batch on an accelerator; an int pins it."""
   gru, tfm, vgg = (models.build_encoder({"name": n}) for n in ("gru", "transformer", "vggish"))
-  assert chunking.inference_chunk_size("auto", (gru,), "cpu") == gru_lib.GRU.CPU_INFERENCE_CHUNK == 256
+  assert (chunking.inference_chunk_size("auto", (gru,), "cpu")
+          == gru_lib.GRU.CPU_INFERENCE_CHUNK == 256)
   assert chunking.inference_chunk_size("auto", (tfm,), "cpu") == chunking.CPU_CHUNK_SIZE
   assert chunking.inference_chunk_size("auto", (gru, tfm), "cpu") == chunking.CPU_CHUNK_SIZE
   assert chunking.inference_chunk_size("auto", (vgg,), "cpu") == chunking.CPU_CHUNK_SIZE

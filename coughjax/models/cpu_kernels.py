@@ -59,7 +59,9 @@ def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
   """Boolean dropout keep mask from `hash_bits`: each entry False with probability
-  `rate` (static, in [0, 1)), to within 2**-33."""
+  `rate` (static, in [0, 1]), to within 2**-33."""
+  if rate >= 1.0:  # the threshold 2**32 would not fit a uint32
+    return jnp.zeros(shape, bool)
   threshold = jnp.uint32(round(rate * 2.0**32))  # P(bits < threshold) = rate
   return hash_bits(key, shape) >= threshold
 

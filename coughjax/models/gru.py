@@ -268,10 +268,8 @@ class GRU(nn.Module):
     keep, scale = None, 1.0
     if train and self.dropout > 0 and self.num_layers > 1:
       rng = self.make_rng("dropout")
-      shape = (t, b, self.d_model)
-      keep = tuple(jnp.zeros(shape, bool) if self.dropout == 1 else
-                   cpu_kernels.keep_mask(jax.random.fold_in(rng, i), shape, self.dropout)
-                   for i in range(1, self.num_layers))
+      keep = tuple(cpu_kernels.keep_mask(jax.random.fold_in(rng, i), (t, b, self.d_model),
+                                         self.dropout) for i in range(1, self.num_layers))
       scale = 0.0 if self.dropout == 1 else 1 / (1 - self.dropout)
     unroll, streams = 1, 1
     if not train:
