@@ -200,8 +200,13 @@ def _pack(folder: pathlib.Path, key: str, now: float) -> Entry:
            f"frame clips; features {meta.get('params_key', '?')} "
            f"({_params_text(params)}); written {meta.get('written')}"
            + (f"; from {meta['source']}" if meta.get("source") else ""))
-  orphan = ("" if meta.get("version") == packed.PACK_VERSION else
-            f"pack format {meta.get('version')}, not {packed.PACK_VERSION}")
+  expected = meta.get("frames", 0) * meta.get("mel", 0) * packed.DTYPE.itemsize
+  if meta.get("version") != packed.PACK_VERSION:
+    orphan = f"pack format {meta.get('version')}, not {packed.PACK_VERSION}"
+  elif data.stat().st_size != expected:
+    orphan = f"data of {data.stat().st_size} bytes, its index says {expected}"
+  else:
+    orphan = ""
   return Entry("pack", key, [index, data], size, mtime, about, orphan, lock=data,
                params_key=meta.get("params_key", ""))
 

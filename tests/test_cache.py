@@ -113,5 +113,13 @@ def test_prune_older_than():
   assert [(e.name, done) for e, _, done in actions] == [(key, "removed")]
   assert "unused for 40.0d" in actions[0][1]
   assert not data_file.exists()
+  # A pack whose data does not match its index (e.g. a truncated copy) is an orphan.
+  del actions
+  _stores()
+  gc.collect()
+  with open(data_file, "r+b") as f:
+    f.truncate(1024)
+  (action,) = cache_lib.prune(root)
+  assert action[0].name == key and "its index says" in action[1]
   proc = _cli("prune", "--older-than=soon")
   assert proc.returncode != 0 and "--older-than" in proc.stderr

@@ -174,13 +174,18 @@ class FeatureCache:
   def _claim(self) -> None:
     """Marks this feature set in use (and used now) while this object lives, and
     describes it for `coughjax.cache list`."""
-    if self._lock is None:
+    if self._lock is not None:
+      return
+    try:
       self._lock = hold_shared_lock(self._dir / LOCK_FILE)
+      os.utime(self._dir / LOCK_FILE)
       if not (self._dir / PARAMS_FILE).exists():
         text = json.dumps({"version": FEATURE_VERSION,
                            "params": dataclasses.asdict(self.params)})
         _atomic_write(self._dir / PARAMS_FILE, lambda f: f.write(text.encode()))
-    os.utime(self._dir / LOCK_FILE)
+    except OSError as e:  # a read-only cache: usable if it holds every feature
+      logging.info("%s: not marked in use (%s)", self._dir, e)
+      self._lock = False
 
   def content_key(self, record: Recording) -> str:
     if record.path.startswith(synthetic.SCHEME):

@@ -190,7 +190,7 @@ def open_pack(key: str) -> Optional[Packed]:
     size = os.fstat(f.fileno()).st_size
     if size != total * mel * DTYPE.itemsize or not total:
       raise ValueError(f"{data}: {size} bytes, but its index {index.name} describes "
-                       f"{total} x {mel} float32; delete both (python -m coughjax.cache "
+                       f"{total} x {mel} float32; remove it (python -m coughjax.cache "
                        "prune) to rebuild")
     # The map dups the descriptor, and with it the lock: it is held until the map
     # (the last view of `frames`) is gone, though `f` closes here.
@@ -269,7 +269,7 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
   if records is not None:
     extra["records"] = np.asarray(_record_rows(records))
   meta = dict(meta or {}, version=PACK_VERSION, rows=len(lengths), frames=int(lengths.sum()),
-              written=time.strftime("%Y-%m-%d %H:%M:%S"))
+              mel=mel, written=time.strftime("%Y-%m-%d %H:%M:%S"))
   fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=f".tmp-{key}-", suffix=".npz")
   os.close(fd)
   _replace_atomically(tmp, index, lambda f: np.savez(
