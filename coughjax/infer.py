@@ -92,8 +92,8 @@ def store_recording_keys(store) -> np.ndarray:
     raise ValueError(
         f"{getattr(store.frames, 'filename', 'store')}: its stored key of "
         f"{store.records[0].path} ({keys[0].tolist()}) is not its recording_key "
-        f"({key(0).tolist()}); the pack is from another version: delete it "
-        "(python -m coughjax.cache prune --all) to rebuild")
+        f"({key(0).tolist()}); the pack is from another version: delete it (that "
+        "file and its .index.npz) to rebuild it")
   return keys
 
 

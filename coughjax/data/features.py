@@ -109,7 +109,7 @@ def _atomic_write(path: pathlib.Path, write) -> None:
     raise
 
 
-def hold_shared_lock(path: pathlib.Path):
+def _hold_shared_lock(path: pathlib.Path):
   """An open file holding a shared `flock` on `path` (created if missing), which
   lasts until the file is closed; if `path` was deleted while this waited for the
   lock (a prune), the lock is taken on the file that replaces it."""
@@ -177,7 +177,7 @@ class FeatureCache:
     if self._lock is not None:
       return
     try:
-      self._lock = hold_shared_lock(self._dir / LOCK_FILE)
+      self._lock = _hold_shared_lock(self._dir / LOCK_FILE)
       os.utime(self._dir / LOCK_FILE)
       if not (self._dir / PARAMS_FILE).exists():
         text = json.dumps({"version": FEATURE_VERSION,
