@@ -203,7 +203,7 @@ def _pack(folder: pathlib.Path, key: str, now: float) -> Entry:
   expected = meta.get("frames", 0) * meta.get("mel", 0) * packed.DTYPE.itemsize
   if meta.get("version") != packed.PACK_VERSION:
     orphan = f"pack format {meta.get('version')}, not {packed.PACK_VERSION}"
-  elif data.stat().st_size != expected:
+  elif "mel" in meta and data.stat().st_size != expected:
     orphan = f"data of {data.stat().st_size} bytes, its index says {expected}"
   else:
     orphan = ""
