@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import tqdm
 
 from coughjax import cli
 from coughjax import infer
@@ -162,6 +163,30 @@ class Encoder:
     out = inputs.run(self._fn, clips)
     return self._collect(out, clips.recording, clips.clip, names, [])
 
+  def embed_store(self, store, *, progress: bool = False) -> Embeddings:
+    """Embeddings of every recording of a `pipeline.ClipStore` (e.g. a view of a
+    corpus's pack), `inputs.MAX_BATCH` clips read at a time: memory holds one batch
+    of clips, never the corpus's features. Batches and outputs are those of
+    `embed_features` on the same recordings' features."""
+    if (store.clip_frames, store.frames.shape[1]) != (self.spec.clip_frames,
+                                                      self.spec.features.nfilt):
+      raise ValueError(f"store of {store.clip_frames}-frame clips of "
+                       f"{store.frames.shape[1]} bands; {self} takes "
+                       f"{self.spec.clip_frames} x {self.spec.features.nfilt}")
+    hop = self.spec.hop
+    starts, rec = store.clip_starts(hop)
+    clip = (starts - store.offsets[rec]) // hop
+    keys = (infer.store_recording_keys(store) if self.masked
+            else np.zeros((len(store), 2), np.uint32))  # unused when unmasked
+    out = []
+    for begin in tqdm.trange(0, len(starts), inputs.MAX_BATCH, desc="embedding",
+                             unit="batch", disable=not progress, mininterval=1.0):
+      rows = slice(begin, begin + inputs.MAX_BATCH)
+      out.append(inputs.run(self._fn, inputs.Clips(
+          store.gather(starts[rows]), rec[rows], clip[rows], keys[rec[rows]])))
+    return self._collect(np.concatenate(out), rec, clip,
+                         [r.path for r in store.records], [])
+
   def embed_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
                   ) -> Embeddings:
     """Embeddings of audio files; a file that cannot be used is listed in `errors`
@@ -254,19 +279,22 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
 def embed_records(encoder: Encoder, records: Sequence[Recording], *, name: str = "data",
                   workers: int = 0, progress: bool = True
                   ) -> tuple[list[Recording], Embeddings]:
-  """Embeddings of a manifest's recordings, their features from the feature cache
-  (computed with the encoder's feature parameters). Returns the recordings that
-  could be embedded and their embeddings; skipped ones are in `errors`."""
+  """Embeddings of a manifest's recordings, streamed from the corpus's pack
+  (`coughjax.data.packed`: features computed into the feature cache with the
+  encoder's feature parameters where missing, packed once per corpus), so memory
+  does not grow with the corpus's features. Returns the recordings that could be
+  embedded and their embeddings; skipped ones are in `errors`."""
   from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
-  cache = features_lib.FeatureCache(encoder.spec.features)
-  kept, feats, skipped = cache.load(records, name=name, workers=workers, progress=progress)
-  if not kept:
-    raise ValueError(f"{name}: none of {len(records)} recordings could be used "
-                     f"(first: {skipped[0].record.path}: {skipped[0].reason})"
-                     if skipped else f"{name}: no recordings")
-  out = encoder.embed_features(feats, [r.path for r in kept])
-  out.errors = [(s.record.path, s.reason) for s in skipped]
-  return kept, out
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  if not records:
+    raise ValueError(f"{name}: no recordings")
+  corpus = packed.from_cache(features_lib.FeatureCache(encoder.spec.features), records,
+                             encoder.spec.clip_frames, name=name, workers=workers,
+                             progress=progress)
+  store = corpus.store()
+  out = encoder.embed_store(store, progress=progress)
+  out.errors = [(s.record.path, s.reason) for s in corpus.skipped]
+  return store.records, out
 
 
 def define_flags() -> None:

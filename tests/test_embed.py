@@ -280,6 +280,32 @@ def test_probe_on_real_coswara_sex(runs, coswara_ci):
       r["test"] for r in results[str(runs["pretrain"])]]
 
 
+def test_embed_records_streams_from_one_pack(monkeypatch):
+  """A corpus is embedded from its pack a batch of clips at a time, giving what
+  embedding its features in memory gives (masked: keys from the pack's digests)."""
+  from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(inputs, "MAX_BATCH", 4)  # several batches of a small corpus
+  records = synthetic.manifest(5, sounds=("cough-heavy", "cough-shallow"))
+  gathered = []
+  real_gather = pipeline.ClipStore.gather
+  monkeypatch.setattr(pipeline.ClipStore, "gather",
+                      lambda self, s: gathered.append(len(s)) or real_gather(self, s))
+  for mask in (True, False):
+    gathered.clear()
+    encoder = coughjax.load_encoder("transformer_m50_real", mask=mask)
+    kept, out = embed.embed_records(encoder, records, progress=False)
+    assert len(gathered) >= 3 and max(gathered) <= 4
+    cached, feats, _ = features_lib.FeatureCache(encoder.spec.features).load(
+        records, progress=False)
+    ref = encoder.embed_features(feats, [r.path for r in cached])
+    assert kept == cached and out.names == ref.names and not out.errors
+    for field in ("recordings", "clips", "clip_recording", "clip_index"):
+      np.testing.assert_array_equal(getattr(out, field), getattr(ref, field), field)
+  assert len(list(packed.directory().glob("*.f32"))) == 1
+
+
 def test_embed_cli_embeds_a_data_source_with_labels(runs, tmp_path):
   out = tmp_path / "src.npz"
   _cli("coughjax.embed", f"--encoder={runs['pretrain']}", f"--output={out}",

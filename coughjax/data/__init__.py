@@ -111,12 +111,13 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
   """`config.data` -> participant split -> cached features -> {split: ClipStore}.
 
   With `labelled`, recordings without a label are dropped first (downstream tasks).
-  The stores' features are memory maps of packs on disk (`coughjax.data.packed`),
-  written once per corpus, so memory does not grow with the corpus.
+  The stores are views of one memory-mapped pack of the corpus's features on disk
+  (`coughjax.data.packed`), written once per corpus (not per split or split seed),
+  so memory does not grow with the corpus.
   """
   # Imported here: the feature code pulls in the audio stack, which a caller that
   # only needs manifests should not pay for.
-  from coughjax.data import features, packed, pipeline, splits  # pylint: disable=g-import-not-at-top
+  from coughjax.data import features, packed, splits  # pylint: disable=g-import-not-at-top
   params = features.FeatureParams.from_config(config.features)
   clip_frames = config.features.clip_frames
   prebuilt = None
@@ -137,14 +138,8 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
   logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
   parts = splits.split(records, config.data.split, config.data.split_seed)
   if prebuilt is not None:
-    return tfds_source.stores_for(prebuilt, parts, needed, clip_frames)
-  cache = features.FeatureCache(params)
-  stores = {}
-  for name in needed:
-    found = packed.from_cache(cache, parts[name], clip_frames,
-                              name=f"{config.data.name}/{name}",
-                              workers=config.data.workers)
-    stores[name] = pipeline.ClipStore.from_frames(
-        [parts[name][i] for i in found.kept], found.frames, found.offsets,
-        found.lengths, clip_frames)
-  return stores
+    return tfds_source.stores_for(prebuilt, parts, needed)
+  # One pack for the whole corpus, whatever the split: each split's store is a view.
+  corpus = packed.from_cache(features.FeatureCache(params), records, clip_frames,
+                             name=config.data.name, workers=config.data.workers)
+  return {name: corpus.store(parts[name]) for name in needed}

@@ -9,7 +9,15 @@ remembered too, so they are reported on every run without being decoded again.
 Layout: `$COUGHJAX_CACHE` (default `~/.cache/coughjax`)
   features/<params key>/<ab>/<content key>.npy    [T, nfilt] float32
   features/<params key>/<ab>/<content key>.err    why the recording was skipped
+  features/<params key>/params.json               the feature parameters
+  features/<params key>/.lock                     in use (see below); mtime: last use
   hashes/<ab>/<path key>.json                     size, mtime and sha256 of a file
+  packed/                                         packs of corpora (`packed`)
+
+A `FeatureCache` that has resolved recordings holds a shared `flock` on its feature
+set's `.lock` for as long as it lives, so that `python -m coughjax.cache prune`
+(which deletes only under an exclusive lock it gets without waiting) never removes
+features that a run is computing or reading.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -35,6 +44,8 @@ from coughjax.data import synthetic
 from coughjax.data.manifest import Recording
 
 FEATURE_VERSION = 1  # bump when the feature code changes meaning
+PARAMS_FILE = "params.json"
+LOCK_FILE = ".lock"
 _MIN_PER_WORKER = 64  # fewer recordings than this per extra process: not worth a spawn
 
 
@@ -98,6 +109,22 @@ def _atomic_write(path: pathlib.Path, write) -> None:
     raise
 
 
+def _hold_shared_lock(path: pathlib.Path):
+  """An open file holding a shared `flock` on `path` (created if missing), which
+  lasts until the file is closed; if `path` was deleted while this waited for the
+  lock (a prune), the lock is taken on the file that replaces it."""
+  while True:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "ab")  # pylint: disable=consider-using-with
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    try:
+      if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+        return f
+    except FileNotFoundError:
+      pass
+    f.close()
+
+
 def _skip_kind(reason: str) -> str:
   """A short category for the summary line, from an AudioError reason."""
   for kind in ("not found", "cannot decode", "no audio samples", "NaN/inf", "silent",
@@ -142,6 +169,23 @@ class FeatureCache:
     self.params = params
     self.root = pathlib.Path(root) if root else cache_root()
     self._dir = self.root / "features" / params.key()
+    self._lock = None
+
+  def _claim(self) -> None:
+    """Marks this feature set in use (and used now) while this object lives, and
+    describes it for `coughjax.cache list`."""
+    if self._lock is not None:
+      return
+    try:
+      self._lock = _hold_shared_lock(self._dir / LOCK_FILE)
+      os.utime(self._dir / LOCK_FILE)
+      if not (self._dir / PARAMS_FILE).exists():
+        text = json.dumps({"version": FEATURE_VERSION,
+                           "params": dataclasses.asdict(self.params)})
+        _atomic_write(self._dir / PARAMS_FILE, lambda f: f.write(text.encode()))
+    except OSError as e:  # a read-only cache: usable if it holds every feature
+      logging.info("%s: not marked in use (%s)", self._dir, e)
+      self._lock = False
 
   def content_key(self, record: Recording) -> str:
     if record.path.startswith(synthetic.SCHEME):
@@ -192,6 +236,7 @@ class FeatureCache:
     indices of the usable recordings, the `.npy` file of each (a [T, nfilt] float32
     array, which `np.load(path, mmap_mode="r")` opens without reading it), and the
     skipped recordings; logs the skips."""
+    self._claim()
     found = [self._lookup(r) for r in records]
     todo = [i for i, (f, reason, _) in enumerate(found) if f is None and reason is None]
     if todo:
