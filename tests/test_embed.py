@@ -1,6 +1,7 @@
 """Embeddings (API and CLI), shipped encoders, the linear probe, jax.export artifacts,
 and quiet command-line logs — on a runlocal pre-training and a runlocal `ensemble`."""
 
+import functools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from coughjax import encoders
 from coughjax import export
 from coughjax import infer
 from coughjax import inputs
+from coughjax import models
 from coughjax import predict
 from coughjax import probe
 from coughjax.data import synthetic
@@ -483,3 +485,22 @@ def test_onnx_export_refuses_random_bits(runs):
     export.export_encoder(runs["pretrain"], "unused", platforms=["cpu"], format="onnx")
   with pytest.raises(ValueError, match="unknown export format 'tflite'"):
     export.export_encoder(runs["pretrain"], "unused", format="tflite")
+
+
+def test_onnx_converts_the_gru(tmp_path):
+  """The GRU's scan (and its custom VJP, unused at inference) converts; with a fixed
+  even batch its CPU setting advances two streams per step, which converts too."""
+  pytest.importorskip("jax2onnx")
+  gru = models.build_encoder({"name": "gru", "d_model": 16, "num_layers": 2})
+  params = gru.init(jax.random.key(0), _clips(1), train=False)["params"]
+  x = {"name": "x", "shape": ["b", 96, 64], "dtype": "float32", "doc": ""}
+  program = export._Program(  # pylint: disable=protected-access
+      functools.partial(infer.embeddings, gru, params), [x],
+      {"kind": "encoder", "source": "tiny gru", "output": {"name": "h", "shape": ["b", 16]}})
+  live = np.asarray(infer.embeddings(gru, params, _clips(4)))
+  for batch in (None, 4):
+    folder = export._export(program, tmp_path / str(batch), batch, None, "onnx")  # pylint: disable=protected-access
+    session = _onnx_session(folder)
+    for rows in ((slice(0, 1), slice(None)) if batch is None else (slice(None),)):
+      got = session.run(None, {"x": _clips(4)[rows]})[0]
+      np.testing.assert_allclose(got, live[rows], atol=1e-5, rtol=0)
