@@ -22,11 +22,11 @@ outputs, for ONNX Runtime (C++, Java, C#, JavaScript, mobile). Its metadata
 (`metadata_props`; in onnxruntime `session.get_modelmeta().custom_metadata_map`)
 holds, as JSON strings: "features" (sample rate, filterbank parameters with the FFT
 size resolved, clip length `clip_frames` and hop `eval_hop`), "inputs", "output",
-"kind", "source" and "coughjax_version" (and "mask_key", "masks_at_inference" for a
-classifier, "encoder" for an encoder). The README shows the numpy +
-python_speech_features lines that make the input from a waveform. After writing
-the file, the export runs it in onnxruntime on sample inputs and fails unless it
-gives the JAX function's outputs (`ONNX_TOLERANCE`).
+"kind", "source" and "coughjax_version" (and "masks_at_inference" for a classifier,
+"encoder" for an encoder). The README shows the numpy + python_speech_features lines
+that make the input from a waveform. Before writing the file, the export runs it in
+onnxruntime on sample inputs and raises `ExportError` unless it gives the JAX
+function's outputs (to `ONNX_TOLERANCE`).
 
 Inputs: x [b, clip_frames, nfilt] float32 log-mel clips; the batch b is symbolic (any
 size) unless `batch` fixes it.
@@ -34,10 +34,11 @@ size) unless `batch` fixes it.
 DS masks: a classifier is exported on its keyed path, `coughjax.infer.probabilities`,
 with two more inputs per row: rec_keys [b, 2] uint32, the `infer.recording_key`
 of the clip's recording (64 bits of BLAKE2b over its features' shape and
-little-endian float32 bytes; the "mask_key" doc says how), and clip_index [b]
+little-endian float32 bytes; its entry in "inputs" says how), and clip_index [b]
 int32, the clip's index in its recording. So an ensemble with DS masking (e.g.
-`ensemble`, 50 %) reproduces the live model's outputs; a model without inference
-masking ignores the two inputs. An encoder is exported on its deterministic path
+`ensemble`, 50 %) reproduces the live model's outputs (in ONNX, once its masks are
+drawn without `jax.random`: see below); a model without inference masking ignores
+the two inputs. An encoder is exported on its deterministic path
 (no mask: `coughjax.embed`'s default) and takes x alone.
 
 Platforms: model settings of "auto" (`coughjax.models.platform`: attention kernel,
@@ -127,8 +128,8 @@ def features_meta(spec: inputs.ClipSpec) -> dict[str, Any]:
   return {**spec.to_dict(), "nfft": nfft}
 
 
-def _x_input(spec: inputs.ClipSpec, batch) -> dict[str, Any]:
-  return {"name": "x", "shape": [batch, spec.clip_frames, spec.features.nfilt],
+def _x_input(spec: inputs.ClipSpec) -> dict[str, Any]:
+  return {"name": "x", "shape": ["b", spec.clip_frames, spec.features.nfilt],
           "dtype": "float32", "doc": "log-mel clips"}
 
 
@@ -139,7 +140,7 @@ def _classifier_program(workdir: str | os.PathLike) -> _Program:
   # symbolic batch is not possible and the consumer picks its batch size anyway).
   fn = functools.partial(infer.probabilities, clf.model, clf.params, chunk_size=0)
   program_inputs = [
-      _x_input(clf.spec, "b"),
+      _x_input(clf.spec),
       {"name": "rec_keys", "shape": ["b", 2], "dtype": "uint32", "doc": MASK_KEY_DOC},
       {"name": "clip_index", "shape": ["b"], "dtype": "int32",
        "doc": "clip index within its recording (clips every eval_hop frames)"}]
@@ -147,7 +148,7 @@ def _classifier_program(workdir: str | os.PathLike) -> _Program:
           "output": {"name": "p", "shape": ["b"], "dtype": "float32",
                      "doc": "P(positive) per clip; a recording's score is the mean over "
                             "its clips"},
-          "features": features_meta(clf.spec), "mask_key": MASK_KEY_DOC,
+          "features": features_meta(clf.spec),
           "masks_at_inference": [infer.inference_mask_rate(e) for e in clf.model.encoders]}
   return _Program(fn, program_inputs, meta)
 
@@ -161,7 +162,7 @@ def _encoder_program(source: str | os.PathLike, branch: int) -> _Program:
                      "doc": "encoder output h per clip (before any head); a recording's "
                             "embedding is the mean over its clips"},
           "features": features_meta(encoder.spec), "encoder": encoder.config}
-  return _Program(fn, [_x_input(encoder.spec, "b")], meta)
+  return _Program(fn, [_x_input(encoder.spec)], meta)
 
 
 def _traced_for(fn: Callable, platform: str) -> Callable:
@@ -198,8 +199,12 @@ def _batch_dim(batch: Optional[int]):
   return int(batch)
 
 
-def _with_batch(shape: list, batch) -> list:
-  return [batch if d == "b" else d for d in shape]
+def _meta(program: _Program, batch, /, **extra) -> dict[str, Any]:
+  """What an exported file says of itself: `program.meta` with the inputs and output
+  at `batch` ("b" if symbolic), the coughjax version and `extra`."""
+  at = lambda io: dict(io, shape=[batch if d == "b" else d for d in io["shape"]])
+  return {**program.meta, "inputs": [at(i) for i in program.inputs],
+          "output": at(program.meta["output"]), "coughjax_version": __version__, **extra}
 
 
 def _export_jax(program: _Program, path: pathlib.Path, batch: Optional[int],
@@ -209,12 +214,8 @@ def _export_jax(program: _Program, path: pathlib.Path, batch: Optional[int],
   targets = list(platforms) if platforms else [jax.default_backend()]
   fn = jax.jit(for_platforms(program.fn, targets))
   exported = jax.export.export(fn, platforms=platforms)(*program.specs(dim))
-  meta = {**program.meta,
-          "inputs": [dict(i, shape=_with_batch(i["shape"], b)) for i in program.inputs],
-          "output": dict(program.meta["output"], shape=_with_batch(
-              program.meta["output"]["shape"], b)),
-          "platforms": list(exported.platforms), "jax_version": jax.__version__,
-          "coughjax_version": __version__, "program": PROGRAM}
+  meta = _meta(program, b, platforms=list(exported.platforms), jax_version=jax.__version__,
+               program=PROGRAM)
   path.mkdir(parents=True, exist_ok=True)
   (path / PROGRAM).write_bytes(exported.serialize())
   (path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
@@ -292,20 +293,15 @@ def _export_onnx(program: _Program, path: pathlib.Path, batch: Optional[int]
   b = _batch_dim(batch)
   fn = for_platforms(program.fn, [ONNX_PLATFORM])
   _check_convertible(fn, program, converter)
-  output = program.meta["output"]
   try:
     model = jax2onnx.to_onnx(fn, program.specs(b), model_name=f"coughjax_{program.meta['kind']}",
                              input_names=[i["name"] for i in program.inputs],
-                             output_names=[output["name"]])
+                             output_names=[program.meta["output"]["name"]])
   except Exception as e:  # a primitive the converter cannot lower: say whose, and what
     raise ExportError(f"{program.meta['source']}: {converter} cannot convert this "
                       f"{program.meta['kind']} to ONNX: {type(e).__name__}: {e}. "
                       "--format=jax exports it.") from e
-  meta = {**program.meta,
-          "inputs": [dict(i, shape=_with_batch(i["shape"], b)) for i in program.inputs],
-          "output": dict(output, shape=_with_batch(output["shape"], b)),
-          "coughjax_version": __version__, "converter": converter,
-          "auto_settings_for": ONNX_PLATFORM}
+  meta = _meta(program, b, converter=converter, auto_settings_for=ONNX_PLATFORM)
   onnx.helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v)
                                       for k, v in meta.items()})
   model.doc_string = f"coughjax {program.meta['kind']} from {program.meta['source']}"
