@@ -45,7 +45,8 @@ def resolve_chunk_size(value: int | str, platform: Optional[str] = None, *,
       (default `CPU_CHUNK_SIZE`): the whole batch if any of them asks for it (0:
       the GRU, whose recurrence is bound by per-step overhead, and VGGish, whose
       convolutions differentiate ~15x slower inside `lax.map`), else the smallest.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
     encoders: the model's encoder modules.
   """
   size = platform_lib.resolve(value, cpu=_cpu_train_chunk(encoders), accelerator=0,
@@ -68,7 +69,8 @@ def inference_chunk_size(value: int | str, encoders: Sequence[Any] = (),
       class attribute: the GRU's recurrence prefers 256-clip chunks), else
       `CPU_CHUNK_SIZE`.
     encoders: the model's encoder modules.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
   """
   cpu = min((getattr(e, "CPU_INFERENCE_CHUNK", CPU_CHUNK_SIZE) for e in encoders),
             default=CPU_CHUNK_SIZE)
@@ -93,7 +95,8 @@ def resolve_remat(value: bool | str, platform: Optional[str] = None, *,
       (GPU/TPU). A config that pins a chunk size on an accelerator to bound memory
       should also pin remat=True: without it the backward pass keeps every chunk's
       activations.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
     encoders: the model's encoder modules.
   """
   remat = platform_lib.resolve(value, cpu=_cpu_train_chunk(encoders) > 0, accelerator=False,

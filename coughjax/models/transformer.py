@@ -21,8 +21,9 @@ attention output and in the MLP only (it changes no parameter).
 
 Kernels per platform, chosen at trace time (see `coughjax.models.platform`):
 `attention_impl` "auto" is "einsum" on CPU (`cpu_kernels.attend`, measured faster
-there) and "dot_product" on GPU/TPU (`jax.nn.dot_product_attention`, where XLA or
-cuDNN picks a fused kernel); `dropout_impl` "auto" is "hash" on CPU
+there) and "dot_product" on GPU/TPU (`jax.nn.dot_product_attention` with
+`implementation=None`, which JAX 0.10 runs as its XLA implementation: XLA fuses it as
+it can, and no cuDNN kernel is picked); `dropout_impl` "auto" is "hash" on CPU
 (`cpu_kernels.inverted_dropout`: threefry is slow on XLA:CPU) and "flax"
 (`flax.linen.Dropout`, threefry/`jax.random.bernoulli`) elsewhere. Either choice
 computes the same function with the same parameters; a config pins one with
@@ -89,7 +90,8 @@ def resolve_attention_impl(value: str, platform: Optional[str] = None) -> str:
 
   Args:
     value: "auto", "einsum" or "dot_product".
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
   """
   return _resolve_impl("attention_impl", value, ATTENTION_IMPLS, cpu="einsum",
                        accelerator="dot_product", platform=platform)
@@ -100,7 +102,8 @@ def resolve_dropout_impl(value: str, platform: Optional[str] = None) -> str:
 
   Args:
     value: "auto", "hash" or "flax".
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
   """
   return _resolve_impl("dropout_impl", value, DROPOUT_IMPLS, cpu="hash",
                        accelerator="flax", platform=platform)
@@ -141,8 +144,8 @@ class SelfAttention(nn.Module):
       out = cpu_kernels.attend(q, k, v, bias)  # [B, T, H, Dh]
     else:
       q, k, v = (qkv[:, :, i] for i in range(3))  # [B, T, H, Dh]
-      # implementation=None lets jax pick (XLA today; cuDNN's fused kernel where
-      # jax routes to it); its softmax also runs in float32.
+      # implementation=None: JAX 0.10 takes its XLA implementation (cuDNN only when
+      # asked for by name); its softmax also runs in float32.
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
     return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(batch, time, d))
 
@@ -200,7 +203,8 @@ class Transformer(nn.Module):
     pooling: "mean" over time (default), "first" step or "max" over time.
     attention_impl: "einsum" (`cpu_kernels.attend`), "dot_product"
       (`jax.nn.dot_product_attention`) or "auto": einsum on CPU, dot_product on
-      GPU/TPU (resolved at trace time from `jax.default_backend()`).
+      GPU/TPU (resolved at trace time for `models.platform.backend()`, the platform
+      being compiled for).
     dropout_impl: "hash" (`cpu_kernels.inverted_dropout`), "flax"
       (`flax.linen.Dropout`) or "auto": hash on CPU, flax on GPU/TPU.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
