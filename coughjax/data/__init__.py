@@ -135,7 +135,7 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
       raise ValueError(f"{config.data.name}: no labelled recordings "
                        f"(data.label={config.data.label!r})")
   logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
-  parts = splits.split(records, config.data.split, config.data.split_seed)
+  parts = splits.from_config(records, config.data, require_all=labelled)
   if prebuilt is not None:
     return tfds_source.stores_for(prebuilt, parts, needed, clip_frames)
   cache = features.FeatureCache(params)
