@@ -127,7 +127,7 @@ def delong_paired(y, s_a, s_b) -> tuple[float, float]:
   """(AUC_a - AUC_b, its DeLong variance) for two scorings of the same items:
   var_a + var_b - 2 cov_ab."""
   y = _labels(y)
-  s = _scores(np.stack([np.asarray(s_a), np.asarray(s_b)]), len(y), "s_a and s_b")
+  s = np.stack([_scores(s_a, len(y), "s_a"), _scores(s_b, len(y), "s_b")])
   if s.ndim != 2:
     raise ValueError(f"s_a and s_b must be 1-D [n], got shape {s.shape[1:]}")
   aucs, cov = _delong_cov(y, s)
@@ -198,15 +198,16 @@ def combine(estimates, variances, *, null: float = 0.0, level: float = 0.95,
   return _normal(float(est.mean()), float(var.mean()), null, level, bounds)
 
 
-def _weighted_auc(order: np.ndarray, starts: np.ndarray, y_sorted: np.ndarray,
-                  w: np.ndarray) -> np.ndarray:
-  """AUC under item multiplicities w [B, n] (bootstrap counts), for one scorer whose
-  items sorted by score are `order`, tie runs beginning at `starts`: [B]."""
-  w = w[:, order]
-  pos = np.add.reduceat(w * y_sorted, starts, axis=1)     # [B, tie runs]
-  neg = np.add.reduceat(w * ~y_sorted, starts, axis=1)
-  below = np.cumsum(neg, axis=1) - neg                    # negatives strictly lower
-  return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+def _weighted_auc(wp: np.ndarray, wn: np.ndarray, neg_order: np.ndarray,
+                  below: np.ndarray, at_or_below: np.ndarray) -> np.ndarray:
+  """AUCs [B] under item multiplicities (bootstrap counts) wp [m, B] of the positives
+  and wn [n0, B] of the negatives, for a scorer whose negatives sorted by score are
+  `neg_order` and whose i-th positive outscores the first below[i] of them and ties
+  the next at_or_below[i] - below[i]."""
+  cum = np.zeros((len(neg_order) + 1, wn.shape[1]))
+  np.cumsum(wn[neg_order], axis=0, out=cum[1:])     # cum[j]: weight of the j lowest
+  beaten = cum[below] + cum[at_or_below]             # twice (below + ties / 2): [m, B]
+  return np.einsum("mb,mb->b", wp, beaten) / (2 * wp.sum(axis=0) * cum[-1])
 
 
 def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
@@ -238,8 +239,9 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
   y = _labels(y)
   n = len(y)
   a = np.atleast_2d(_scores(scores_a, n, "scores_a"))
-  signs = [1.0]
-  runs = [a]
+  if a.ndim != 2:
+    raise ValueError(f"scores must be [R, n] or [n], got shape {a.shape}")
+  signs, runs = [1.0], [a]
   if scores_b is not None:
     b = np.atleast_2d(_scores(scores_b, n, "scores_b"))
     if b.shape != a.shape:
@@ -247,8 +249,6 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
                        f"{b.shape}")
     signs.append(-1.0)
     runs.append(b)
-  if a.ndim != 2:
-    raise ValueError(f"scores must be [R, n] or [n], got shape {a.shape}")
   if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
     raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
   _check_classes(y, 1)
@@ -260,26 +260,33 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
     cells.setdefault(key, []).append(i)
   cells = [np.asarray(c) for c in cells.values()]
 
-  # Per (scorer, repeat): sort order and tie runs, reused by every replicate.
-  sorted_runs = []
+  # Per (scorer, repeat): where each positive falls among the sorted negatives,
+  # reused by every replicate.
+  pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+  placements = []
   for sign, s in zip(signs, runs):
     for row in s:
-      order = np.argsort(row, kind="stable")
-      starts = np.flatnonzero(np.r_[True, np.diff(row[order]) != 0])
-      sorted_runs.append((sign / len(s), order, starts, y[order]))
+      neg_order = np.argsort(row[neg], kind="stable")
+      neg_sorted = row[neg][neg_order]
+      placements.append((sign / len(s), neg_order,
+                         np.searchsorted(neg_sorted, row[pos], side="left"),
+                         np.searchsorted(neg_sorted, row[pos], side="right")))
 
-  def statistic(w: np.ndarray) -> np.ndarray:
-    return sum(c * _weighted_auc(o, st, ys, w) for c, o, st, ys in sorted_runs)
+  def statistic(w: np.ndarray) -> np.ndarray:   # w: [n, B] counts -> [B]
+    wp, wn = w[pos], w[neg]
+    return sum(c * _weighted_auc(wp, wn, *p) for c, *p in placements)
 
-  observed = float(statistic(np.ones((1, n)))[0])
+  observed = float(statistic(np.ones((n, 1)))[0])
   rng = np.random.default_rng(seed)
-  chunk = max(1, min(n_boot, 2**22 // max(n, 1)))   # replicates per chunk: bounds memory
+  chunk = max(1, min(n_boot, 2**22 // n))   # replicates per chunk: bounds memory
   reps = []
   for start in range(0, n_boot, chunk):
     size = min(chunk, n_boot - start)
-    w = np.zeros((size, n))
-    for c in cells:
-      w[:, c] = rng.multinomial(len(c), np.full(len(c), 1.0 / len(c)), size=size)
+    w = np.empty((n, size))
+    for c in cells:   # len(c) draws from each cell, as counts per item and replicate
+      k = len(c)
+      drawn = rng.integers(0, k, size=(size, k)) + k * np.arange(size)[:, None]
+      w[c] = np.bincount(drawn.ravel(), minlength=size * k).reshape(size, k).T
     reps.append(statistic(w))
   reps = np.concatenate(reps)
   return _normal(observed, float(np.var(reps, ddof=1)), null, level)
