@@ -95,6 +95,8 @@ def test_assign_errors():
     folds.assign(groups, strata[:2], k=2, repeats=1, seed=0)
   with pytest.raises(ValueError, match="must be strings"):
     folds.assign([1, 2, 3], strata, k=2, repeats=1, seed=0)
+  with pytest.raises(ValueError, match="not hashable"):
+    folds.assign(groups, [["a", 0], ["b", 1], ["a", 0]], k=2, repeats=1, seed=0)
   with pytest.raises(ValueError, match="repeats"):
     folds.assign(groups, strata, k=2, repeats=0, seed=0)
   with pytest.raises(ValueError, match="seed"):

@@ -115,6 +115,10 @@ def test_bad_input_is_an_error():
     stats.auc([0, 1, 1], [0.1, np.nan, 0.3])
   with pytest.raises(ValueError, match="one value per item"):
     stats.auc([0, 1, 1], [0.1, 0.3])
+  with pytest.raises(ValueError, match=r"s_b must be \[n\]"):
+    stats.delong_paired([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2])
+  with pytest.raises(ValueError, match=r"must be \[n\] with"):
+    stats.threshold_metrics([0, 1], [[0.1, 0.3]])
   with pytest.raises(ValueError, match="0 negative"):
     stats.auc([1, 1], [0.1, 0.3])
   with pytest.raises(ValueError, match="at least 2"):

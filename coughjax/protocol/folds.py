@@ -35,8 +35,11 @@ def _group_table(groups: Sequence[str], strata: Sequence[Hashable]
   index = {g: i for i, g in enumerate(names)}
   group_of = np.fromiter((index[g] for g in groups), dtype=np.int64, count=len(groups))
   counts = [collections.Counter() for _ in names]
-  for g, s in zip(group_of, strata):
-    counts[g][s] += 1
+  for i, (g, s) in enumerate(zip(group_of, strata)):
+    try:
+      counts[g][s] += 1
+    except TypeError as e:
+      raise ValueError(f"strata[{i}] = {s!r} is not hashable; pass e.g. a tuple") from e
   # most_common orders equal counts by first occurrence.
   group_stratum = [c.most_common(1)[0][0] for c in counts]
   return group_of, names, group_stratum, np.bincount(group_of, minlength=len(names))
@@ -65,8 +68,9 @@ def assign(groups: Sequence[str], strata: Sequence[Hashable], *, k: int, repeats
   fewest of that stratum's items; ties go to the fold with the fewest items overall,
   then to a per-repeat random order of folds. So a fold's item count per stratum is
   within one group (largest group size) of the ideal 1/k share (within ±1 item when
-  groups are single items), fold sizes are balanced too, and every fold gets at least
-  one group. The result depends on the seed and on which items form which groups and
+  groups are single items), each stratum's leftovers go to the smallest folds (fold
+  sizes within one item of each other for single-item groups), and every fold gets at
+  least one group. The result depends on the seed and on which items form which groups and
   strata, not on the order of the items (except for majority ties).
 
   Args:

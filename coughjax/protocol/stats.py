@@ -57,14 +57,16 @@ def _labels(y) -> np.ndarray:
   return y
 
 
-def _scores(s, n: int, what: str = "scores") -> np.ndarray:
+def _scores(s, n: int, what: str = "scores", *, rows: bool = False) -> np.ndarray:
+  """s as float64 [n], or with rows [R, n] (from [n] or [R, n]); an error unless its
+  shape fits and every value is finite."""
   s = np.asarray(s, dtype=np.float64)
-  if s.shape[-1:] != (n,):
-    raise ValueError(f"{what} must have one value per item ({n}) in the last axis, got "
-                     f"shape {s.shape}")
+  if not (s.shape == (n,) or (rows and s.ndim == 2 and s.shape[1] == n)):
+    raise ValueError(f"{what} must be [n]{' or [R, n]' if rows else ''} with one value "
+                     f"per item (n = {n}), got shape {s.shape}")
   if not np.isfinite(s).all():
     raise ValueError(f"{what} hold {np.sum(~np.isfinite(s))} NaN/inf values")
-  return s
+  return np.atleast_2d(s) if rows else s
 
 
 def _check_classes(y: np.ndarray, at_least: int) -> None:
@@ -108,18 +110,13 @@ def auc(y, s) -> float:
   y = _labels(y)
   s = _scores(s, len(y))
   _check_classes(y, 1)
-  if s.ndim != 1:
-    raise ValueError(f"scores must be 1-D [n], got shape {s.shape}")
   return float(_placements(y, s[None])[0].mean())
 
 
 def delong(y, s) -> tuple[float, float]:
   """(AUC, DeLong variance of the AUC) for scores s [n]; needs >= 2 of each class."""
   y = _labels(y)
-  s = _scores(s, len(y))
-  if s.ndim != 1:
-    raise ValueError(f"scores must be 1-D [n], got shape {s.shape}")
-  aucs, cov = _delong_cov(y, s[None])
+  aucs, cov = _delong_cov(y, _scores(s, len(y))[None])
   return float(aucs[0]), float(cov[0, 0])
 
 
@@ -127,10 +124,8 @@ def delong_paired(y, s_a, s_b) -> tuple[float, float]:
   """(AUC_a - AUC_b, its DeLong variance) for two scorings of the same items:
   var_a + var_b - 2 cov_ab."""
   y = _labels(y)
-  s = np.stack([_scores(s_a, len(y), "s_a"), _scores(s_b, len(y), "s_b")])
-  if s.ndim != 2:
-    raise ValueError(f"s_a and s_b must be 1-D [n], got shape {s.shape[1:]}")
-  aucs, cov = _delong_cov(y, s)
+  aucs, cov = _delong_cov(y, np.stack([_scores(s_a, len(y), "s_a"),
+                                       _scores(s_b, len(y), "s_b")]))
   return float(aucs[0] - aucs[1]), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
 
 
@@ -238,12 +233,10 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
   """
   y = _labels(y)
   n = len(y)
-  a = np.atleast_2d(_scores(scores_a, n, "scores_a"))
-  if a.ndim != 2:
-    raise ValueError(f"scores must be [R, n] or [n], got shape {a.shape}")
+  a = _scores(scores_a, n, "scores_a", rows=True)
   signs, runs = [1.0], [a]
   if scores_b is not None:
-    b = np.atleast_2d(_scores(scores_b, n, "scores_b"))
+    b = _scores(scores_b, n, "scores_b", rows=True)
     if b.shape != a.shape:
       raise ValueError(f"scores_a and scores_b must have one shape, got {a.shape} and "
                        f"{b.shape}")
@@ -254,11 +247,10 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
   _check_classes(y, 1)
   if strata is not None and len(strata) != n:
     raise ValueError(f"strata must have one entry per item ({n}), got {len(strata)}")
-  keys = list(zip(strata if strata is not None else [None] * n, y.tolist()))
-  cells = {}
-  for i, key in enumerate(keys):
-    cells.setdefault(key, []).append(i)
-  cells = [np.asarray(c) for c in cells.values()]
+  by_cell = {}
+  for i, key in enumerate(zip(strata if strata is not None else [None] * n, y.tolist())):
+    by_cell.setdefault(key, []).append(i)
+  cells = [np.asarray(c) for c in by_cell.values()]
 
   # Per (scorer, repeat): where each positive falls among the sorted negatives,
   # reused by every replicate.
