@@ -1,7 +1,6 @@
-"""coughjax.protocol.stats against a slow pairwise DeLong, R's pROC and R's multtest."""
+"""coughjax.protocol.stats against a slow pairwise DeLong, a worked example and R's
+multtest."""
 
-import csv
-import pathlib
 
 import numpy as np
 import pytest
@@ -9,9 +8,6 @@ from scipy import stats as sps
 from sklearn import metrics as skm
 
 from coughjax.protocol import stats
-
-DATA = pathlib.Path(__file__).parent / "data"
-
 
 def slow_delong(y, scores):
   """AUCs [k] and DeLong covariance [k, k] straight from the definition (DeLong et
@@ -53,50 +49,24 @@ def test_delong_matches_pairwise_definition_with_ties(seed):
                              atol=1e-15)
 
 
-def _asah():
-  """pROC's aSAH data set (113 patients after aneurysmal subarachnoid haemorrhage;
-  Turck et al. 2010, Intensive Care Med 36:107-115), as shipped by pROC: outcome
-  "Poor" is the positive class."""
-  with open(DATA / "asah.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  y = np.array([r["outcome"] == "Poor" for r in rows])
-  return y, {k: np.array([float(r[k]) for r in rows]) for k in ("wfns", "s100b", "ndka")}
-
-
-def test_delong_matches_proc_on_asah():
-  """Expected values from pROC's own tests (xrobin/pROC tests/testthat: test-auc.R,
-  test-var.R, test-cov.R, test-ci.auc.R, test-roc.test.R), r.X = roc(outcome, X)."""
-  y, x = _asah()
-  assert len(y) == 113 and y.sum() == 41
-  assert stats.auc(y, x["wfns"]) == pytest.approx(0.823678861788618, rel=1e-12)
-  assert stats.auc(y, x["ndka"]) == pytest.approx(0.611957994579946, rel=1e-12)
-  var = {k: stats.delong(y, x[k])[1] for k in x}
-  assert var["wfns"] == pytest.approx(0.00146991470882363, rel=1e-10)
-  assert var["ndka"] == pytest.approx(0.0031908105493913, rel=1e-10)
-  assert var["s100b"] == pytest.approx(0.00266868245717244, rel=1e-10)
-  # cov(r.a, r.b) = (var_a + var_b - var(a - b)) / 2.
-  for a, b, expected in [("wfns", "ndka", -0.000532967856762438),
-                         ("ndka", "s100b", -0.000756164938056579),
-                         ("s100b", "wfns", 0.00119615567376754)]:
-    cov = (var[a] + var[b] - stats.delong_paired(y, x[a], x[b])[1]) / 2
-    assert cov == pytest.approx(expected, rel=1e-9)
-  # ci.auc(r.ndka): DeLong, on the AUC scale.
-  np.testing.assert_allclose(stats.auc_interval(y, x["ndka"]),
-                             [0.611957994579946, 0.501244999271703, 0.722670989888189],
-                             rtol=1e-10)
-  # roc.test(r.a, r.b): paired DeLong test, Z, two-sided p and 95 % CI of the difference.
-  for a, b, z, p, low, high in [
-      ("wfns", "s100b", 2.20898359144091, 0.0271757822291882, 0.0104061769564846,
-       0.174214419249478),
-      ("wfns", "ndka", 2.79777591868904, 0.00514557970691098, 0.0634011709339876,
-       0.3600405634833566),
-      ("ndka", "s100b", -1.39077002573558, 0.164295175223054, -0.2876917446341914,
-       0.0488706064228094)]:
-    e = stats.combine(*map(lambda v: [v], stats.delong_paired(y, x[a], x[b])))
-    np.testing.assert_allclose([e.z, e.p, e.low, e.high], [z, p, low, high], rtol=1e-9)
-  # roc.test(r.wfns, r.wfns): identical curves give Z = 0, p = 1.
-  e = stats.combine(*map(lambda v: [v], stats.delong_paired(y, x["wfns"], x["wfns"])))
-  assert (e.z, e.p) == (0.0, 1.0)
+def test_delong_worked_example():
+  """By hand, positives scored 0.9 and 0.4, negatives 0.5 and 0.1: of the 4 pairs the
+  positive wins 3, AUC = 3/4. DeLong's components: per positive, the share of
+  negatives below it, V10 = (1, 1/2); per negative, the share of positives above it,
+  V01 = (1/2, 1). Var = s10^2 / m + s01^2 / n with s^2 the sample variances
+  (ddof 1): (1/8) / 2 + (1/8) / 2 = 1/8. Against the tied copy s_b = (0.9, 0.5, 0.5,
+  0.1) (AUC 7/8: the tie counts 1/2; V10 = (1, 3/4), V01 = (3/4, 1)): cov = s(V10a,
+  V10b) / 2 + s(V01a, V01b) / 2 = (1/16) / 2 + (1/16) / 2 = 1/16, so var(a - b) =
+  1/8 + 1/32 - 2/16 = 1/32."""
+  y = np.array([1, 1, 0, 0])
+  a = np.array([0.9, 0.4, 0.5, 0.1])
+  b = np.array([0.9, 0.5, 0.5, 0.1])
+  assert stats.delong(y, a) == pytest.approx((3 / 4, 1 / 8), rel=1e-12)
+  assert stats.delong(y, b) == pytest.approx((7 / 8, 1 / 32), rel=1e-12)
+  assert stats.delong_paired(y, a, b) == pytest.approx((-1 / 8, 1 / 32), rel=1e-12)
+  # The interval is the normal one on the AUC scale: 0.75 -/+ 1.95996 * sqrt(1/8).
+  half = 1.959963984540054 * np.sqrt(1 / 8)
+  np.testing.assert_allclose(stats.auc_interval(y, a), (0.75, 0.75 - half, 1.0))
 
 
 def test_auc_interval_is_clipped_and_degenerate_cases():

@@ -30,6 +30,7 @@ from coughjax.protocol import stats
 from coughjax.protocol.runs import Scores
 
 ALPHA = 0.05
+THRESHOLD_METRICS = ("precision", "recall", "f1", "accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ def row_auc(scores: Scores, stratum: Optional[str] = None) -> stats.Estimate:
   if len(np.unique(y)) < 2:
     raise ValueError(f"AUC needs both labels; stratum {stratum!r} has {np.bincount(y)}")
   per = [stats.delong(y, s[keep]) for s in scores.scores]
-  return stats.combine([a for a, _ in per], [v for _, v in per], null=0.5)
+  return stats.combine([a for a, _ in per], [v for _, v in per], null=0.5, bounds=(0, 1))
 
 
 def _aligned(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,10 +118,10 @@ def threshold_cells(scores: Scores, threshold: float = 0.5) -> dict[str, str]:
   """Precision / recall / F1 / accuracy (%) of the out-of-fold scores at `threshold`,
   mean over repeats; "one class" where some repeat's scores predict a single class."""
   per = [stats.threshold_metrics(scores.labels, s, threshold) for s in scores.scores]
-  if any(m["degenerate"] for m in per):
-    return {k: "one class" for k in ("precision", "recall", "f1", "accuracy")}
-  return {k: f"{100 * np.mean([m[k] for m in per]):.1f}"
-          for k in ("precision", "recall", "f1", "accuracy")}
+  if any(m.degenerate for m in per):
+    return {k: "one class" for k in THRESHOLD_METRICS}
+  return {k: f"{100 * np.mean([getattr(m, k) for m in per]):.1f}"
+          for k in THRESHOLD_METRICS}
 
 
 def share_explained(confound: stats.Estimate, row: stats.Estimate) -> Optional[float]:
@@ -233,9 +234,14 @@ def comparison_lines(judged: Sequence[Judged], titles: dict[str, str]) -> list[s
   for j in judged:
     c = j.comparison
     lines.append(f"| {c.setting} | {titles.get(c.a, c.a)} | {titles.get(c.b, c.b)} | "
-                 f"{j.estimate.format(scale=100, signed=True)} | {_p(j.estimate.p)} | "
+                 f"{signed_cell(j.estimate)} | {_p(j.estimate.p)} | "
                  f"{_p(j.p_holm)} | **{j.verdict}** |")
   return lines
+
+
+def signed_cell(est: stats.Estimate) -> str:
+  """A difference in AUC points: "+4.2 [-1.0, +9.4]"."""
+  return f"{100 * est.mean:+.1f} [{100 * est.low:+.1f}, {100 * est.high:+.1f}]"
 
 
 def _p(p: float) -> str:

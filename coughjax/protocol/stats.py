@@ -10,8 +10,7 @@ operating characteristic curves: a nonparametric approach", Biometrics 44(3),
 837-845, computed with the O(n log n) midrank algorithm of Sun & Xu (2014), "Fast
 implementation of DeLong's algorithm for comparing the areas under correlated
 receiver operating characteristic curves", IEEE Signal Processing Letters 21(11),
-1389-1393. Variances match R's pROC (`var`, `cov`, `ci.auc`, `roc.test`), which uses
-the same estimator.
+1389-1393. This is the estimator of R's pROC (`var`, `cov`, `ci.auc`, `roc.test`).
 """
 
 from __future__ import annotations

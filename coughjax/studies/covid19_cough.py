@@ -326,7 +326,7 @@ def answer_lines(judged, results, titles) -> list[str]:
     for b in BASELINE_ROWS:
       j = verdict_of(setting, BEST, b)
       if j is not None:
-        parts.append(f"{titles[b].strip('*')}: {j.estimate.format(scale=100)} "
+        parts.append(f"{titles[b].strip('*')}: {rep.signed_cell(j.estimate)} "
                      f"→ {j.verdict}")
     out.append(f"- {setting}: the paper's best model scores {rep.auc_cell(best)}; "
                "its lead over " + "; ".join(parts) + ".")
