@@ -64,12 +64,15 @@ class Row:
     label: how the report names it ("" = the name).
     overrides: "key=value" for this row's downstream config.
     pretraining: for -CP branches: INDUCTIVE (per fold) or TRANSDUCTIVE (once).
+    pretrain_overrides: "key=value" for its -CP branches' pre-training (e.g. a
+      longer schedule); such pre-trainings get their own workdirs.
   """
   name: str
   variant: str
   label: str = ""
   overrides: tuple[str, ...] = ()
   pretraining: str = INDUCTIVE
+  pretrain_overrides: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.pretraining not in (INDUCTIVE, TRANSDUCTIVE):
@@ -192,14 +195,15 @@ def downstream_config(plan: Plan, setting: Setting, row: Row, repeat: int = 0,
 
 
 def pretrain_config(plan: Plan, variant: str, setting: Setting,
-                    fold: Optional[tuple[int, int]]) -> ml_collections.ConfigDict:
+                    fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
+                    ) -> ml_collections.ConfigDict:
   """`configs/pretrain.py:<variant>` on the study's pre-training data with the
-  setting's front end; without the test part of `fold` = (repeat, fold), or on
-  everything when `fold` is None (transductive)."""
+  setting's front end and `extra` overrides; without the test part of `fold` =
+  (repeat, fold), or on everything when `fold` is None (transductive)."""
   pretrain_cfgs, _ = config_modules()
   options = ",".join(o for o in (plan.pretrain_option, "runlocal" * plan.runlocal) if o)
   config = pretrain_cfgs.get_config(variant + ("," + options if options else ""))
-  apply_overrides(config, plan.pretrain_data + setting.front_end)
+  apply_overrides(config, plan.pretrain_data + setting.front_end + tuple(extra))
   if fold is not None:
     repeat, k = fold
     config.data.folds = str(plan.folds_path)
@@ -209,13 +213,15 @@ def pretrain_config(plan: Plan, variant: str, setting: Setting,
   return config
 
 
-def _front_end_name(setting: Setting) -> str:
-  return "-".join(o.split(".", 1)[1].replace("=", "_") for o in setting.front_end)
+def _tag(overrides: Sequence[str]) -> str:
+  """'features.normalise=gain' -> 'normalise_gain' (a folder name part)."""
+  return "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in overrides)
 
 
 def pretrain_workdir(plan: Plan, variant: str, setting: Setting,
-                     fold: Optional[tuple[int, int]]) -> pathlib.Path:
-  name = variant + (f"-{_front_end_name(setting)}" if setting.front_end else "")
+                     fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
+                     ) -> pathlib.Path:
+  name = "-".join([variant] + [_tag(o) for o in (setting.front_end, extra) if o])
   return (plan.workdir / "pretrain" / name
           / ("all" if fold is None else f"r{fold[0]}f{fold[1]}"))
 
@@ -289,11 +295,12 @@ def _check_same(folder: pathlib.Path, config) -> None:
 
 
 def ensure_pretrained(plan: Plan, variant: str, setting: Setting,
-                      fold: Optional[tuple[int, int]], runner: Callable) -> pathlib.Path:
+                      fold: Optional[tuple[int, int]], runner: Callable,
+                      extra: Sequence[str] = ()) -> pathlib.Path:
   """Runs (or resumes, or reuses) one pre-training; returns its workdir."""
-  workdir = pretrain_workdir(plan, variant, setting, fold)
+  workdir = pretrain_workdir(plan, variant, setting, fold, extra)
   if _done(workdir) is None:
-    config = pretrain_config(plan, variant, setting, fold)
+    config = pretrain_config(plan, variant, setting, fold, extra)
     _check_same(workdir, config)
     config.lock()
     logging.info("pre-training %s in %s", variant, workdir)
@@ -347,7 +354,8 @@ def run_unit(plan: Plan, setting: Setting, row: Row, repeat: int, fold: int,
     for branch in _cp_branches(config):
       if not branch.checkpoint:
         where = (repeat, fold) if row.pretraining == INDUCTIVE else None
-        pdir = ensure_pretrained(plan, branch.pretrain, setting, where, runner)
+        pdir = ensure_pretrained(plan, branch.pretrain, setting, where, runner,
+                                 row.pretrain_overrides)
         branch.checkpoint = str(pdir)
     _check_same(folder, config)
     config.lock()
