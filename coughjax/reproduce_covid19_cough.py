@@ -524,7 +524,8 @@ def format_report(opts: Options, results: dict[str, dict[str, Any]], counts: dic
       f"- Settings: {', '.join(opts.settings)} (within call centre / within Telegram: "
       "`data.source_filter`; pooled: both sources).",
       f"- Splits: train/val/test {'/'.join(f'{f:g}' for f in base.data.split)} of "
-      "recordings (each its own participant), stratified by label within source; run "
+      "recordings (each its own participant, but copies of one recording share one: "
+      "`data.dedup`), stratified by label within source; run "
       f"i of every row and baseline of a setting uses split seed {opts.split_seed} + i, "
       "so rows are compared seed by seed on the same splits.",
       f"- Seeds: {opts.seeds} per row (paper: 5). Downstream epochs: {opts.epochs} "

@@ -2,6 +2,9 @@
 
 import collections
 import json
+import re
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -173,3 +176,19 @@ def test_fingerprint_ignores_gain_and_keeps_the_telephone_band():
   np.testing.assert_allclose(dedup.fingerprint(logmel + 2.5)[0], fine, atol=1e-9)
   np.testing.assert_allclose(fine.mean(0), 0, atol=1e-9)
   np.testing.assert_allclose(fine.mean(1), 0, atol=1e-9)
+
+
+def test_benchmark_quick_finds_what_the_exhaustive_scoring_finds(covid19_cough):
+  """`benchmarks/dedup.py --quick`: every 16th recording of the release, 7 copies."""
+  proc = subprocess.run(
+      [sys.executable, str(conftest.REPO / "benchmarks" / "dedup.py"), "--quick",
+       f"--data={covid19_cough}"], cwd=conftest.REPO, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "same copies found: True" in out and "| unrelated, Telegram |" in out
+  assert out.count("| copy made here: ") == 7  # one row per kind of copy
+  lowest, highest = re.search(r"margin: lowest copy ([\d.]+) - highest unrelated "
+                              r"([\d.]+)", out).groups()
+  assert float(lowest) >= dedup.Params().threshold > float(highest)
+

@@ -7,7 +7,11 @@ can land in training and test. `apply` finds the groups of copies among a source
 recordings from their decoded audio and gives every group one participant id (that of
 its first recording in manifest order). Where participants are merged and their labels
 disagree, their recordings become unlabelled (label None; pre-training uses them,
-downstream tasks drop them). `get_manifest` applies it when `config.data.dedup` is on.
+downstream tasks drop them); an unlabelled recording counts as disagreeing, since
+covid19_cough leaves byte-identical files with conflicting labels unlabelled.
+`get_manifest` applies it when `config.data.dedup` is on, to the recordings the
+source returns (after its filters: a copy that `source_filter` or `verified_only`
+leaves out does not count).
 
 Method (`Params`; the measurements behind the numbers are `benchmarks/dedup.py`'s):
 
@@ -36,11 +40,12 @@ Recordings without features (too short, undecodable: the feature cache's skips) 
 not compared, and are counted in the log line. Recordings of different sources of a
 multi-source config are not compared with each other.
 
-On the covid19_cough release (December 2020; 1,054 decodable files, 360k comparable
-pairs) unrelated pairs score at most 0.52 (0.38 at the 99.9th percentile) and the
-copies found 0.74-0.98, confirmed as copies by their waveforms (correlation 0.96-1.0);
-re-encoded copies made from its recordings (resampled to 8-44.1 kHz, gain 0.5-1.3,
-trimmed up to 0.5 s, MP3/Vorbis/FLAC/WAV) score >= 0.93. `threshold` sits in the gap.
+On the covid19_cough release (`benchmarks/README.md`: its 970 recordings with features
+and 140 re-encoded copies of them, 299k comparable pairs) unrelated pairs score at most
+0.52 (0.34-0.41 at the 99.9th percentile); the 14 pairs of copies the release holds
+0.76-0.98 (their waveforms correlate 0.96-1.0: they are copies), and the copies made
+(resampled to 8-44.1 kHz, gain 0.5-1.3, trimmed by up to 0.5 s, MP3, Vorbis, FLAC or
+WAV) >= 0.95. `threshold` sits in the gap.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import logging
 import ducc0
@@ -207,7 +212,7 @@ def all_pairs(prints: Sequence[np.ndarray], max_lag: int, min_score: float
       count //= 2
     cols = order[first:start + count]
     score, lag = best_lag([prints[i] for i in rows], [prints[j] for j in cols], max_lag)
-    for r, c in zip(*np.nonzero(score >= min_score)):
+    for r, c in zip(*np.nonzero(np.isfinite(score) & (score >= min_score))):
       if first + c < start + r:  # each pair once: the column comes first in `order`
         i, j = int(rows[r]), int(cols[c])
         found.append((min(i, j), max(i, j), float(score[r, c]),
@@ -252,17 +257,18 @@ def find(records: Sequence[Recording], params: Params = Params(), *, name: str =
   """Groups of copies among `records` (cached; see the module docstring)."""
   cache = features.FeatureCache(FEATURES)
   digests = [cache.content_key(r) for r in records]
+  first = {}  # distinct contents -> index of its first recording
+  for i, d in enumerate(digests):
+    first.setdefault(d, i)
   key = params.key(digests)
   path = cache.root / "dedup" / key[:2] / f"{key}.json"
   try:
     saved = json.loads(path.read_text())
     logging.info("%s: near-duplicate groups read from %s", name, path)
   except (OSError, ValueError):
-    saved = _compute(records, digests, cache, params, name, workers)
+    saved = _compute({d: records[i] for d, i in first.items()}, cache, params, name,
+                     workers)
     features._atomic_write(path, lambda f: f.write(json.dumps(saved).encode()))  # pylint: disable=protected-access
-  first = {}
-  for i, d in enumerate(digests):
-    first.setdefault(d, i)
   edges = [(first[d], i) for i, d in enumerate(digests)]  # byte-identical files
   edges += [(first[a], first[b]) for a, b, _ in saved["pairs"]]
   members = collections.defaultdict(list)
@@ -292,14 +298,12 @@ def _components(items, edges) -> dict:
   return {x: top(x) for x in rank}
 
 
-def _compute(records, digests, cache, params, name, workers) -> dict:
+def _compute(distinct: dict[str, Recording], cache, params, name, workers) -> dict:
   """{"pairs": [[digest, digest, score]], "skipped": [digest]}: the copies among
-  the distinct contents of `records`, and the contents without features."""
-  first = {}
-  for i, d in enumerate(digests):
-    first.setdefault(d, i)
-  keys = list(first)
-  kept, paths, _ = cache.resolve([records[i] for i in first.values()],
+  the recordings of distinct contents ({digest: recording}), and the contents
+  without features."""
+  keys = list(distinct)
+  kept, paths, _ = cache.resolve(list(distinct.values()),
                                  name=f"{name} (near-duplicates)", workers=workers,
                                  progress=False)
   pairs = search([fingerprint(np.load(p), params) for p in paths], params)
