@@ -26,6 +26,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       label="",           # coswara: covid_status | sex | age; covid19_cough: covid19
       source_filter="",   # covid19_cough: "" (both) | call-center | telegram
       verified_only=False,  # covid19_cough: only PCR-verified positives (+ all negatives)
+      # Near-duplicate recordings (copies re-encoded, resampled, re-gained or trimmed
+      # by up to 0.5 s) become one participant, unlabelled if their labels disagree
+      # (coughjax/data/dedup.py): "auto" (on for covid19_cough), True or False.
+      dedup=FieldReference("auto", field_type=object),
       age_threshold=50,   # coswara label="age": 1 if age >= this
       task=1,             # covid19_sounds task (1, 2 or 3)
       sounds=PRETRAIN_SOUNDS,  # which sounds to use (empty: all of the source)
