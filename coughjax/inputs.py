@@ -69,7 +69,7 @@ def waveform_features(waveform: np.ndarray, sample_rate: int,
     raise audio.AudioError(name, "empty, silent or non-finite audio")
   if sample_rate != params.sample_rate:
     wave = soxr.resample(wave, sample_rate, params.sample_rate, quality="HQ")
-  return _logfbank(wave, params)
+  return features_lib.waveform_features(wave, params)
 
 
 def file_features(path: str | os.PathLike, params: features_lib.FeatureParams
@@ -77,13 +77,7 @@ def file_features(path: str | os.PathLike, params: features_lib.FeatureParams
   """An audio file's [T, nfilt] features, with the training data's checks
   (`audio.load`: missing, undecodable, silent, shorter than `params.min_duration`)."""
   wave = audio.load(path, params.sample_rate, min_duration=params.min_duration)
-  return _logfbank(wave, params)
-
-
-def _logfbank(wave: np.ndarray, params: features_lib.FeatureParams) -> np.ndarray:
-  return audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt,
-                        winlen=params.winlen, winstep=params.winstep,
-                        nfft=params.nfft or None, preemph=params.preemph)
+  return features_lib.waveform_features(wave, params)
 
 
 @dataclasses.dataclass

@@ -13,9 +13,13 @@ false or absent: self-reported, and for negatives never checked), plus free-text
 fields that coughjax does not use.
 
 * Participants: the release has no participant ids, so **each recording is its own
-  participant** (id = the file name without `.mp3`). Splits cannot keep one person's
-  repeated recordings together, and a contrastive positive pair is two crops of the
-  same recording.
+  participant** (id = the file name without `.mp3`), except near-duplicates: this
+  module returns one participant per recording, and `coughjax.data.get_manifest`
+  then (with `config.data.dedup`, on for this source by default) gives copies of
+  one recording that were re-encoded or trimmed one participant, the id of the first
+  in metadata order (`coughjax.data.dedup`; in the December 2020 release 14 pairs of
+  Telegram files). Splits cannot keep one person's repeated recordings together, and
+  a contrastive positive pair is two crops of the same recording (or of its copy).
 * Sound: every recording is a cough, named `cough`. Coughs here are not split into
   Coswara's `cough-heavy` / `cough-shallow`, so any cough in `config.data.sounds`
   ("cough", "cough-heavy", "cough-shallow", or an empty selection) takes them; the
@@ -40,7 +44,8 @@ fields that coughjax does not use.
   negative. So identical files are one recording: the first in metadata order is
   kept (its source, verified flag and id), the others are dropped, and if the
   copies' labels disagree the recording is unlabelled (label None: pre-training
-  uses it, downstream tasks drop it). A warning gives the counts.
+  uses it, downstream tasks drop it). A warning gives the counts. Copies that are
+  not byte-identical are kept, and grouped as above.
 """
 
 from __future__ import annotations

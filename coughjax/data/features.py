@@ -46,6 +46,7 @@ from coughjax.data.manifest import Recording
 FEATURE_VERSION = 1  # bump when the feature code changes meaning
 PARAMS_FILE = "params.json"
 LOCK_FILE = ".lock"
+NORMALISATIONS = ("", "gain", "cmn")
 _MIN_PER_WORKER = 64  # fewer recordings than this per extra process: not worth a spawn
 
 
@@ -59,6 +60,12 @@ class FeatureParams:
   nfft: int = 0  # 0 = smallest power of two covering the window
   preemph: float = audio.PREEMPH
   min_duration: float = 0.5  # seconds; shorter recordings are skipped
+  normalise: str = ""  # "", "gain" or "cmn": see `normalise`
+
+  def __post_init__(self):
+    if self.normalise not in NORMALISATIONS:
+      raise ValueError(f"features.normalise must be one of {NORMALISATIONS}, got "
+                       f"{self.normalise!r}")
 
   @classmethod
   def from_config(cls, cfg) -> "FeatureParams":
@@ -66,7 +73,10 @@ class FeatureParams:
     return cls(**{k: v for k, v in dict(cfg).items() if k in fields})
 
   def key(self) -> str:
-    blob = json.dumps([FEATURE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+    fields = dataclasses.asdict(self)
+    if not self.normalise:  # keys of caches written before the field stay valid
+      del fields["normalise"]
+    blob = json.dumps([FEATURE_VERSION, fields], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
   @property
@@ -89,12 +99,42 @@ def load_waveform(record: Recording, params: FeatureParams) -> np.ndarray:
   return wave
 
 
+def normalise(feats: np.ndarray, how: str) -> np.ndarray:
+  """A recording's log-mel features with its level removed (the front end's option).
+
+  Args:
+    feats: [T, nfilt] log-mel features of one whole recording.
+    how: "" (unchanged); "gain": subtract the recording's mean log energy over all
+      frames and bands, i.e. scale the waveform to a fixed mean filterbank energy
+      (removes loudness, keeps the spectral shape); "cmn": subtract each band's mean
+      over time (cepstral mean normalisation in the log-mel domain: removes
+      loudness and any fixed channel colouring, e.g. a microphone's or a telephone
+      line's response).
+
+  Returns:
+    [T, nfilt] float32.
+  """
+  if not how:
+    return feats
+  if how not in NORMALISATIONS:
+    raise ValueError(f"unknown normalisation {how!r}; expected one of {NORMALISATIONS}")
+  axis = None if how == "gain" else 0
+  mean = feats.mean(axis=axis, keepdims=True, dtype=np.float64)
+  return (feats - mean).astype(np.float32)
+
+
+def waveform_features(wave: np.ndarray, params: FeatureParams) -> np.ndarray:
+  """[samples] mono audio at `params.sample_rate` -> [T, nfilt] float32 features:
+  `audio.logfbank`, then `normalise` per `params.normalise`."""
+  feats = audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt,
+                         winlen=params.winlen, winstep=params.winstep,
+                         nfft=params.nfft or None, preemph=params.preemph)
+  return normalise(feats, params.normalise)
+
+
 def compute(record: Recording, params: FeatureParams) -> np.ndarray:
-  """[T, nfilt] log-mel features of one recording (no cache)."""
-  wave = load_waveform(record, params)
-  return audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt, winlen=params.winlen,
-                        winstep=params.winstep, nfft=params.nfft or None,
-                        preemph=params.preemph)
+  """[T, nfilt] features of one recording (no cache)."""
+  return waveform_features(load_waveform(record, params), params)
 
 
 def _atomic_write(path: pathlib.Path, write) -> None:
