@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import stat
 import tempfile
 from typing import Optional, Sequence
 
@@ -100,10 +101,11 @@ def _atomic_write(path: pathlib.Path, write) -> None:
 
 def _skip_kind(reason: str) -> str:
   """A short category for the summary line, from an AudioError reason."""
-  for kind in ("not found", "cannot decode", "no audio samples", "NaN/inf", "silent",
-               "too short", "directory", "PyAV"):
+  for kind in ("not found", "cannot decode", "no audio samples", "empty file", "NaN/inf",
+               "silent", "too short", "directory", "not a regular file", "PyAV"):
     if kind in reason:
-      return {"no audio samples": "empty", "PyAV": "needs webm extra"}.get(kind, kind)
+      return {"no audio samples": "empty", "empty file": "empty",
+              "PyAV": "needs webm extra"}.get(kind, kind)
   return "other"
 
 
@@ -154,6 +156,10 @@ class FeatureCache:
     try:
       st = os.stat(path)
     except OSError:
+      st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+      # Missing, or a device/fifo (never read: /dev/zero would hash forever);
+      # `audio.load` says which, and nothing is cached for it.
       return "missing-" + hashlib.sha256(path.encode()).hexdigest()
     apath = os.path.abspath(path)
     memo = (self.root / "hashes" / hashlib.sha256(apath.encode()).hexdigest()[:2] /
