@@ -143,29 +143,41 @@ class Encoder:
 
   def embed_clips(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
                   ) -> np.ndarray:
-    """[n_clips, d] embeddings of one recording ([samples] or [samples, channels])."""
+    """[n_clips, d] embeddings of one recording: [samples] or [samples, channels]
+    (or [channels, samples]) float or integer PCM (`coughjax.audio.from_array`).
+
+    Raises:
+      AudioError naming `name`: unusable audio.
+      FloatingPointError naming `name`: the encoder's output is not finite.
+    """
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
-    return self.embed_features([feats], [name]).clips
+    return self._one(feats, name).clips
 
   def embed(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
             ) -> np.ndarray:
-    """[d]: the mean of a recording's clip embeddings."""
+    """[d]: the mean of a recording's clip embeddings (see `embed_clips`)."""
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
-    return self.embed_features([feats], [name]).recordings[0]
+    return self._one(feats, name).recordings[0]
+
+  def _one(self, feats: np.ndarray, name: str) -> Embeddings:
+    out = self.embed_features([feats], [name])
+    if out.errors:
+      raise FloatingPointError(f"{name}: {out.errors[0][1]}")
+    return out
 
   def embed_features(self, features: Sequence[np.ndarray],
                      names: Optional[Sequence[str]] = None) -> Embeddings:
-    """Embeddings of recordings given as [T, nfilt] features (`spec.features`)."""
+    """Embeddings of recordings given as [T, nfilt] features (`spec.features`); a
+    recording whose embedding is not finite is listed in `errors` instead."""
     names = list(names) if names is not None else [f"recording {i}"
                                                    for i in range(len(features))]
-    clips = inputs.cut(features, self.spec, names)
-    out = inputs.run(self._fn, clips)
-    return self._collect(out, clips.recording, clips.clip, names, [])
+    out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
+    return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
 
   def embed_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
                   ) -> Embeddings:
-    """Embeddings of audio files; a file that cannot be used is listed in `errors`
-    (its path and why) and the others are embedded."""
+    """Embeddings of audio files (one str or path is one file); a file that cannot
+    be used is listed in `errors` (its path and why) and the others are embedded."""
     out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="embedding")
     return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
 

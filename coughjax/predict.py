@@ -117,14 +117,27 @@ class Classifier:
   def predict_features(self, features: Sequence[np.ndarray],
                        names: Optional[Sequence[str]] = None) -> np.ndarray:
     """[recordings] float64: the mean P(positive) over each recording's clips, from
-    its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them)."""
-    clips = inputs.cut(features, self.spec, names)
-    return inputs.recording_means(self.clip_probabilities(clips), clips.recording,
-                                  len(features))
+    its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them).
+
+    Raises:
+      FloatingPointError naming the first recording whose output is not finite.
+    """
+    names = list(names) if names is not None else [f"recording {i}"
+                                                   for i in range(len(features))]
+    out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
+    if out.errors:
+      raise FloatingPointError(f"{out.errors[0][0]}: {out.errors[0][1]}")
+    return inputs.recording_means(out.outputs, out.recording, len(features))
 
   def predict(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
               ) -> float:
-    """P(positive) of one recording: [samples] or [samples, channels] audio."""
+    """P(positive) of one recording: [samples] or [samples, channels] (or [channels,
+    samples]) float or integer PCM (`coughjax.audio.from_array`).
+
+    Raises:
+      AudioError naming `name`: unusable audio.
+      FloatingPointError naming `name`: the model's output is not finite.
+    """
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
     return float(self.predict_features([feats], [name])[0])
 
@@ -133,8 +146,9 @@ class Classifier:
   def predict_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
                     ) -> list[tuple[str, float | str]]:
     """(path, probability) per file, in order, or (path, "error: ...") for a file
-    that cannot be scored; the clips of many files share batches."""
-    paths = [str(p) for p in paths]  # read twice below: an iterator would be spent
+    that cannot be scored (one str or path is one file); the clips of many files
+    share batches."""
+    paths = inputs.as_paths(paths)  # read twice below: an iterator would be spent
     out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="scoring")
     probs = inputs.recording_means(out.outputs, out.recording, len(out.paths))
     results = dict(zip(out.paths, (float(p) for p in probs)))
