@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -57,6 +56,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
@@ -85,20 +85,24 @@ class Embeddings:
   errors: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
   def save(self, path: str | os.PathLike, *, ids: Optional[Sequence[str]] = None,
-           labels: Optional[Sequence[int]] = None, **extra) -> None:
+           labels: Optional[Sequence[int]] = None, **extra) -> pathlib.Path:
     """Writes the .npz described in the module docstring (strings as unicode
-    arrays: np.load needs no pickle)."""
+    arrays: np.load needs no pickle), whole or not at all; returns its path
+    (`path`, with ".npz" appended if it lacks it, as np.savez does)."""
+    path = files.with_suffix(path, ".npz")
     n = len(self.names)
     ids = list(self.names if ids is None else ids)
     labels = np.full(n, -1) if labels is None else np.asarray(labels, np.int64)
     if len(ids) != n or labels.shape != (n,):
       raise ValueError(f"{path}: {len(ids)} ids / {labels.shape} labels for {n} recordings")
-    np.savez(path, embeddings=self.recordings, clip_embeddings=self.clips,
-             clip_recording=self.clip_recording, clip_index=self.clip_index,
-             paths=np.array(self.names, dtype=str), ids=np.array(ids, dtype=str),
-             labels=labels,
-             failed_paths=np.array([e[0] for e in self.errors], dtype=str),
-             failed_reasons=np.array([e[1] for e in self.errors], dtype=str), **extra)
+    arrays = dict(embeddings=self.recordings, clip_embeddings=self.clips,
+                  clip_recording=self.clip_recording, clip_index=self.clip_index,
+                  paths=np.array(self.names, dtype=str), ids=np.array(ids, dtype=str),
+                  labels=labels,
+                  failed_paths=np.array([e[0] for e in self.errors], dtype=str),
+                  failed_reasons=np.array([e[1] for e in self.errors], dtype=str), **extra)
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
 
 
 class Encoder:
@@ -195,7 +199,8 @@ def _read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: not found; is {workdir} a coughjax workdir "
                             "(python launch.py --config=configs/...)?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(files.read_json(path, "the run's config", required=(
+      "features", "model")))
 
 
 def pretrain_encoder_config(model_cfg) -> dict[str, Any]:
@@ -234,7 +239,8 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
     spec = inputs.ClipSpec.from_config(config.features)
     chunk = config.model.get("eval_chunk_size", "auto")
     if (path / predict.ENCODERS_FILE).is_file():
-      branches = json.loads((path / predict.ENCODERS_FILE).read_text())["encoders"]
+      branches = files.read_json(path / predict.ENCODERS_FILE, "encoder settings",
+                                 required=("encoders",))["encoders"]
       if not 0 <= branch < len(branches):
         raise ValueError(f"{path}: branch {branch} out of range; this classifier has "
                          f"{len(branches)} encoder(s) (0..{len(branches) - 1})")
@@ -297,16 +303,23 @@ def define_flags() -> None:
 
 def main(argv):
   cli.quiet_logging()
-  files = argv[1:]
+  paths = argv[1:]
   source_given = any(FLAGS[f].present for f in FLAGS
                      if f.startswith("config.data."))
-  if files and source_given:
+  if paths and source_given:
     raise app.UsageError("give audio files or a data source (--config.data.*), not both")
-  if not files and not source_given:
+  if not paths and not source_given:
     raise app.UsageError("give audio files, or a data source with --config.data.name=...")
+  try:
+    output = files.check_output(FLAGS.output, suffix=".npz")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  # An earlier run's file must not pass for this run's result if this one fails.
+  stale = output.exists()
+  output.unlink(missing_ok=True)
   encoder = load_encoder(FLAGS.workdir, branch=FLAGS.branch, mask=FLAGS.mask)
-  if files:
-    out = encoder.embed_files(files, progress=True)
+  if paths:
+    out = encoder.embed_files(paths, progress=True)
     ids, labels = None, None
   else:
     from coughjax import data  # pylint: disable=g-import-not-at-top
@@ -318,13 +331,14 @@ def main(argv):
   for path, message in out.errors:
     print(f"{path}\t{message}", file=sys.stderr)
   if out.names:
-    out.save(FLAGS.output, ids=ids, labels=labels)
-    print(f"{FLAGS.output}: {len(out.names)} recordings, {len(out.clips)} clips, "
+    out.save(output, ids=ids, labels=labels)
+    print(f"{output}: {len(out.names)} recordings, {len(out.clips)} clips, "
           f"d = {encoder.dim} ({encoder})")
   else:
-    logging.warning("nothing embedded; %s not written", FLAGS.output)
-  if files and out.errors:
-    sys.exit(f"{len(out.errors)} of {len(files)} files could not be embedded")
+    print(f"nothing embedded; {output} not written"
+          + (" (the earlier file there was removed)" if stale else ""), file=sys.stderr)
+  if paths and out.errors:
+    sys.exit(f"{len(out.errors)} of {len(paths)} files could not be embedded")
   if not out.names:
     sys.exit(1)
 

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 
 PROGRAM, SIDECAR = "model.jax", "model.json"
@@ -60,12 +61,22 @@ def _batch_dim(batch: Optional[int]):
   return batch
 
 
-def _write(path: str | os.PathLike, exported: jax.export.Exported, meta: dict
-           ) -> pathlib.Path:
-  out = pathlib.Path(path)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / PROGRAM).write_bytes(exported.serialize())
-  (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+def _prepare(path: str | os.PathLike) -> pathlib.Path:
+  """The output folder, checked before any work (`files.check_output`); an earlier
+  export's files in it are removed, so that a failed export leaves nothing that
+  passes for its result."""
+  out = files.check_output(path, folder=True, flag="path")
+  for name in (PROGRAM, SIDECAR):
+    (out / name).unlink(missing_ok=True)
+  return out
+
+
+def _write(out: pathlib.Path, exported: jax.export.Exported, meta: dict) -> pathlib.Path:
+  """model.jax, then model.json, each whole or not at all."""
+  blob = exported.serialize()
+  files.atomic_write(out / PROGRAM, lambda f: f.write(blob))
+  files.atomic_write(out / SIDECAR,
+                     lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
   return out
 
 
@@ -83,9 +94,11 @@ def export_classifier(workdir: str | os.PathLike, path: str | os.PathLike, *,
 
   The function is (x [b, T, mel] float32, rec_keys [b, 2] uint32, clip_index [b]
   int32) -> [b] float32 P(positive) per clip, `infer.probabilities` with the best
-  run's parameters as constants. Returns the folder.
+  run's parameters as constants. Returns the folder (created with its parents;
+  checked and emptied of an earlier export's files before the work).
   """
   from coughjax import predict  # pylint: disable=g-import-not-at-top
+  out = _prepare(path)
   clf = predict.load_classifier(workdir)
   b = _batch_dim(batch)
   spec = clf.spec
@@ -106,7 +119,7 @@ def export_classifier(workdir: str | os.PathLike, path: str | os.PathLike, *,
        "score is the mean over its clips"},
       str(clf.run_dir), exported.platforms)
   meta["masks_at_inference"] = [infer.inference_mask_rate(e) for e in clf.model.encoders]
-  return _write(path, exported, meta)
+  return _write(out, exported, meta)
 
 
 def export_encoder(source: str | os.PathLike, path: str | os.PathLike, *,
@@ -115,6 +128,7 @@ def export_encoder(source: str | os.PathLike, path: str | os.PathLike, *,
   """Exports an encoder (anything `coughjax.load_encoder` takes) on its deterministic
   path: x [b, T, mel] float32 -> [b, d] float32 embeddings. Returns the folder."""
   from coughjax import embed  # pylint: disable=g-import-not-at-top
+  out = _prepare(path)
   encoder = embed.load_encoder(source, branch=branch)
   b = _batch_dim(batch)
   spec = encoder.spec
@@ -129,7 +143,7 @@ def export_encoder(source: str | os.PathLike, path: str | os.PathLike, *,
        "doc": "encoder output h per clip (before any head); a recording's embedding is "
               "the mean over its clips"}, encoder.source, exported.platforms)
   meta["encoder"] = encoder.config
-  return _write(path, exported, meta)
+  return _write(out, exported, meta)
 
 
 def load(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
@@ -148,6 +162,10 @@ def main(argv):
   from coughjax import predict  # pylint: disable=g-import-not-at-top
   kind = f.kind or ("classifier" if (workdir / predict.ENCODERS_FILE).is_file() else "encoder")
   platforms = f.platforms or None
+  try:
+    files.check_output(f.output, folder=True)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if kind == "classifier":
     out = export_classifier(workdir, f.output, batch=f.batch, platforms=platforms)
   else:

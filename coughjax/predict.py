@@ -28,7 +28,6 @@ score that run wrote to run_i/test_predictions.csv for the same recording.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -41,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
@@ -70,8 +70,11 @@ def _read_workdir(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, dic
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name}: not found; is {workdir} a downstream "
                               "workdir (python launch.py --config=configs/downstream.py:...)?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  return config, json.loads((workdir / ENCODERS_FILE).read_text())
+  config = files.read_json(workdir / "config.json", "the run's config", required=(
+      "features", "model"))
+  spec = files.read_json(workdir / ENCODERS_FILE, "encoder settings", required=(
+      "encoders", "frozen"))
+  return ml_collections.ConfigDict(config), spec
 
 
 def build_model(workdir: str | pathlib.Path) -> tuple[classifier_lib.Classifier, Any,

@@ -306,6 +306,84 @@ def test_shipped_encoder_loads_offline(runs, tmp_path, monkeypatch):
   assert encoders.names() == ["cli_m50", "tiny_m50"]
 
 
+def test_shipped_encoder_with_overwritten_bytes_fails_naming_the_file(tmp_path,
+                                                                      monkeypatch):
+  name = "transformer_m50_real"
+  real = encoders.read(name)  # the shipped files match their recorded digest
+  assert real.meta["params_sha256"] == encoders.params_digest(
+      (encoders.directory() / f"{name}.msgpack").read_bytes())
+  for suffix in (".json", ".msgpack"):
+    (tmp_path / f"{name}{suffix}").write_bytes(
+        (encoders.directory() / f"{name}{suffix}").read_bytes())
+  monkeypatch.setenv("COUGHJAX_ENCODERS", str(tmp_path))
+  params = tmp_path / f"{name}.msgpack"
+  blob = bytearray(params.read_bytes())
+  blob[len(blob) // 2:len(blob) // 2 + 12] = b"\xff" * 12
+  params.write_bytes(bytes(blob))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(params))}: SHA-256 .* is not the "
+                                       f".* recorded in .*{name}.json: the parameters are "
+                                       "damaged"):
+    coughjax.load_encoder(name)
+  settings = tmp_path / f"{name}.json"
+  meta = json.loads(settings.read_text())
+  del meta["params_sha256"]
+  settings.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       r"settings: missing \['params_sha256'\]"):
+    coughjax.load_encoder(name)
+  settings.write_text('{"format": 1, "encoder": ')
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       "settings: not valid JSON"):
+    coughjax.load_encoder(name)
+
+
+def test_unreadable_workdir_settings_name_the_file(tmp_path):
+  (tmp_path / "config.json").write_text("{")
+  (tmp_path / predict.ENCODERS_FILE).write_text("{}")
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_classifier(tmp_path)
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_encoder(tmp_path)
+  (tmp_path / "config.json").write_text('{"features": {}, "model": {}}')
+  with pytest.raises(ValueError, match=r"encoders\.json: encoder settings: missing "
+                                       r"\['encoders', 'frozen'\]"):
+    coughjax.load_classifier(tmp_path)
+
+
+def test_embed_cli_checks_its_output_first_and_leaves_no_stale_file(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/0/cough-heavy")
+  # Checked before anything is loaded: the workdir does not even exist.
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}/no/dir/x.npz", f,
+              check=False)
+  assert proc.returncode != 0
+  assert f"--output={tmp_path}/no/dir/x.npz: folder {tmp_path}/no/dir does not exist" in (
+      proc.stderr)
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}", f, check=False)
+  assert proc.returncode != 0 and "a folder; give a file name" in proc.stderr
+  # --output=x writes x.npz and says so.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x", f)
+  assert proc.stdout.startswith(f"{tmp_path}/x.npz: 1 recordings")
+  assert list(np.load(tmp_path / "x.npz")["paths"]) == [f]
+  # A run that embeds nothing leaves no earlier result behind.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x",
+              str(tmp_path / "missing.wav"), check=False)
+  assert proc.returncode != 0 and not (tmp_path / "x.npz").exists()
+  assert "not written (the earlier file there was removed)" in proc.stderr
+
+
+def test_export_checks_its_folder_first_and_leaves_no_stale_file(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match=r"path=.*file/sub: .*file is not a folder"):
+    export.export_encoder("nowhere", tmp_path / "file" / "sub")
+  out = tmp_path / "exp"
+  out.mkdir()
+  for name in (export.PROGRAM, export.SIDECAR):
+    (out / name).write_text("an earlier export")
+  with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
+    export.export_encoder(tmp_path / "nowhere", out)
+  assert list(out.iterdir()) == []
+
+
 def test_logmel_stats_matches_a_loop():
   f = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
   want = []

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import pathlib
 import stat
-import tempfile
 from typing import Optional, Sequence
 
 from absl import logging
@@ -32,6 +31,7 @@ import numpy as np
 import tqdm
 
 from coughjax import audio
+from coughjax import files
 from coughjax.data import synthetic
 from coughjax.data.manifest import Recording
 
@@ -87,18 +87,6 @@ def compute(record: Recording, params: FeatureParams) -> np.ndarray:
                         preemph=params.preemph)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def _skip_kind(reason: str) -> str:
   """A short category for the summary line, from an AudioError reason."""
   for kind in ("not found", "cannot decode", "no audio samples", "empty file", "NaN/inf",
@@ -124,9 +112,9 @@ def _build(args) -> Optional[str]:
   except audio.AudioError as e:
     reason = e.reason
     if not key.startswith("missing-"):  # a missing file may appear later
-      _atomic_write(err, lambda f: f.write(reason.encode()))
+      files.atomic_write(err, lambda f: f.write(reason.encode()))
     return reason
-  _atomic_write(npy, lambda f: np.save(f, feats))
+  files.atomic_write(npy, lambda f: np.save(f, feats))
   return None
 
 
@@ -176,7 +164,7 @@ class FeatureCache:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     sha = digest.hexdigest()
-    _atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
+    files.atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
     return sha
 
   def _lookup(self, record: Recording):
