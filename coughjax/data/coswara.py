@@ -25,6 +25,7 @@ from typing import Mapping, Optional, Sequence
 
 from absl import logging
 
+from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
 
 LABELS = ("covid_status", "sex", "age")
@@ -39,16 +40,16 @@ def to_label(meta: Mapping[str, str], label: Optional[str],
   if label is None:
     return None
   if label == "covid_status":
-    status = (meta.get("covid_status") or "").strip()
+    status = str(meta.get("covid_status") or "").strip()
     if status.startswith("positive"):
       return 1
     return 0 if status in _NEGATIVE_STATUS else None
   if label == "sex":
-    sex = (meta.get("g") or meta.get("gender") or "").strip().lower()
+    sex = str(meta.get("g") or meta.get("gender") or "").strip().lower()
     return {"male": 1, "female": 0}.get(sex)
   if label == "age":
     try:
-      return int(float(meta.get("a") or meta.get("age") or "") >= age_threshold)
+      return int(float(str(meta.get("a") or meta.get("age") or "")) >= age_threshold)
     except ValueError:
       return None
   raise ValueError(f"unknown Coswara label {label!r}; choose from {LABELS} or None")
@@ -75,14 +76,16 @@ def manifest(root: str | pathlib.Path, *, label: Optional[str] = None,
 
 
 def _flat(root: pathlib.Path, label, age_threshold) -> list[Recording]:
-  with open(root / "labels.csv", newline="") as f:
+  labels_csv = root / "labels.csv"
+  with open(labels_csv, newline="") as f:
     rows = list(csv.DictReader(f))
   need = {"participant_id", "sound", "path"}
   if rows and not need <= set(rows[0]):
-    raise ValueError(f"{root / 'labels.csv'}: needs columns {sorted(need)}, "
-                     f"has {sorted(rows[0])}")
-  return [Recording(str(root / row["path"]), row["participant_id"], row["sound"],
-                    to_label(row, label, age_threshold)) for row in rows]
+    raise ValueError(f"{labels_csv}: needs columns {sorted(need)}, has {sorted(rows[0])}")
+  paths = manifest_lib.confine(root, [row["path"] or "" for row in rows], source=labels_csv)
+  return [Recording(str(path), row["participant_id"] or "", row["sound"] or "",
+                    to_label(row, label, age_threshold))
+          for row, path in zip(rows, paths) if path is not None]
 
 
 def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
@@ -90,7 +93,10 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
   for csv_path in (root / "combined_data.csv", root.parent / "combined_data.csv"):
     if csv_path.is_file():
       with open(csv_path, newline="") as f:
-        combined = {row["id"]: row for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+      if rows and "id" not in rows[0]:
+        raise ValueError(f"{csv_path}: needs a column 'id', has {sorted(rows[0])}")
+      combined = {row["id"]: row for row in rows}
       break
   records, unlabelled = [], 0
   for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
@@ -99,7 +105,10 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
     if meta is None and meta_json.is_file():
       try:
         meta = json.loads(meta_json.read_text())
+        if not isinstance(meta, dict):
+          raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
       except ValueError as e:
+        meta = None
         logging.warning("%s: unreadable metadata (%s); participant kept unlabelled",
                         meta_json, e)
     y = to_label(meta or {}, label, age_threshold)
@@ -107,6 +116,9 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
     for audio_path in sorted(folder.iterdir()):
       if audio_path.suffix.lower() in _AUDIO_SUFFIXES:
         records.append(Recording(str(audio_path), folder.name, audio_path.stem, y))
+  # Listed, not named by metadata, but a symbolic link may still lead out of the root.
+  kept = manifest_lib.confine(root, [r.path for r in records], source=root)
+  records = [r for r, path in zip(records, kept) if path is not None]
   if unlabelled:
     logging.info("%s: %d participants have no %s label", root, unlabelled, label)
   return records
