@@ -158,6 +158,8 @@ def _decode_av(path: str) -> tuple[np.ndarray, int]:
   return np.concatenate(chunks, axis=1).T.astype(np.float32), rate
 
 
+# Sample rates accepted (Hz), from old telephone recordings to high-rate studio audio.
+MIN_RATE, MAX_RATE = 1_000, 1_000_000
 # A 2-D waveform with at most this many entries along one axis, and more along the
 # other, has its channels on that axis.
 MAX_CHANNELS = 8
@@ -242,6 +244,11 @@ def _float_frames(waveform, name: str) -> np.ndarray:
 
 def _to_mono_checked(path, audio, rate, sample_rate, min_duration) -> np.ndarray:
   """[samples, channels] at `rate` -> checked [samples] mono at `sample_rate`."""
+  if not MIN_RATE <= rate <= MAX_RATE:
+    # A damaged header, say: resampling 1 Hz audio to 16 kHz would need 16,000x the
+    # memory, and 2**31 Hz audio would come out empty.
+    raise AudioError(path, f"sample rate {rate} Hz is outside the {MIN_RATE}-{MAX_RATE} Hz "
+                     "that coughjax reads")
   if audio.size == 0:
     raise AudioError(path, "no audio samples")
   audio = audio.mean(axis=1) if audio.ndim == 2 else audio

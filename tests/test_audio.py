@@ -279,6 +279,10 @@ def test_from_array_checks_like_load():
   x = np.full(16000, 0.1, np.float32)
   assert audio.from_array(x, np.int64(16000)).size == 16000
   assert audio.from_array(x, 16000.0, 8000).size == 8000
+  for rate in (500, 2**31 - 1):  # as a damaged header may claim: 1 Hz would need 16,000x
+    with pytest.raises(audio.AudioError, match=f"^rec: sample rate {rate} Hz is outside the "
+                                               "1000-1000000 Hz"):
+      audio.from_array(x, rate, name="rec")
   for wave, reason in ((np.zeros(0), "no audio samples"), (np.zeros(100), "silent"),
                        (np.array([0.1, np.nan]), "1 NaN/inf samples"),
                        (x[:4000], r"too short: 0\.250 s < minimum 0\.5 s")):

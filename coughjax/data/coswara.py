@@ -18,7 +18,6 @@ recovered or under_validation are left unlabelled), `sex` (1 = male, 0 = female)
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 from typing import Mapping, Optional, Sequence
@@ -77,13 +76,10 @@ def manifest(root: str | pathlib.Path, *, label: Optional[str] = None,
 
 def _flat(root: pathlib.Path, label, age_threshold) -> list[Recording]:
   labels_csv = root / "labels.csv"
-  with open(labels_csv, newline="") as f:
-    rows = list(csv.DictReader(f))
-  need = {"participant_id", "sound", "path"}
-  if rows and not need <= set(rows[0]):
-    raise ValueError(f"{labels_csv}: needs columns {sorted(need)}, has {sorted(rows[0])}")
-  paths = manifest_lib.confine(root, [row["path"] or "" for row in rows], source=labels_csv)
-  return [Recording(str(path), row["participant_id"] or "", row["sound"] or "",
+  rows = manifest_lib.read_csv_rows(labels_csv, ("participant_id", "sound", "path"),
+                                    "Coswara labels")
+  paths = manifest_lib.confine(root, [row["path"] for row in rows], source=labels_csv)
+  return [Recording(str(path), row["participant_id"], row["sound"],
                     to_label(row, label, age_threshold))
           for row, path in zip(rows, paths) if path is not None]
 
@@ -92,11 +88,8 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
   combined = {}
   for csv_path in (root / "combined_data.csv", root.parent / "combined_data.csv"):
     if csv_path.is_file():
-      with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-      if rows and "id" not in rows[0]:
-        raise ValueError(f"{csv_path}: needs a column 'id', has {sorted(rows[0])}")
-      combined = {row["id"]: row for row in rows}
+      combined = {row["id"]: row for row in manifest_lib.read_csv_rows(
+          csv_path, ("id",), "Coswara combined_data")}
       break
   records, unlabelled = [], 0
   for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import stat
 from typing import Iterable, Optional, Sequence
 
 from absl import logging
@@ -91,9 +92,35 @@ def _why_skipped(name: str, path: pathlib.Path, real_root: str, allow_outside: b
     return "not a usable path"
   if not allow_outside and os.path.commonpath([real, real_root]) != real_root:
     return "outside the data root"
-  if os.path.lexists(real) and not os.path.isfile(real):
-    return "not a regular file"
-  return None
+  try:
+    mode = os.stat(real).st_mode
+  except FileNotFoundError:
+    return None  # missing: the caller or the feature cache says so
+  except OSError:  # a name too long, a file used as a folder, no permission
+    return "not a usable path"
+  return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_csv_rows(path: str | os.PathLike, required: Iterable[str] = (),
+                  what: str = "CSV file") -> list[dict[str, str]]:
+  """The rows of a CSV file with a header, as dicts (missing cells are "").
+
+  Raises:
+    ValueError naming the file: unreadable, not UTF-8 text, malformed CSV (a NUL
+      byte, an oversized field), or without the `required` columns.
+  """
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f)
+      rows = list(reader)
+      columns = reader.fieldnames or []
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f"{path}: cannot read the {what} as UTF-8 CSV ({e})") from e
+  missing = sorted(set(required) - set(columns))
+  if missing:
+    raise ValueError(f"{path}: {what} lacks column(s) {missing}; has {columns}")
+  # A short row has None for its missing cells; an extra cell goes under the key None.
+  return [{k: v or "" for k, v in row.items() if k is not None} for row in rows]
 
 
 def read_csv(path: str | os.PathLike, *, any_paths: bool = False) -> list[Recording]:
@@ -108,20 +135,15 @@ def read_csv(path: str | os.PathLike, *, any_paths: bool = False) -> list[Record
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: manifest not found")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = {"path", "participant_id", "sound"} - set(reader.fieldnames or ())
-    if missing:
-      raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}; "
-                       f"has {reader.fieldnames}")
-    rows = []
-    for row_number, row in enumerate(reader, start=2):
-      label = (row.get("label") or "").strip()
-      if label not in ("", "0", "1"):
-        raise ValueError(f"{path}:{row_number}: label must be 0, 1 or empty, got {label!r}")
-      rows.append((row["path"] or "", Recording(
-          "", row["participant_id"] or "", row["sound"] or "", int(label) if label else None,
-          (row.get(STRATUM_COLUMN) or "").strip())))
+  rows = []
+  for row_number, row in enumerate(
+      read_csv_rows(path, ("path", "participant_id", "sound"), "manifest"), start=2):
+    label = row.get("label", "").strip()
+    if label not in ("", "0", "1"):
+      raise ValueError(f"{path}:{row_number}: label must be 0, 1 or empty, got {label!r}")
+    rows.append((row["path"], Recording("", row["participant_id"], row["sound"],
+                                        int(label) if label else None,
+                                        row.get(STRATUM_COLUMN, "").strip())))
   if not rows:
     raise ValueError(f"{path}: manifest has no rows")
   files = [name for name, _ in rows if not name.startswith(SYNTHETIC_SCHEME)]
