@@ -274,7 +274,8 @@ def embed_records(encoder: Encoder, records: Sequence[Recording], *, name: str =
                   ) -> tuple[list[Recording], Embeddings]:
   """Embeddings of a manifest's recordings, their features from the feature cache
   (computed with the encoder's feature parameters). Returns the recordings that
-  could be embedded and their embeddings; skipped ones are in `errors`."""
+  could be embedded and their embeddings; skipped ones (unusable audio, a
+  non-finite embedding) are in `errors`."""
   from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
   cache = features_lib.FeatureCache(encoder.spec.features)
   kept, feats, skipped = cache.load(records, name=name, workers=workers, progress=progress)
@@ -283,8 +284,17 @@ def embed_records(encoder: Encoder, records: Sequence[Recording], *, name: str =
                      f"(first: {skipped[0].record.path}: {skipped[0].reason})"
                      if skipped else f"{name}: no recordings")
   out = encoder.embed_features(feats, [r.path for r in kept])
-  out.errors = [(s.record.path, s.reason) for s in skipped]
-  return kept, out
+  # Recordings whose embedding is not finite are in out.errors, not out.names (an
+  # ordered subsequence of the kept paths): keep the records that line up.
+  embedded = iter(out.names)
+  want = next(embedded, None)
+  records_out = []
+  for r in kept:
+    if r.path == want:
+      records_out.append(r)
+      want = next(embedded, None)
+  out.errors = [(s.record.path, s.reason) for s in skipped] + out.errors
+  return records_out, out
 
 
 def define_flags() -> None:

@@ -163,6 +163,9 @@ def test_non_finite_outputs_are_errors_naming_the_input(runs, tmp_path):
   out = broken.embed_files([f])
   assert out.names == [] and out.recordings.shape == (0, good.dim)
   assert out.errors == [(f, inputs.NONFINITE)]
+  recs = synthetic.manifest(2, sounds=("cough-heavy",))
+  kept, out = embed.embed_records(broken, recs, workers=1, progress=False)
+  assert kept == [] and out.errors == [(r.path, inputs.NONFINITE) for r in recs]
   # A classifier whose second file's clips come out NaN: the first is still scored.
   clf = coughjax.load_classifier(runs["ensemble"])
   g = _flac(tmp_path / "b.flac", "synthetic://1/10/cough-heavy")
