@@ -48,7 +48,6 @@ from typing import Any, Iterable, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -173,8 +172,7 @@ class Encoder:
                      names: Optional[Sequence[str]] = None) -> Embeddings:
     """Embeddings of recordings given as [T, nfilt] features (`spec.features`); a
     recording whose embedding is not finite is listed in `errors` instead."""
-    names = list(names) if names is not None else [f"recording {i}"
-                                                   for i in range(len(features))]
+    names = inputs.recording_names(names, len(features))
     out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
     return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
 

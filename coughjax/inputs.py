@@ -105,8 +105,13 @@ def cut(features: Sequence[np.ndarray], spec: ClipSpec,
     AudioError naming the recording (from `names`): fewer frames than
       `spec.features.min_frames`.
   """
-  names = names or [f"recording {i}" for i in range(len(features))]
+  names = recording_names(names, len(features))
   return _concat([_cut_one(f, spec, name) for f, name in zip(features, names)], spec)
+
+
+def recording_names(names: Optional[Sequence[str]], count: int) -> list[str]:
+  """`names` as a list, or "recording 0", "recording 1", ... when None."""
+  return list(names) if names is not None else [f"recording {i}" for i in range(count)]
 
 
 def _cut_one(feats: np.ndarray, spec: ClipSpec, name: str) -> Clips:

@@ -125,8 +125,7 @@ class Classifier:
     Raises:
       FloatingPointError naming the first recording whose output is not finite.
     """
-    names = list(names) if names is not None else [f"recording {i}"
-                                                   for i in range(len(features))]
+    names = inputs.recording_names(names, len(features))
     out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
     if out.errors:
       raise FloatingPointError(f"{out.errors[0][0]}: {out.errors[0][1]}")

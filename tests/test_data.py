@@ -10,6 +10,8 @@ from sklearn import linear_model
 from sklearn import model_selection
 import soundfile as sf
 
+import conftest
+
 from coughjax import audio
 from coughjax import data
 from coughjax.data import coswara
@@ -163,7 +165,6 @@ def _escaping_entries(root, outside):
 
 
 def test_coswara_labels_csv_paths_stay_inside_the_root(tmp_path, caplog):
-  import conftest  # pylint: disable=g-import-not-at-top
   root, outside = tmp_path / "cw", tmp_path / "outside"
   outside.mkdir()
   entries, targets = _escaping_entries(root, outside)
@@ -199,7 +200,6 @@ def test_csv_manifest_paths_stay_inside_unless_allowed(tmp_path, caplog):
 
 
 def test_non_regular_files_are_skipped_by_the_cache_without_hanging(tmp_path):
-  import conftest  # pylint: disable=g-import-not-at-top
   os.mkfifo(tmp_path / "pipe.wav")
   (tmp_path / "empty.wav").write_bytes(b"")
   recs = [manifest.Recording(p, "p", "cough") for p in

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests import conftest
+import conftest
 
 SEED = int(os.environ.get("COUGHJAX_FUZZ_SEED", "0"))
 TIMEOUT = 120  # seconds for a whole mode; each takes a few on a 2-core machine

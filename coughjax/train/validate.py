@@ -7,7 +7,7 @@ diverging) is checked here, and all problems are reported at once, each naming i
 key and the allowed values:
 
   config.batch_size=-8: must be an integer >= 1
-  config.model.mask_rate=1.5: must be a number in [0, 1]
+  config.model.mask_rate=1.5: must be a finite number in [0, 1]
 
 Only keys the config has are checked (configs of older workdirs may lack some).
 `num_epochs = 0` is valid: it builds the data only (features and packs, see
