@@ -20,6 +20,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       root="",            # dataset folder (coswara, covid19_sounds, covid19_cough)
       roots="",           # several sources: "coswara=PATH,covid19_cough=PATH"
       manifest="",        # CSV path (name="manifest")
+      # name="manifest": its paths must stay inside the CSV's folder (others are
+      # skipped and counted); True allows absolute paths and paths outside it, for a
+      # CSV you trust.
+      manifest_any_paths=False,
       # name="tfds": a build of coughjax.data.tfds_builders, e.g. "coswara/pretrain"
       # (or "<dataset>/<config>:<version>"), in the TFDS data_dir `tfds_dir`.
       tfds_name="", tfds_dir="", tfds_split="train",

@@ -76,6 +76,7 @@ import numpy as np
 from coughjax import __version__
 from coughjax import audio
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax.models import platform as platform_lib
@@ -216,9 +217,10 @@ def _export_jax(program: _Program, path: pathlib.Path, batch: Optional[int],
   exported = jax.export.export(fn, platforms=platforms)(*program.specs(dim))
   meta = _meta(program, b, platforms=list(exported.platforms), jax_version=jax.__version__,
                program=PROGRAM)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / PROGRAM).write_bytes(exported.serialize())
-  (path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+  blob = exported.serialize()  # model.jax, then model.json, each whole or not at all
+  files.atomic_write(path / PROGRAM, lambda f: f.write(blob))
+  files.atomic_write(path / SIDECAR,
+                     lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
   return path
 
 
@@ -323,20 +325,33 @@ def _export_onnx(program: _Program, path: pathlib.Path, batch: Optional[int]
     raise ExportError(f"{program.meta['source']}: the ONNX model from {converter} does not "
                       f"reproduce the JAX function on sample inputs (max |diff| {diff:.3g} > "
                       f"{bound:.3g}); not written")
-  path.mkdir(parents=True, exist_ok=True)
-  (path / ONNX_FILE).write_bytes(blob)
+  files.atomic_write(path / ONNX_FILE, lambda f: f.write(blob))
   return path
 
 
-def _export(program: _Program, path, batch, platforms, format) -> pathlib.Path:  # pylint: disable=redefined-builtin
+def _prepare(path: str | os.PathLike) -> pathlib.Path:
+  """The output folder, checked before any work (`files.check_output`); an earlier
+  export's files in it are removed, so that a failed export leaves nothing that
+  passes for its result."""
+  out = files.check_output(path, folder=True, flag="path")
+  for name in (PROGRAM, SIDECAR, ONNX_FILE):
+    (out / name).unlink(missing_ok=True)
+  return out
+
+
+def _export(program: Callable[[], _Program], path, batch, platforms, format  # pylint: disable=redefined-builtin
+            ) -> pathlib.Path:
+  """Checks the arguments and the output folder, then builds `program()` and writes
+  it in `format`."""
   if format not in FORMATS:
     raise ValueError(f"unknown export format {format!r}; expected one of {FORMATS}")
+  if format == "onnx" and platforms:
+    raise ValueError(f"platforms {list(platforms)} apply to --format=jax only; an ONNX "
+                     f"file runs wherever ONNX Runtime does")
+  out = _prepare(path)
   if format == "onnx":
-    if platforms:
-      raise ValueError(f"platforms {list(platforms)} apply to --format=jax only; an ONNX "
-                       f"file runs wherever ONNX Runtime does")
-    return _export_onnx(program, pathlib.Path(path), batch)
-  return _export_jax(program, pathlib.Path(path), batch, platforms)
+    return _export_onnx(program(), out, batch)
+  return _export_jax(program(), out, batch, platforms)
 
 
 def export_classifier(workdir: str | os.PathLike, path: str | os.PathLike, *,
@@ -362,7 +377,8 @@ def export_classifier(workdir: str | os.PathLike, path: str | os.PathLike, *,
   Raises:
     ExportError: format "onnx" and the model cannot be converted faithfully.
   """
-  return _export(_classifier_program(workdir), path, batch, platforms, format)
+  return _export(functools.partial(_classifier_program, workdir), path, batch, platforms,
+                 format)
 
 
 def export_encoder(source: str | os.PathLike, path: str | os.PathLike, *,
@@ -374,7 +390,8 @@ def export_encoder(source: str | os.PathLike, path: str | os.PathLike, *,
 
   Args as `export_classifier`, and `branch`: the encoder of a downstream ensemble.
   """
-  return _export(_encoder_program(source, branch), path, batch, platforms, format)
+  return _export(functools.partial(_encoder_program, source, branch), path, batch,
+                 platforms, format)
 
 
 def load(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
@@ -396,6 +413,10 @@ def main(argv):
     import logging  # pylint: disable=g-import-not-at-top
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # notes on untyped constants
   args = dict(batch=f.batch, platforms=f.platforms or None, format=f.format)
+  try:
+    files.check_output(f.output, folder=True)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if kind == "classifier":
     out = export_classifier(workdir, f.output, **args)
   else:

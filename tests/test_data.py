@@ -1,6 +1,7 @@
 """Data sources, feature cache, splits and batches."""
 
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 from sklearn import linear_model
 from sklearn import model_selection
 import soundfile as sf
+
+import conftest
 
 from coughjax import audio
 from coughjax import data
@@ -141,6 +144,71 @@ def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
   kept2, feats2, skipped2 = cache.load(recs, progress=False)
   assert [s.reason for s in skipped2] == [s.reason for s in skipped]
   np.testing.assert_array_equal(feats2[0], feats[0])
+
+
+def _escaping_entries(root, outside):
+  """Paths leading out of `root` or to non-regular files, relative to `root` where
+  that matters, and the real targets a breach would open."""
+  sf.write(outside / "secret.flac", _tone(1.0), 16000)
+  (root / "audio" / "p").mkdir(parents=True, exist_ok=True)
+  os.symlink(outside / "secret.flac", root / "audio" / "p" / "link.flac")
+  os.mkfifo(root / "audio" / "p" / "pipe.flac")
+  entries = {"../outside/secret.flac": "outside the data root",
+             str(outside / "secret.flac"): "outside the data root",
+             "audio/p/link.flac": "outside the data root",
+             "audio/../../outside/secret.flac": "outside the data root",
+             "/dev/zero": "outside the data root",
+             "audio/p/pipe.flac": "not a regular file", "audio/p": "not a regular file",
+             "": "empty path"}
+  return entries, {str(outside / "secret.flac"), "/dev/zero",
+                   str(root / "audio" / "p" / "pipe.flac")}
+
+
+def test_coswara_labels_csv_paths_stay_inside_the_root(tmp_path, caplog):
+  root, outside = tmp_path / "cw", tmp_path / "outside"
+  outside.mkdir()
+  entries, targets = _escaping_entries(root, outside)
+  sf.write(root / "audio" / "p" / "cough-heavy.flac", _tone(1.0), 16000)
+  rows = ["audio/p/cough-heavy.flac"] + list(entries)
+  (root / "labels.csv").write_text("participant_id,sound,path,gender\n" + "".join(
+      f"p,cough-heavy,{r},male\n" for r in rows))
+  with conftest.deadline(60), conftest.opened_files() as opened, caplog.at_level("WARNING"):
+    recs = coswara.manifest(root, label="sex")
+    kept, _, skipped = features.FeatureCache().load(recs, workers=1, progress=False)
+  assert [r.path for r in recs] == [str(root / rows[0])] and len(kept) == 1 and not skipped
+  assert (f"labels.csv: skipped 8 of 9 audio paths, none of them opened (5 outside the data "
+          f"root, 2 not a regular file, 1 empty path; data root {root}); first: "
+          "'../outside/secret.flac'") in caplog.text
+  assert not targets & set(opened), sorted(targets & set(opened))
+
+
+def test_csv_manifest_paths_stay_inside_unless_allowed(tmp_path, caplog):
+  root, outside = tmp_path / "m", tmp_path / "outside"
+  outside.mkdir()
+  entries, _ = _escaping_entries(root, outside)
+  csv_path = root / "m.csv"
+  csv_path.write_text("path,participant_id,sound\nsynthetic://0/1/cough-heavy,p,c\n" + "".join(
+      f"{r},p,cough\n" for r in entries))
+  with caplog.at_level("WARNING"):
+    assert [r.path for r in manifest.read_csv(csv_path)] == ["synthetic://0/1/cough-heavy"]
+  assert "m.csv: skipped 8 of 8 audio paths" in caplog.text
+  # Opted in (data.manifest_any_paths): paths anywhere, but still regular files only.
+  cfg = _data_cfg(name="manifest", manifest=str(csv_path), manifest_any_paths=True)
+  assert sorted(r.path for r in data.get_manifest(cfg)) == sorted(
+      [str(root / r) for r in entries if "outside" in entries[r] and r != "/dev/zero"]
+      + ["synthetic://0/1/cough-heavy"])
+
+
+def test_non_regular_files_are_skipped_by_the_cache_without_hanging(tmp_path):
+  os.mkfifo(tmp_path / "pipe.wav")
+  (tmp_path / "empty.wav").write_bytes(b"")
+  recs = [manifest.Recording(p, "p", "cough") for p in
+          ("/dev/zero", str(tmp_path / "pipe.wav"), str(tmp_path / "empty.wav"))]
+  with conftest.deadline(60):
+    kept, _, skipped = features.FeatureCache().load(recs, workers=1, progress=False)
+  assert not kept
+  assert [features._skip_kind(s.reason) for s in skipped] == [  # pylint: disable=protected-access
+      "not a regular file", "not a regular file", "empty"]
 
 
 # ------------------------------------------------------------------- feature cache

@@ -112,7 +112,7 @@ def test_bad_files_are_listed_and_the_rest_embedded(runs, tmp_path):
   assert out.names == [good] and out.recordings.shape == (1, encoder.dim)
   assert [p for p, _ in out.errors] == [str(missing), str(short)]
   assert "not found" in out.errors[0][1] and "too short" in out.errors[1][1]
-  with pytest.raises(audio.AudioError, match="my-recording: empty, silent"):
+  with pytest.raises(audio.AudioError, match="my-recording: audio is silent"):
     encoder.embed(np.zeros(16000, np.float32), 16000, name="my-recording")
   proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}",
               f"--output={tmp_path / 'e.npz'}", good, missing, check=False)
@@ -120,6 +120,71 @@ def test_bad_files_are_listed_and_the_rest_embedded(runs, tmp_path):
   assert list(np.load(tmp_path / "e.npz")["paths"]) == [good]
   with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
     coughjax.load_encoder(tmp_path / "nowhere")
+
+
+def test_int16_waveform_scores_as_its_float_version(runs, tmp_path):
+  """What scipy.io.wavfile.read gives (int16) scores as soundfile's floats."""
+  path = tmp_path / "a.wav"
+  sf.write(path, synthetic.render("synthetic://1/7/cough-heavy", 16000), 16000,
+           subtype="PCM_16")
+  as_float, rate = sf.read(path, dtype="float32")
+  as_int16, _ = sf.read(path, dtype="int16")
+  clf = coughjax.load_classifier(runs["ensemble"])
+  p = clf.predict(as_float, rate)
+  assert abs(clf.predict(as_int16, rate) - p) <= 1e-5
+  assert clf.predict_files(str(path)) == [(str(path), pytest.approx(p, abs=1e-6))]
+  # Channels first ([2, N], as torchaudio gives it) is the same recording.
+  stereo = np.stack([as_int16, as_int16])
+  assert abs(clf.predict(stereo, rate) - p) <= 1e-5
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  np.testing.assert_allclose(encoder.embed(as_int16, rate), encoder.embed(as_float, rate),
+                             atol=1e-6)
+  with pytest.raises(audio.AudioError, match="^mine: sample_rate must be a positive"):
+    clf.predict(as_float, 0, name="mine")
+  with pytest.raises(audio.AudioError, match="^mine: bool arrays are not audio"):
+    encoder.embed_clips(as_float > 0, rate, name="mine")
+
+
+def test_one_path_as_a_str_is_one_file(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/8/cough-heavy")
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  for one in (f, tmp_path / "a.flac"):
+    out = encoder.embed_files(one)
+    assert out.names == [f] and out.errors == []
+  assert [p for p, _ in coughjax.load_classifier(runs["ensemble"]).predict_files(f)] == [f]
+
+
+def test_non_finite_outputs_are_errors_naming_the_input(runs, tmp_path):
+  good = coughjax.load_encoder(runs["pretrain"])
+  params = jax.tree.map(np.array, good.params)  # writable copies
+  jax.tree.leaves(params)[0][...] = np.nan
+  broken = embed.Encoder(good.config, params, good.spec, source="broken")
+  wave = synthetic.render("synthetic://1/9/cough-heavy", 16000)
+  with pytest.raises(FloatingPointError, match="^mine: the model's output is NaN/inf"):
+    broken.embed(wave, 16000, name="mine")
+  f = _flac(tmp_path / "a.flac", "synthetic://1/9/cough-heavy")
+  out = broken.embed_files([f])
+  assert out.names == [] and out.recordings.shape == (0, good.dim)
+  assert out.errors == [(f, inputs.NONFINITE)]
+  recs = synthetic.manifest(2, sounds=("cough-heavy",))
+  kept, out = embed.embed_records(broken, recs, workers=1, progress=False)
+  assert kept == [] and out.errors == [(r.path, inputs.NONFINITE) for r in recs]
+  # A classifier whose second file's clips come out NaN: the first is still scored.
+  clf = coughjax.load_classifier(runs["ensemble"])
+  g = _flac(tmp_path / "b.flac", "synthetic://1/10/cough-heavy")
+  live = clf._fn  # pylint: disable=protected-access
+
+  def nan_for_b(x, keys, clip):
+    p = np.array(live(x, keys, clip))
+    p[np.all(keys == inputs.cut([inputs.file_features(g, clf.spec.features)],
+                                clf.spec).rec_keys[0], axis=1)] = np.nan
+    return p
+
+  clf._fn = nan_for_b  # pylint: disable=protected-access
+  (_, pf), (_, pg) = clf.predict_files([f, g])
+  assert isinstance(pf, float) and pg == f"error: {inputs.NONFINITE}"
+  with pytest.raises(FloatingPointError, match="^b: the model's output is NaN/inf"):
+    clf.predict(audio.load(g), 16000, name="b")
 
 
 def test_masked_branch_embeddings_are_what_the_classifier_head_sees(runs, tmp_path):
@@ -245,6 +310,84 @@ def test_shipped_encoder_loads_offline(runs, tmp_path, monkeypatch):
   _cli("coughjax.encoders", f"--workdir={runs['pretrain']}", "--name=cli_m50",
        f"--card={tmp_path / 'card.md'}", f"--folder={tmp_path / 'shipped'}")
   assert encoders.names() == ["cli_m50", "tiny_m50"]
+
+
+def test_shipped_encoder_with_overwritten_bytes_fails_naming_the_file(tmp_path,
+                                                                      monkeypatch):
+  name = "transformer_m50_real"
+  real = encoders.read(name)  # the shipped files match their recorded digest
+  assert real.meta["params_sha256"] == encoders.params_digest(
+      (encoders.directory() / f"{name}.msgpack").read_bytes())
+  for suffix in (".json", ".msgpack"):
+    (tmp_path / f"{name}{suffix}").write_bytes(
+        (encoders.directory() / f"{name}{suffix}").read_bytes())
+  monkeypatch.setenv("COUGHJAX_ENCODERS", str(tmp_path))
+  params = tmp_path / f"{name}.msgpack"
+  blob = bytearray(params.read_bytes())
+  blob[len(blob) // 2:len(blob) // 2 + 12] = b"\xff" * 12
+  params.write_bytes(bytes(blob))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(params))}: SHA-256 .* is not the "
+                                       f".* recorded in .*{name}.json: the parameters are "
+                                       "damaged"):
+    coughjax.load_encoder(name)
+  settings = tmp_path / f"{name}.json"
+  meta = json.loads(settings.read_text())
+  del meta["params_sha256"]
+  settings.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       r"settings: missing \['params_sha256'\]"):
+    coughjax.load_encoder(name)
+  settings.write_text('{"format": 1, "encoder": ')
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       "settings: not valid JSON"):
+    coughjax.load_encoder(name)
+
+
+def test_unreadable_workdir_settings_name_the_file(tmp_path):
+  (tmp_path / "config.json").write_text("{")
+  (tmp_path / predict.ENCODERS_FILE).write_text("{}")
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_classifier(tmp_path)
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_encoder(tmp_path)
+  (tmp_path / "config.json").write_text('{"features": {}, "model": {}}')
+  with pytest.raises(ValueError, match=r"encoders\.json: encoder settings: missing "
+                                       r"\['encoders', 'frozen'\]"):
+    coughjax.load_classifier(tmp_path)
+
+
+def test_embed_cli_checks_its_output_first_and_leaves_no_stale_file(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/0/cough-heavy")
+  # Checked before anything is loaded: the workdir does not even exist.
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}/no/dir/x.npz", f,
+              check=False)
+  assert proc.returncode != 0
+  assert f"--output={tmp_path}/no/dir/x.npz: folder {tmp_path}/no/dir does not exist" in (
+      proc.stderr)
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}", f, check=False)
+  assert proc.returncode != 0 and "a folder; give a file name" in proc.stderr
+  # --output=x writes x.npz and says so.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x", f)
+  assert proc.stdout.startswith(f"{tmp_path}/x.npz: 1 recordings")
+  assert list(np.load(tmp_path / "x.npz")["paths"]) == [f]
+  # A run that embeds nothing leaves no earlier result behind.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x",
+              str(tmp_path / "missing.wav"), check=False)
+  assert proc.returncode != 0 and not (tmp_path / "x.npz").exists()
+  assert "not written (the earlier file there was removed)" in proc.stderr
+
+
+def test_export_checks_its_folder_first_and_leaves_no_stale_file(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match=r"path=.*file/sub: .*file is not a folder"):
+    export.export_encoder("nowhere", tmp_path / "file" / "sub")
+  out = tmp_path / "exp"
+  out.mkdir()
+  for name in (export.PROGRAM, export.SIDECAR):
+    (out / name).write_text("an earlier export")
+  with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
+    export.export_encoder(tmp_path / "nowhere", out)
+  assert list(out.iterdir()) == []
 
 
 def test_logmel_stats_matches_a_loop():

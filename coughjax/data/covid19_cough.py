@@ -53,11 +53,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import pathlib
 from typing import Optional, Sequence
 
 from absl import logging
 
+from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import Recording
 
 LABELS = ("covid19",)
@@ -91,6 +93,9 @@ def _read_metadata(root: pathlib.Path) -> list[dict]:
     if missing:
       raise ValueError(f"{path}: record {i} ({rec.get('filename', '?')}) lacks "
                        f"{sorted(missing)}")
+    for key in ("filename", "source"):
+      if not isinstance(rec[key], str):
+        raise ValueError(f"{path}: record {i}: {key} must be a string, got {rec[key]!r}")
     if not isinstance(rec["covid19"], bool):
       raise ValueError(f"{path}: record {i} ({rec['filename']}): covid19 must be true or "
                        f"false, got {rec['covid19']!r}")
@@ -132,7 +137,13 @@ def manifest(root: str | pathlib.Path, *, label: str = "covid19", source_filter:
   if not root.is_dir():
     raise FileNotFoundError(f"{root}: covid19_cough root folder not found")
   metadata = _read_metadata(root)
-  paths = [root / AUDIO_DIR / rec["filename"] for rec in metadata]
+  # A file name leading out of the root ("..", absolute) or to a device is skipped,
+  # counted and never opened.
+  paths = manifest_lib.confine(
+      root, [os.path.join(AUDIO_DIR, rec["filename"]) for rec in metadata],
+      source=root / METADATA)
+  metadata = [rec for rec, path in zip(metadata, paths) if path is not None]
+  paths = [path for path in paths if path is not None]
   for rec, path in zip(metadata, paths):
     if not path.is_file():
       raise FileNotFoundError(f"{path}: named by {root / METADATA} (record "

@@ -63,6 +63,7 @@ import numpy as np
 import threadpoolctl
 
 from coughjax import audio
+from coughjax import files
 from coughjax.data import features
 from coughjax.data.manifest import Recording
 
@@ -268,7 +269,7 @@ def find(records: Sequence[Recording], params: Params = Params(), *, name: str =
   except (OSError, ValueError):
     saved = _compute({d: records[i] for d, i in first.items()}, cache, params, name,
                      workers)
-    features._atomic_write(path, lambda f: f.write(json.dumps(saved).encode()))  # pylint: disable=protected-access
+    files.atomic_write(path, lambda f: f.write(json.dumps(saved).encode()))
   edges = [(first[d], i) for i, d in enumerate(digests)]  # byte-identical files
   edges += [(first[a], first[b]) for a, b, _ in saved["pairs"]]
   members = collections.defaultdict(list)

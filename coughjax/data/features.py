@@ -32,7 +32,7 @@ import json
 import multiprocessing
 import os
 import pathlib
-import tempfile
+import stat
 from typing import Optional, Sequence
 
 from absl import logging
@@ -40,6 +40,7 @@ import numpy as np
 import tqdm
 
 from coughjax import audio
+from coughjax import files
 from coughjax.data import synthetic
 from coughjax.data.manifest import Recording
 
@@ -137,18 +138,6 @@ def compute(record: Recording, params: FeatureParams) -> np.ndarray:
   return waveform_features(load_waveform(record, params), params)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def _hold_shared_lock(path: pathlib.Path):
   """An open file holding a shared `flock` on `path` (created if missing), which
   lasts until the file is closed; if `path` was deleted while this waited for the
@@ -167,10 +156,11 @@ def _hold_shared_lock(path: pathlib.Path):
 
 def _skip_kind(reason: str) -> str:
   """A short category for the summary line, from an AudioError reason."""
-  for kind in ("not found", "cannot decode", "no audio samples", "NaN/inf", "silent",
-               "too short", "directory", "PyAV"):
+  for kind in ("not found", "cannot decode", "no audio samples", "empty file", "NaN/inf",
+               "silent", "too short", "directory", "not a regular file", "PyAV"):
     if kind in reason:
-      return {"no audio samples": "empty", "PyAV": "needs webm extra"}.get(kind, kind)
+      return {"no audio samples": "empty", "empty file": "empty",
+              "PyAV": "needs webm extra"}.get(kind, kind)
   return "other"
 
 
@@ -189,9 +179,9 @@ def _build(args) -> Optional[str]:
   except audio.AudioError as e:
     reason = e.reason
     if not key.startswith("missing-"):  # a missing file may appear later
-      _atomic_write(err, lambda f: f.write(reason.encode()))
+      files.atomic_write(err, lambda f: f.write(reason.encode()))
     return reason
-  _atomic_write(npy, lambda f: np.save(f, feats))
+  files.atomic_write(npy, lambda f: np.save(f, feats))
   return None
 
 
@@ -222,7 +212,7 @@ class FeatureCache:
       if not (self._dir / PARAMS_FILE).exists():
         text = json.dumps({"version": FEATURE_VERSION,
                            "params": dataclasses.asdict(self.params)})
-        _atomic_write(self._dir / PARAMS_FILE, lambda f: f.write(text.encode()))
+        files.atomic_write(self._dir / PARAMS_FILE, lambda f: f.write(text.encode()))
     except OSError as e:  # a read-only cache: usable if it holds every feature
       logging.info("%s: not marked in use (%s)", self._dir, e)
       self._lock = False
@@ -238,6 +228,10 @@ class FeatureCache:
     try:
       st = os.stat(path)
     except OSError:
+      st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+      # Missing, or a device/fifo (never read: /dev/zero would hash forever);
+      # `audio.load` says which, and nothing is cached for it.
       return "missing-" + hashlib.sha256(path.encode()).hexdigest()
     apath = os.path.abspath(path)
     memo = (self.root / "hashes" / hashlib.sha256(apath.encode()).hexdigest()[:2] /
@@ -254,7 +248,7 @@ class FeatureCache:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     sha = digest.hexdigest()
-    _atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
+    files.atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
     return sha
 
   def _lookup(self, record: Recording):
