@@ -117,25 +117,26 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
   old = tmp_path / "old"  # a workdir from before formats were recorded
   shutil.copytree(tmp_path / "run", old)
   _rewrite_meta(old, lambda m: (m.pop("format"), m.pop("coughjax")))
-  message = (r"old/checkpoints/2: written by an older version of coughjax, a coughjax "
-             r"from before.*workdir format 1.*reads workdir format 2 only.*new --workdir")
-  with pytest.raises(trainer.OldWorkdirError, match=message):
+  message = (r"old/checkpoints/2: written by an older version of coughjax \(a coughjax "
+             r"from before .*, workdir format 1\); this one reads workdir format 2 only.*"
+             r"Start afresh with a new --workdir")
+  with pytest.raises(trainer.WorkdirFormatError, match=message):
     run.run(longer, str(old))
   # Said before any shape check: an old GRU checkpoint, whose parameter layout has
   # changed since, is said to be old rather than "another config's model".
   gru = pretrain_configs.get_config("gru,runlocal")
   gru_state = pretrain.init_state(pretrain.build_model(gru.model), gru, jax.random.key(0))
-  with pytest.raises(trainer.OldWorkdirError, match="older version"):
+  with pytest.raises(trainer.WorkdirFormatError, match="older version"):
     trainer.restore(old / "checkpoints", gru_state)
-  with pytest.raises(trainer.OldWorkdirError, match="old/best/2: written by an older"):
+  with pytest.raises(trainer.WorkdirFormatError, match="old/best/2: written by an older"):
     trainer.restore_params(old / "best")
 
   newer = tmp_path / "newer"
   shutil.copytree(tmp_path / "run", newer)
   _rewrite_meta(newer, lambda m: m.update(format=trainer.WORKDIR_FORMAT + 1,
                                           coughjax="9.0"))
-  with pytest.raises(trainer.OldWorkdirError,
-                     match=r"a newer version of coughjax, coughjax 9\.0 \(workdir format 3\)"):
+  with pytest.raises(trainer.WorkdirFormatError,
+                     match=r"a newer version of coughjax \(coughjax 9\.0, workdir format 3\)"):
     run.run(longer, str(newer))
 
   nan = tmp_path / "nan"

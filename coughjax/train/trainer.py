@@ -238,6 +238,7 @@ def _checkpoint_manager(directory: pathlib.Path, keep: int,
   """
   directory = directory.absolute()
   every = processes is None
+  barrier_prefix = str(directory) if every else f"{directory}@{sorted(processes)}"
   return ocp.CheckpointManager(
       directory,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -246,7 +247,7 @@ def _checkpoint_manager(directory: pathlib.Path, keep: int,
           max_to_keep=keep, create=every, cleanup_tmp_directories=every,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               active_processes=processes,
-              barrier_sync_key_prefix=f"{directory}{'' if every else sorted(processes)}")))
+              barrier_sync_key_prefix=barrier_prefix)))
 
 
 def _format_meta() -> dict:
@@ -267,8 +268,8 @@ class CorruptCheckpointError(ValueError):
   """A checkpoint whose files cannot be read back (not a config mismatch)."""
 
 
-class OldWorkdirError(ValueError):
-  """A checkpoint written by a coughjax with another `WORKDIR_FORMAT`."""
+class WorkdirFormatError(ValueError):
+  """A checkpoint written by a coughjax of another `WORKDIR_FORMAT` (older or newer)."""
 
 
 class NonFiniteCheckpointError(ValueError):
@@ -276,19 +277,18 @@ class NonFiniteCheckpointError(ValueError):
 
 
 def _check_format(path: pathlib.Path, meta: dict) -> None:
-  """Raises OldWorkdirError unless `meta` (a checkpoint's) has this WORKDIR_FORMAT."""
+  """Raises WorkdirFormatError unless `meta` (a checkpoint's) has this WORKDIR_FORMAT."""
   found = meta.get("format", 1)
   if found == WORKDIR_FORMAT:
     return
-  writer = (f"coughjax {meta['coughjax']}" if "coughjax" in meta else
-            "a coughjax from before workdirs recorded their format (0.1.0 or older)")
-  age = "an older" if found < WORKDIR_FORMAT else "a newer"
-  raise OldWorkdirError(
-      f"{path}: written by {age} version of coughjax, {writer} (workdir format {found}); "
-      f"this coughjax {coughjax.__version__} reads workdir format {WORKDIR_FORMAT} only "
-      "(parameter layouts and random keys differ between formats), so it cannot resume "
-      "or reuse this checkpoint. Start afresh with a new --workdir, or finish and use "
-      f"this workdir with the coughjax that wrote it ({writer}).")
+  wrote = (f"coughjax {meta['coughjax']}" if "coughjax" in meta else
+           "a coughjax from before workdirs recorded their format")
+  raise WorkdirFormatError(
+      f"{path}: written by {'an older' if found < WORKDIR_FORMAT else 'a newer'} version "
+      f"of coughjax ({wrote}, workdir format {found}); this one reads workdir format "
+      f"{WORKDIR_FORMAT} only (parameter layouts and random keys differ between formats), "
+      "so it cannot resume or reuse this checkpoint. Start afresh with a new --workdir, "
+      f"or finish and use this workdir with {wrote}.")
 
 
 def _check_finite(path: pathlib.Path, step: int, params) -> None:
@@ -320,7 +320,7 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
   """Restores checkpoint `step` into the structure of `target`.
 
   Raises:
-    OldWorkdirError: the checkpoint has another workdir format.
+    WorkdirFormatError: the checkpoint has another workdir format.
     ValueError: the checkpoint holds another model's state (a config mismatch).
     CorruptCheckpointError: its metadata or data files cannot be read.
     NonFiniteCheckpointError: its parameters hold NaN or inf.
@@ -611,7 +611,7 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
                        **avg)
           t_last, s_last = now, step
         # An epoch's last step goes on to validation and its checkpoint.
-        stop = interrupt.requested and step % spe
+        stop = interrupt.requested and step % spe != 0
         if step % config.checkpoint_every_steps == 0 and step % spe or stop:
           metrics.flush(last_good)  # never checkpoint past a non-finite loss
           _save(mgr, step, unreplicate(p_state), meta)
