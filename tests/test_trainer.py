@@ -120,8 +120,10 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
   message = (r"old/checkpoints/2: written by an older version of coughjax \(a coughjax "
              r"from before .*, workdir format 1\); this one reads workdir format 2 only.*"
              r"Start afresh with a new --workdir")
+  saved_config = (old / "config.json").read_text()
   with pytest.raises(trainer.WorkdirFormatError, match=message):
     run.run(longer, str(old))
+  assert (old / "config.json").read_text() == saved_config  # refused before any write
   # Said before any shape check: an old GRU checkpoint, whose parameter layout has
   # changed since, is said to be old rather than "another config's model".
   gru = pretrain_configs.get_config("gru,runlocal")
@@ -143,7 +145,7 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
   shutil.copytree(tmp_path / "run", nan)
   leaves, treedef = jax.tree.flatten(jax.device_get(state.params))
   leaves[0] = np.full_like(leaves[0], np.nan)
-  mgr = trainer._checkpoint_manager(nan / "checkpoints", 2)  # pylint: disable=protected-access
+  mgr = trainer._checkpoint_manager(nan / "checkpoints", 2, write=True)  # pylint: disable=protected-access
   trainer._save(mgr, 2, state.replace(params=jax.tree.unflatten(treedef, leaves)),  # pylint: disable=protected-access
                 {"epochs_done": 1, "best": None, "bad_epochs": 0})
   mgr.close()

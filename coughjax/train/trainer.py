@@ -227,27 +227,26 @@ def save_config(config, workdir: pathlib.Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
-def _checkpoint_manager(directory: pathlib.Path, keep: int,
+def _checkpoint_manager(directory: pathlib.Path, keep: int = 1, *, write: bool = False,
                         processes: Optional[set[int]] = None) -> ocp.CheckpointManager:
   """Orbax manager of `directory`, over every process or only `processes`.
 
-  Its cross-process barriers are named after the folder: `fit` runs two managers
-  (checkpoints/ and best/) that save the same step, and Orbax's default names would
-  collide. Temporary folders of saves that never finished (a killed run) are
-  removed when it opens.
+  A manager that may `write` creates the folder and removes the temporary folders of
+  saves that never finished (a killed run); a reader changes nothing, so reading a
+  workdir while it trains is safe. The cross-process barriers are named after the
+  folder: `fit` runs two managers (checkpoints/ and best/) that save the same step,
+  and Orbax's default names would collide.
   """
   directory = directory.absolute()
-  every = processes is None
-  barrier_prefix = str(directory) if every else f"{directory}@{sorted(processes)}"
+  barrier_prefix = str(directory) if processes is None else f"{directory}@{sorted(processes)}"
   return ocp.CheckpointManager(
       directory,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "meta": ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=every, cleanup_tmp_directories=every,
+          max_to_keep=keep, create=write, cleanup_tmp_directories=write, read_only=not write,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
-              active_processes=processes,
-              barrier_sync_key_prefix=barrier_prefix)))
+              active_processes=processes, barrier_sync_key_prefix=barrier_prefix)))
 
 
 def _format_meta() -> dict:
@@ -399,7 +398,7 @@ def _restore_newest_intact(mgr, target: TrainState,
     return _find_newest_intact(mgr, target, set_aside)
   found, error = None, None
   if jax.process_index() == 0:
-    own = _checkpoint_manager(pathlib.Path(mgr.directory), keep=1, processes={0})
+    own = _checkpoint_manager(pathlib.Path(mgr.directory), processes={0})
     try:
       found = _find_newest_intact(own, target, set_aside)
     except Exception as e:  # pylint: disable=broad-except
@@ -423,7 +422,7 @@ def restore(directory: str | os.PathLike, target: TrainState,
             step: Optional[int] = None) -> tuple[TrainState, dict]:
   """Restores (state, meta) from a checkpoint folder (the newest intact step by
   default)."""
-  mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
+  mgr = _checkpoint_manager(pathlib.Path(directory))
   try:
     if step is not None:
       return _restore_state(mgr, step, target)
@@ -438,7 +437,7 @@ def restore(directory: str | os.PathLike, target: TrainState,
 def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
   """(params as nested dicts of numpy arrays, step) of the latest checkpoint in
   `directory`, without needing the model that wrote them."""
-  mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
+  mgr = _checkpoint_manager(pathlib.Path(directory))
   try:
     step = mgr.latest_step()
     if step is None:
@@ -543,9 +542,8 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  save_config(config, workdir)
-  mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints)
-  best_mgr = _checkpoint_manager(workdir / "best", 1)
+  mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints, write=True)
+  best_mgr = _checkpoint_manager(workdir / "best", write=True)
   with _StopOnInterrupt() as interrupt:
     try:
       state = _train(task, config, workdir, mgr, best_mgr, interrupt)
@@ -570,6 +568,7 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
     _, state, meta = found
     logging.info("%s: resumed from %s at step %d (epoch %d)", task.name, mgr.directory,
                  int(state.step), meta["epochs_done"])
+  save_config(config, workdir)  # not before: a refused workdir is left as it was
   writer.truncate_after(int(state.step))
   if is_finished(meta, config):
     logging.info("%s: already finished in %s (%d of %d epochs); nothing to do",
