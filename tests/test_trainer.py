@@ -141,13 +141,15 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
                      match=r"a newer version of coughjax \(coughjax 9\.0, workdir format 3\)"):
     run.run(longer, str(newer))
 
-  nan = tmp_path / "nan"
+  nan = tmp_path / "nan"  # step 2 rewritten with a NaN-filled first parameter array
   shutil.copytree(tmp_path / "run", nan)
   leaves, treedef = jax.tree.flatten(jax.device_get(state.params))
   leaves[0] = np.full_like(leaves[0], np.nan)
-  mgr = trainer._checkpoint_manager(nan / "checkpoints", 2, write=True)  # pylint: disable=protected-access
-  trainer._save(mgr, 2, state.replace(params=jax.tree.unflatten(treedef, leaves)),  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  mgr = trainer._checkpoint_manager(nan / "checkpoints", 2, write=True)
+  trainer._save(mgr, 2, state.replace(params=jax.tree.unflatten(treedef, leaves)),
                 {"epochs_done": 1, "best": None, "bad_epochs": 0})
+  # pylint: enable=protected-access
   mgr.close()
   message = (r"nan/checkpoints/2: the checkpoint of step 2 holds \d+ non-finite parameter "
              r"values .* refused")

@@ -249,10 +249,6 @@ def _checkpoint_manager(directory: pathlib.Path, keep: int = 1, *, write: bool =
               active_processes=processes, barrier_sync_key_prefix=barrier_prefix)))
 
 
-def _format_meta() -> dict:
-  return {"format": WORKDIR_FORMAT, "coughjax": coughjax.__version__}
-
-
 def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) -> None:
   if step in mgr.all_steps():
     # Written by a run that stopped before its next resumable checkpoint (a "best"
@@ -260,7 +256,8 @@ def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) 
     mgr.delete(step)
   mgr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(jax.device_get(state)),
-      meta=ocp.args.JsonSave(dict(meta, **_format_meta()))), force=True)
+      meta=ocp.args.JsonSave(dict(meta, format=WORKDIR_FORMAT,
+                                  coughjax=coughjax.__version__))), force=True)
 
 
 class CorruptCheckpointError(ValueError):
