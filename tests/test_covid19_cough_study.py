@@ -90,7 +90,7 @@ def test_verdicts_are_holm_corrected_over_the_whole_report(done):
 def test_inductive_units_pretrain_per_fold(done):
   plan, _, _ = done
   pre = plan.workdir / "pretrain" / "transformer_m50"
-  assert sorted(p.name for p in pre.iterdir()) == ["all", "r0f0", "r0f1"]
+  assert sorted(p.name for p in pre.iterdir() if p.is_dir()) == ["all", "r0f0", "r0f1"]
   for fold in (0, 1):
     cfg = json.loads((pre / f"r0f{fold}" / "config.json").read_text())
     assert cfg["data"]["folds"] == str(plan.folds_path) and cfg["data"]["fold"] == fold

@@ -197,3 +197,21 @@ def test_inductive_pretraining_never_sees_its_fold(tmp_path):
     assert runs.pretrain_workdir(plan, "transformer_m0", setting, (0, fold)).name == \
         f"r0f{fold}"
   assert runs.pretrain_workdir(plan, "transformer_m0", setting, None).name == "all"
+
+
+def test_command_shares_units_between_processes(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "work"
+  proc = subprocess.run(
+      [sys.executable, "-m", "coughjax.protocol", f"--workdir={work}", "--runlocal",
+       "--rows=transformer,duration_only", "--data=data.num_participants=24",
+       "--folds=2", "--baseline_repeats=1", "--processes=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = (work / "report.md").read_text()
+  assert "| all | transformer | duration_only |" in report
+  assert "python -m coughjax.protocol" in report
+  assert (work / "helper_1.log").is_file()
+  assert len(list(work.glob("all/*/r0f*/unit.json"))) == 4

@@ -51,6 +51,9 @@ _PRETRAINING = flags.DEFINE_enum("pretraining", runs.INDUCTIVE,
 _PRETRAIN_DATA = flags.DEFINE_multi_string(
     "pretrain_data", [], "key=value: the -CP rows' pre-training data (default: --data "
     "without data.label)")
+_PROCESSES = flags.DEFINE_integer("processes", 1, "processes sharing the units (one per "
+                                  "core is about right on a CPU)")
+_HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
 _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
 _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
 _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
@@ -122,7 +125,12 @@ def main(argv):
                    pretrain_data=tuple(_PRETRAIN_DATA.value), runlocal=_RUNLOCAL.value,
                    downstream_set=tuple(_DOWNSTREAM_SET.value),
                    pretrain_set=tuple(_PRETRAIN_SET.value))
-  results = runs.run_plan(plan)
+  if _HELPER.value:  # one of --processes: runs units, writes no report
+    runs.run_plan(plan)
+    return
+  results = runs.run_plan_in_processes(
+      plan, _PROCESSES.value,
+      [sys.executable, "-m", "coughjax.protocol", *sys.argv[1:], "--helper"])
   judged = rep.judge(comparisons(plan, extra), results)
   command = "python -m coughjax.protocol " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   text = format_report(plan, results, judged, command)

@@ -38,6 +38,7 @@ import dataclasses
 import fcntl
 import json
 import pathlib
+import subprocess
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -474,3 +475,38 @@ def run_plan(plan: Plan, runner: Callable = default_runner
     out[setting.name] = {name: run_row(plan, setting, plan.row(name), strata, runner)
                          for name in setting.rows}
   return out
+
+
+def run_plan_in_processes(plan: Plan, processes: int, helper_command: Sequence[str],
+                          runner: Callable = default_runner
+                          ) -> dict[str, dict[str, Scores]]:
+  """`run_plan` here and in `processes - 1` helper processes that share its units.
+
+  On a CPU, one process rarely keeps every core busy with these small models: two
+  processes on two cores get through a study about twice as fast.
+
+  Args:
+    plan: the study.
+    processes: how many processes in all (1 = this one alone).
+    helper_command: argv of a process that runs the same plan and nothing else
+      (its output goes to `<workdir>/helper_<i>.log`).
+    runner: as `run_plan`.
+  """
+  plan.workdir.mkdir(parents=True, exist_ok=True)
+  helpers = []
+  for i in range(1, processes):
+    log = open(plan.workdir / f"helper_{i}.log", "w")  # pylint: disable=consider-using-with
+    helpers.append((subprocess.Popen(list(helper_command), stdout=log,
+                                     stderr=subprocess.STDOUT), log))
+  try:
+    results = run_plan(plan, runner)
+  finally:
+    failed = []
+    for i, (proc, log) in enumerate(helpers, 1):
+      if proc.wait() != 0:
+        failed.append(f"{log.name} (exit {proc.returncode})")
+      log.close()
+  if failed:  # their units were finished here; say so rather than hide it
+    logging.warning("helper processes failed: %s; this process ran their units",
+                    ", ".join(failed))
+  return results
