@@ -461,9 +461,11 @@ def run_plan(plan: Plan, runner: Callable = default_runner
   """Every setting's rows: {setting: {row: Scores}}. Resumes where it stopped; units
   another process is running are left to it, then waited for."""
   ensure_folds(plan)
-  for setting in plan.settings:
-    for name in setting.rows:
-      row = plan.row(name)
+  # Each setting's first row, then each one's second, ...: a study whose settings
+  # list their rows by importance has the important ones everywhere first.
+  for position in range(max(len(s.rows) for s in plan.settings)):
+    for setting in (s for s in plan.settings if position < len(s.rows)):
+      row = plan.row(setting.rows[position])
       for repeat in range(plan.repeats_of(row)):
         for fold in range(plan.k):
           run_unit(plan, setting, row, repeat, fold, runner, wait=False)
