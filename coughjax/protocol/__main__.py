@@ -31,34 +31,6 @@ from absl import flags
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "where every unit goes", required=True)
-_REPORT = flags.DEFINE_string("report", None, "report path (default <workdir>/report.md)")
-_DATA = flags.DEFINE_multi_string("data", [], "key=value for every config (data.name, "
-                                  "data.root, data.label, ...)")
-_SETTING = flags.DEFINE_multi_string(
-    "setting", [], "NAME or NAME:key=value:key=value (a data selection); default: one "
-    "setting 'all'")
-_ROWS = flags.DEFINE_list("rows", None, "downstream variants and baselines",
-                          required=True)
-_COMPARE = flags.DEFINE_multi_string("compare", [], "A,B: also test 'A beats B'")
-_FOLDS = flags.DEFINE_integer("folds", 5, "k of the k-fold")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold for deep rows")
-_BASELINE_REPEATS = flags.DEFINE_integer("baseline_repeats", 5, "repeats for baselines")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the folds and of every unit")
-_PRETRAINING = flags.DEFINE_enum("pretraining", runs.INDUCTIVE,
-                                 [runs.INDUCTIVE, runs.TRANSDUCTIVE],
-                                 "-CP rows: pre-train per fold or once on everything")
-_PRETRAIN_DATA = flags.DEFINE_multi_string(
-    "pretrain_data", [], "key=value: the -CP rows' pre-training data (default: --data "
-    "without data.label)")
-_PROCESSES = flags.DEFINE_integer("processes", 1, "processes sharing the units (one per "
-                                  "core is about right on a CPU)")
-_HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
-_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
-_DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
-_PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
-
-
 def parse_setting(text: str) -> runs.Setting:
   name, *overrides = text.split(":")
   if not name or any("=" not in o for o in overrides):
@@ -110,6 +82,40 @@ def format_report(plan: runs.Plan, results, judged, command: str) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """The command's flags (defined when run as a command only: tests import this
+  module, and other commands define some of the same names)."""
+  global _WORKDIR, _REPORT, _DATA, _SETTING, _ROWS, _COMPARE
+  global _FOLDS, _REPEATS, _BASELINE_REPEATS, _SEED, _PRETRAINING, _PRETRAIN_DATA
+  global _PROCESSES, _HELPER, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
+  _WORKDIR = flags.DEFINE_string("workdir", None, "where every unit goes", required=True)
+  _REPORT = flags.DEFINE_string("report", None, "report path (default <workdir>/report.md)")
+  _DATA = flags.DEFINE_multi_string("data", [], "key=value for every config (data.name, "
+                                    "data.root, data.label, ...)")
+  _SETTING = flags.DEFINE_multi_string(
+      "setting", [], "NAME or NAME:key=value:key=value (a data selection); default: one "
+      "setting 'all'")
+  _ROWS = flags.DEFINE_list("rows", None, "downstream variants and baselines",
+                            required=True)
+  _COMPARE = flags.DEFINE_multi_string("compare", [], "A,B: also test 'A beats B'")
+  _FOLDS = flags.DEFINE_integer("folds", 5, "k of the k-fold")
+  _REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold for deep rows")
+  _BASELINE_REPEATS = flags.DEFINE_integer("baseline_repeats", 5, "repeats for baselines")
+  _SEED = flags.DEFINE_integer("seed", 0, "seed of the folds and of every unit")
+  _PRETRAINING = flags.DEFINE_enum("pretraining", runs.INDUCTIVE,
+                                   [runs.INDUCTIVE, runs.TRANSDUCTIVE],
+                                   "-CP rows: pre-train per fold or once on everything")
+  _PRETRAIN_DATA = flags.DEFINE_multi_string(
+      "pretrain_data", [], "key=value: the -CP rows' pre-training data (default: --data "
+      "without data.label)")
+  _PROCESSES = flags.DEFINE_integer("processes", 1, "processes sharing the units (one per "
+                                    "core is about right on a CPU)")
+  _HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
+  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
+  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
+  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -142,4 +148,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
