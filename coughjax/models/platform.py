@@ -90,21 +90,6 @@ def is_auto(value) -> bool:
   return isinstance(value, str) and value == AUTO
 
 
-def resolve(value: T | str, *, cpu: T, accelerator: T,
-            platform: Optional[str] = None) -> T:
-  """`value`, or for "auto" the platform default: `cpu` on CPU, `accelerator` elsewhere.
-
-  Args:
-    value: a config value: "auto" or an explicit setting, returned as is.
-    cpu: the CPU default.
-    accelerator: the GPU/TPU default.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
-  """
-  if not is_auto(value):
-    return value
-  return cpu if on_cpu(platform) else accelerator
-
-
 def resolve_setting(value: T | str, field: str, encoder: Optional[str] = None,
                     platform: Optional[str] = None) -> T:
   """`value`, or for "auto" the `Settings` field `field` of `encoder` on `platform`."""
