@@ -19,9 +19,11 @@ DS masks: a classifier is exported on its keyed path, `coughjax.infer.probabilit
 with two more inputs per row: rec_keys [b, 2] uint32, the `infer.recording_key`
 of the clip's recording (64 bits of BLAKE2b over its features' shape and
 little-endian float32 bytes; model.json's "mask_key" says how), and clip_index [b]
-int32, the clip's index in its recording. So an ensemble with DS masking (e.g.
-`ensemble`, 50 %) reproduces the live model's outputs; a model without inference
-masking ignores the two inputs. An encoder is exported on its deterministic path
+int32, the clip's index in its recording. The program derives each clip's masks
+from them with coughjax's counter hash (plain uint32 arithmetic, see
+`coughjax.infer`), not with `jax.random`, so an ensemble with DS masking (e.g.
+`ensemble`, 50 %) reproduces the live model's outputs under any JAX version or PRNG
+setting; a model without inference masking ignores the two inputs. An encoder is exported on its deterministic path
 (no mask: `coughjax.embed`'s default) and takes x alone.
 
 The program runs on the platforms it was exported for (`--platforms`, default the
