@@ -1,4 +1,5 @@
-r"""The input pipeline at growing corpora: feature build, loader rate, pre-training RSS.
+r"""The input pipeline at growing corpora: feature build, loader rate, pre-training and
+embedding RSS.
 
   python benchmarks/input_pipeline.py [--sizes=1500,6000,15000] [--json=PATH]
   python benchmarks/input_pipeline.py --quick     # seconds: 40 / 80 participants, B = 16
@@ -10,7 +11,8 @@ subprocesses of their own, in this order:
 
 * build: feature-build time (`FeatureCache.resolve`: render + log-mel of every
   recording, `config.data.workers` processes) and pack time (`coughjax.data.packed`:
-  the cached features streamed into one memory-mapped file per split);
+  the cached features streamed into the corpus's one memory-mapped file, with each
+  recording's mask key);
 * loader: contrastive pairs per second from `ContrastiveBatches.batch` alone (one
   thread, B = `--batch`, over the packed, memory-mapped train split);
 * pretrain: a pre-training process as `trainer.fit` runs it (`pretrain.make_task`:
@@ -18,8 +20,15 @@ subprocesses of their own, in this order:
   `pipeline.prefetch` and `trainer.prefetch_to_devices`) for `--steps` steps after a
   warm-up step: its peak RSS (ru_maxrss, imports and compilation included) and the
   step's consumption rate (pairs per second = B / median step time);
+* embed: `python -m coughjax.embed` over the corpus's coughs (the same participants,
+  sounds cough-heavy and cough-shallow: half the recordings) with the shipped encoder
+  `transformer_m50_real`, as a user runs it: its peak RSS (the command's own process,
+  from `wait4`) and wall time, writing the coughs' pack (the features are cached by
+  the build) and streaming the clips from it;
 * in-memory (`--baseline`): peak RSS of loading the same splits the way `load_splits`
-  did before the packs (every cached `.npy` loaded, then concatenated into one array).
+  did before the packs (every cached `.npy` loaded, then concatenated into one
+  array), and of embedding the coughs as `embed_records` did before (every feature
+  array loaded, all clips cut in memory, then run).
 
 The page cache is not dropped between measurements (that needs root); the loader reads
 features that the build has just written, as a run right after its feature build does.
@@ -58,6 +67,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "smoke run: 40 and 80 participants, B
 _WORKER = flags.DEFINE_string("worker", None, "internal: run one measurement (JSON spec)")
 
 GIB = 1 << 30
+EMBED_ENCODER = "transformer_m50_real"  # shipped: nothing to train first
+EMBED_SOUNDS = ("cough-heavy", "cough-shallow")
 
 
 def make_config(spec: dict[str, Any]):
@@ -71,24 +82,26 @@ def make_config(spec: dict[str, Any]):
   return config
 
 
+def embed_data(participants: int) -> dict[str, Any]:
+  """The corpus `embed` embeds: `make_config`'s participants, their coughs."""
+  return {"name": "synthetic", "num_participants": participants, "seed": 0,
+          "sounds": EMBED_SOUNDS}
+
+
 def build_worker(spec):
   from coughjax import data  # pylint: disable=g-import-not-at-top
-  from coughjax.data import features, packed, splits  # pylint: disable=g-import-not-at-top
+  from coughjax.data import features, packed  # pylint: disable=g-import-not-at-top
   config = make_config(spec)
   records = data.get_manifest(config.data)
-  parts = splits.split(records, config.data.split, config.data.split_seed)
   cache = features.FeatureCache(features.FeatureParams.from_config(config.features))
-  out = {"recordings": len(records), "feature_s": 0.0, "pack_s": 0.0, "frames": 0}
-  for name in ("train", "val"):
-    start = time.perf_counter()
-    cache.resolve(parts[name], name=name, workers=config.data.workers, progress=False)
-    middle = time.perf_counter()
-    found = packed.from_cache(cache, parts[name], config.features.clip_frames, name=name)
-    out["feature_s"] += middle - start
-    out["pack_s"] += time.perf_counter() - middle
-    out["frames"] += len(found.frames)
-  out["pack_gib"] = out["frames"] * config.features.nfilt * 4 / GIB
-  return out
+  start = time.perf_counter()
+  cache.resolve(records, name="corpus", workers=config.data.workers, progress=False)
+  middle = time.perf_counter()
+  corpus = packed.from_cache(cache, records, config.features.clip_frames, name="corpus")
+  frames = len(corpus.pack.frames)
+  return {"recordings": len(records), "feature_s": middle - start,
+          "pack_s": time.perf_counter() - middle, "frames": frames,
+          "pack_gib": frames * config.features.nfilt * 4 / GIB}
 
 
 def loader_worker(spec):
@@ -144,8 +157,47 @@ def inmemory_worker(spec):
   return {"peak_rss": harness.peak_rss_bytes()}
 
 
+def embed_worker(spec):
+  """`python -m coughjax.embed` over the corpus's coughs, in a process of its own."""
+  folder = pathlib.Path(tempfile.mkdtemp(prefix="coughjax-embed-"))
+  try:
+    cmd = [sys.executable, "-m", "coughjax.embed", f"--encoder={EMBED_ENCODER}",
+           f"--output={folder / 'embeddings.npz'}"] + [
+               f"--config.data.{k}={v!r}" if isinstance(v, tuple) else
+               f"--config.data.{k}={v}" for k, v in embed_data(spec["participants"]).items()]
+    with open(folder / "log", "w") as log:
+      start = time.perf_counter()
+      child = subprocess.Popen(cmd, cwd=harness.REPO, stdout=log, stderr=log)  # pylint: disable=consider-using-with
+      _, status, usage = os.wait4(child.pid, 0)  # the command's own peak RSS
+      seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{(folder / 'log').read_text()[-4000:]}")
+    with np.load(folder / "embeddings.npz") as z:
+      recordings, clips = len(z["paths"]), len(z["clip_embeddings"])
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+  return {"seconds": seconds, "recordings": recordings, "clips": clips,
+          "peak_rss": usage.ru_maxrss * 1024}
+
+
+def inmemory_embed_worker(spec):
+  """The coughs embedded as `embed_records` did before it streamed from a pack."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from coughjax import data  # pylint: disable=g-import-not-at-top
+  from coughjax import embed  # pylint: disable=g-import-not-at-top
+  from coughjax.data import features  # pylint: disable=g-import-not-at-top
+  encoder = embed.load_encoder(EMBED_ENCODER)
+  records = data.get_manifest(ml_collections.ConfigDict(
+      dict(make_config(spec).data.to_dict(), **embed_data(spec["participants"]))))
+  kept, feats, _ = features.FeatureCache(encoder.spec.features).load(records,
+                                                                     progress=False)
+  encoder.embed_features(feats, [r.path for r in kept])
+  return {"peak_rss": harness.peak_rss_bytes()}
+
+
 WORKERS = {"build": build_worker, "loader": loader_worker, "pretrain": pretrain_worker,
-           "inmemory": inmemory_worker}
+           "embed": embed_worker, "inmemory": inmemory_worker,
+           "inmemory_embed": inmemory_embed_worker}
 
 
 def run_worker(spec: dict[str, Any], cache: pathlib.Path) -> dict[str, Any]:
@@ -178,8 +230,8 @@ def main(argv):
       cache = root / f"cache-{size}"
       spec = dict(base, participants=size)
       row = {"participants": size}
-      for kind in ("build", "loader", "pretrain") + (("inmemory",) if _BASELINE.value
-                                                       else ()):
+      for kind in ("build", "loader", "pretrain", "embed") + (
+          ("inmemory", "inmemory_embed") if _BASELINE.value else ()):
         start = time.perf_counter()
         row[kind] = run_worker(dict(spec, kind=kind), cache)
         print(f"# {size} participants, {kind}: {time.perf_counter() - start:.0f} s",
@@ -194,8 +246,10 @@ def main(argv):
   batch = base["batch"]
   header = ["participants", "recordings", "features (GiB)", "feature build s", "pack s",
             "loader pairs/s", f"B = {batch} step s", "step pairs/s", "loader / step",
-            "pre-training peak RSS (GiB)"] + (["in-memory store peak RSS (GiB)"]
-                                              if _BASELINE.value else [])
+            "pre-training peak RSS (GiB)", "embed recordings", "embed s",
+            "embed peak RSS (GiB)"] + (
+                ["in-memory store peak RSS (GiB)", "in-memory embed peak RSS (GiB)"]
+                if _BASELINE.value else [])
   rows = []
   for r in results:
     ratio = r["loader"]["pairs_per_s"] / r["pretrain"]["pairs_per_s"]
@@ -203,12 +257,17 @@ def main(argv):
                  f"{r['build']['pack_gib']:.2f}", f"{r['build']['feature_s']:.1f}",
                  f"{r['build']['pack_s']:.1f}", f"{r['loader']['pairs_per_s']:,.0f}",
                  f"{r['pretrain']['step_s']:.2f}", f"{r['pretrain']['pairs_per_s']:,.0f}",
-                 f"{ratio:.0f}x", f"{r['pretrain']['peak_rss'] / GIB:.2f}"]
-                + ([f"{r['inmemory']['peak_rss'] / GIB:.2f}"] if _BASELINE.value else []))
+                 f"{ratio:.0f}x", f"{r['pretrain']['peak_rss'] / GIB:.2f}",
+                 f"{r['embed']['recordings']:,}", f"{r['embed']['seconds']:.1f}",
+                 f"{r['embed']['peak_rss'] / GIB:.2f}"]
+                + ([f"{r['inmemory']['peak_rss'] / GIB:.2f}",
+                    f"{r['inmemory_embed']['peak_rss'] / GIB:.2f}"]
+                   if _BASELINE.value else []))
   print(harness.markdown_table(header, rows))
-  rss = [r["pretrain"]["peak_rss"] for r in results]
-  print(f"\npre-training peak RSS, largest minus smallest corpus: "
-        f"{(rss[-1] - rss[0]) / GIB:+.2f} GiB")
+  for kind, what in (("pretrain", "pre-training"), ("embed", "python -m coughjax.embed")):
+    rss = [r[kind]["peak_rss"] for r in results]
+    print(f"\n{what} peak RSS, largest minus smallest corpus: "
+          f"{(rss[-1] - rss[0]) / GIB:+.2f} GiB")
   print(f"\n{harness.describe(harness.machine())}")
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(

@@ -20,12 +20,20 @@ def get_base_config() -> ml_collections.ConfigDict:
       root="",            # dataset folder (coswara, covid19_sounds, covid19_cough)
       roots="",           # several sources: "coswara=PATH,covid19_cough=PATH"
       manifest="",        # CSV path (name="manifest")
+      # name="manifest": its paths must stay inside the CSV's folder (others are
+      # skipped and counted); True allows absolute paths and paths outside it, for a
+      # CSV you trust.
+      manifest_any_paths=False,
       # name="tfds": a build of coughjax.data.tfds_builders, e.g. "coswara/pretrain"
       # (or "<dataset>/<config>:<version>"), in the TFDS data_dir `tfds_dir`.
       tfds_name="", tfds_dir="", tfds_split="train",
       label="",           # coswara: covid_status | sex | age; covid19_cough: covid19
       source_filter="",   # covid19_cough: "" (both) | call-center | telegram
       verified_only=False,  # covid19_cough: only PCR-verified positives (+ all negatives)
+      # Near-duplicate recordings (copies re-encoded, resampled, re-gained or trimmed
+      # by up to 0.5 s) become one participant, unlabelled if their labels disagree
+      # (coughjax/data/dedup.py): "auto" (on for covid19_cough), True or False.
+      dedup=FieldReference("auto", field_type=object),
       age_threshold=50,   # coswara label="age": 1 if age >= this
       task=1,             # covid19_sounds task (1, 2 or 3)
       sounds=PRETRAIN_SOUNDS,  # which sounds to use (empty: all of the source)
@@ -33,12 +41,19 @@ def get_base_config() -> ml_collections.ConfigDict:
       seed=0,                  # synthetic generator seed
       split=(0.8, 0.2, 0.0),   # participant fractions train/val/test
       split_seed=0,
+      # The evaluation protocol's folds (coughjax.protocol): a folds file; its fold
+      # `fold` of repeat `fold_repeat` is the test part and the rest is split by
+      # `split`'s train/val proportions. "" = split by `split` alone.
+      folds="", fold=0, fold_repeat=0,
       workers=0,               # feature-building processes (0 = all cores)
   ))
   config.features = ml_collections.ConfigDict(dict(
       sample_rate=16000, nfilt=64, winlen=0.025, winstep=0.01,
       nfft=0,             # 0 = smallest power of two covering the window
       preemph=0.97, min_duration=0.5, clip_frames=96,
+      # Front-end level normalisation per recording (data/features.py `normalise`):
+      # "" none (the paper), "gain" (remove loudness) or "cmn" (per-band means).
+      normalise="",
       train_hop=96,       # downstream training clips every this many frames
       eval_hop=96,        # clip hop when evaluating every clip of a recording
   ))

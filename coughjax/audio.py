@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
+import stat
 from typing import Optional
 
 from absl import logging
@@ -73,21 +75,58 @@ def load(
     [num_samples] float32 in [-1, 1].
 
   Raises:
-    AudioError: missing, undecodable, empty, non-finite, silent or too short.
+    AudioError: missing, not a regular file, undecodable (an unrecognised or
+      truncated header, truncated or corrupt data), empty, non-finite, silent or
+      too short.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise AudioError(path, "file not found")
-  if os.path.isdir(path):
-    raise AudioError(path, "is a directory, not an audio file")
+  check_regular_file(path)
   if path.lower().endswith(_AV_SUFFIXES):
     audio, rate = _decode_av(path)
   else:
     try:
       audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-      raise AudioError(path, f"cannot decode audio ({e})") from e
+    except _SF_ERRORS as e:
+      raise AudioError(path, _decode_failure(path, e)) from e
   return _to_mono_checked(path, audio, rate, sample_rate, min_duration)
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+  """Raises AudioError unless `path` is a non-empty regular file.
+
+  Checked with one `stat`, before anything opens the file: a device (`/dev/zero`),
+  fifo or socket would hang or feed endless bytes to whatever reads it.
+  """
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise AudioError(path, "file not found") from None
+  except OSError as e:
+    raise AudioError(path, f"cannot be read ({e.strerror or e})") from e
+  if stat.S_ISDIR(st.st_mode):
+    raise AudioError(path, "is a directory, not an audio file")
+  if not stat.S_ISREG(st.st_mode):
+    raise AudioError(path, "not a regular file (a device, pipe or socket); audio is "
+                     "read from regular files only")
+  if st.st_size == 0:
+    raise AudioError(path, "empty file (0 bytes)")
+
+
+_SF_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def _decode_failure(path: str, error: Exception) -> str:
+  """Why libsndfile could not decode `path`: a header it does not recognise (not
+  audio, or cut before the audio starts) or audio data that ends or breaks early."""
+  size = os.path.getsize(path)
+  try:
+    info = sf.info(path)
+  except _SF_ERRORS:
+    return (f"cannot decode audio: not a recognised audio format, or its header is "
+            f"damaged or truncated ({size} bytes; libsndfile: {error})")
+  return (f"cannot decode audio: truncated or corrupt {info.format} data (its header "
+          f"declares {info.frames} frames at {info.samplerate} Hz; {size} bytes; "
+          f"libsndfile: {error})")
 
 
 def _decode_av(path: str) -> tuple[np.ndarray, int]:
@@ -119,9 +158,99 @@ def _decode_av(path: str) -> tuple[np.ndarray, int]:
   return np.concatenate(chunks, axis=1).T.astype(np.float32), rate
 
 
+# Sample rates accepted (Hz), from old telephone recordings to high-rate studio audio.
+MIN_RATE, MAX_RATE = 1_000, 1_000_000
+# A 2-D waveform with at most this many entries along one axis, and more along the
+# other, has its channels on that axis.
+MAX_CHANNELS = 8
+# PCM integer types -> (offset, full scale), as libsndfile converts them to float.
+_PCM_SCALE = {"int8": (0, 2**7), "int16": (0, 2**15), "int32": (0, 2**31),
+              "uint8": (128, 2**7)}
+
+
+def from_array(
+    waveform,
+    sample_rate,
+    target_rate: int = SAMPLE_RATE,
+    *,
+    min_duration: float = 0.0,
+    name: str = "waveform",
+) -> np.ndarray:
+  """A waveform given as an array, checked and converted as `load` converts a file.
+
+  The one check of every public function that takes audio samples
+  (`Classifier.predict`, `Encoder.embed`, `Encoder.embed_clips`).
+
+  Args:
+    waveform: [samples] or [samples, channels]; [channels, samples] is recognised
+      when one axis has at most `MAX_CHANNELS` entries and the other more. Floats
+      are taken as they are (full scale [-1, 1]); integer PCM is scaled as
+      soundfile reads it as float: int16 / 2**15, int32 / 2**31, int8 / 2**7,
+      uint8 (offset binary) (x - 128) / 2**7.
+    sample_rate: its rate in Hz, a positive integer.
+    target_rate: the rate to return.
+    min_duration: shortest acceptable duration in seconds.
+    name: how errors name the waveform.
+
+  Returns:
+    [num_samples] float32 mono at `target_rate`.
+
+  Raises:
+    AudioError naming `name`: a bad sample rate, dtype or shape; empty,
+      non-finite, silent or too short audio.
+  """
+  rate = _sample_rate(sample_rate, name)
+  return _to_mono_checked(name, _float_frames(waveform, name), rate, target_rate,
+                          min_duration)
+
+
+def _sample_rate(sample_rate, name: str) -> int:
+  if (isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, numbers.Real)
+      or not float(sample_rate).is_integer() or sample_rate <= 0):
+    raise AudioError(name, f"sample_rate must be a positive integer (Hz), got "
+                     f"{sample_rate!r}")
+  return int(sample_rate)
+
+
+def _float_frames(waveform, name: str) -> np.ndarray:
+  """Any accepted waveform -> [samples, channels] float32 in full scale [-1, 1]."""
+  try:
+    x = np.asarray(waveform)
+  except ValueError as e:  # a ragged nested list
+    raise AudioError(name, f"not an array of audio samples ({e})") from e
+  accepted = ("give float samples in [-1, 1], or int16 / int32 / int8 / uint8 PCM")
+  if x.dtype.kind == "f":
+    x = x.astype(np.float32)
+  elif x.dtype.name in _PCM_SCALE:
+    offset, scale = _PCM_SCALE[x.dtype.name]
+    # Exact: every int16/int8/uint8 value is a float32, the scale a power of two.
+    x = (x.astype(np.float32) - np.float32(offset)) * np.float32(1 / scale)
+  elif x.dtype.kind in "iu":
+    raise AudioError(name, f"{x.dtype} samples have no standard audio full scale; "
+                     f"{accepted}")
+  else:
+    raise AudioError(name, f"{x.dtype} arrays are not audio samples; {accepted}")
+  if x.ndim == 1:
+    return x[:, None]
+  if x.ndim == 2:
+    if x.shape[1] <= MAX_CHANNELS:
+      return x
+    if x.shape[0] <= MAX_CHANNELS:
+      return x.T  # [channels, samples], as torchaudio and librosa give it
+  raise AudioError(name, f"waveform of shape {x.shape}: expected [samples] or [samples, "
+                   f"channels] (or [channels, samples]) with at most {MAX_CHANNELS} "
+                   "channels")
+
+
 def _to_mono_checked(path, audio, rate, sample_rate, min_duration) -> np.ndarray:
+  """[samples, channels] at `rate` -> checked [samples] mono at `sample_rate`."""
+  if not MIN_RATE <= rate <= MAX_RATE:
+    # A damaged header, say: resampling 1 Hz audio to 16 kHz would need 16,000x the
+    # memory, and 2**31 Hz audio would come out empty.
+    raise AudioError(path, f"sample rate {rate} Hz is outside the {MIN_RATE}-{MAX_RATE} Hz "
+                     "that coughjax reads")
   if audio.size == 0:
-    raise AudioError(path, "no audio samples (empty file)")
+    raise AudioError(path, "no audio samples")
   audio = audio.mean(axis=1) if audio.ndim == 2 else audio
   if not np.all(np.isfinite(audio)):
     bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))

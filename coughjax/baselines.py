@@ -1,4 +1,4 @@
-"""Non-deep baselines for the downstream task, on the downstream trainer's splits.
+"""Non-deep baselines and confound controls, on the downstream trainer's splits.
 
 * `logmel_statistics`: a recording's log-mel features [frames, mel] summarised per
   band as (mean, std, mean |Δ|) over time — 3 x 64 = 192 numbers — the "log-mel
@@ -10,19 +10,18 @@
   P(positive | source) from the training split — how much of a pooled score the
   recording channel explains.
 
-`run` scores a baseline on the same seeded splits as `coughjax.train.downstream`
-(run i uses `data.split_seed + i`) and writes the same results.json / results.md,
-so reports can treat baselines as rows.
+`BASELINES` maps each baseline's name to a function of the splits
+(`load_split_features`: the same recordings and split as the downstream trainer's
+for the same config) returning test scores; besides the log-mel statistics, the
+confound controls: loudness only, duration only, the per-band means and the channel.
+`coughjax.protocol` scores them fold by fold like the deep rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from absl import logging
 import numpy as np
 from sklearn import linear_model
 from sklearn import metrics as skm
@@ -30,7 +29,6 @@ from sklearn import pipeline as sk_pipeline
 from sklearn import preprocessing
 
 from coughjax import data
-from coughjax import evaluate
 from coughjax.data import features as features_lib
 from coughjax.data import manifest as manifest_lib
 from coughjax.data import splits as splits_lib
@@ -134,34 +132,54 @@ class Split:
     return [r.stratum for r in self.records]
 
 
-def load_split_features(config, split_seed: int) -> dict[str, Split]:
+def load_split_features(config) -> dict[str, Split]:
   """The train/val/test recordings `coughjax.data.load_splits(labelled=True)` gives
-  for `split_seed` (same manifest, labelled filter and split), with their features
-  as cached — unpadded, unlike a ClipStore, so short recordings' statistics are not
-  diluted by zero frames."""
+  for `config` (same manifest, labelled filter and split: `data.split_seed`, or a
+  fold of `data.folds`), with their features as cached — unpadded, unlike a
+  ClipStore, so short recordings' statistics are not diluted by zero frames."""
   records = manifest_lib.select(data.get_manifest(config.data), labelled=True)
   if not records:
     raise ValueError(f"{config.data.name}: no labelled recordings "
                      f"(data.label={config.data.label!r})")
-  parts = splits_lib.split(records, config.data.split, split_seed)
+  parts = splits_lib.from_config(records, config.data, require_all=True)
   cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
   out = {}
   for name in splits_lib.SPLITS:
     kept, feats, _ = cache.load(parts[name], name=f"{config.data.name}/{name}",
                                 workers=config.data.workers, progress=False)
     if not kept:
-      raise ValueError(f"{config.data.name}: split {name!r} (split_seed {split_seed}) "
-                       "has no usable recordings")
+      raise ValueError(f"{config.data.name}: split {name!r} has no usable recordings")
     out[name] = Split(kept, feats)
   return out
 
 
-def logmel_logreg(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
-  """Test scores of logistic regression on log-mel statistics, and what was chosen."""
-  x = {k: statistics_matrix(p.features) for k, p in parts.items()}
+def _fit(x: dict[str, np.ndarray], parts: dict[str, Split], seed: int,
+         c_grid: Sequence[float] = C_GRID) -> tuple[np.ndarray, dict]:
   scores, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
-                                         parts["val"].labels, x["test"], seed)
+                                         parts["val"].labels, x["test"], seed, c_grid)
   return scores, {"C": c, "num_features": int(x["train"].shape[1])}
+
+
+def _summary_baseline(summary: Callable[[np.ndarray], np.ndarray],
+                      c_grid: Sequence[float] = C_GRID):
+  """A baseline: logistic regression on `summary(features)` of each recording."""
+
+  def baseline(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+    x = {k: np.stack([np.atleast_1d(summary(f)) for f in p.features]).astype(np.float64)
+         for k, p in parts.items()}
+    return _fit(x, parts, seed, c_grid)
+
+  return baseline
+
+
+def loudness(feats: np.ndarray) -> float:
+  """A recording's mean log-mel energy over all frames and bands (its loudness)."""
+  return float(np.mean(feats, dtype=np.float64))
+
+
+def duration(feats: np.ndarray) -> float:
+  """A recording's length in frames (one per `features.winstep`, 10 ms)."""
+  return float(len(feats))
 
 
 def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
@@ -172,51 +190,25 @@ def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
   return scores, {"p_positive_by_source": source_rates(train.sources, train.labels)}
 
 
+# A single feature needs no regularisation to choose: C = 1.
+_ONE = (1.0,)
 BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]] = {
-    "logmel_logreg": logmel_logreg,
+    "logmel_logreg": _summary_baseline(logmel_statistics),
+    "band_means": _summary_baseline(lambda f: f.mean(axis=0, dtype=np.float64)),
+    "loudness_only": _summary_baseline(loudness, _ONE),
+    "duration_only": _summary_baseline(duration, _ONE),
     "channel_only": channel_only,
 }
 DESCRIPTIONS = {
     "logmel_logreg": "logistic regression (scikit-learn, standardised, C chosen on "
                      "validation AUC) on per-recording log-mel statistics: mean, std and "
                      "mean |Δ| of each of the 64 bands (192 features)",
+    "band_means": "the same logistic regression on the 64 per-band means alone (the "
+                  "recording's average spectrum: level and channel colouring)",
+    "loudness_only": "the recording's mean log-mel energy alone (one number: loudness), "
+                     "through a one-feature logistic regression fitted on training",
+    "duration_only": "the recording's duration alone (frames of 10 ms), through a "
+                     "one-feature logistic regression fitted on training",
     "channel_only": "the recording's source alone: P(positive | source) in the training "
                     "split as the score",
 }
-
-
-def describe_data(cfg) -> str:
-  """'covid19_cough at ROOT (source_filter call-center, split 0.7/0.1/0.2)'."""
-  where = cfg.root or cfg.roots or cfg.manifest or f"{cfg.num_participants} participants"
-  extra = [f"source_filter {cfg.source_filter}"] if cfg.get("source_filter") else []
-  extra.append("split " + "/".join(f"{f:g}" for f in cfg.split))
-  return f"{cfg.name} at {where} ({', '.join(extra)})"
-
-
-def run(name: str, config, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Scores baseline `name` on `config.num_runs` splits (split_seed + i, as the
-  downstream trainer) and writes results.json / results.md in `workdir`."""
-  if name not in BASELINES:
-    raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  runs = []
-  for i in range(config.num_runs):
-    split_seed = config.data.split_seed + i
-    parts = load_split_features(config, split_seed)
-    scores, info = BASELINES[name](parts, config.seed + i)
-    labels = parts["test"].labels
-    runs.append({"recording": evaluate.binary_metrics(labels, scores, config.threshold),
-                 "labels": labels.tolist(), "scores": np.asarray(scores).tolist(),
-                 "run": i, "seed": config.seed + i, "split_seed": split_seed, **info})
-    logging.info("%s run %d (split_seed %d): test ROC-AUC %.2f", name, i, split_seed,
-                 runs[-1]["recording"]["auc"])
-  # evaluate.write_report summarises a "clip" level too; a baseline scores whole
-  # recordings, so its clip level is the recording level.
-  for r in runs:
-    r["clip"] = r["recording"]
-  results = evaluate.write_report(workdir, name, runs, describe_data(config.data))
-  (workdir / "baseline.json").write_text(json.dumps(
-      {"baseline": name, "description": DESCRIPTIONS[name]}, indent=2) + "\n")
-  return results

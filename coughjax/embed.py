@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -49,14 +48,15 @@ from typing import Any, Iterable, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import tqdm
 
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
@@ -85,20 +85,24 @@ class Embeddings:
   errors: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
   def save(self, path: str | os.PathLike, *, ids: Optional[Sequence[str]] = None,
-           labels: Optional[Sequence[int]] = None, **extra) -> None:
+           labels: Optional[Sequence[int]] = None, **extra) -> pathlib.Path:
     """Writes the .npz described in the module docstring (strings as unicode
-    arrays: np.load needs no pickle)."""
+    arrays: np.load needs no pickle), whole or not at all; returns its path
+    (`path`, with ".npz" appended if it lacks it, as np.savez does)."""
+    path = files.with_suffix(path, ".npz")
     n = len(self.names)
     ids = list(self.names if ids is None else ids)
     labels = np.full(n, -1) if labels is None else np.asarray(labels, np.int64)
     if len(ids) != n or labels.shape != (n,):
       raise ValueError(f"{path}: {len(ids)} ids / {labels.shape} labels for {n} recordings")
-    np.savez(path, embeddings=self.recordings, clip_embeddings=self.clips,
-             clip_recording=self.clip_recording, clip_index=self.clip_index,
-             paths=np.array(self.names, dtype=str), ids=np.array(ids, dtype=str),
-             labels=labels,
-             failed_paths=np.array([e[0] for e in self.errors], dtype=str),
-             failed_reasons=np.array([e[1] for e in self.errors], dtype=str), **extra)
+    arrays = dict(embeddings=self.recordings, clip_embeddings=self.clips,
+                  clip_recording=self.clip_recording, clip_index=self.clip_index,
+                  paths=np.array(self.names, dtype=str), ids=np.array(ids, dtype=str),
+                  labels=labels,
+                  failed_paths=np.array([e[0] for e in self.errors], dtype=str),
+                  failed_reasons=np.array([e[1] for e in self.errors], dtype=str), **extra)
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
 
 
 class Encoder:
@@ -143,29 +147,66 @@ class Encoder:
 
   def embed_clips(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
                   ) -> np.ndarray:
-    """[n_clips, d] embeddings of one recording ([samples] or [samples, channels])."""
+    """[n_clips, d] embeddings of one recording: [samples] or [samples, channels]
+    (or [channels, samples]) float or integer PCM (`coughjax.audio.from_array`).
+
+    Raises:
+      AudioError naming `name`: unusable audio.
+      FloatingPointError naming `name`: the encoder's output is not finite.
+    """
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
-    return self.embed_features([feats], [name]).clips
+    return self._one(feats, name).clips
 
   def embed(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
             ) -> np.ndarray:
-    """[d]: the mean of a recording's clip embeddings."""
+    """[d]: the mean of a recording's clip embeddings (see `embed_clips`)."""
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
-    return self.embed_features([feats], [name]).recordings[0]
+    return self._one(feats, name).recordings[0]
+
+  def _one(self, feats: np.ndarray, name: str) -> Embeddings:
+    out = self.embed_features([feats], [name])
+    if out.errors:
+      raise FloatingPointError(f"{name}: {out.errors[0][1]}")
+    return out
 
   def embed_features(self, features: Sequence[np.ndarray],
                      names: Optional[Sequence[str]] = None) -> Embeddings:
-    """Embeddings of recordings given as [T, nfilt] features (`spec.features`)."""
-    names = list(names) if names is not None else [f"recording {i}"
-                                                   for i in range(len(features))]
-    clips = inputs.cut(features, self.spec, names)
-    out = inputs.run(self._fn, clips)
-    return self._collect(out, clips.recording, clips.clip, names, [])
+    """Embeddings of recordings given as [T, nfilt] features (`spec.features`); a
+    recording whose embedding is not finite is listed in `errors` instead."""
+    names = inputs.recording_names(names, len(features))
+    out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
+    return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
+
+  def embed_store(self, store, *, progress: bool = False) -> Embeddings:
+    """Embeddings of every recording of a `pipeline.ClipStore` (e.g. a view of a
+    corpus's pack), `inputs.MAX_BATCH` clips read at a time: memory holds one batch
+    of clips, never the corpus's features. Batches and outputs are those of
+    `embed_features` on the same recordings' features; a recording whose embedding
+    is not finite is listed in `errors` instead."""
+    if (store.clip_frames, store.frames.shape[1]) != (self.spec.clip_frames,
+                                                      self.spec.features.nfilt):
+      raise ValueError(f"store of {store.clip_frames}-frame clips of "
+                       f"{store.frames.shape[1]} bands; {self} takes "
+                       f"{self.spec.clip_frames} x {self.spec.features.nfilt}")
+    hop = self.spec.hop
+    starts, rec = store.clip_starts(hop)
+    clip = (starts - store.offsets[rec]) // hop
+    keys = (infer.store_recording_keys(store) if self.masked
+            else np.zeros((len(store), 2), np.uint32))  # unused when unmasked
+    out = []
+    for begin in tqdm.trange(0, len(starts), inputs.MAX_BATCH, desc="embedding",
+                             unit="batch", disable=not progress, mininterval=1.0):
+      rows = slice(begin, begin + inputs.MAX_BATCH)
+      out.append(inputs.run(self._fn, inputs.Clips(
+          store.gather(starts[rows]), rec[rows], clip[rows], keys[rec[rows]])))
+    out = inputs.finite_only(np.concatenate(out), rec, clip,
+                             [r.path for r in store.records])
+    return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
 
   def embed_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
                   ) -> Embeddings:
-    """Embeddings of audio files; a file that cannot be used is listed in `errors`
-    (its path and why) and the others are embedded."""
+    """Embeddings of audio files (one str or path is one file); a file that cannot
+    be used is listed in `errors` (its path and why) and the others are embedded."""
     out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="embedding")
     return self._collect(out.outputs, out.recording, out.clip, out.paths, out.errors)
 
@@ -183,7 +224,8 @@ def _read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: not found; is {workdir} a coughjax workdir "
                             "(python launch.py --config=configs/...)?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(files.read_json(path, "the run's config", required=(
+      "features", "model")))
 
 
 def pretrain_encoder_config(model_cfg) -> dict[str, Any]:
@@ -222,7 +264,8 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
     spec = inputs.ClipSpec.from_config(config.features)
     chunk = config.model.get("eval_chunk_size", "auto")
     if (path / predict.ENCODERS_FILE).is_file():
-      branches = json.loads((path / predict.ENCODERS_FILE).read_text())["encoders"]
+      branches = files.read_json(path / predict.ENCODERS_FILE, "encoder settings",
+                                 required=("encoders",))["encoders"]
       if not 0 <= branch < len(branches):
         raise ValueError(f"{path}: branch {branch} out of range; this classifier has "
                          f"{len(branches)} encoder(s) (0..{len(branches) - 1})")
@@ -254,19 +297,24 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
 def embed_records(encoder: Encoder, records: Sequence[Recording], *, name: str = "data",
                   workers: int = 0, progress: bool = True
                   ) -> tuple[list[Recording], Embeddings]:
-  """Embeddings of a manifest's recordings, their features from the feature cache
-  (computed with the encoder's feature parameters). Returns the recordings that
-  could be embedded and their embeddings; skipped ones are in `errors`."""
+  """Embeddings of a manifest's recordings, streamed from the corpus's pack
+  (`coughjax.data.packed`: features computed into the feature cache with the
+  encoder's feature parameters where missing, packed once per corpus), so memory
+  does not grow with the corpus's features. Returns the recordings that could be
+  embedded and their embeddings; skipped ones (unusable audio, a non-finite
+  embedding) are in `errors`."""
   from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
-  cache = features_lib.FeatureCache(encoder.spec.features)
-  kept, feats, skipped = cache.load(records, name=name, workers=workers, progress=progress)
-  if not kept:
-    raise ValueError(f"{name}: none of {len(records)} recordings could be used "
-                     f"(first: {skipped[0].record.path}: {skipped[0].reason})"
-                     if skipped else f"{name}: no recordings")
-  out = encoder.embed_features(feats, [r.path for r in kept])
-  out.errors = [(s.record.path, s.reason) for s in skipped]
-  return kept, out
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  if not records:
+    raise ValueError(f"{name}: no recordings")
+  corpus = packed.from_cache(features_lib.FeatureCache(encoder.spec.features), records,
+                             encoder.spec.clip_frames, name=name, workers=workers,
+                             progress=progress)
+  store = corpus.store()
+  out = encoder.embed_store(store, progress=progress)
+  out.errors = [(s.record.path, s.reason) for s in corpus.skipped] + out.errors
+  embedded = set(out.names)
+  return [r for r in store.records if r.path in embedded], out
 
 
 def define_flags() -> None:
@@ -285,16 +333,23 @@ def define_flags() -> None:
 
 def main(argv):
   cli.quiet_logging()
-  files = argv[1:]
+  paths = argv[1:]
   source_given = any(FLAGS[f].present for f in FLAGS
                      if f.startswith("config.data."))
-  if files and source_given:
+  if paths and source_given:
     raise app.UsageError("give audio files or a data source (--config.data.*), not both")
-  if not files and not source_given:
+  if not paths and not source_given:
     raise app.UsageError("give audio files, or a data source with --config.data.name=...")
+  try:
+    output = files.check_output(FLAGS.output, suffix=".npz")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  # An earlier run's file must not pass for this run's result if this one fails.
+  stale = output.exists()
+  output.unlink(missing_ok=True)
   encoder = load_encoder(FLAGS.workdir, branch=FLAGS.branch, mask=FLAGS.mask)
-  if files:
-    out = encoder.embed_files(files, progress=True)
+  if paths:
+    out = encoder.embed_files(paths, progress=True)
     ids, labels = None, None
   else:
     from coughjax import data  # pylint: disable=g-import-not-at-top
@@ -306,13 +361,14 @@ def main(argv):
   for path, message in out.errors:
     print(f"{path}\t{message}", file=sys.stderr)
   if out.names:
-    out.save(FLAGS.output, ids=ids, labels=labels)
-    print(f"{FLAGS.output}: {len(out.names)} recordings, {len(out.clips)} clips, "
+    out.save(output, ids=ids, labels=labels)
+    print(f"{output}: {len(out.names)} recordings, {len(out.clips)} clips, "
           f"d = {encoder.dim} ({encoder})")
   else:
-    logging.warning("nothing embedded; %s not written", FLAGS.output)
-  if files and out.errors:
-    sys.exit(f"{len(out.errors)} of {len(files)} files could not be embedded")
+    print(f"nothing embedded; {output} not written"
+          + (" (the earlier file there was removed)" if stale else ""), file=sys.stderr)
+  if paths and out.errors:
+    sys.exit(f"{len(out.errors)} of {len(paths)} files could not be embedded")
   if not out.names:
     sys.exit(1)
 

@@ -136,38 +136,3 @@ def plot_curves(histories: Sequence[list[dict]], path: str | os.PathLike,
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-VERDICTS = ("holds", "does not hold", "cannot tell")
-
-
-def paired_verdict(differences: Sequence[float], k: float = 2.0) -> dict[str, float | str]:
-  """Whether "A beats B" holds, from per-seed paired differences A - B.
-
-  "holds" when the mean difference is positive and larger than `k` standard
-  errors (std with ddof 1 over sqrt(n)); "does not hold" when it is negative by
-  more than `k` standard errors; otherwise (or with fewer than two finite
-  differences) "cannot tell". Non-finite differences (a test split with one class
-  has no AUC) are left out and counted in `n`'s shortfall.
-
-  Returns:
-    {"mean", "std", "se", "n", "verdict"}.
-  """
-  d = np.asarray(differences, dtype=np.float64)
-  if d.ndim != 1:
-    raise ValueError(f"paired differences must be one number per seed, got shape {d.shape}")
-  d = d[np.isfinite(d)]
-  n = int(d.size)
-  if n < 2:
-    mean = float(d.mean()) if n else float("nan")
-    return {"mean": mean, "std": float("nan"), "se": float("nan"), "n": n,
-            "verdict": "cannot tell"}
-  mean, std = float(d.mean()), float(d.std(ddof=1))
-  se = std / np.sqrt(n)
-  if mean > 0 and mean > k * se:
-    verdict = "holds"
-  elif mean < 0 and -mean > k * se:
-    verdict = "does not hold"
-  else:
-    verdict = "cannot tell"
-  return {"mean": mean, "std": std, "se": float(se), "n": n, "verdict": verdict}

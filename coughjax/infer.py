@@ -77,10 +77,28 @@ def recording_key(features: np.ndarray, clip_frames: int) -> np.ndarray:
 
 
 def store_recording_keys(store) -> np.ndarray:
-  """`recording_key` of every recording of a `pipeline.ClipStore`: [n, 2] uint32."""
-  return np.stack([
-      recording_key(store.frames[o:o + n], store.clip_frames)
-      for o, n in zip(store.offsets, store.lengths)])
+  """`recording_key` of every recording of a `pipeline.ClipStore`: [n, 2] uint32.
+
+  A store from a pack has them already (computed as the pack was written): they are
+  read, not recomputed through the memory map, after the first recording's is
+  checked against `recording_key` (a pack written under another definition fails
+  here instead of keying masks differently). Others are computed once and kept on
+  the store.
+  """
+  def key(i):
+    o, n = store.offsets[i], store.lengths[i]
+    return recording_key(store.frames[o:o + n], store.clip_frames)
+
+  keys = store.recording_keys
+  if keys is None:
+    keys = store.recording_keys = np.stack([key(i) for i in range(len(store))])
+  elif len(keys) and not np.array_equal(keys[0], key(0)):
+    raise ValueError(
+        f"{getattr(store.frames, 'filename', 'store')}: its stored key of "
+        f"{store.records[0].path} ({keys[0].tolist()}) is not its recording_key "
+        f"({key(0).tolist()}); the pack is from another version: delete it (that "
+        "file and its .index.npz) to rebuild it")
+  return keys
 
 
 def clip_seeds(rec_keys: jax.Array, clip_index: jax.Array) -> jax.Array:

@@ -19,7 +19,6 @@ import os
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
-import soxr
 import tqdm
 
 from coughjax import audio
@@ -54,22 +53,18 @@ class ClipSpec:
 def waveform_features(waveform: np.ndarray, sample_rate: int,
                       params: features_lib.FeatureParams, name: str = "waveform"
                       ) -> np.ndarray:
-  """[samples] or [samples, channels] audio at `sample_rate` -> [T, nfilt] float32.
+  """One recording's samples at `sample_rate` -> [T, nfilt] float32 features.
+
+  The waveform goes through `audio.from_array` (integer PCM scaled as soundfile
+  reads it, [samples, channels] or [channels, samples], the checks of a file).
 
   Raises:
-    AudioError naming `name`: empty, silent or non-finite audio.
+    AudioError naming `name`: a bad sample rate, dtype or shape; empty, silent,
+      non-finite or too short (`params.min_duration`) audio.
   """
-  wave = np.asarray(waveform, np.float32)
-  if wave.ndim == 2:
-    wave = wave.mean(axis=1)
-  if wave.ndim != 1:
-    raise audio.AudioError(name, f"waveform must be [samples] or [samples, channels], "
-                           f"got shape {np.shape(waveform)}")
-  if wave.size == 0 or not np.all(np.isfinite(wave)) or not np.any(wave):
-    raise audio.AudioError(name, "empty, silent or non-finite audio")
-  if sample_rate != params.sample_rate:
-    wave = soxr.resample(wave, sample_rate, params.sample_rate, quality="HQ")
-  return _logfbank(wave, params)
+  wave = audio.from_array(waveform, sample_rate, params.sample_rate,
+                          min_duration=params.min_duration, name=name)
+  return features_lib.waveform_features(wave, params)
 
 
 def file_features(path: str | os.PathLike, params: features_lib.FeatureParams
@@ -77,13 +72,7 @@ def file_features(path: str | os.PathLike, params: features_lib.FeatureParams
   """An audio file's [T, nfilt] features, with the training data's checks
   (`audio.load`: missing, undecodable, silent, shorter than `params.min_duration`)."""
   wave = audio.load(path, params.sample_rate, min_duration=params.min_duration)
-  return _logfbank(wave, params)
-
-
-def _logfbank(wave: np.ndarray, params: features_lib.FeatureParams) -> np.ndarray:
-  return audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt,
-                        winlen=params.winlen, winstep=params.winstep,
-                        nfft=params.nfft or None, preemph=params.preemph)
+  return features_lib.waveform_features(wave, params)
 
 
 @dataclasses.dataclass
@@ -110,8 +99,13 @@ def cut(features: Sequence[np.ndarray], spec: ClipSpec,
     AudioError naming the recording (from `names`): fewer frames than
       `spec.features.min_frames`.
   """
-  names = names or [f"recording {i}" for i in range(len(features))]
+  names = recording_names(names, len(features))
   return _concat([_cut_one(f, spec, name) for f, name in zip(features, names)], spec)
+
+
+def recording_names(names: Optional[Sequence[str]], count: int) -> list[str]:
+  """`names` as a list, or "recording 0", "recording 1", ... when None."""
+  return list(names) if names is not None else [f"recording {i}" for i in range(count)]
 
 
 def _cut_one(feats: np.ndarray, spec: ClipSpec, name: str) -> Clips:
@@ -164,14 +158,14 @@ def run(fn: BatchFn, clips: Clips) -> np.ndarray:
 
 @dataclasses.dataclass
 class FileResults:
-  """Per-clip outputs of the usable files of a batch, and why the others failed.
+  """Per-clip outputs of the usable recordings, and why the others failed.
 
   Attributes:
-    paths: the usable files, in the order given.
-    outputs: [clips, ...] per-clip outputs.
+    paths: the usable files (or recording names), in the order given.
+    outputs: [clips, ...] per-clip outputs, all finite.
     recording: [clips] index into `paths` of each row.
     clip: [clips] clip index within its file.
-    errors: (path, message) of each file that could not be used.
+    errors: (path or name, message) of each recording that could not be used.
   """
   paths: list[str]
   outputs: np.ndarray
@@ -180,11 +174,45 @@ class FileResults:
   errors: list[tuple[str, str]]
 
 
-def run_files(fn: BatchFn, paths: Iterable[str | os.PathLike], spec: ClipSpec, *,
-              progress: bool = False, desc: str = "files") -> FileResults:
-  """fn over every clip of many files, `FILES_PER_GROUP` files at a time. A file
-  that cannot be decoded or is too short is listed in `errors`, the rest run."""
-  paths = [str(p) for p in paths]
+NONFINITE = ("the model's output is NaN/inf for this recording (damaged parameters, "
+             "or an input the model cannot handle); nothing returned for it")
+
+
+def run_named(fn: BatchFn, clips: Clips, names: Sequence[str]) -> FileResults:
+  """fn over every row of `clips` (recording i named `names[i]`); a recording any of
+  whose outputs is NaN/inf is listed in `errors` (`NONFINITE`), never returned."""
+  return finite_only(run(fn, clips), clips.recording, clips.clip, names)
+
+
+def finite_only(out: np.ndarray, recording: np.ndarray, clip: np.ndarray,
+                names: Sequence[str]) -> FileResults:
+  """Outputs [n, ...] of clips of recordings `names` (row i: recording `recording[i]`,
+  clip `clip[i]`), without the recordings any of whose outputs is NaN/inf: those are
+  listed in `errors` (`NONFINITE`), the others renumbered in order."""
+  rows_ok = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+  bad = np.bincount(recording[~rows_ok], minlength=len(names)) > 0
+  keep = ~bad[recording]
+  renumber = np.cumsum(~bad) - 1
+  return FileResults([n for n, b in zip(names, bad) if not b], out[keep],
+                     renumber[recording[keep]], clip[keep],
+                     [(names[i], NONFINITE) for i in np.flatnonzero(bad)])
+
+
+def as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+  """A list of path strings; one str, bytes or PathLike is one path (not a sequence
+  of one-character paths)."""
+  if isinstance(paths, (str, bytes, os.PathLike)):
+    paths = [paths]
+  return [os.fsdecode(p) for p in paths]
+
+
+def run_files(fn: BatchFn, paths: str | os.PathLike | Iterable[str | os.PathLike],
+              spec: ClipSpec, *, progress: bool = False, desc: str = "files"
+              ) -> FileResults:
+  """fn over every clip of many files (`as_paths`), `FILES_PER_GROUP` files at a
+  time. A file that cannot be decoded or is too short, or whose outputs are not
+  finite (`run_named`), is listed in `errors`; the rest run."""
+  paths = as_paths(paths)
   good, outputs, recs, clip_idx, errors = [], [], [], [], []
   bar = tqdm.tqdm(total=len(paths), desc=desc, unit="file", disable=not progress,
                   mininterval=1.0)
@@ -197,11 +225,12 @@ def run_files(fn: BatchFn, paths: Iterable[str | os.PathLike], spec: ClipSpec, *
       except audio.AudioError as e:
         errors.append((path, str(e)))
     if parts:
-      clips = _concat(parts, spec)
-      outputs.append(run(fn, clips))
-      recs.append(clips.recording + len(good))
-      clip_idx.append(clips.clip)
-      good += names
+      group = run_named(fn, _concat(parts, spec), names)
+      outputs.append(group.outputs)
+      recs.append(group.recording + len(good))
+      clip_idx.append(group.clip)
+      good += group.paths
+      errors += group.errors
     bar.update(min(FILES_PER_GROUP, len(paths) - start))
   bar.close()
   if not good:

@@ -1,5 +1,5 @@
 """Config files and 'key=value' overrides for commands that build many configs
-(`coughjax.reproduce`, `coughjax.reproduce_covid19_cough`)."""
+(`coughjax.reproduce`, `coughjax.protocol`, `coughjax.studies`)."""
 
 from __future__ import annotations
 

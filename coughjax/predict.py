@@ -28,7 +28,6 @@ score that run wrote to run_i/test_predictions.csv for the same recording.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -41,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from coughjax import cli
+from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
@@ -70,8 +70,11 @@ def _read_workdir(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, dic
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name}: not found; is {workdir} a downstream "
                               "workdir (python launch.py --config=configs/downstream.py:...)?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  return config, json.loads((workdir / ENCODERS_FILE).read_text())
+  config = files.read_json(workdir / "config.json", "the run's config", required=(
+      "features", "model"))
+  spec = files.read_json(workdir / ENCODERS_FILE, "encoder settings", required=(
+      "encoders", "frozen"))
+  return ml_collections.ConfigDict(config), spec
 
 
 def build_model(workdir: str | pathlib.Path) -> tuple[classifier_lib.Classifier, Any,
@@ -117,14 +120,26 @@ class Classifier:
   def predict_features(self, features: Sequence[np.ndarray],
                        names: Optional[Sequence[str]] = None) -> np.ndarray:
     """[recordings] float64: the mean P(positive) over each recording's clips, from
-    its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them)."""
-    clips = inputs.cut(features, self.spec, names)
-    return inputs.recording_means(self.clip_probabilities(clips), clips.recording,
-                                  len(features))
+    its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them).
+
+    Raises:
+      FloatingPointError naming the first recording whose output is not finite.
+    """
+    names = inputs.recording_names(names, len(features))
+    out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
+    if out.errors:
+      raise FloatingPointError(f"{out.errors[0][0]}: {out.errors[0][1]}")
+    return inputs.recording_means(out.outputs, out.recording, len(features))
 
   def predict(self, waveform: np.ndarray, sample_rate: int, name: str = "waveform"
               ) -> float:
-    """P(positive) of one recording: [samples] or [samples, channels] audio."""
+    """P(positive) of one recording: [samples] or [samples, channels] (or [channels,
+    samples]) float or integer PCM (`coughjax.audio.from_array`).
+
+    Raises:
+      AudioError naming `name`: unusable audio.
+      FloatingPointError naming `name`: the model's output is not finite.
+    """
     feats = inputs.waveform_features(waveform, sample_rate, self.spec.features, name)
     return float(self.predict_features([feats], [name])[0])
 
@@ -133,8 +148,9 @@ class Classifier:
   def predict_files(self, paths: Iterable[str | os.PathLike], *, progress: bool = False
                     ) -> list[tuple[str, float | str]]:
     """(path, probability) per file, in order, or (path, "error: ...") for a file
-    that cannot be scored; the clips of many files share batches."""
-    paths = [str(p) for p in paths]  # read twice below: an iterator would be spent
+    that cannot be scored (one str or path is one file); the clips of many files
+    share batches."""
+    paths = inputs.as_paths(paths)  # read twice below: an iterator would be spent
     out = inputs.run_files(self._fn, paths, self.spec, progress=progress, desc="scoring")
     probs = inputs.recording_means(out.outputs, out.recording, len(out.paths))
     results = dict(zip(out.paths, (float(p) for p in probs)))

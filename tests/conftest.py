@@ -7,10 +7,12 @@ collectives of heavy programs (VGGish) waiting for a device thread that never ge
 scheduled, so fake devices are confined to the tests that need them.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -39,6 +41,48 @@ def run_script(script: str, *args: str, devices: int = 1, timeout: float = 600,
     raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                          f"{proc.stderr[-6000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+  """Raises TimeoutError in the block after `seconds` (SIGALRM: main thread only),
+  so that a regression that hangs (reading /dev/zero, a fifo) fails instead."""
+
+  def expire(*_):
+    raise TimeoutError(f"still running after {seconds} s")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.alarm(seconds)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+_opened: list[str] | None = None
+
+
+def _record_open(event, args):
+  if _opened is not None and event in ("open", "os.open") and isinstance(
+      args[0], (str, bytes, os.PathLike)):
+    _opened.append(os.path.realpath(os.fsdecode(args[0])))
+
+
+@contextlib.contextmanager
+def opened_files():
+  """The paths (resolved) that Python code opens in the block, from the "open"
+  audit events: every file the feature cache hashes or a source reads. (An audit
+  hook stays for the process; outside these blocks it records nothing.)"""
+  global _opened
+  if not getattr(opened_files, "hooked", False):
+    sys.addaudithook(_record_open)
+    opened_files.hooked = True
+  _opened = []
+  try:
+    yield _opened
+  finally:
+    _opened = None
 
 
 def _shared_data(env: str, name: str, marker: str) -> pathlib.Path | None:

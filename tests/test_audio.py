@@ -1,5 +1,7 @@
 """Audio front end: psf equivalence on real audio, bad inputs, clipping edge cases."""
 
+import os
+
 import numpy as np
 import pytest
 import python_speech_features as psf
@@ -199,6 +201,93 @@ def test_load_too_short(tmp_path):
 def test_load_directory(tmp_path):
   with pytest.raises(audio.AudioError, match="is a directory"):
     audio.load(tmp_path)
+
+
+def test_load_names_empty_truncated_and_non_regular_files(tmp_path):
+  p = tmp_path / "zero.flac"
+  p.write_bytes(b"")
+  with pytest.raises(audio.AudioError, match=r"zero\.flac: empty file \(0 bytes\)"):
+    audio.load(p)
+  x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+  whole = _write(tmp_path / "whole.flac", x).read_bytes()
+  cut = tmp_path / "cut.flac"
+  cut.write_bytes(whole[:20])  # inside the header
+  with pytest.raises(audio.AudioError, match=r"cut\.flac: cannot decode audio: not a "
+                                             r"recognised audio format, or its header is "
+                                             r"damaged or truncated \(20 bytes"):
+    audio.load(cut)
+  cut.write_bytes(whole[:len(whole) // 2])  # inside the audio data
+  with pytest.raises(audio.AudioError, match=r"cut\.flac: cannot decode audio: truncated "
+                                             r"or corrupt .*declares 16000 frames at 16000 Hz"):
+    audio.load(cut)
+  fifo = tmp_path / "pipe.wav"
+  os.mkfifo(fifo)  # opening it to read would block forever
+  for path in (fifo, "/dev/zero"):
+    with pytest.raises(audio.AudioError, match="not a regular file"):
+      audio.load(path)
+
+
+# ---------------------------------------------------------------------- from_array
+
+
+def test_integer_pcm_is_scaled_as_soundfile_reads_it(tmp_path):
+  x = 0.5 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+  for subtype, dtype in (("PCM_16", "int16"), ("PCM_32", "int32")):
+    p = _write(tmp_path / f"{subtype}.wav", x, subtype=subtype)
+    as_float, _ = sf.read(p, dtype="float32")
+    as_int, _ = sf.read(p, dtype=dtype)
+    np.testing.assert_array_equal(audio.from_array(as_int, 16000), as_float)
+    np.testing.assert_array_equal(audio.from_array(as_float, 16000), as_float)
+  p = _write(tmp_path / "u8.wav", x, subtype="PCM_U8")
+  as_float, _ = sf.read(p, dtype="float32")
+  with open(p, "rb") as f:  # 8-bit wav stores offset-binary bytes after a 44-byte header
+    raw = np.frombuffer(f.read()[44:], np.uint8)
+  assert raw.size == x.size
+  np.testing.assert_array_equal(audio.from_array(raw, 16000), as_float)
+  np.testing.assert_array_equal(audio.from_array(np.array([-128, 127], np.int8), 16000,
+                                                 16000), [-1.0, 127 / 128])
+
+
+def test_waveform_layouts_are_recognised_or_rejected_by_name():
+  rng = np.random.default_rng(0)
+  stereo = rng.uniform(-0.5, 0.5, size=(16000, 2)).astype(np.float32)
+  mono = audio.from_array(stereo, 16000)
+  np.testing.assert_array_equal(mono, stereo.mean(axis=1))
+  np.testing.assert_array_equal(audio.from_array(stereo.T, 16000), mono)  # [2, N]
+  np.testing.assert_array_equal(audio.from_array(stereo[:, :1].T, 16000), stereo[:, 0])
+  for bad in (np.zeros((100, 100)), np.zeros((2, 3, 4)), np.float32(0.5)):
+    with pytest.raises(audio.AudioError, match=r"^rec: waveform of shape .* expected "
+                                               r"\[samples\]"):
+      audio.from_array(bad, 16000, name="rec")
+  for bad, what in ((stereo > 0, "bool"), (stereo.astype(np.complex64), "complex64"),
+                    (np.array(["a", "b"]), "<U1"), (np.array([0.1, None]), "object"),
+                    (np.arange(16000), "int64"), (np.zeros(10, np.uint16), "uint16")):
+    with pytest.raises(audio.AudioError, match=f"^rec: {what} "):
+      audio.from_array(bad, 16000, name="rec")
+  with pytest.raises(audio.AudioError, match="^rec: not an array of audio samples"):
+    audio.from_array([[0.1, 0.2], [0.3]], 16000, name="rec")
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 16000.5, float("nan"), True, "16000", None])
+def test_sample_rate_must_be_a_positive_integer(rate):
+  with pytest.raises(audio.AudioError, match=r"^rec: sample_rate must be a positive "
+                                             r"integer \(Hz\), got"):
+    audio.from_array(np.full(16000, 0.1, np.float32), rate, name="rec")
+
+
+def test_from_array_checks_like_load():
+  x = np.full(16000, 0.1, np.float32)
+  assert audio.from_array(x, np.int64(16000)).size == 16000
+  assert audio.from_array(x, 16000.0, 8000).size == 8000
+  for rate in (500, 2**31 - 1):  # as a damaged header may claim: 1 Hz would need 16,000x
+    with pytest.raises(audio.AudioError, match=f"^rec: sample rate {rate} Hz is outside the "
+                                               "1000-1000000 Hz"):
+      audio.from_array(x, rate, name="rec")
+  for wave, reason in ((np.zeros(0), "no audio samples"), (np.zeros(100), "silent"),
+                       (np.array([0.1, np.nan]), "1 NaN/inf samples"),
+                       (x[:4000], r"too short: 0\.250 s < minimum 0\.5 s")):
+    with pytest.raises(audio.AudioError, match=f"^rec: .*{reason}"):
+      audio.from_array(wave, 16000, min_duration=0.5, name="rec")
 
 
 # ------------------------------------------------------------------------ clips

@@ -301,6 +301,8 @@ def test_input_pipeline_quick_prints_every_row(tmp_path):
   for r in rows:
     loader, step = (float(r[i].replace(",", "")) for i in (5, 7))
     assert loader > step > 0 and float(r[9]) > 0  # pairs/s; pre-training peak RSS
-  assert "peak RSS, largest minus smallest" in out
+    assert int(r[10].replace(",", "")) > 0 and float(r[12]) > 0  # coughjax.embed
+  assert "pre-training peak RSS, largest minus smallest" in out
+  assert "python -m coughjax.embed peak RSS, largest minus smallest" in out
   assert (tmp_path / "i.json").is_file()
   assert not list((tmp_path / "w").iterdir())  # the feature caches are deleted

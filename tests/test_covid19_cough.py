@@ -2,6 +2,8 @@
 
 import collections
 import json
+import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -109,6 +111,42 @@ def test_downstream_logs_counts_of_one_source(small_copy, caplog):
           f"cough: {n0 + n1}; labels 0: {n0}, 1: {n1})") in caplog.text
   assert sum(len(s) for s in stores.values()) == n0 + n1 - sum(
       m["filename"] in SHORT and m["source"] == "call-center" for m in meta)
+
+
+def test_metadata_paths_leaving_the_root_are_skipped_unopened_in_training(
+    small_copy, tmp_path, caplog):
+  """A release copy whose metadata.json names "../" and absolute paths (and a
+  device, and a fifo) pre-trains on the rest; those entries are counted, and
+  nothing opens them."""
+  from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
+  from coughjax.train import run  # pylint: disable=g-import-not-at-top
+  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
+  release, meta = small_copy
+  root, outside = tmp_path / "copy", tmp_path / "outside"
+  shutil.copytree(release, root)
+  outside.mkdir()
+  # Real recordings outside the root: a breach would hash and decode them.
+  shutil.copy(root / "raw" / meta[0]["filename"], outside / "secret.mp3")
+  shutil.copy(root / "raw" / meta[1]["filename"], tmp_path / "absolute.mp3")
+  os.mkfifo(root / "raw" / "pipe.mp3")
+  bad = ["../../outside/secret.mp3", str(tmp_path / "absolute.mp3"), "/dev/zero",
+         "pipe.mp3"]
+  (root / "metadata.json").write_text(json.dumps(meta + [
+      dict(filename=name, covid19=True, source="telegram") for name in bad]))
+  config = pretrain_configs.get_config("transformer_m50,runlocal")
+  config.data.update(dict(name="covid19_cough", root=str(root), sounds=(), workers=1))
+  config.batch_size, config.eval_batch_size, config.num_epochs = 4, 2, 1
+  config.lock()
+  with conftest.deadline(300), conftest.opened_files() as opened, caplog.at_level("INFO"):
+    run.run(config, str(tmp_path / "run"))
+  assert (f"metadata.json: skipped 4 of {len(meta) + 4} audio paths, none of them opened (3 "
+          "outside the data root, 1 not a regular file") in caplog.text
+  assert f"{len(meta)} recordings from {len(meta)} participants" in caplog.text
+  targets = {str(outside / "secret.mp3"), str(tmp_path / "absolute.mp3"), "/dev/zero",
+             str(root / "raw" / "pipe.mp3")}
+  assert not targets & set(opened), sorted(targets & set(opened))
+  assert any(p.startswith(str(root / "raw")) for p in opened)  # the good ones were read
+  assert [l["split"] for l in trainer.read_metrics(tmp_path / "run")][-1] == "val"
 
 
 def _fake_release(root, records):

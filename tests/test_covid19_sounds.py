@@ -1,6 +1,8 @@
 """COVID-19 Sounds source: a fake KDD 2020 tree, task labels, features, splits."""
 
 import json
+import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -171,3 +173,17 @@ def test_bad_task_and_sound(kdd_root):
     covid19_sounds.manifest(kdd_root, sounds=("sneeze",))
   with pytest.raises(ValueError, match="no COVID-19 Sounds recordings"):
     covid19_sounds.manifest(kdd_root, sounds=("voice",))
+
+
+def test_links_out_of_the_root_and_fifos_are_skipped(kdd_root, tmp_path, caplog):
+  root = tmp_path / "kdd"
+  shutil.copytree(kdd_root, root)
+  before = covid19_sounds.manifest(root)
+  sf.write(tmp_path / "elsewhere.wav", _tone(50), RATE)
+  cough = root / "covidandroidnocough" / "cough"
+  os.symlink(tmp_path / "elsewhere.wav", cough / "cough_Link1_1588140467999.wav")
+  os.mkfifo(cough / "cough_Fifo1_1588140467998.wav")
+  with caplog.at_level("WARNING"):
+    assert covid19_sounds.manifest(root) == before
+  assert ("covidandroidnocough: skipped 2 of 5 audio paths, none of them opened (1 not a "
+          "regular file, 1 outside the data root") in caplog.text

@@ -1,6 +1,7 @@
 """Data sources, feature cache, splits and batches."""
 
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 from sklearn import linear_model
 from sklearn import model_selection
 import soundfile as sf
+
+import conftest
 
 from coughjax import audio
 from coughjax import data
@@ -141,6 +144,71 @@ def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
   kept2, feats2, skipped2 = cache.load(recs, progress=False)
   assert [s.reason for s in skipped2] == [s.reason for s in skipped]
   np.testing.assert_array_equal(feats2[0], feats[0])
+
+
+def _escaping_entries(root, outside):
+  """Paths leading out of `root` or to non-regular files, relative to `root` where
+  that matters, and the real targets a breach would open."""
+  sf.write(outside / "secret.flac", _tone(1.0), 16000)
+  (root / "audio" / "p").mkdir(parents=True, exist_ok=True)
+  os.symlink(outside / "secret.flac", root / "audio" / "p" / "link.flac")
+  os.mkfifo(root / "audio" / "p" / "pipe.flac")
+  entries = {"../outside/secret.flac": "outside the data root",
+             str(outside / "secret.flac"): "outside the data root",
+             "audio/p/link.flac": "outside the data root",
+             "audio/../../outside/secret.flac": "outside the data root",
+             "/dev/zero": "outside the data root",
+             "audio/p/pipe.flac": "not a regular file", "audio/p": "not a regular file",
+             "": "empty path"}
+  return entries, {str(outside / "secret.flac"), "/dev/zero",
+                   str(root / "audio" / "p" / "pipe.flac")}
+
+
+def test_coswara_labels_csv_paths_stay_inside_the_root(tmp_path, caplog):
+  root, outside = tmp_path / "cw", tmp_path / "outside"
+  outside.mkdir()
+  entries, targets = _escaping_entries(root, outside)
+  sf.write(root / "audio" / "p" / "cough-heavy.flac", _tone(1.0), 16000)
+  rows = ["audio/p/cough-heavy.flac"] + list(entries)
+  (root / "labels.csv").write_text("participant_id,sound,path,gender\n" + "".join(
+      f"p,cough-heavy,{r},male\n" for r in rows))
+  with conftest.deadline(60), conftest.opened_files() as opened, caplog.at_level("WARNING"):
+    recs = coswara.manifest(root, label="sex")
+    kept, _, skipped = features.FeatureCache().load(recs, workers=1, progress=False)
+  assert [r.path for r in recs] == [str(root / rows[0])] and len(kept) == 1 and not skipped
+  assert (f"labels.csv: skipped 8 of 9 audio paths, none of them opened (5 outside the data "
+          f"root, 2 not a regular file, 1 empty path; data root {root}); first: "
+          "'../outside/secret.flac'") in caplog.text
+  assert not targets & set(opened), sorted(targets & set(opened))
+
+
+def test_csv_manifest_paths_stay_inside_unless_allowed(tmp_path, caplog):
+  root, outside = tmp_path / "m", tmp_path / "outside"
+  outside.mkdir()
+  entries, _ = _escaping_entries(root, outside)
+  csv_path = root / "m.csv"
+  csv_path.write_text("path,participant_id,sound\nsynthetic://0/1/cough-heavy,p,c\n" + "".join(
+      f"{r},p,cough\n" for r in entries))
+  with caplog.at_level("WARNING"):
+    assert [r.path for r in manifest.read_csv(csv_path)] == ["synthetic://0/1/cough-heavy"]
+  assert "m.csv: skipped 8 of 8 audio paths" in caplog.text
+  # Opted in (data.manifest_any_paths): paths anywhere, but still regular files only.
+  cfg = _data_cfg(name="manifest", manifest=str(csv_path), manifest_any_paths=True)
+  assert sorted(r.path for r in data.get_manifest(cfg)) == sorted(
+      [str(root / r) for r in entries if "outside" in entries[r] and r != "/dev/zero"]
+      + ["synthetic://0/1/cough-heavy"])
+
+
+def test_non_regular_files_are_skipped_by_the_cache_without_hanging(tmp_path):
+  os.mkfifo(tmp_path / "pipe.wav")
+  (tmp_path / "empty.wav").write_bytes(b"")
+  recs = [manifest.Recording(p, "p", "cough") for p in
+          ("/dev/zero", str(tmp_path / "pipe.wav"), str(tmp_path / "empty.wav"))]
+  with conftest.deadline(60):
+    kept, _, skipped = features.FeatureCache().load(recs, workers=1, progress=False)
+  assert not kept
+  assert [features._skip_kind(s.reason) for s in skipped] == [  # pylint: disable=protected-access
+      "not a regular file", "not a regular file", "empty"]
 
 
 # ------------------------------------------------------------------- feature cache
@@ -341,25 +409,118 @@ def test_prefetch_order_and_errors():
 
 
 def test_load_splits_maps_a_pack_written_once(tmp_path, monkeypatch):
-  """Stores from load_splits memory-map one pack per split, written on first use and
-  reopened after, and batch exactly as in-memory stores of the same features."""
+  """Stores from load_splits memory-map one pack of the corpus, written on first use
+  and reopened after, and batch exactly as in-memory stores of the same features."""
   monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path))  # packs of earlier tests aside
   from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
   from coughjax.data import packed  # pylint: disable=g-import-not-at-top
   config = pretrain_configs.get_config("transformer_m50,runlocal")
-  train = data.load_splits(config)["train"]
+  stores = data.load_splits(config)
+  train = stores["train"]
   assert isinstance(train.frames, np.memmap)
+  assert stores["val"].frames.filename == train.frames.filename  # views of one pack
   kept, feats, _ = features.FeatureCache().load(train.records, progress=False)
   in_memory = pipeline.ClipStore(kept, feats)
   for epoch in range(2):
     np.testing.assert_array_equal(
         pipeline.ContrastiveBatches(train, 16).batch(epoch, 1),
         pipeline.ContrastiveBatches(in_memory, 16).batch(epoch, 1))
-  files = {p: p.stat().st_mtime_ns for p in packed.directory().iterdir()}
-  assert len([p for p in files if p.suffix == ".f32"]) == 2  # train and val
+  files = {p: p.stat().st_mtime_ns for p in packed.directory().iterdir()
+           if p.suffix == ".f32"}
+  assert len(files) == 1  # train and val: one pack
   again = data.load_splits(config)["train"]
-  assert {p: p.stat().st_mtime_ns for p in packed.directory().iterdir()} == files
+  assert {p: p.stat().st_mtime_ns for p in files} == files
   np.testing.assert_array_equal(again.frames, train.frames)
+
+
+def test_split_seeds_share_one_pack_with_its_digests(tmp_path, monkeypatch):
+  """Five downstream seeds (split seeds 0..4) write one pack; every split's store is
+  a view of it holding what a store of that split's own features holds, and its
+  recording keys are `infer.recording_key` of those features, read, not rehashed."""
+  monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path))
+  from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top
+  from coughjax import infer  # pylint: disable=g-import-not-at-top
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  config = downstream_configs.get_config("transformer,runlocal")
+  cache = features.FeatureCache()
+  stores = {}
+  for seed in range(5):
+    config.data.split_seed = seed
+    stores[seed] = data.load_splits(config, ("train", "val", "test"), labelled=True)
+  assert len(list(packed.directory().glob("*.f32"))) == 1
+  assert len(list(packed.directory().glob("*.index.npz"))) == 1
+  assert [s.records for s in stores[0].values()] != [s.records for s in stores[1].values()]
+  for seed in (0, 3):
+    for name, store in stores[seed].items():
+      assert store.frames.filename == stores[0]["train"].frames.filename
+      kept, feats, _ = cache.load(store.records, progress=False)
+      own = pipeline.ClipStore(kept, feats)  # the split's features alone
+      assert store.records == own.records
+      np.testing.assert_array_equal(store.lengths, own.lengths)
+      for i in range(len(store)):
+        np.testing.assert_array_equal(
+            store.frames[store.offsets[i]:store.offsets[i] + store.lengths[i]],
+            own.frames[own.offsets[i]:own.offsets[i] + own.lengths[i]])
+      np.testing.assert_array_equal(store.recording_keys, np.stack(
+          [infer.recording_key(f, store.clip_frames) for f in feats]))
+      if name == "train":
+        for a, b in zip(pipeline.SupervisedBatches(store, 8, hop=48).epoch(1),
+                        pipeline.SupervisedBatches(own, 8, hop=48).epoch(1)):
+          np.testing.assert_array_equal(a["x"], b["x"])
+          np.testing.assert_array_equal(a["y"], b["y"])
+  # Validation reads the stored keys: one recording hashed (the check), not all.
+  val = stores[2]["val"]
+  calls = []
+  real = infer.recording_key
+  monkeypatch.setattr(infer, "recording_key", lambda *a: calls.append(1) or real(*a))
+  np.testing.assert_array_equal(infer.store_recording_keys(val), val.recording_keys)
+  assert len(calls) == 1
+  val.recording_keys = val.recording_keys.copy()
+  val.recording_keys[0] += 1
+  with pytest.raises(ValueError, match="is not its recording_key"):
+    infer.store_recording_keys(val)
+
+
+def test_supervised_batches_each_clip_once_per_epoch_and_resume(monkeypatch):
+  """Each clip at most once an epoch (all but the tail short of a batch), the same
+  batches as before the per-epoch order was kept (one permutation of the clips per
+  (seed, epoch)), a resumed epoch equal to the uninterrupted one, and one
+  permutation drawn per epoch, not per step."""
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(16, 60, size=30)
+  offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  # Frame t holds t: a clip's first value is its start.
+  frames = np.repeat(np.arange(lengths.sum(), dtype=np.float32)[:, None], 3, axis=1)
+  records = [manifest.Recording(f"r{i}", f"p{i}", "cough", i % 2) for i in range(30)]
+  store = pipeline.ClipStore.from_frames(records, frames, offsets, lengths, 16)
+  starts, rec = store.clip_starts(8)
+  batches = pipeline.SupervisedBatches(store, 8, hop=8, seed=3)
+  epoch = list(batches.epoch(2))
+  assert len(epoch) == batches.steps_per_epoch == len(starts) // 8
+  seen = np.concatenate([b["x"][0, :, 0, 0] for b in epoch]).astype(int)
+  assert len(set(seen.tolist())) == len(seen) == len(epoch) * 8
+  assert set(seen.tolist()) <= set(starts.tolist())
+  owner = dict(zip(starts.tolist(), rec.tolist()))
+  np.testing.assert_array_equal(np.concatenate([b["y"][0] for b in epoch]),
+                                store.labels[[owner[s] for s in seen.tolist()]])
+  order = np.random.default_rng([3, 2]).permutation(len(starts))
+  np.testing.assert_array_equal(seen, starts[order[:len(seen)]])  # as before
+  resumed = list(pipeline.SupervisedBatches(store, 8, hop=8, seed=3).epoch(2, 5))
+  for a, b in zip(resumed, epoch[5:], strict=True):
+    np.testing.assert_array_equal(a["x"], b["x"])
+  other = np.concatenate([b["x"][0, :, 0, 0] for b in batches.epoch(3)])
+  assert not np.array_equal(other, seen)
+  draws = []
+  real = np.random.default_rng
+  monkeypatch.setattr(np.random, "default_rng", lambda *a: draws.append(a) or real(*a))
+  fresh = pipeline.SupervisedBatches(store, 8, hop=8, seed=3)
+  for step in range(batches.steps_per_epoch):
+    fresh.batch(4, step)
+  assert len(draws) == 1
+  # A four-device layout holds the same global batch.
+  four = pipeline.SupervisedBatches(store, 8, hop=8, seed=3,
+                                    layout=pipeline.DeviceLayout(4, 4, 0)).batch(2, 1)
+  np.testing.assert_array_equal(four["x"].reshape(epoch[1]["x"].shape), epoch[1]["x"])
 
 
 def test_each_process_gathers_only_its_rows():

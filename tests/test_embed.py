@@ -1,6 +1,7 @@
 """Embeddings (API and CLI), shipped encoders, the linear probe, jax.export artifacts,
 and quiet command-line logs — on a runlocal pre-training and a runlocal `ensemble`."""
 
+import functools
 import json
 import os
 import re
@@ -22,9 +23,11 @@ from coughjax import encoders
 from coughjax import export
 from coughjax import infer
 from coughjax import inputs
+from coughjax import models
 from coughjax import predict
 from coughjax import probe
 from coughjax.data import synthetic
+from coughjax.models import transformer
 from coughjax.train import run
 from tests.conftest import REPO
 
@@ -109,7 +112,7 @@ def test_bad_files_are_listed_and_the_rest_embedded(runs, tmp_path):
   assert out.names == [good] and out.recordings.shape == (1, encoder.dim)
   assert [p for p, _ in out.errors] == [str(missing), str(short)]
   assert "not found" in out.errors[0][1] and "too short" in out.errors[1][1]
-  with pytest.raises(audio.AudioError, match="my-recording: empty, silent"):
+  with pytest.raises(audio.AudioError, match="my-recording: audio is silent"):
     encoder.embed(np.zeros(16000, np.float32), 16000, name="my-recording")
   proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}",
               f"--output={tmp_path / 'e.npz'}", good, missing, check=False)
@@ -117,6 +120,71 @@ def test_bad_files_are_listed_and_the_rest_embedded(runs, tmp_path):
   assert list(np.load(tmp_path / "e.npz")["paths"]) == [good]
   with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
     coughjax.load_encoder(tmp_path / "nowhere")
+
+
+def test_int16_waveform_scores_as_its_float_version(runs, tmp_path):
+  """What scipy.io.wavfile.read gives (int16) scores as soundfile's floats."""
+  path = tmp_path / "a.wav"
+  sf.write(path, synthetic.render("synthetic://1/7/cough-heavy", 16000), 16000,
+           subtype="PCM_16")
+  as_float, rate = sf.read(path, dtype="float32")
+  as_int16, _ = sf.read(path, dtype="int16")
+  clf = coughjax.load_classifier(runs["ensemble"])
+  p = clf.predict(as_float, rate)
+  assert abs(clf.predict(as_int16, rate) - p) <= 1e-5
+  assert clf.predict_files(str(path)) == [(str(path), pytest.approx(p, abs=1e-6))]
+  # Channels first ([2, N], as torchaudio gives it) is the same recording.
+  stereo = np.stack([as_int16, as_int16])
+  assert abs(clf.predict(stereo, rate) - p) <= 1e-5
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  np.testing.assert_allclose(encoder.embed(as_int16, rate), encoder.embed(as_float, rate),
+                             atol=1e-6)
+  with pytest.raises(audio.AudioError, match="^mine: sample_rate must be a positive"):
+    clf.predict(as_float, 0, name="mine")
+  with pytest.raises(audio.AudioError, match="^mine: bool arrays are not audio"):
+    encoder.embed_clips(as_float > 0, rate, name="mine")
+
+
+def test_one_path_as_a_str_is_one_file(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/8/cough-heavy")
+  encoder = coughjax.load_encoder(runs["pretrain"])
+  for one in (f, tmp_path / "a.flac"):
+    out = encoder.embed_files(one)
+    assert out.names == [f] and out.errors == []
+  assert [p for p, _ in coughjax.load_classifier(runs["ensemble"]).predict_files(f)] == [f]
+
+
+def test_non_finite_outputs_are_errors_naming_the_input(runs, tmp_path):
+  good = coughjax.load_encoder(runs["pretrain"])
+  params = jax.tree.map(np.array, good.params)  # writable copies
+  jax.tree.leaves(params)[0][...] = np.nan
+  broken = embed.Encoder(good.config, params, good.spec, source="broken")
+  wave = synthetic.render("synthetic://1/9/cough-heavy", 16000)
+  with pytest.raises(FloatingPointError, match="^mine: the model's output is NaN/inf"):
+    broken.embed(wave, 16000, name="mine")
+  f = _flac(tmp_path / "a.flac", "synthetic://1/9/cough-heavy")
+  out = broken.embed_files([f])
+  assert out.names == [] and out.recordings.shape == (0, good.dim)
+  assert out.errors == [(f, inputs.NONFINITE)]
+  recs = synthetic.manifest(2, sounds=("cough-heavy",))
+  kept, out = embed.embed_records(broken, recs, workers=1, progress=False)
+  assert kept == [] and out.errors == [(r.path, inputs.NONFINITE) for r in recs]
+  # A classifier whose second file's clips come out NaN: the first is still scored.
+  clf = coughjax.load_classifier(runs["ensemble"])
+  g = _flac(tmp_path / "b.flac", "synthetic://1/10/cough-heavy")
+  live = clf._fn  # pylint: disable=protected-access
+
+  def nan_for_b(x, keys, clip):
+    p = np.array(live(x, keys, clip))
+    p[np.all(keys == inputs.cut([inputs.file_features(g, clf.spec.features)],
+                                clf.spec).rec_keys[0], axis=1)] = np.nan
+    return p
+
+  clf._fn = nan_for_b  # pylint: disable=protected-access
+  (_, pf), (_, pg) = clf.predict_files([f, g])
+  assert isinstance(pf, float) and pg == f"error: {inputs.NONFINITE}"
+  with pytest.raises(FloatingPointError, match="^b: the model's output is NaN/inf"):
+    clf.predict(audio.load(g), 16000, name="b")
 
 
 def test_masked_branch_embeddings_are_what_the_classifier_head_sees(runs, tmp_path):
@@ -244,6 +312,84 @@ def test_shipped_encoder_loads_offline(runs, tmp_path, monkeypatch):
   assert encoders.names() == ["cli_m50", "tiny_m50"]
 
 
+def test_shipped_encoder_with_overwritten_bytes_fails_naming_the_file(tmp_path,
+                                                                      monkeypatch):
+  name = "transformer_m50_real"
+  real = encoders.read(name)  # the shipped files match their recorded digest
+  assert real.meta["params_sha256"] == encoders.params_digest(
+      (encoders.directory() / f"{name}.msgpack").read_bytes())
+  for suffix in (".json", ".msgpack"):
+    (tmp_path / f"{name}{suffix}").write_bytes(
+        (encoders.directory() / f"{name}{suffix}").read_bytes())
+  monkeypatch.setenv("COUGHJAX_ENCODERS", str(tmp_path))
+  params = tmp_path / f"{name}.msgpack"
+  blob = bytearray(params.read_bytes())
+  blob[len(blob) // 2:len(blob) // 2 + 12] = b"\xff" * 12
+  params.write_bytes(bytes(blob))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(params))}: SHA-256 .* is not the "
+                                       f".* recorded in .*{name}.json: the parameters are "
+                                       "damaged"):
+    coughjax.load_encoder(name)
+  settings = tmp_path / f"{name}.json"
+  meta = json.loads(settings.read_text())
+  del meta["params_sha256"]
+  settings.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       r"settings: missing \['params_sha256'\]"):
+    coughjax.load_encoder(name)
+  settings.write_text('{"format": 1, "encoder": ')
+  with pytest.raises(ValueError, match=f"^{re.escape(str(settings))}: shipped encoder "
+                                       "settings: not valid JSON"):
+    coughjax.load_encoder(name)
+
+
+def test_unreadable_workdir_settings_name_the_file(tmp_path):
+  (tmp_path / "config.json").write_text("{")
+  (tmp_path / predict.ENCODERS_FILE).write_text("{}")
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_classifier(tmp_path)
+  with pytest.raises(ValueError, match=r"config\.json: the run's config: not valid JSON"):
+    coughjax.load_encoder(tmp_path)
+  (tmp_path / "config.json").write_text('{"features": {}, "model": {}}')
+  with pytest.raises(ValueError, match=r"encoders\.json: encoder settings: missing "
+                                       r"\['encoders', 'frozen'\]"):
+    coughjax.load_classifier(tmp_path)
+
+
+def test_embed_cli_checks_its_output_first_and_leaves_no_stale_file(runs, tmp_path):
+  f = _flac(tmp_path / "a.flac", "synthetic://1/0/cough-heavy")
+  # Checked before anything is loaded: the workdir does not even exist.
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}/no/dir/x.npz", f,
+              check=False)
+  assert proc.returncode != 0
+  assert f"--output={tmp_path}/no/dir/x.npz: folder {tmp_path}/no/dir does not exist" in (
+      proc.stderr)
+  proc = _cli("coughjax.embed", "--workdir=nowhere", f"--output={tmp_path}", f, check=False)
+  assert proc.returncode != 0 and "a folder; give a file name" in proc.stderr
+  # --output=x writes x.npz and says so.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x", f)
+  assert proc.stdout.startswith(f"{tmp_path}/x.npz: 1 recordings")
+  assert list(np.load(tmp_path / "x.npz")["paths"]) == [f]
+  # A run that embeds nothing leaves no earlier result behind.
+  proc = _cli("coughjax.embed", f"--workdir={runs['pretrain']}", f"--output={tmp_path}/x",
+              str(tmp_path / "missing.wav"), check=False)
+  assert proc.returncode != 0 and not (tmp_path / "x.npz").exists()
+  assert "not written (the earlier file there was removed)" in proc.stderr
+
+
+def test_export_checks_its_folder_first_and_leaves_no_stale_file(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match=r"path=.*file/sub: .*file is not a folder"):
+    export.export_encoder("nowhere", tmp_path / "file" / "sub")
+  out = tmp_path / "exp"
+  out.mkdir()
+  for name in (export.PROGRAM, export.SIDECAR):
+    (out / name).write_text("an earlier export")
+  with pytest.raises(FileNotFoundError, match="not a shipped encoder"):
+    export.export_encoder(tmp_path / "nowhere", out)
+  assert list(out.iterdir()) == []
+
+
 def test_logmel_stats_matches_a_loop():
   f = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
   want = []
@@ -280,6 +426,32 @@ def test_probe_on_real_coswara_sex(runs, coswara_ci):
       r["test"] for r in results[str(runs["pretrain"])]]
 
 
+def test_embed_records_streams_from_one_pack(monkeypatch):
+  """A corpus is embedded from its pack a batch of clips at a time, giving what
+  embedding its features in memory gives (masked: keys from the pack's digests)."""
+  from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
+  from coughjax.data import packed  # pylint: disable=g-import-not-at-top
+  from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(inputs, "MAX_BATCH", 4)  # several batches of a small corpus
+  records = synthetic.manifest(5, sounds=("cough-heavy", "cough-shallow"))
+  gathered = []
+  real_gather = pipeline.ClipStore.gather
+  monkeypatch.setattr(pipeline.ClipStore, "gather",
+                      lambda self, s: gathered.append(len(s)) or real_gather(self, s))
+  for mask in (True, False):
+    gathered.clear()
+    encoder = coughjax.load_encoder("transformer_m50_real", mask=mask)
+    kept, out = embed.embed_records(encoder, records, progress=False)
+    assert len(gathered) >= 3 and max(gathered) <= 4
+    cached, feats, _ = features_lib.FeatureCache(encoder.spec.features).load(
+        records, progress=False)
+    ref = encoder.embed_features(feats, [r.path for r in cached])
+    assert kept == cached and out.names == ref.names and not out.errors
+    for field in ("recordings", "clips", "clip_recording", "clip_index"):
+      np.testing.assert_array_equal(getattr(out, field), getattr(ref, field), field)
+  assert len(list(packed.directory().glob("*.f32"))) == 1
+
+
 def test_embed_cli_embeds_a_data_source_with_labels(runs, tmp_path):
   out = tmp_path / "src.npz"
   _cli("coughjax.embed", f"--encoder={runs['pretrain']}", f"--output={out}",
@@ -294,3 +466,210 @@ def test_embed_cli_embeds_a_data_source_with_labels(runs, tmp_path):
   np.testing.assert_allclose(encoder.embed(wave, 16000), saved["embeddings"][0], atol=1e-6)
   proc = _cli("coughjax.embed", f"--encoder={runs['pretrain']}", f"--output={out}", check=False)
   assert proc.returncode != 0 and "give audio files, or a data source" in proc.stderr
+
+
+def test_export_resolves_auto_settings_for_its_target_platforms(runs, tmp_path, monkeypatch):
+  """An "auto" attention kernel is picked for each platform exported for, not for
+  the exporting machine (a CPU here)."""
+  picked = []
+  resolve, for_platforms = transformer.resolve_attention_impl, export.for_platforms
+  monkeypatch.setattr(transformer, "resolve_attention_impl",
+                      lambda value, platform=None: picked.append(resolve(value, platform))
+                      or picked[-1])
+  # Count the kernels of the exported trace only (loading the encoder traces it too).
+  monkeypatch.setattr(export, "for_platforms",
+                      lambda fn, platforms: picked.clear() or for_platforms(fn, platforms))
+  expected = np.asarray(infer.embeddings(*_live_encoder(runs["pretrain"]), _clips(4)))
+  for platforms, kernels in ((["cuda"], ["dot_product"] * 2), (["cpu"], ["einsum"] * 2),
+                             (["cpu", "cuda"], ["einsum", "einsum", "dot_product",
+                                                "dot_product"])):
+    folder = export.export_encoder(runs["pretrain"], tmp_path / "-".join(platforms),
+                                   platforms=platforms)
+    assert sorted(picked) == sorted(kernels), (platforms, picked)  # 2 layers per trace
+    exported, meta = export.load(folder)
+    assert meta["platforms"] == platforms
+    if "cpu" in platforms:
+      np.testing.assert_allclose(exported.call(_clips(4)), expected, atol=1e-5)
+  assert jax.default_backend() == "cpu"
+
+
+def _live_encoder(source):
+  encoder = coughjax.load_encoder(source)
+  return encoder.module, encoder.params
+
+
+def _clips(n):
+  return np.random.default_rng(n).normal(-8.0, 4.0, (n, 96, 64)).astype(np.float32)
+
+
+def _onnx_session(folder):
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3
+  return onnxruntime.InferenceSession(str(folder / export.ONNX_FILE), options)
+
+
+@pytest.fixture(scope="module")
+def real_files(coswara_ci):
+  """Real cough recordings (CC BY 4.0) that the runlocal models never saw (the
+  shipped encoder saw their audio, not their labels, in pre-training)."""
+  return [str(p) for p in sorted(coswara_ci.glob("audio/*/cough-heavy.flac"))[:3]]
+
+
+@pytest.fixture(scope="module")
+def onnx_encoders(runs, tmp_path_factory):
+  """{source: folder}: the runlocal Transformer exported by the command, the shipped
+  encoder by the API."""
+  pytest.importorskip("jax2onnx")
+  root = tmp_path_factory.mktemp("onnx")
+  proc = _cli("coughjax.export", f"--workdir={runs['pretrain']}", f"--output={root / 'pre'}",
+              "--format=onnx")
+  assert "onnxruntime" in proc.stdout and not INFO_LINE.search(proc.stderr), proc.stderr
+  shipped = export.export_encoder("transformer_m50_real", root / "shipped", format="onnx")
+  return {str(runs["pretrain"]): root / "pre", "transformer_m50_real": shipped}
+
+
+def test_onnx_encoders_reproduce_the_live_ones_on_real_clips(onnx_encoders, real_files):
+  for source, folder in onnx_encoders.items():
+    session = _onnx_session(folder)
+    encoder = coughjax.load_encoder(source)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["kind"] == "encoder" and meta["coughjax_version"] == coughjax.__version__
+    features = json.loads(meta["features"])
+    assert features == export.features_meta(encoder.spec) and features["nfft"] == 512
+    assert [i["shape"] for i in json.loads(meta["inputs"])] == [["b", 96, 64]]
+    live = encoder.embed_files(real_files)
+    assert not live.errors and len(live.clips) > 8
+    x = inputs.cut([inputs.file_features(f, encoder.spec.features) for f in real_files],
+                   encoder.spec).x
+    for rows in (slice(0, 1), slice(None)):  # batch 1 and every clip, one file
+      got = session.run(None, {"x": x[rows]})[0]
+      assert got.shape == live.clips[rows].shape
+      np.testing.assert_allclose(got, live.clips[rows], atol=1e-5, rtol=0)
+
+
+def _readme_front_end():
+  """The README's ONNX front-end lines: (the block, {"h": encoder line, "p":
+  classifier line})."""
+  text = (REPO / "README.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text.split("<!-- onnx-front-end -->", 1)[1],
+                      re.S)
+  runs_ = {line.split(" =")[0]: line for line in blocks[1].splitlines() if line.strip()}
+  return blocks[0], runs_
+
+
+_README_RUN = r"""
+import json, sys
+import numpy as np
+wave = np.load("wave.npy")
+exec(open("front_end.py").read())
+exec(sys.argv[1])
+out = {"x": x, "feats": feats, "rec_keys": rec_keys, "clip_index": clip_index}
+out.update({k: np.asarray(v) for k, v in (("h", globals().get("h")), ("p", globals().get("p")))
+            if v is not None})
+np.savez("readme_out.npz", **out)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("coughjax", "jax", "flax"))))
+"""
+
+
+def run_readme_front_end(folder, wave, line, tmp_path):
+  """Runs the README's lines on `wave` with `folder`'s model.onnx at the README's
+  path, in a Python without coughjax; returns their arrays."""
+  block, _ = _readme_front_end()
+  work = tmp_path / "readme"
+  (work / "export" / "enc").mkdir(parents=True, exist_ok=True)
+  (work / "export" / "enc" / export.ONNX_FILE).write_bytes((folder / export.ONNX_FILE).read_bytes())
+  (work / "front_end.py").write_text(block)
+  np.save(work / "wave.npy", wave)
+  proc = subprocess.run([sys.executable, "-c", _README_RUN, line], cwd=work,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": ""}, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == []  # no coughjax, JAX or Flax
+  return dict(np.load(work / "readme_out.npz"))
+
+
+def test_readme_onnx_front_end_makes_the_model_input(onnx_encoders, real_files, tmp_path):
+  folder = onnx_encoders["transformer_m50_real"]
+  encoder = coughjax.load_encoder("transformer_m50_real")
+  _, lines = _readme_front_end()
+  for path in real_files:
+    wave = audio.load(path, 16000)
+    out = run_readme_front_end(folder, wave, lines["h"], tmp_path)
+    feats = inputs.file_features(path, encoder.spec.features)
+    x = inputs.cut([feats], encoder.spec).x
+    assert out["x"].shape == x.shape and out["h"].shape == (len(x), encoder.dim)
+    # python_speech_features' features are coughjax's, up to FFT round-off, which
+    # matters only in bands whose energy is round-off (the README says so).
+    powered = x > -20
+    np.testing.assert_allclose(out["x"][powered], x[powered], atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(out["rec_keys"],
+                                  np.tile(infer.recording_key(out["feats"], 96), (len(x), 1)))
+    np.testing.assert_array_equal(out["clip_index"], np.arange(len(x)))
+    live = np.asarray(infer.embeddings(encoder.module, encoder.params, out["x"]))
+    np.testing.assert_allclose(out["h"], live, atol=1e-5, rtol=0)
+
+
+def test_onnx_ds_ensemble_reproduces_the_live_one_on_real_clips(runs, real_files, tmp_path):
+  pytest.importorskip("jax2onnx")
+  clf = coughjax.load_classifier(runs["ensemble"])
+  assert [infer.inference_mask_rate(e) for e in clf.model.encoders] == [0.5, 0.5]
+  try:
+    folder = export.export_classifier(runs["ensemble"], tmp_path / "clf", format="onnx")
+  except export.ExportError as e:
+    # The masks still come from threefry keys, which jax2onnx cannot lower; issue 19
+    # derives them from the recording digest by uint32 hashing, which ONNX holds.
+    assert "random_bits" in str(e) and "--format=jax" in str(e) and "DS masks" in str(e)
+    pytest.xfail(f"DS masks drawn by jax.random: {e}")
+  feats = [inputs.file_features(f, clf.spec.features) for f in real_files]
+  clips = inputs.cut(feats, clf.spec, real_files)
+  live = clf.clip_probabilities(clips)
+  session = _onnx_session(folder)
+  meta = session.get_modelmeta().custom_metadata_map
+  assert json.loads(meta["masks_at_inference"]) == [0.5, 0.5]
+  assert [i["name"] for i in json.loads(meta["inputs"])] == ["x", "rec_keys", "clip_index"]
+  feeds = {"x": clips.x, "rec_keys": clips.rec_keys, "clip_index": clips.clip.astype(np.int32)}
+  for rows in (slice(0, 1), slice(None)):  # batch 1 and every clip, one file
+    got = session.run(None, {k: v[rows] for k, v in feeds.items()})[0]
+    np.testing.assert_allclose(got, live[rows], atol=1e-5, rtol=0)
+  # The masks are in the graph: other keys give other outputs.
+  other = session.run(None, dict(feeds, rec_keys=clips.rec_keys + 1))[0]
+  assert np.max(np.abs(other - live)) > 1e-4
+  # The README's lines, keys included, give the live model's outputs on their input.
+  out = run_readme_front_end(folder, audio.load(real_files[0], 16000),
+                             _readme_front_end()[1]["p"], tmp_path)
+  want = infer.probabilities(clf.model, clf.params, out["x"], out["rec_keys"], out["clip_index"])
+  assert out["p"] == pytest.approx(float(np.mean(want)), abs=1e-5)
+
+
+def test_onnx_export_refuses_random_bits(runs):
+  pytest.importorskip("jax2onnx")
+  x = {"name": "x", "shape": ["b", 96, 64], "dtype": "float32", "doc": ""}
+  noisy = export._Program(  # pylint: disable=protected-access
+      lambda x: x.mean((1, 2)) + jax.random.uniform(jax.random.key(0), x.shape[:1]),
+      [x], {"kind": "encoder", "source": "noisy", "output": {"name": "h", "shape": ["b"]}})
+  with pytest.raises(export.ExportError, match=r"noisy: cannot export .*random_bits.*RandomUniform"):
+    export._export(noisy, "unused", None, None, "onnx")  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="apply to --format=jax only"):
+    export.export_encoder(runs["pretrain"], "unused", platforms=["cpu"], format="onnx")
+  with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+    export.export_encoder(runs["pretrain"], "unused", format="tflite")
+
+
+def test_onnx_converts_the_gru(tmp_path):
+  """The GRU's scan (and its custom VJP, unused at inference) converts; with a fixed
+  even batch its CPU setting advances two streams per step, which converts too."""
+  pytest.importorskip("jax2onnx")
+  gru = models.build_encoder({"name": "gru", "d_model": 16, "num_layers": 2})
+  params = gru.init(jax.random.key(0), _clips(1), train=False)["params"]
+  x = {"name": "x", "shape": ["b", 96, 64], "dtype": "float32", "doc": ""}
+  program = export._Program(  # pylint: disable=protected-access
+      functools.partial(infer.embeddings, gru, params), [x],
+      {"kind": "encoder", "source": "tiny gru", "output": {"name": "h", "shape": ["b", 16]}})
+  live = np.asarray(infer.embeddings(gru, params, _clips(4)))
+  for batch in (None, 4):
+    folder = export._export(program, tmp_path / str(batch), batch, None, "onnx")  # pylint: disable=protected-access
+    session = _onnx_session(folder)
+    for rows in ((slice(0, 1), slice(None)) if batch is None else (slice(None),)):
+      got = session.run(None, {"x": _clips(4)[rows]})[0]
+      np.testing.assert_allclose(got, live[rows], atol=1e-5, rtol=0)

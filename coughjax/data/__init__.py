@@ -11,6 +11,11 @@ source. Participant ids become "<source>:<id>" so that they cannot collide, and 
 source's recordings form their own split strata ("<source>" or
 "<source>/<stratum>"), so every split keeps the sources' proportions.
 
+Near-duplicate recordings (byte-identical, re-encoded, resampled, re-gained or
+trimmed copies) are grouped into one participant each when `config.data.dedup` is on
+("auto": for the sources in DEDUP_BY_DEFAULT), within each source
+(`coughjax.data.dedup`).
+
 A TFDS build of features is a source too (`coughjax.data.tfds_source`):
 
     --config.data.name=tfds --config.data.tfds_name=coswara/pretrain \
@@ -42,6 +47,9 @@ SOURCES = {
 }
 # Sources whose recordings come with their features (not audio for the cache).
 PREBUILT = ("tfds",)
+# Sources whose near-duplicates are grouped when data.dedup is "auto": releases known
+# to hold copies of one recording under several names.
+DEDUP_BY_DEFAULT = ("covid19_cough",)
 
 
 SEPARATOR = "+"
@@ -55,7 +63,29 @@ def get_manifest(cfg) -> list[Recording]:
     return _combined(cfg, names)
   if cfg.name not in SOURCES:
     raise ValueError(f"unknown data source {cfg.name!r}; known: {', '.join(SOURCES)}")
-  return importlib.import_module(SOURCES[cfg.name]).from_config(cfg)
+  dedup = dedup_enabled(cfg)
+  records = importlib.import_module(SOURCES[cfg.name]).from_config(cfg)
+  if dedup:
+    # Imported here: it pulls in the feature code and the audio stack (see load_splits).
+    from coughjax.data import dedup as dedup_lib  # pylint: disable=g-import-not-at-top
+    records = dedup_lib.apply(records, name=cfg.name, workers=cfg.get("workers", 0))
+  return records
+
+
+def dedup_enabled(cfg) -> bool:
+  """Whether `config.data.dedup` ("auto", True or False; absent = "auto") groups the
+  near-duplicates of the source `cfg.name`."""
+  value = cfg.get("dedup", "auto")
+  if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+    value = {"auto": "auto", "true": True, "false": False}[value.lower()]
+  if value == "auto":
+    return cfg.name in DEDUP_BY_DEFAULT
+  if not isinstance(value, bool):
+    raise ValueError(f"data.dedup must be 'auto', True or False, got {value!r}")
+  if value and cfg.name in PREBUILT:
+    raise ValueError(f"data.dedup=True: data.name={cfg.name!r} holds features, not "
+                     "audio, so its near-duplicates cannot be found; set data.dedup=False")
+  return value
 
 
 def parse_roots(text: str) -> dict[str, str]:
@@ -111,12 +141,13 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
   """`config.data` -> participant split -> cached features -> {split: ClipStore}.
 
   With `labelled`, recordings without a label are dropped first (downstream tasks).
-  The stores' features are memory maps of packs on disk (`coughjax.data.packed`),
-  written once per corpus, so memory does not grow with the corpus.
+  The stores are views of one memory-mapped pack of the corpus's features on disk
+  (`coughjax.data.packed`), written once per corpus (not per split or split seed),
+  so memory does not grow with the corpus.
   """
   # Imported here: the feature code pulls in the audio stack, which a caller that
   # only needs manifests should not pay for.
-  from coughjax.data import features, packed, pipeline, splits  # pylint: disable=g-import-not-at-top
+  from coughjax.data import features, packed, splits  # pylint: disable=g-import-not-at-top
   params = features.FeatureParams.from_config(config.features)
   clip_frames = config.features.clip_frames
   prebuilt = None
@@ -135,16 +166,10 @@ def load_splits(config, needed: tuple[str, ...] = ("train", "val"),
       raise ValueError(f"{config.data.name}: no labelled recordings "
                        f"(data.label={config.data.label!r})")
   logging.info("%s: %s", config.data.name, manifest_lib.describe(records))
-  parts = splits.split(records, config.data.split, config.data.split_seed)
+  parts = splits.from_config(records, config.data, require_all=labelled)
   if prebuilt is not None:
-    return tfds_source.stores_for(prebuilt, parts, needed, clip_frames)
-  cache = features.FeatureCache(params)
-  stores = {}
-  for name in needed:
-    found = packed.from_cache(cache, parts[name], clip_frames,
-                              name=f"{config.data.name}/{name}",
-                              workers=config.data.workers)
-    stores[name] = pipeline.ClipStore.from_frames(
-        [parts[name][i] for i in found.kept], found.frames, found.offsets,
-        found.lengths, clip_frames)
-  return stores
+    return tfds_source.stores_for(prebuilt, parts, needed)
+  # One pack for the whole corpus, whatever the split: each split's store is a view.
+  corpus = packed.from_cache(features.FeatureCache(params), records, clip_frames,
+                             name=config.data.name, workers=config.data.workers)
+  return {name: corpus.store(parts[name]) for name in needed}

@@ -18,13 +18,13 @@ recovered or under_validation are left unlabelled), `sex` (1 = male, 0 = female)
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 from typing import Mapping, Optional, Sequence
 
 from absl import logging
 
+from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
 
 LABELS = ("covid_status", "sex", "age")
@@ -39,16 +39,16 @@ def to_label(meta: Mapping[str, str], label: Optional[str],
   if label is None:
     return None
   if label == "covid_status":
-    status = (meta.get("covid_status") or "").strip()
+    status = str(meta.get("covid_status") or "").strip()
     if status.startswith("positive"):
       return 1
     return 0 if status in _NEGATIVE_STATUS else None
   if label == "sex":
-    sex = (meta.get("g") or meta.get("gender") or "").strip().lower()
+    sex = str(meta.get("g") or meta.get("gender") or "").strip().lower()
     return {"male": 1, "female": 0}.get(sex)
   if label == "age":
     try:
-      return int(float(meta.get("a") or meta.get("age") or "") >= age_threshold)
+      return int(float(str(meta.get("a") or meta.get("age") or "")) >= age_threshold)
     except ValueError:
       return None
   raise ValueError(f"unknown Coswara label {label!r}; choose from {LABELS} or None")
@@ -75,22 +75,21 @@ def manifest(root: str | pathlib.Path, *, label: Optional[str] = None,
 
 
 def _flat(root: pathlib.Path, label, age_threshold) -> list[Recording]:
-  with open(root / "labels.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  need = {"participant_id", "sound", "path"}
-  if rows and not need <= set(rows[0]):
-    raise ValueError(f"{root / 'labels.csv'}: needs columns {sorted(need)}, "
-                     f"has {sorted(rows[0])}")
-  return [Recording(str(root / row["path"]), row["participant_id"], row["sound"],
-                    to_label(row, label, age_threshold)) for row in rows]
+  labels_csv = root / "labels.csv"
+  rows = manifest_lib.read_csv_rows(labels_csv, ("participant_id", "sound", "path"),
+                                    "Coswara labels")
+  paths = manifest_lib.confine(root, [row["path"] for row in rows], source=labels_csv)
+  return [Recording(str(path), row["participant_id"], row["sound"],
+                    to_label(row, label, age_threshold))
+          for row, path in zip(rows, paths) if path is not None]
 
 
 def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
   combined = {}
   for csv_path in (root / "combined_data.csv", root.parent / "combined_data.csv"):
     if csv_path.is_file():
-      with open(csv_path, newline="") as f:
-        combined = {row["id"]: row for row in csv.DictReader(f)}
+      combined = {row["id"]: row for row in manifest_lib.read_csv_rows(
+          csv_path, ("id",), "Coswara combined_data")}
       break
   records, unlabelled = [], 0
   for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
@@ -99,7 +98,10 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
     if meta is None and meta_json.is_file():
       try:
         meta = json.loads(meta_json.read_text())
+        if not isinstance(meta, dict):
+          raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
       except ValueError as e:
+        meta = None
         logging.warning("%s: unreadable metadata (%s); participant kept unlabelled",
                         meta_json, e)
     y = to_label(meta or {}, label, age_threshold)
@@ -107,6 +109,9 @@ def _extracted(root: pathlib.Path, label, age_threshold) -> list[Recording]:
     for audio_path in sorted(folder.iterdir()):
       if audio_path.suffix.lower() in _AUDIO_SUFFIXES:
         records.append(Recording(str(audio_path), folder.name, audio_path.stem, y))
+  # Listed, not named by metadata, but a symbolic link may still lead out of the root.
+  kept = manifest_lib.confine(root, [r.path for r in records], source=root)
+  records = [r for r, path in zip(records, kept) if path is not None]
   if unlabelled:
     logging.info("%s: %d participants have no %s label", root, unlabelled, label)
   return records

@@ -13,9 +13,13 @@ false or absent: self-reported, and for negatives never checked), plus free-text
 fields that coughjax does not use.
 
 * Participants: the release has no participant ids, so **each recording is its own
-  participant** (id = the file name without `.mp3`). Splits cannot keep one person's
-  repeated recordings together, and a contrastive positive pair is two crops of the
-  same recording.
+  participant** (id = the file name without `.mp3`), except near-duplicates: this
+  module returns one participant per recording, and `coughjax.data.get_manifest`
+  then (with `config.data.dedup`, on for this source by default) gives copies of
+  one recording that were re-encoded or trimmed one participant, the id of the first
+  in metadata order (`coughjax.data.dedup`; in the December 2020 release 14 pairs of
+  Telegram files). Splits cannot keep one person's repeated recordings together, and
+  a contrastive positive pair is two crops of the same recording (or of its copy).
 * Sound: every recording is a cough, named `cough`. Coughs here are not split into
   Coswara's `cough-heavy` / `cough-shallow`, so any cough in `config.data.sounds`
   ("cough", "cough-heavy", "cough-shallow", or an empty selection) takes them; the
@@ -40,7 +44,8 @@ fields that coughjax does not use.
   negative. So identical files are one recording: the first in metadata order is
   kept (its source, verified flag and id), the others are dropped, and if the
   copies' labels disagree the recording is unlabelled (label None: pre-training
-  uses it, downstream tasks drop it). A warning gives the counts.
+  uses it, downstream tasks drop it). A warning gives the counts. Copies that are
+  not byte-identical are kept, and grouped as above.
 """
 
 from __future__ import annotations
@@ -48,11 +53,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import pathlib
 from typing import Optional, Sequence
 
 from absl import logging
 
+from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import Recording
 
 LABELS = ("covid19",)
@@ -86,6 +93,9 @@ def _read_metadata(root: pathlib.Path) -> list[dict]:
     if missing:
       raise ValueError(f"{path}: record {i} ({rec.get('filename', '?')}) lacks "
                        f"{sorted(missing)}")
+    for key in ("filename", "source"):
+      if not isinstance(rec[key], str):
+        raise ValueError(f"{path}: record {i}: {key} must be a string, got {rec[key]!r}")
     if not isinstance(rec["covid19"], bool):
       raise ValueError(f"{path}: record {i} ({rec['filename']}): covid19 must be true or "
                        f"false, got {rec['covid19']!r}")
@@ -127,7 +137,13 @@ def manifest(root: str | pathlib.Path, *, label: str = "covid19", source_filter:
   if not root.is_dir():
     raise FileNotFoundError(f"{root}: covid19_cough root folder not found")
   metadata = _read_metadata(root)
-  paths = [root / AUDIO_DIR / rec["filename"] for rec in metadata]
+  # A file name leading out of the root ("..", absolute) or to a device is skipped,
+  # counted and never opened.
+  paths = manifest_lib.confine(
+      root, [os.path.join(AUDIO_DIR, rec["filename"]) for rec in metadata],
+      source=root / METADATA)
+  metadata = [rec for rec, path in zip(metadata, paths) if path is not None]
+  paths = [path for path in paths if path is not None]
   for rec, path in zip(metadata, paths):
     if not path.is_file():
       raise FileNotFoundError(f"{path}: named by {root / METADATA} (record "

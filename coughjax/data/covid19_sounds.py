@@ -76,6 +76,7 @@ from typing import Optional, Sequence
 
 from absl import logging
 
+from coughjax.data import manifest as manifest_lib
 from coughjax.data.manifest import Recording
 
 SUBSETS = (
@@ -118,9 +119,10 @@ def _sound_of(kind: str) -> Optional[str]:
 
 
 def _is_candidate(path: pathlib.Path) -> bool:
-  """An original recording: not hidden, augmented or a mono copy, and audio-like."""
+  """An original recording by its name: not hidden, augmented or a mono copy, and
+  audio-like (whether it is a regular file inside the root, `manifest` checks)."""
   name = path.name
-  if name.startswith(".") or "_aug_" in name or "mono" in name or not path.is_file():
+  if name.startswith(".") or "_aug_" in name or "mono" in name:
     return False
   # One web folder of the release holds suffix-less files: keep them, the feature
   # cache reports them if they cannot be decoded.
@@ -203,6 +205,10 @@ def manifest(root: str | pathlib.Path, *, task: int = 1,
     label = int(subset in positive)
     read = _android if "android" in subset else _web
     found = read(_subset_dir(root, subset), sounds, label)
+    # Listed, not named by metadata: still, a symbolic link may lead out of the root,
+    # and an entry may be a folder or a fifo.
+    kept = manifest_lib.confine(root, [r.path for r in found], source=root / subset)
+    found = [r for r, path in zip(found, kept) if path is not None]
     per_subset[subset] = len(found)
     records.extend(found)
   if not records:

@@ -9,7 +9,15 @@ remembered too, so they are reported on every run without being decoded again.
 Layout: `$COUGHJAX_CACHE` (default `~/.cache/coughjax`)
   features/<params key>/<ab>/<content key>.npy    [T, nfilt] float32
   features/<params key>/<ab>/<content key>.err    why the recording was skipped
+  features/<params key>/params.json               the feature parameters
+  features/<params key>/.lock                     in use (see below); mtime: last use
   hashes/<ab>/<path key>.json                     size, mtime and sha256 of a file
+  packed/                                         packs of corpora (`packed`)
+
+A `FeatureCache` that has resolved recordings holds a shared `flock` on its feature
+set's `.lock` for as long as it lives, so that `python -m coughjax.cache prune`
+(which deletes only under an exclusive lock it gets without waiting) never removes
+features that a run is computing or reading.
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
-import tempfile
+import stat
 from typing import Optional, Sequence
 
 from absl import logging
@@ -31,10 +40,14 @@ import numpy as np
 import tqdm
 
 from coughjax import audio
+from coughjax import files
 from coughjax.data import synthetic
 from coughjax.data.manifest import Recording
 
 FEATURE_VERSION = 1  # bump when the feature code changes meaning
+PARAMS_FILE = "params.json"
+LOCK_FILE = ".lock"
+NORMALISATIONS = ("", "gain", "cmn")
 _MIN_PER_WORKER = 64  # fewer recordings than this per extra process: not worth a spawn
 
 
@@ -48,6 +61,12 @@ class FeatureParams:
   nfft: int = 0  # 0 = smallest power of two covering the window
   preemph: float = audio.PREEMPH
   min_duration: float = 0.5  # seconds; shorter recordings are skipped
+  normalise: str = ""  # "", "gain" or "cmn": see `normalise`
+
+  def __post_init__(self):
+    if self.normalise not in NORMALISATIONS:
+      raise ValueError(f"features.normalise must be one of {NORMALISATIONS}, got "
+                       f"{self.normalise!r}")
 
   @classmethod
   def from_config(cls, cfg) -> "FeatureParams":
@@ -55,7 +74,10 @@ class FeatureParams:
     return cls(**{k: v for k, v in dict(cfg).items() if k in fields})
 
   def key(self) -> str:
-    blob = json.dumps([FEATURE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+    fields = dataclasses.asdict(self)
+    if not self.normalise:  # keys of caches written before the field stay valid
+      del fields["normalise"]
+    blob = json.dumps([FEATURE_VERSION, fields], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
   @property
@@ -78,32 +100,67 @@ def load_waveform(record: Recording, params: FeatureParams) -> np.ndarray:
   return wave
 
 
+def normalise(feats: np.ndarray, how: str) -> np.ndarray:
+  """A recording's log-mel features with its level removed (the front end's option).
+
+  Args:
+    feats: [T, nfilt] log-mel features of one whole recording.
+    how: "" (unchanged); "gain": subtract the recording's mean log energy over all
+      frames and bands, i.e. scale the waveform to a fixed mean filterbank energy
+      (removes loudness, keeps the spectral shape); "cmn": subtract each band's mean
+      over time (cepstral mean normalisation in the log-mel domain: removes
+      loudness and any fixed channel colouring, e.g. a microphone's or a telephone
+      line's response).
+
+  Returns:
+    [T, nfilt] float32.
+  """
+  if not how:
+    return feats
+  if how not in NORMALISATIONS:
+    raise ValueError(f"unknown normalisation {how!r}; expected one of {NORMALISATIONS}")
+  axis = None if how == "gain" else 0
+  mean = feats.mean(axis=axis, keepdims=True, dtype=np.float64)
+  return (feats - mean).astype(np.float32)
+
+
+def waveform_features(wave: np.ndarray, params: FeatureParams) -> np.ndarray:
+  """[samples] mono audio at `params.sample_rate` -> [T, nfilt] float32 features:
+  `audio.logfbank`, then `normalise` per `params.normalise`."""
+  feats = audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt,
+                         winlen=params.winlen, winstep=params.winstep,
+                         nfft=params.nfft or None, preemph=params.preemph)
+  return normalise(feats, params.normalise)
+
+
 def compute(record: Recording, params: FeatureParams) -> np.ndarray:
-  """[T, nfilt] log-mel features of one recording (no cache)."""
-  wave = load_waveform(record, params)
-  return audio.logfbank(wave, params.sample_rate, nfilt=params.nfilt, winlen=params.winlen,
-                        winstep=params.winstep, nfft=params.nfft or None,
-                        preemph=params.preemph)
+  """[T, nfilt] features of one recording (no cache)."""
+  return waveform_features(load_waveform(record, params), params)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+def _hold_shared_lock(path: pathlib.Path):
+  """An open file holding a shared `flock` on `path` (created if missing), which
+  lasts until the file is closed; if `path` was deleted while this waited for the
+  lock (a prune), the lock is taken on the file that replaces it."""
+  while True:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "ab")  # pylint: disable=consider-using-with
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    try:
+      if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+        return f
+    except FileNotFoundError:
+      pass
+    f.close()
 
 
 def _skip_kind(reason: str) -> str:
   """A short category for the summary line, from an AudioError reason."""
-  for kind in ("not found", "cannot decode", "no audio samples", "NaN/inf", "silent",
-               "too short", "directory", "PyAV"):
+  for kind in ("not found", "cannot decode", "no audio samples", "empty file", "NaN/inf",
+               "silent", "too short", "directory", "not a regular file", "PyAV"):
     if kind in reason:
-      return {"no audio samples": "empty", "PyAV": "needs webm extra"}.get(kind, kind)
+      return {"no audio samples": "empty", "empty file": "empty",
+              "PyAV": "needs webm extra"}.get(kind, kind)
   return "other"
 
 
@@ -122,9 +179,9 @@ def _build(args) -> Optional[str]:
   except audio.AudioError as e:
     reason = e.reason
     if not key.startswith("missing-"):  # a missing file may appear later
-      _atomic_write(err, lambda f: f.write(reason.encode()))
+      files.atomic_write(err, lambda f: f.write(reason.encode()))
     return reason
-  _atomic_write(npy, lambda f: np.save(f, feats))
+  files.atomic_write(npy, lambda f: np.save(f, feats))
   return None
 
 
@@ -142,6 +199,23 @@ class FeatureCache:
     self.params = params
     self.root = pathlib.Path(root) if root else cache_root()
     self._dir = self.root / "features" / params.key()
+    self._lock = None
+
+  def _claim(self) -> None:
+    """Marks this feature set in use (and used now) while this object lives, and
+    describes it for `coughjax.cache list`."""
+    if self._lock is not None:
+      return
+    try:
+      self._lock = _hold_shared_lock(self._dir / LOCK_FILE)
+      os.utime(self._dir / LOCK_FILE)
+      if not (self._dir / PARAMS_FILE).exists():
+        text = json.dumps({"version": FEATURE_VERSION,
+                           "params": dataclasses.asdict(self.params)})
+        files.atomic_write(self._dir / PARAMS_FILE, lambda f: f.write(text.encode()))
+    except OSError as e:  # a read-only cache: usable if it holds every feature
+      logging.info("%s: not marked in use (%s)", self._dir, e)
+      self._lock = False
 
   def content_key(self, record: Recording) -> str:
     if record.path.startswith(synthetic.SCHEME):
@@ -154,6 +228,10 @@ class FeatureCache:
     try:
       st = os.stat(path)
     except OSError:
+      st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+      # Missing, or a device/fifo (never read: /dev/zero would hash forever);
+      # `audio.load` says which, and nothing is cached for it.
       return "missing-" + hashlib.sha256(path.encode()).hexdigest()
     apath = os.path.abspath(path)
     memo = (self.root / "hashes" / hashlib.sha256(apath.encode()).hexdigest()[:2] /
@@ -170,7 +248,7 @@ class FeatureCache:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     sha = digest.hexdigest()
-    _atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
+    files.atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
     return sha
 
   def _lookup(self, record: Recording):
@@ -192,6 +270,7 @@ class FeatureCache:
     indices of the usable recordings, the `.npy` file of each (a [T, nfilt] float32
     array, which `np.load(path, mmap_mode="r")` opens without reading it), and the
     skipped recordings; logs the skips."""
+    self._claim()
     found = [self._lookup(r) for r in records]
     todo = [i for i, (f, reason, _) in enumerate(found) if f is None and reason is None]
     if todo:

@@ -1,4 +1,4 @@
-"""Features of many recordings packed into one file on disk, read by memory map.
+"""The features of a corpus packed into one file on disk, read by memory map.
 
 A corpus of log-mels can be larger than memory (the full Coswara and COVID-19 Sounds
 sets are ~10-20 GB of float32), and in a multi-host run every host would hold all of
@@ -6,25 +6,41 @@ it. So `load_splits` does not concatenate features in memory: it writes them onc
 recording after recording, into one flat file
 
   $COUGHJAX_CACHE/packed/<key>.f32          [frames, mel] little-endian float32
-  $COUGHJAX_CACHE/packed/<key>.index.npz    offsets, lengths, which recordings
+  $COUGHJAX_CACHE/packed/<key>.index.npz    offsets, lengths, digests, row names, meta
 
-and `ClipStore` maps that file (`np.memmap`, madvise RANDOM). A batch then reads only
+and its stores map that file (`np.memmap`, madvise RANDOM). A batch then reads only
 the pages of its own crops, so memory does not grow with the corpus, and each
 process of a multi-host run touches only the rows of its own shard of the batch.
 Writing streams one recording at a time (peak memory: one recording).
 
-`<key>` is a digest of what the frames are made of: the feature parameters, the
-clip length (recordings shorter than a clip are stored zero-padded to one clip, as
-`ClipStore` pads them) and the content key of every recording in order (for a TFDS
-build: its folder and files), so a changed recording or parameter packs anew and an
-unchanged corpus is packed once. Both files are written under temporary names and
-renamed, the index last: a crashed or concurrent writer (several processes of one
-run sharing a cache) never leaves a half pack that looks complete.
+One pack per corpus: for features from the feature cache (`from_cache`), `<key>` is
+a digest of the feature parameters, the clip length (recordings shorter than a clip
+are stored zero-padded to one clip, as `ClipStore` pads them) and the *set* of the
+recordings' content keys -- not their order, participants, labels or split. A pack's
+rows are the distinct contents in sorted order, and every split of the corpus (the
+train / validation / test splits of each of a downstream config's seeds) is a view
+of it (`Corpus.store`: index subsets, no copy). A changed recording or parameter
+packs anew (`python -m coughjax.cache prune` removes what is no longer used); an
+unchanged corpus is packed once. A TFDS build is packed once too, keyed by its
+folder and files (`tfds_source`).
+
+Each row's `infer.recording_key` (the digest that keys its DS masks) is computed as
+the row is written and stored in the index, so evaluation and embedding read it
+instead of hashing every recording's features again (through the memory map).
+
+Both files are written under temporary names and renamed, the index last: a crashed
+or concurrent writer (several processes of one run sharing a cache) never leaves a
+half pack that looks complete. A process that has a pack open holds a shared
+`flock` on its data file (taken by `open_pack` and kept by the memory map's own
+file descriptor until the last view of it is gone); `coughjax.cache` deletes a pack
+only under an exclusive lock that it gets without waiting, i.e. never one in use.
+Opening a pack sets its index's modification time: the pack's last use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import mmap
@@ -38,10 +54,13 @@ from absl import logging
 import numpy as np
 
 from coughjax.data import features as features_lib
+from coughjax.data import pipeline
 from coughjax.data.manifest import Recording
 
 DTYPE = np.dtype("<f4")
-PACK_VERSION = 1  # bump when the layout changes
+PACK_VERSION = 2  # bump when the layout changes (2: one pack per corpus, digests)
+DATA_SUFFIX = ".f32"
+INDEX_SUFFIX = ".index.npz"
 
 
 @dataclasses.dataclass
@@ -49,19 +68,68 @@ class Packed:
   """A pack opened for reading.
 
   Attributes:
+    path: its data file.
     frames: [total frames, mel] read-only memory map.
-    offsets: [n] first frame of each recording.
+    offsets: [n] first frame of each row (recording).
     lengths: [n] its frames (>= clip_frames).
-    kept: [n] the index of each packed recording in the list it was packed from.
-    records: the packed recordings when the pack stores them (TFDS builds), else None.
-    skipped: the recordings of that list that have no usable features.
+    digests: [n, 2] uint32, each row's `infer.recording_key`.
+    clip_frames: the clip length it was padded for.
+    names: each row's content key (packs of the feature cache), else None.
+    records: each row's recording (TFDS builds), else None.
+    skipped: content key -> why that recording has no row (feature cache packs).
+    meta: what it was written for (`coughjax.cache list` shows it).
   """
+  path: pathlib.Path
   frames: np.ndarray
   offsets: np.ndarray
   lengths: np.ndarray
-  kept: np.ndarray
+  digests: np.ndarray
+  clip_frames: int
+  names: Optional[list[str]]
   records: Optional[list[Recording]]
+  skipped: dict[str, str]
+  meta: dict
+
+  def store(self, records: Sequence[Recording], rows: Sequence[int]
+            ) -> pipeline.ClipStore:
+    """A `ClipStore` of `records`, record i being row rows[i]: a view, no copy."""
+    rows = np.asarray(rows, np.int64)
+    return pipeline.ClipStore.from_frames(
+        records, self.frames, self.offsets[rows], self.lengths[rows], self.clip_frames,
+        recording_keys=self.digests[rows])
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Recordings and the pack that holds their features.
+
+  Attributes:
+    pack: the pack.
+    records: the recordings, in the order given to `from_cache`.
+    rows: [len(records)] each recording's row of the pack, -1 where it has none.
+    skipped: the recordings without usable features, and why.
+  """
+  pack: Packed
+  records: list[Recording]
+  rows: np.ndarray
   skipped: list[features_lib.Skipped]
+
+  def __post_init__(self):
+    self._row = dict(zip(self.records, self.rows.tolist()))
+
+  def store(self, records: Optional[Sequence[Recording]] = None
+            ) -> pipeline.ClipStore:
+    """The usable recordings of `records` (default: all of the corpus; any of its
+    recordings in any order, e.g. a split) in that order, as a view of the pack."""
+    records = self.records if records is None else records
+    rows = []
+    for r in records:
+      if r not in self._row:
+        raise ValueError(f"{r.path}: not a recording of the corpus of pack "
+                         f"{self.pack.path}")
+      rows.append(self._row[r])
+    kept = [r for r, row in zip(records, rows) if row >= 0]
+    return self.pack.store(kept, [row for row in rows if row >= 0])
 
 
 def directory() -> pathlib.Path:
@@ -73,9 +141,11 @@ def digest(*parts) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _paths(key: str) -> tuple[pathlib.Path, pathlib.Path]:
-  base = directory() / key
-  return base.with_suffix(".f32"), base.with_suffix(".index.npz")
+def paths(key: str, folder: Optional[pathlib.Path] = None
+          ) -> tuple[pathlib.Path, pathlib.Path]:
+  """(data file, index file) of pack `key` (in `folder`, default `directory()`)."""
+  folder = folder or directory()
+  return folder / (key + DATA_SUFFIX), folder / (key + INDEX_SUFFIX)
 
 
 def _record_rows(records: Sequence[Recording]) -> str:
@@ -87,101 +157,183 @@ def _records_from_rows(text: str) -> list[Recording]:
   return [Recording(*row) for row in json.loads(text)]
 
 
-def open_pack(key: str, all_records: Optional[Sequence[Recording]] = None
-              ) -> Optional[Packed]:
-  """The pack `key`, or None if it has not been written (completely).
-
-  `all_records`: the list the pack was made from, to name the skipped recordings.
-  """
-  data, index = _paths(key)
-  if not index.exists() or not data.exists():
-    return None
+def read_meta(index: pathlib.Path) -> dict:
+  """The meta of a pack's index without opening its data (raises on an unreadable
+  or pre-version-2 index, which has none)."""
   with np.load(index) as z:
-    offsets, lengths, kept = z["offsets"], z["lengths"], z["kept"]
-    mel = int(z["mel"])
-    records = _records_from_rows(str(z["records"])) if "records" in z else None
-    reasons = json.loads(str(z["skipped"]))
-  total = int(offsets[-1] + lengths[-1]) if len(offsets) else 0
-  if data.stat().st_size != total * mel * DTYPE.itemsize:
-    raise ValueError(f"{data}: {data.stat().st_size} bytes, but its index "
-                     f"{index.name} describes {total} x {mel} float32; delete both "
-                     "to rebuild")
-  frames = np.memmap(data, dtype=DTYPE, mode="r", shape=(total, mel))
+    return json.loads(str(z["meta"]))
+
+
+def open_pack(key: str) -> Optional[Packed]:
+  """The pack `key`, or None if it has not been written (completely)."""
+  data, index = paths(key)
+  try:
+    f = open(data, "rb")  # pylint: disable=consider-using-with
+  except FileNotFoundError:
+    return None
+  with f:
+    # Shared while open; `coughjax.cache` deletes under an exclusive lock, so this
+    # waits out a deletion under way (and then finds no index).
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    try:
+      z = np.load(index)
+    except FileNotFoundError:
+      return None  # the data of a writer that has not renamed its index yet
+    with z:
+      offsets, lengths, digests = z["offsets"], z["lengths"], z["digests"]
+      mel, clip_frames = int(z["mel"]), int(z["clip_frames"])
+      names = [n.decode() for n in z["names"]] if "names" in z else None
+      records = _records_from_rows(str(z["records"])) if "records" in z else None
+      skipped = json.loads(str(z["skipped"]))
+      meta = json.loads(str(z["meta"]))
+    total = int(offsets[-1] + lengths[-1]) if len(offsets) else 0
+    size = os.fstat(f.fileno()).st_size
+    if size != total * mel * DTYPE.itemsize or not total:
+      raise ValueError(f"{data}: {size} bytes, but its index {index.name} describes "
+                       f"{total} x {mel} float32; remove it (python -m coughjax.cache "
+                       "prune) to rebuild")
+    # The map dups the descriptor, and with it the lock: it is held until the map
+    # (the last view of `frames`) is gone, though `f` closes here.
+    frames = np.memmap(f, dtype=DTYPE, mode="r", shape=(total, mel))
   # Crops are scattered over the file: read-ahead would pull in pages nobody uses.
   if hasattr(frames, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
     frames._mmap.madvise(mmap.MADV_RANDOM)  # pylint: disable=protected-access
-  skipped = ([features_lib.Skipped(all_records[i], reason) for i, reason in reasons]
-             if all_records is not None else [])
-  return Packed(frames, offsets, lengths, kept, records, skipped)
+  try:
+    os.utime(index)  # last use, for `coughjax.cache prune --older-than`
+  except OSError:
+    pass  # a read-only cache
+  return Packed(data, frames, offsets, lengths, digests, clip_frames, names, records,
+                skipped, meta)
+
+
+def _replace_atomically(tmp: str, dest: pathlib.Path, write) -> None:
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, dest)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
-               kept: Sequence[int], skipped: Sequence[tuple[int, str]] = (),
-               records: Optional[Sequence[Recording]] = None) -> None:
-  """Streams [T, mel] arrays (each released once written) into pack `key`."""
-  data, index = _paths(key)
+               names: Optional[Sequence[str]] = None,
+               skipped: Optional[dict[str, str]] = None,
+               records: Optional[Sequence[Recording]] = None,
+               meta: Optional[dict] = None) -> None:
+  """Streams [T, mel] arrays (each released once written) into pack `key`.
+
+  Args:
+    key: the pack's name.
+    arrays: the rows' features.
+    clip_frames: rows shorter than this are zero-padded to it.
+    names: each row's name (content key), read once `arrays` is drained.
+    skipped: name -> reason, of recordings of the corpus without a row.
+    records: each row's recording, read once `arrays` is drained.
+    meta: what the pack is for (JSON), shown by `coughjax.cache list`.
+  """
+  # The DS mask key's one definition; imported here, since it pulls in JAX.
+  from coughjax import infer  # pylint: disable=g-import-not-at-top
+  data, index = paths(key)
   data.parent.mkdir(parents=True, exist_ok=True)
-  lengths, mel = [], None
+  lengths, digests, mel = [], [], None
+
+  def write_frames(f):
+    nonlocal mel
+    for a in arrays:
+      a = np.asarray(a, DTYPE)
+      if a.ndim != 2 or (mel is not None and a.shape[1] != mel):
+        raise ValueError(f"pack {key}: array {len(lengths)} has shape {a.shape}, "
+                         f"expected [T, {mel or 'mel'}]")
+      mel = a.shape[1]
+      if a.shape[0] < clip_frames:
+        a = np.pad(a, ((0, clip_frames - a.shape[0]), (0, 0)))
+      f.write(np.ascontiguousarray(a).data)
+      lengths.append(a.shape[0])
+      digests.append(infer.recording_key(a, clip_frames))
+    if not lengths:
+      raise ValueError(f"pack {key}: no arrays to pack")
+    for what, given in (("names", names), ("records", records)):
+      if given is not None and len(given) != len(lengths):
+        raise ValueError(f"pack {key}: {len(lengths)} arrays for {len(given)} {what}")
+
   fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=f".tmp-{key}-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      for a in arrays:
-        a = np.asarray(a, DTYPE)
-        if a.ndim != 2 or (mel is not None and a.shape[1] != mel):
-          raise ValueError(f"pack {key}: array {len(lengths)} has shape {a.shape}, "
-                           f"expected [T, {mel or 'mel'}]")
-        mel = a.shape[1]
-        if a.shape[0] < clip_frames:
-          a = np.pad(a, ((0, clip_frames - a.shape[0]), (0, 0)))
-        f.write(np.ascontiguousarray(a).data)
-        lengths.append(a.shape[0])
-    if len(lengths) != len(kept):
-      raise ValueError(f"pack {key}: {len(lengths)} arrays for {len(kept)} recordings")
-    os.replace(tmp, data)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  os.close(fd)
+  _replace_atomically(tmp, data, write_frames)
   lengths = np.asarray(lengths, np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-  extra = {"records": np.asarray(_record_rows(records))} if records is not None else {}
+  extra = {}
+  if names is not None:
+    extra["names"] = np.array([n.encode() for n in names])
+  if records is not None:
+    extra["records"] = np.asarray(_record_rows(records))
+  meta = dict(meta or {}, version=PACK_VERSION, rows=len(lengths), frames=int(lengths.sum()),
+              mel=mel, written=time.strftime("%Y-%m-%d %H:%M:%S"))
   fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=f".tmp-{key}-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, offsets=offsets, lengths=lengths, kept=np.asarray(kept, np.int64),
-               mel=np.asarray(mel or 0), skipped=np.asarray(json.dumps(list(skipped))),
-               **extra)
-    os.replace(tmp, index)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  os.close(fd)
+  _replace_atomically(tmp, index, lambda f: np.savez(
+      f, offsets=offsets, lengths=lengths, digests=np.stack(digests), mel=np.asarray(mel),
+      clip_frames=np.asarray(clip_frames), skipped=np.asarray(json.dumps(skipped or {})),
+      meta=np.asarray(json.dumps(meta)), **extra))
 
 
 def from_cache(cache: features_lib.FeatureCache, records: Sequence[Recording],
                clip_frames: int, *, name: str = "data", workers: int = 0,
-               progress: bool = True) -> Packed:
-  """The features of `records` as a pack: computed into the feature cache where it
-  lacks them, then packed (once per corpus; later calls open the existing pack)."""
-  key = digest("cache", cache.params.key(), clip_frames,
-               [cache.content_key(r) for r in records])
-  found = open_pack(key, records)
-  if found is not None:
-    logging.info("%s: %d recordings (%d frames) from %s", name, len(found.kept),
-                 len(found.frames), _paths(key)[0])
-    features_lib.log_skipped(name, found.skipped, len(records))
-    return found
-  kept, paths, skipped = cache.resolve(records, name=name, workers=workers,
-                                       progress=progress)
-  if not kept:
-    raise ValueError(f"{name}: no recordings with usable features (of {len(records)})")
-  start = time.time()
-  kept_set = set(kept)
-  # `resolve` lists the skipped recordings in order, as it does the kept ones.
-  reasons = [(i, s.reason) for i, s in zip(
-      (i for i in range(len(records)) if i not in kept_set), skipped)]
-  write_pack(key, (np.load(p) for p in paths), clip_frames, kept=kept, skipped=reasons)
-  packed = open_pack(key, records)
-  logging.info("%s: packed %d recordings (%d frames) into %s in %.1f s", name,
-               len(kept), len(packed.frames), _paths(key)[0], time.time() - start)
-  return packed
+               progress: bool = True) -> Corpus:
+  """The corpus `records` and its pack: features computed into the feature cache
+  where it lacks them, then packed, once per corpus (see the module docstring);
+  later calls, with these recordings in any order or grouping, open that pack.
+
+  Raises:
+    ValueError: none of `records` has usable features.
+  """
+  records = list(records)
+  content = [cache.content_key(r) for r in records]
+  distinct = sorted(set(content))
+  key = digest("cache", cache.params.key(), clip_frames, distinct)
+  found = open_pack(key)
+  if found is None:
+    first = {}
+    for r, k in zip(records, content):
+      first.setdefault(k, r)
+    kept, files, skipped = cache.resolve([first[k] for k in distinct], name=name,
+                                         workers=workers, progress=progress)
+    if not kept:
+      raise ValueError(f"{name}: none of {len(records)} recordings has usable features"
+                       + (f" (first: {skipped[0].record.path}: {skipped[0].reason})"
+                          if skipped else ""))
+    start = time.time()
+    kept_set = set(kept)
+    # `resolve` lists the skipped recordings in order, as it does the kept ones.
+    reasons = {distinct[i]: s.reason for i, s in zip(
+        (i for i in range(len(distinct)) if i not in kept_set), skipped)}
+    write_pack(key, (np.load(p) for p in files), clip_frames,
+               names=[distinct[i] for i in kept], skipped=reasons,
+               meta={"kind": "feature cache", "corpus": name,
+                     "feature_params": dataclasses.asdict(cache.params),
+                     "params_key": cache.params.key(), "clip_frames": clip_frames})
+    found = open_pack(key)
+    logging.info("%s: packed %d recordings (%d frames) into %s in %.1f s", name,
+                 len(kept), len(found.frames), found.path, time.time() - start)
+    corpus = _corpus(found, records, content)  # `resolve` has reported the skips
+  else:
+    corpus = _corpus(found, records, content)
+    features_lib.log_skipped(name, corpus.skipped, len(records))
+  logging.info("%s: %d of %d recordings (%d frames) in %s", name,
+               int(np.sum(corpus.rows >= 0)), len(records), len(found.frames), found.path)
+  return corpus
+
+
+def _corpus(found: Packed, records: list[Recording], content: list[str]) -> Corpus:
+  row_of = {n: i for i, n in enumerate(found.names or ())}
+  rows, skipped = np.full(len(records), -1, np.int64), []
+  for i, (r, k) in enumerate(zip(records, content)):
+    if k in row_of:
+      rows[i] = row_of[k]
+    elif k in found.skipped:
+      skipped.append(features_lib.Skipped(r, found.skipped[k]))
+    else:
+      raise ValueError(f"{found.path}: has no entry for {r.path} (content {k}); delete "
+                       "the pack (python -m coughjax.cache prune --all) to rebuild it")
+  return Corpus(found, records, rows, skipped)

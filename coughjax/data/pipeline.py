@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import queue
 import threading
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -79,6 +80,9 @@ class ClipStore:
       need not be adjacent or in order: split stores can share one pack).
     labels: [n] int, -1 where unlabelled.
     clip_frames: frames per clip.
+    recording_keys: [n, 2] uint32, each recording's `infer.recording_key` when
+      known (a pack stores them), else None (`infer.store_recording_keys` computes
+      and keeps them).
   """
 
   def __init__(self, records: Sequence[Recording], features: Sequence[np.ndarray],
@@ -96,10 +100,12 @@ class ClipStore:
   @classmethod
   def from_frames(cls, records: Sequence[Recording], frames: np.ndarray,
                   offsets: np.ndarray, lengths: np.ndarray,
-                  clip_frames: int = audio.CLIP_FRAMES) -> "ClipStore":
+                  clip_frames: int = audio.CLIP_FRAMES,
+                  recording_keys: Optional[np.ndarray] = None) -> "ClipStore":
     """A store over frames already packed (e.g. `packed.Packed.frames`, a memory
     map): recording i is frames[offsets[i]:offsets[i] + lengths[i]], lengths >=
-    clip_frames. Nothing is copied."""
+    clip_frames, its `infer.recording_key` recording_keys[i] where given. Nothing
+    is copied."""
     if not records:
       raise ValueError("no recordings with usable features")
     if not len(records) == len(offsets) == len(lengths):
@@ -109,12 +115,16 @@ class ClipStore:
     if np.any(lengths < clip_frames):
       raise ValueError(f"recordings must be padded to {clip_frames} frames; the "
                        f"shortest has {lengths.min()}")
+    if recording_keys is not None and len(recording_keys) != len(records):
+      raise ValueError(f"{len(records)} records but {len(recording_keys)} recording keys")
     store = cls.__new__(cls)
     store._init(records, frames, offsets, lengths, clip_frames)
+    store.recording_keys = recording_keys
     return store
 
   def _init(self, records, frames, offsets, lengths, clip_frames) -> None:
     self.records = list(records)
+    self.recording_keys = None
     self.clip_frames = clip_frames
     self.frames = frames
     self.offsets = np.asarray(offsets, np.int64)
@@ -201,6 +211,13 @@ class ContrastiveBatches:
     self._files = np.array([(v * width)[:width] for v in
                             (by_participant[p] for p in self.participants)])
     self._num_files = np.array([len(by_participant[p]) for p in self.participants])
+    # One order per (epoch, pass), drawn once: a step costs O(batch), not
+    # O(participants). The two most recent: the prefetch thread may run a step ahead.
+    self._order = functools.lru_cache(maxsize=2)(self._permutation)
+
+  def _permutation(self, epoch: int, pass_index: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch, pass_index]).permutation(
+        len(self.participants))
 
   @property
   def steps_per_pass(self) -> int:
@@ -214,9 +231,7 @@ class ContrastiveBatches:
     """Batch `step` of `epoch`: [local devices, 2, per device, clip, mel]; [:, 0] and
     [:, 1] are the two views, row i of both from the same participant."""
     pass_index, k = divmod(step, self.steps_per_pass)
-    order = np.random.default_rng([self.seed, epoch, pass_index]).permutation(
-        len(self.participants))
-    who = order[k * self.batch_size:(k + 1) * self.batch_size]
+    who = self._order(epoch, pass_index)[k * self.batch_size:(k + 1) * self.batch_size]
     rng = np.random.default_rng([self.seed, epoch, step])
     # Draws cover the global batch so that they do not depend on the device layout.
     pick = rng.integers(0, self._num_files[who][:, None], size=(self.batch_size, 2))
@@ -233,7 +248,13 @@ class ContrastiveBatches:
 
 
 class SupervisedBatches:
-  """Labelled clips for the downstream classifier."""
+  """Labelled clips for the downstream classifier.
+
+  Each epoch visits its clips in one random order (from (seed, epoch)), drawn once
+  per epoch and sliced per step, so a step costs O(batch) and batch k of epoch e
+  depends only on (seed, e, k): every clip at most once per epoch (the tail short of
+  a batch is left out), and a resumed epoch gets exactly the uninterrupted batches.
+  """
 
   def __init__(self, store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
                seed: int = 0, layout: DeviceLayout = DeviceLayout(), name: str = "train"):
@@ -245,6 +266,7 @@ class SupervisedBatches:
       raise ValueError(f"{name}: {len(self.starts)} clips, fewer than the batch size "
                        f"{batch_size}")
     self._rows = layout.rows(batch_size)
+    self._order = functools.lru_cache(maxsize=2)(self._permutation)
     y = store.labels[self.rec]
     logging.info("%s: %d clips from %d recordings; class balance: %d positive (%.1f%%), "
                  "%d negative", name, len(y), len(store), y.sum(), 100 * y.mean(),
@@ -254,9 +276,12 @@ class SupervisedBatches:
   def steps_per_epoch(self) -> int:
     return len(self.starts) // self.batch_size
 
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
+
   def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
-    idx = order[step * self.batch_size:(step + 1) * self.batch_size][self._rows]
+    idx = self._order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+    idx = idx[self._rows]
     return {"x": self.layout.shard(self.store.gather(self.starts[idx])),
             "y": self.layout.shard(self.store.labels[self.rec[idx]].astype(np.float32))}
 

@@ -36,9 +36,9 @@ import zlib
 import ducc0
 import numpy as np
 
-from coughjax.data.manifest import PRETRAIN_SOUNDS, Recording
+from coughjax.data.manifest import PRETRAIN_SOUNDS, SYNTHETIC_SCHEME, Recording
 
-SCHEME = "synthetic://"
+SCHEME = SYNTHETIC_SCHEME
 GENERATOR_VERSION = 3  # bump when rendering changes, to invalidate cached features
 POSITIVE_FRACTION = 0.32
 SYMPTOM_PROB = {1: 0.8, 0: 0.1}

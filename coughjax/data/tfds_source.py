@@ -23,7 +23,6 @@ import pathlib
 from typing import Any, Iterator
 
 from absl import logging
-import numpy as np
 
 from coughjax.data import packed as packed_lib
 from coughjax.data.features import FeatureParams
@@ -124,22 +123,19 @@ def pack(cfg, params: FeatureParams, clip_frames: int) -> packed_lib.Packed:
         yield example["features"]
 
     # write_pack reads `records` after it has drained `arrays`, so it is complete.
-    packed_lib.write_pack(key, arrays(), clip_frames, kept=range(len(source)),
-                          records=records)
+    packed_lib.write_pack(key, arrays(), clip_frames, records=records,
+                          meta={"kind": "TFDS build", "corpus": cfg.tfds_name,
+                                "source": f"{folder} (split {split})",
+                                "feature_params": dataclasses.asdict(params),
+                                "params_key": params.key(), "clip_frames": clip_frames})
     found = packed_lib.open_pack(key)
   logging.info("%s: %d recordings (%d frames) packed from %s", cfg.tfds_name,
                len(found.records), len(found.frames), folder)
   return found
 
 
-def stores_for(found: packed_lib.Packed, parts: dict[str, list[Recording]],
-               needed, clip_frames: int):
+def stores_for(found: packed_lib.Packed, parts: dict[str, list[Recording]], needed):
   """{split: ClipStore} views of one pack, each split's recordings in split order."""
-  from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
   index = {r: i for i, r in enumerate(found.records)}
-  stores = {}
-  for name in needed:
-    rows = np.array([index[r] for r in parts[name]], np.int64)
-    stores[name] = pipeline.ClipStore.from_frames(
-        parts[name], found.frames, found.offsets[rows], found.lengths[rows], clip_frames)
-  return stores
+  return {name: found.store(parts[name], [index[r] for r in parts[name]])
+          for name in needed}

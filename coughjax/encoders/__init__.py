@@ -5,7 +5,8 @@ Per encoder, three files in this package folder:
 
   <name>.msgpack   the encoder's parameters (`flax.serialization.msgpack_serialize`)
   <name>.json      its resolved settings, the feature parameters that make its
-                   inputs, the embedding size and where it came from
+                   inputs, the embedding size, where it came from, and the
+                   SHA-256 of the .msgpack (`params_sha256`), checked at load
   <name>.md        its card: the text given when it was shipped, then those facts
 
 Ship one from a workdir (normally a pre-training run):
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -29,7 +31,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from coughjax import files
+
 FORMAT = 1
+# The .json key holding the SHA-256 of the .msgpack's bytes, checked by `read`.
+PARAMS_SHA256 = "params_sha256"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -57,8 +63,15 @@ class Shipped:
   meta: dict[str, Any]     # the whole .json
 
 
+def params_digest(blob: bytes) -> str:
+  """The SHA-256 (hex) of a .msgpack's bytes, recorded in the .json as PARAMS_SHA256."""
+  return hashlib.sha256(blob).hexdigest()
+
+
 def read(name: str) -> Shipped:
-  """A shipped encoder's files."""
+  """A shipped encoder's files, checked: the .json is readable and complete, and
+  the .msgpack's bytes have the SHA-256 the .json records (a damaged or replaced
+  parameter file is an error naming it, never NaN embeddings)."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
   from coughjax import inputs  # pylint: disable=g-import-not-at-top
   folder = directory()
@@ -67,15 +80,29 @@ def read(name: str) -> Shipped:
     if not p.is_file():
       raise FileNotFoundError(f"{p}: not found; shipped encoders in {folder}: "
                               f"{', '.join(names()) or 'none'}")
-  meta = json.loads(meta_path.read_text())
-  if meta.get("format") != FORMAT:
-    raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this coughjax reads "
+  meta = files.read_json(meta_path, "shipped encoder settings",
+                         required=("format", "encoder", "features", PARAMS_SHA256))
+  if meta["format"] != FORMAT:
+    raise ValueError(f"{meta_path}: format {meta['format']!r}, this coughjax reads "
                      f"format {FORMAT}")
+  blob = params_path.read_bytes()
+  if params_digest(blob) != meta[PARAMS_SHA256]:
+    raise ValueError(f"{params_path}: SHA-256 {params_digest(blob)} is not the "
+                     f"{meta[PARAMS_SHA256]} recorded in {meta_path}: the parameters are "
+                     "damaged or were replaced; reinstall coughjax or ship the encoder "
+                     "again (python -m coughjax.encoders)")
   try:
-    params = serialization.msgpack_restore(params_path.read_bytes())
+    params = serialization.msgpack_restore(blob)
   except Exception as e:  # msgpack raises several types
     raise ValueError(f"{params_path}: cannot be read ({type(e).__name__}: {e})") from e
-  spec = inputs.ClipSpec.from_config(meta["features"])
+  if not isinstance(meta["encoder"], dict) or "name" not in meta["encoder"]:
+    raise ValueError(f"{meta_path}: shipped encoder settings: 'encoder' must be an "
+                     f"object with a 'name', got {meta['encoder']!r}")
+  try:
+    spec = inputs.ClipSpec.from_config(meta["features"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{meta_path}: shipped encoder settings: bad 'features' "
+                     f"({type(e).__name__}: {e})") from e
   return Shipped(name, meta["encoder"], params, spec, meta)
 
 
@@ -106,6 +133,7 @@ def ship(workdir: str | os.PathLike, name: str, card_text: str, *, branch: int =
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"{workdir}: no such workdir")
+  out = files.check_output(folder or directory(), folder=True, flag="folder")
   encoder = embed.load_encoder(workdir, branch=branch)
   params = jax.tree.map(np.asarray, jax.device_get(encoder.params))
   config = dict(encoder.config, mask_at_eval=False)
@@ -120,11 +148,15 @@ def ship(workdir: str | os.PathLike, name: str, card_text: str, *, branch: int =
                      timespec="seconds")},
       "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
   }
-  out = pathlib.Path(folder) if folder else directory()
-  out.mkdir(parents=True, exist_ok=True)
-  (out / f"{name}.msgpack").write_bytes(serialization.msgpack_serialize(params))
-  (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
-  (out / f"{name}.md").write_text(_card(name, card_text, meta))
+  blob = serialization.msgpack_serialize(params)
+  meta[PARAMS_SHA256] = params_digest(blob)
+  # Parameters first, settings (with their digest) last: a half-shipped encoder
+  # either is not listed (`names` needs both) or fails its digest check.
+  files.atomic_write(out / f"{name}.msgpack", lambda f: f.write(blob))
+  files.atomic_write(out / f"{name}.md",
+                     lambda f: f.write(_card(name, card_text, meta).encode()))
+  files.atomic_write(out / f"{name}.json",
+                     lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
   return out / f"{name}.json"
 
 

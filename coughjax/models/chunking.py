@@ -51,7 +51,8 @@ def resolve_chunk_size(value: int | str, platform: Optional[str] = None, *,
     value: "auto" or an int >= 0, which pins it. "auto" is the encoders'
       `platform.settings(...).train_chunk`: the whole batch on GPU/TPU; on CPU the
       whole batch if any encoder asks for it (the GRU, VGGish), else the smallest.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `platform.backend()` (the platform
+      being traced for).
     encoders: the model's encoder modules (registered encoders).
   """
   size = value
@@ -69,7 +70,8 @@ def inference_chunk_size(value: int | str, encoders: Sequence[Any] = (),
       `platform.settings(...).inference_chunk` of `encoders`: the whole batch on
       GPU/TPU, 16 clips on CPU (256 for a GRU alone).
     encoders: the model's encoder modules (registered encoders).
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `platform.backend()` (the platform
+      being traced for).
   """
   size = value
   if platform_lib.is_auto(value):
@@ -93,7 +95,8 @@ def resolve_remat(value: bool | str, platform: Optional[str] = None, *,
       see `resolve_chunk_size`), False where it runs the whole batch (GPU/TPU). A
       config that pins a chunk size on an accelerator to bound memory should also
       pin remat=True: without it the backward pass keeps every chunk's activations.
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `platform.backend()` (the platform
+      being traced for).
     encoders: the model's encoder modules.
   """
   remat = value

@@ -136,7 +136,8 @@ def stacked_recurrence(gates_x: jax.Array, recurrent: tuple, inputs: tuple,
   recurrent, inputs = _cast((recurrent, inputs), gates_x.dtype)
   num_layers, b = len(recurrent), gates_x.shape[1]
   streams = streams if b % streams == 0 else 1
-  split = lambda a: tuple(jnp.split(a, streams, axis=1))
+  # One stream is not split: jax2onnx (ONNX export) cannot split a symbolic batch.
+  split = lambda a: (a,) if streams == 1 else tuple(jnp.split(a, streams, axis=1))
   xs = (split(gates_x), tuple(split(k) for k in keep) if keep else None)
 
   def step(carry, xs_t):

@@ -16,6 +16,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coughjax.models import randomness
 
@@ -102,7 +103,8 @@ def attention_mask(masked: jax.Array) -> jax.Array:
     raise ValueError(f"masked must be [batch, time], got shape {masked.shape}")
   time = masked.shape[-1]
   keep_key = jnp.logical_not(masked)[:, None, None, :]  # [B, 1, 1, T]
-  itself = jnp.eye(time, dtype=bool)[None, None]  # [1, 1, T, T]
+  # A constant (numpy): ONNX Runtime has no bool EyeLike for jnp.eye to become.
+  itself = np.eye(time, dtype=bool)[None, None]  # [1, 1, T, T]
   return jnp.logical_or(keep_key, itself)
 
 

@@ -5,9 +5,11 @@ encoder. Its best settings there (16-clip chunks with per-chunk remat, heads-maj
 einsum attention, hash-based dropout bits; see `chunking`, `cpu_kernels` and
 `randomness`) would serialise a GPU or TPU step into many small calls and recompute
 each of them. Settings that depend on the platform therefore default to "auto" and
-are resolved at trace time from `jax.default_backend()`, the platform `jax.jit` and
-`jax.pmap` compile for unless told otherwise; an explicit value in the config pins a
-setting on every platform.
+are resolved at trace time for the platform being compiled for:
+`jax.default_backend()`, the platform `jax.jit` and `jax.pmap` compile for, unless a
+`target` context names another (what `coughjax.export` does to lower for its
+`--platforms`, or for ONNX). An explicit value in the config pins a setting on every
+platform.
 
 What "auto" becomes is kept in one small registry, `settings(encoder, platform)`:
 on GPU/TPU the same for every encoder (`ACCELERATOR`: the whole batch, jax's own
@@ -17,13 +19,32 @@ name; the measurements are in benchmarks/README.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Optional, TypeVar
+from typing import Iterator, Optional, TypeVar
 
 import jax
 
 AUTO = "auto"
 T = TypeVar("T")
+_TARGET: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "coughjax_platform_target", default=None)
+
+
+@contextlib.contextmanager
+def target(platform: str) -> Iterator[None]:
+  """Resolves "auto" settings for `platform` ('cpu', 'cuda', 'rocm', 'tpu', ...)
+  instead of `jax.default_backend()` while active.
+
+  Settings are resolved when a model is traced, so trace under this context: the
+  program then runs on `platform` what "auto" picks there, whatever machine traces it.
+  """
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +89,9 @@ CPU = {
 
 
 def backend(platform: Optional[str] = None) -> str:
-  """`platform` (lower-cased) or, if None, `jax.default_backend()`: 'cpu', 'gpu', 'tpu'."""
-  return (platform or jax.default_backend()).lower()
+  """`platform` (lower-cased) or, if None, the `target` being traced for, else
+  `jax.default_backend()`: 'cpu', 'gpu', 'cuda', 'tpu', ..."""
+  return (platform or _TARGET.get() or jax.default_backend()).lower()
 
 
 def on_cpu(platform: Optional[str] = None) -> bool:
@@ -80,7 +102,8 @@ def on_cpu(platform: Optional[str] = None) -> bool:
 
 def settings(encoder: Optional[str] = None, platform: Optional[str] = None) -> Settings:
   """What "auto" means for the encoder registered as `encoder` (None: any encoder
-  without an entry of its own) on `platform` (None = `jax.default_backend()`)."""
+  without an entry of its own) on `platform` (None = `backend()`, the platform being
+  traced for)."""
   if not on_cpu(platform):
     return ACCELERATOR
   return CPU.get(encoder, CPU_DEFAULT)

@@ -97,7 +97,8 @@ def resolve_attention_impl(value: str, platform: Optional[str] = None) -> str:
 
   Args:
     value: "auto", "einsum" or "dot_product".
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
   """
   return _resolve_impl("attention_impl", value, ATTENTION_IMPLS, "attention", platform)
 
@@ -107,7 +108,8 @@ def resolve_dropout_impl(value: str, platform: Optional[str] = None) -> str:
 
   Args:
     value: "auto", "hash" or "flax".
-    platform: 'cpu', 'gpu', 'tpu'; None = `jax.default_backend()`.
+    platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
+      being traced for).
   """
   return _resolve_impl("dropout_impl", value, DROPOUT_IMPLS, "dropout", platform)
 
@@ -204,7 +206,8 @@ class Transformer(nn.Module):
     pooling: "mean" over time (default), "first" step or "max" over time.
     attention_impl: "einsum" (`cpu_kernels.attend`), "dot_product"
       (`jax.nn.dot_product_attention`) or "auto": einsum on CPU, dot_product on
-      GPU/TPU (resolved at trace time from `jax.default_backend()`).
+      GPU/TPU (resolved at trace time for `models.platform.backend()`, the platform
+      being compiled for).
     dropout_impl: "hash" (counter-hash bits), "flax" (`jax.random.bernoulli`) or
       "auto": hash on CPU, flax on GPU/TPU (see `randomness.dropout`).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.

@@ -92,7 +92,8 @@ class VGGish(nn.Module):
       x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype,
                           name=name)(x))
       if pool:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        # window_shape by keyword, as jax2onnx (ONNX export) intercepts max_pool.
+        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
     # [B, 6, 4, 512] -> [B, 12288] in (h, w, c) order, the order the FC weights expect.
     x = x.reshape(x.shape[0], -1)
     for name, width in HIDDEN_FC_LAYERS:

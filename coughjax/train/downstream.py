@@ -277,6 +277,12 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
   return result
 
 
+def build_data(config) -> None:
+  """The features and packs of every run's splits, without training (num_epochs = 0)."""
+  for i in range(config.num_runs):
+    data.load_splits(_run_config(config, i), ("train", "val", "test"), labelled=True)
+
+
 def write_predictions(path: pathlib.Path, store: pipeline.ClipStore,
                       scores: list[float]) -> None:
   """One row per recording: path, label, probability (the mean over its clips)."""

@@ -157,6 +157,11 @@ def make_task(config) -> trainer.Task:
       evaluate=evaluate, monitor="loss", monitor_mode="min")
 
 
+def build_data(config) -> None:
+  """The features and packs `make_task` reads, without training (num_epochs = 0)."""
+  data.load_splits(config)
+
+
 def train_and_evaluate(config, workdir: str) -> trainer.TrainState:
   """Runs contrastive pre-training per `config`; checkpoints and metrics in `workdir`."""
   return trainer.fit(make_task(config), config, workdir)

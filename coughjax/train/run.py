@@ -7,6 +7,8 @@ import logging as std_logging
 from absl import logging
 import jax
 
+from coughjax.train import validate
+
 
 def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
   """Joins a multi-process run; on CPU, collectives go over gloo."""
@@ -26,12 +28,25 @@ class _QuietOrbax(std_logging.Filter):
 
 
 def run(config, workdir: str):
-  """Runs `config.task` ("pretrain" or "downstream") in `workdir`."""
+  """Runs `config.task` ("pretrain" or "downstream") in `workdir`.
+
+  The config is validated first (`validate.check`), before any data is loaded or
+  anything written. `num_epochs = 0` builds the data only: the features and packs
+  the run would read, cached for a later run; it trains nothing, writes nothing to
+  `workdir` and returns None.
+  """
+  validate.check(config, jax.device_count())
   logging.get_absl_logger().addFilter(_QuietOrbax())
   if config.task == "pretrain":
-    from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
-    return pretrain.train_and_evaluate(config, workdir)
-  if config.task == "downstream":
-    from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
-    return downstream.run(config, workdir)
-  raise ValueError(f"config.task must be 'pretrain' or 'downstream', got {config.task!r}")
+    from coughjax.train import pretrain as task  # pylint: disable=g-import-not-at-top
+  else:
+    from coughjax.train import downstream as task  # pylint: disable=g-import-not-at-top
+  if config.num_epochs == 0:
+    logging.warning("%s: num_epochs=0 builds the data only (features and packs); nothing "
+                    "is trained and nothing is written to %s", config.get("variant", ""),
+                    workdir)
+    task.build_data(config)
+    return None
+  if config.task == "pretrain":
+    return task.train_and_evaluate(config, workdir)
+  return task.run(config, workdir)

@@ -1,0 +1,348 @@
+"""ROC-AUC statistics for the evaluation protocol: DeLong variances and intervals,
+paired comparisons, combination over repeats, a paired bootstrap, Holm correction,
+verdicts and threshold metrics.
+
+Labels are 0/1 (or bool), 1 = positive; a higher score means "more positive". AUC
+counts tied (positive, negative) pairs as 1/2 (the Mann-Whitney statistic).
+
+DeLong et al. (1988), "Comparing the areas under two or more correlated receiver
+operating characteristic curves: a nonparametric approach", Biometrics 44(3),
+837-845, computed with the O(n log n) midrank algorithm of Sun & Xu (2014), "Fast
+implementation of DeLong's algorithm for comparing the areas under correlated
+receiver operating characteristic curves", IEEE Signal Processing Letters 21(11),
+1389-1393. This is the estimator of R's pROC (`var`, `cov`, `ci.auc`, `roc.test`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Hashable, Optional, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """A point estimate with its standard error, interval and test against a null.
+
+  z = (mean - null) / se and p is its two-sided normal p-value; low/high is the
+  normal interval mean -/+ z_{(1+level)/2} se (possibly clipped, see `combine`).
+  """
+  mean: float
+  se: float
+  low: float
+  high: float
+  z: float
+  p: float
+
+  def format(self, scale: float = 100, digits: int = 1) -> str:
+    """E.g. "72.9 [68.1, 77.7]" (mean [low, high], times `scale`)."""
+    return (f"{self.mean * scale:.{digits}f} [{self.low * scale:.{digits}f}, "
+            f"{self.high * scale:.{digits}f}]")
+
+
+def _labels(y) -> np.ndarray:
+  """y as a bool array [n]; an error unless it is 1-D and holds only 0/1."""
+  y = np.asarray(y)
+  if y.ndim != 1:
+    raise ValueError(f"labels must be 1-D [n], got shape {y.shape}")
+  if y.dtype != bool:
+    if not np.issubdtype(y.dtype, np.number) or not np.isin(y, (0, 1)).all():
+      bad = y[~np.isin(y, (0, 1))][:3] if np.issubdtype(y.dtype, np.number) else y[:3]
+      raise ValueError(f"labels must be 0/1 (drop unlabelled items first), got e.g. "
+                       f"{bad.tolist()}")
+    y = y.astype(bool)
+  return y
+
+
+def _scores(s, n: int, what: str = "scores", *, rows: bool = False) -> np.ndarray:
+  """s as float64 [n], or with rows [R, n] (from [n] or [R, n]); an error unless its
+  shape fits and every value is finite."""
+  s = np.asarray(s, dtype=np.float64)
+  if not (s.shape == (n,) or (rows and s.ndim == 2 and s.shape[1] == n)):
+    raise ValueError(f"{what} must be [n]{' or [R, n]' if rows else ''} with one value "
+                     f"per item (n = {n}), got shape {s.shape}")
+  if not np.isfinite(s).all():
+    raise ValueError(f"{what} hold {np.sum(~np.isfinite(s))} NaN/inf values")
+  return np.atleast_2d(s) if rows else s
+
+
+def _check_classes(y: np.ndarray, at_least: int) -> None:
+  pos, neg = int(y.sum()), int((~y).sum())
+  if pos < at_least or neg < at_least:
+    raise ValueError(f"needs at least {at_least} positive and {at_least} negative "
+                     f"items, got {pos} positive and {neg} negative")
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """DeLong's structural components via midranks (Sun & Xu 2014).
+
+  Args:
+    y: [n] bool labels.
+    s: [k, n] scores of k scorers.
+
+  Returns:
+    v10: [k, m] for each positive, the fraction of negatives it outscores (ties 1/2);
+    v01: [k, n0] for each negative, the fraction of positives that outscore it.
+    The AUC is v10.mean(-1) = v01.mean(-1).
+  """
+  pos, neg = s[:, y], s[:, ~y]
+  m, n0 = pos.shape[1], neg.shape[1]
+  both = sps.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+  v10 = (both[:, :m] - sps.rankdata(pos, axis=1)) / n0
+  v01 = 1.0 - (both[:, m:] - sps.rankdata(neg, axis=1)) / m
+  return v10, v01
+
+
+def _delong_cov(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """AUCs [k] and their DeLong covariance matrix [k, k] for scores s [k, n]."""
+  _check_classes(y, 2)
+  v10, v01 = _placements(y, s)
+  cov = (np.atleast_2d(np.cov(v10)) / v10.shape[1]
+         + np.atleast_2d(np.cov(v01)) / v01.shape[1])
+  return v10.mean(axis=1), cov
+
+
+def auc(y, s) -> float:
+  """ROC-AUC of scores s [n] for labels y [n] (ties count 1/2)."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  _check_classes(y, 1)
+  return float(_placements(y, s[None])[0].mean())
+
+
+def delong(y, s) -> tuple[float, float]:
+  """(AUC, DeLong variance of the AUC) for scores s [n]; needs >= 2 of each class."""
+  y = _labels(y)
+  aucs, cov = _delong_cov(y, _scores(s, len(y))[None])
+  return float(aucs[0]), float(cov[0, 0])
+
+
+def delong_paired(y, s_a, s_b) -> tuple[float, float]:
+  """(AUC_a - AUC_b, its DeLong variance) for two scorings of the same items:
+  var_a + var_b - 2 cov_ab."""
+  y = _labels(y)
+  aucs, cov = _delong_cov(y, np.stack([_scores(s_a, len(y), "s_a"),
+                                       _scores(s_b, len(y), "s_b")]))
+  return float(aucs[0] - aucs[1]), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def _normal(mean: float, var: float, null: float, level: float,
+            bounds: Optional[tuple[float, float]] = None) -> Estimate:
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  if not var >= 0:
+    raise ValueError(f"variance must be >= 0, got {var}")
+  se = float(np.sqrt(var))
+  half = float(sps.norm.ppf((1 + level) / 2)) * se
+  low, high = mean - half, mean + half
+  if bounds is not None:
+    low, high = float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+  diff = mean - null
+  if se > 0:
+    z = diff / se
+  else:  # a degenerate estimate: certain unless it sits exactly on the null
+    z = 0.0 if diff == 0 else float(np.copysign(np.inf, diff))
+  return Estimate(mean=float(mean), se=se, low=float(low), high=float(high), z=float(z),
+                  p=float(2 * sps.norm.sf(abs(z))))
+
+
+def auc_interval(y, s, level: float = 0.95) -> tuple[float, float, float]:
+  """(AUC, low, high): the DeLong normal interval on the AUC scale itself (not the
+  logit scale), AUC -/+ z se, clipped to [0, 1] — as pROC's `ci.auc`."""
+  a, var = delong(y, s)
+  e = _normal(a, var, 0.5, level, bounds=(0.0, 1.0))
+  return e.mean, e.low, e.high
+
+
+def combine(estimates, variances, *, null: float = 0.0, level: float = 0.95,
+            bounds: Optional[tuple[float, float]] = None) -> Estimate:
+  """Combines per-repeat estimates of one quantity (e.g. an AUC or an AUC difference
+  from each repeat of a repeated k-fold) into one Estimate.
+
+  mean = the mean of the R estimates; variance = the mean of their R (DeLong)
+  variances. The repeats score the same recordings, so their estimates are strongly
+  and positively correlated and the variance of their mean is unknown; but by
+  Cauchy-Schwarz, var(mean of R) = (1/R^2) sum_ij cov_ij <= (mean_r sd_r)^2
+  <= mean_r var_r, so the mean variance is a conservative (never too small) choice:
+  exact when the repeats agree perfectly, too large by up to a factor R when they are
+  independent. Repeating more therefore never shrinks the standard error below one
+  split's; it only averages out the luck of the partition. `paired_bootstrap` is a
+  resampling cross-check.
+
+  Args:
+    estimates: [R] per-repeat estimates.
+    variances: [R] their variances (e.g. from `delong` or `delong_paired`).
+    null: the value under H0 (0 for differences; pass 0.5 for a single AUC).
+    level: interval coverage.
+    bounds: optional (low, high) to clip the interval to, e.g. (0, 1) for an AUC.
+
+  Returns:
+    Estimate(mean, se, low, high, z = (mean - null) / se, two-sided normal p).
+  """
+  est = np.asarray(estimates, dtype=np.float64)
+  var = np.asarray(variances, dtype=np.float64)
+  if est.ndim != 1 or est.shape != var.shape or not len(est):
+    raise ValueError(f"estimates and variances must be 1-D of one equal, non-zero "
+                     f"length, got shapes {est.shape} and {var.shape}")
+  if not (np.isfinite(est).all() and np.isfinite(var).all()) or (var < 0).any():
+    raise ValueError(f"estimates must be finite and variances finite and >= 0, got "
+                     f"{est.tolist()} and {var.tolist()}")
+  return _normal(float(est.mean()), float(var.mean()), null, level, bounds)
+
+
+def _weighted_auc(wp: np.ndarray, wn: np.ndarray, neg_order: np.ndarray,
+                  below: np.ndarray, at_or_below: np.ndarray) -> np.ndarray:
+  """AUCs [B] under item multiplicities (bootstrap counts) wp [m, B] of the positives
+  and wn [n0, B] of the negatives, for a scorer whose negatives sorted by score are
+  `neg_order` and whose i-th positive outscores the first below[i] of them and ties
+  the next at_or_below[i] - below[i]."""
+  cum = np.zeros((len(neg_order) + 1, wn.shape[1]))
+  np.cumsum(wn[neg_order], axis=0, out=cum[1:])     # cum[j]: weight of the j lowest
+  beaten = cum[below] + cum[at_or_below]             # twice (below + ties / 2): [m, B]
+  return np.einsum("mb,mb->b", wp, beaten) / (2 * wp.sum(axis=0) * cum[-1])
+
+
+def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
+                     strata: Optional[Sequence[Hashable]] = None, null: float = 0.0,
+                     level: float = 0.95) -> Estimate:
+  """Bootstrap over recordings of mean_r (AUC_a[r] - AUC_b[r]), r over repeats.
+
+  Each replicate draws recordings with replacement within each (stratum, label)
+  cell (strata default to none, i.e. stratified by label only), and the same draw is
+  used for every repeat and both scorers, so the correlation between repeats and
+  between the scorers is kept. Without scores_b the statistic is mean_r AUC_a[r]
+  (pass null=0.5).
+
+  Args:
+    y: [n] 0/1 labels.
+    scores_a: [R, n] (or [n]) scores of row a in each repeat.
+    scores_b: [R, n] (or [n]) scores of row b, or None.
+    n_boot: number of bootstrap replicates (>= 2).
+    seed: seeds np.random.default_rng.
+    strata: optional [n] stratum per recording (e.g. source).
+    null: the value under H0.
+    level: interval coverage.
+
+  Returns:
+    Estimate: mean = the statistic on the original data (equal to `combine`'s mean of
+    per-repeat estimates), se = the replicates' standard deviation, and the normal
+    interval, z and p from them (as for DeLong, so the two are comparable).
+  """
+  y = _labels(y)
+  n = len(y)
+  a = _scores(scores_a, n, "scores_a", rows=True)
+  signs, runs = [1.0], [a]
+  if scores_b is not None:
+    b = _scores(scores_b, n, "scores_b", rows=True)
+    if b.shape != a.shape:
+      raise ValueError(f"scores_a and scores_b must have one shape, got {a.shape} and "
+                       f"{b.shape}")
+    signs.append(-1.0)
+    runs.append(b)
+  if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+    raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+  _check_classes(y, 1)
+  if strata is not None and len(strata) != n:
+    raise ValueError(f"strata must have one entry per item ({n}), got {len(strata)}")
+  by_cell = {}
+  for i, key in enumerate(zip(strata if strata is not None else [None] * n, y.tolist())):
+    by_cell.setdefault(key, []).append(i)
+  cells = [np.asarray(c) for c in by_cell.values()]
+
+  # Per (scorer, repeat): where each positive falls among the sorted negatives,
+  # reused by every replicate.
+  pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+  placements = []
+  for sign, s in zip(signs, runs):
+    for row in s:
+      neg_order = np.argsort(row[neg], kind="stable")
+      neg_sorted = row[neg][neg_order]
+      placements.append((sign / len(s), neg_order,
+                         np.searchsorted(neg_sorted, row[pos], side="left"),
+                         np.searchsorted(neg_sorted, row[pos], side="right")))
+
+  def statistic(w: np.ndarray) -> np.ndarray:   # w: [n, B] counts -> [B]
+    wp, wn = w[pos], w[neg]
+    return sum(c * _weighted_auc(wp, wn, *p) for c, *p in placements)
+
+  observed = float(statistic(np.ones((n, 1)))[0])
+  rng = np.random.default_rng(seed)
+  chunk = max(1, min(n_boot, 2**22 // n))   # replicates per chunk: bounds memory
+  reps = []
+  for start in range(0, n_boot, chunk):
+    size = min(chunk, n_boot - start)
+    w = np.empty((n, size))
+    for c in cells:   # len(c) draws from each cell, as counts per item and replicate
+      k = len(c)
+      drawn = rng.integers(0, k, size=(size, k)) + k * np.arange(size)[:, None]
+      w[c] = np.bincount(drawn.ravel(), minlength=size * k).reshape(size, k).T
+    reps.append(statistic(w))
+  reps = np.concatenate(reps)
+  return _normal(observed, float(np.var(reps, ddof=1)), null, level)
+
+
+def holm(p_values) -> np.ndarray:
+  """Holm-Bonferroni step-down adjusted p-values, in the input order.
+
+  With the m p-values sorted ascending, p_(i) is adjusted to
+  max_{j <= i} min(1, (m - j + 1) p_(j)) (1-based), so adjusted values never decrease
+  along the sorted order and are capped at 1. Rejecting where adjusted < alpha controls
+  the family-wise error rate at alpha under any dependence (Holm 1979).
+  """
+  p = np.asarray(p_values, dtype=np.float64)
+  if p.ndim != 1:
+    raise ValueError(f"p_values must be 1-D, got shape {p.shape}")
+  if not ((p >= 0) & (p <= 1)).all():
+    raise ValueError(f"p-values must be in [0, 1] (no NaN), got {p.tolist()}")
+  m = len(p)
+  order = np.argsort(p, kind="stable")
+  adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+  out = np.empty(m)
+  out[order] = adjusted
+  return out
+
+
+def verdict(estimate: Estimate, p_adjusted: float, *, alpha: float = 0.05) -> str:
+  """"holds" when p_adjusted < alpha and the effect is positive (the finding claims
+  mean > null, i.e. z > 0), "does not hold" when p_adjusted < alpha and it is
+  negative, else "cannot tell"."""
+  if not 0 <= p_adjusted <= 1:
+    raise ValueError(f"p_adjusted must be in [0, 1], got {p_adjusted}")
+  if p_adjusted < alpha and estimate.z > 0:
+    return "holds"
+  if p_adjusted < alpha and estimate.z < 0:
+    return "does not hold"
+  return "cannot tell"
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdMetrics:
+  """Precision, recall, accuracy and F1 (fractions) at a threshold.
+
+  degenerate: the scorer predicts a single class on these items, so precision,
+  recall and F1 describe that constant answer rather than the scorer and are not
+  comparable with other rows' (precision of no positive predictions is 0).
+  """
+  precision: float
+  recall: float
+  accuracy: float
+  f1: float
+  degenerate: bool
+
+
+def threshold_metrics(y, s, threshold: float = 0.5) -> ThresholdMetrics:
+  """Metrics of predicting positive where s >= threshold."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  if not len(y):
+    raise ValueError("no items to score")
+  pred = s >= threshold
+  tp = int(np.sum(pred & y))
+  precision = tp / pred.sum() if pred.any() else 0.0
+  recall = tp / y.sum() if y.any() else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+  return ThresholdMetrics(precision=float(precision), recall=float(recall),
+                          accuracy=float(np.mean(pred == y)), f1=float(f1),
+                          degenerate=bool(pred.all() or not pred.any()))

@@ -1,0 +1,105 @@
+"""The covid19_cough study on a slice of the real release (runlocal configs, 2 folds):
+its report states what ran, with intervals, Holm-corrected verdicts and confounds."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import conftest
+from coughjax.protocol import report as rep
+from coughjax.protocol import runs
+from coughjax.studies import covid19_cough as study
+
+REPO = conftest.REPO
+
+
+@pytest.fixture(scope="module")
+def release_slice(covid19_cough, tmp_path_factory):
+  """24 call-centre + 24 Telegram recordings (distinct contents, > 6 kB so none is
+  under 0.5 s), plus a copy of one Telegram file under a second name with the other
+  label: the source makes the two one unlabelled recording."""
+  root = tmp_path_factory.mktemp("covid19_cough_slice")
+  want = {("call-center", True): 12, ("call-center", False): 12,
+          ("telegram", True): 12, ("telegram", False): 12}
+  kept = conftest.copy_covid19_cough_slice(
+      covid19_cough, root, want, lambda r: (r["source"], r["covid19"]), min_bytes=6000)
+  twin = next(r for r in kept if r["source"] == "telegram" and not r["covid19"])
+  shutil.copy(root / "raw" / twin["filename"], root / "raw" / "twin.mp3")
+  kept.append(dict(twin, filename="twin.mp3", covid19=True))
+  (root / "metadata.json").write_text(json.dumps(kept))
+  return root
+
+
+@pytest.fixture(scope="module")
+def done(release_slice, tmp_path_factory):
+  work = tmp_path_factory.mktemp("study")
+  plan = study.make_plan(release_slice, "", work, k=2, repeats=1, baseline_repeats=2,
+                         deep_rows=("transformer", study.BEST),
+                         setting_names=(study.CC, study.POOLED), runlocal=True)
+  results = runs.run_plan(plan)
+  text = study.format_report(plan, results, release_slice, "python -m ... (test)")
+  return plan, results, text
+
+
+def test_report_states_provenance_protocol_and_data(done):
+  _, _, text = done
+  assert re.search(r"Commit: `[0-9a-f]{40}`", text)
+  assert re.search(r"jax \d+\.\d+", text) and "Command (from the repository root)" in text
+  assert "2-fold cross-validation over participants" in text
+  assert "inductive" in text and "Holm" in text
+  # 49 files: the twin and its original are one unlabelled recording.
+  assert "| telegram | unlabelled | – | 1 | – |" in text
+  assert "| telegram | positive | 13 | 12 | 12 |" in text
+  assert "49 files; 48 recordings" in text
+
+
+def test_every_row_has_an_auc_interval_and_its_epochs(done):
+  plan, results, text = done
+  cc = text.split(f"## {study.CC}:", 1)[1]
+  for name, scores in results[study.CC].items():
+    title = plan.row(name).title
+    line = next(l for l in cc.splitlines() if l.startswith(f"| {title} |"))
+    assert rep.row_auc(scores).format(scale=100) in line, line
+    if name in (study.BEST, "transformer", study.TRANSDUCTIVE_BEST):
+      assert re.search(r"\| 2 \[2–2\]; best [12] \[[12]–[12]\] \|", line), line
+  # Pooled scores broken down by source.
+  pooled = text.split(f"## {study.POOLED}:", 1)[1]
+  assert "By source" in pooled and "| call-center | telegram |" in pooled
+
+
+def test_verdicts_are_holm_corrected_over_the_whole_report(done):
+  plan, results, text = done
+  judged = rep.judge([c for _, _, cs in study.findings(plan) for c in cs], results)
+  raw = np.array([j.estimate.p for j in judged])
+  holm = np.array([j.p_holm for j in judged])
+  assert len(judged) >= 10 and np.all(holm >= raw - 1e-12)
+  for j in judged:
+    assert j.verdict in ("holds", "does not hold", "cannot tell")
+    if j.p_holm >= 0.05:
+      assert j.verdict == "cannot tell"
+  # Finding (vi): inductive against transductive pre-training, on the same folds.
+  assert "(vi) pre-training on the test recordings' audio" in text
+  assert "## Confounds" in text and "loudness only" in text and "duration only" in text
+
+
+def test_inductive_units_pretrain_per_fold(done):
+  plan, _, _ = done
+  pre = plan.workdir / "pretrain" / "transformer_m50"
+  assert sorted(p.name for p in pre.iterdir()) == ["all", "r0f0", "r0f1"]
+  for fold in (0, 1):
+    cfg = json.loads((pre / f"r0f{fold}" / "config.json").read_text())
+    assert cfg["data"]["folds"] == str(plan.folds_path) and cfg["data"]["fold"] == fold
+  assert json.loads((pre / "all" / "config.json").read_text())["data"]["folds"] == ""
+
+
+def test_command_line_rejects_unknown_rows():
+  proc = subprocess.run([sys.executable, "-m", "coughjax.studies.covid19_cough",
+                         "--rows=transformer,vggish_ft", "--root=/nonexistent"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "--rows: unknown rows ['vggish_ft']" in proc.stderr
