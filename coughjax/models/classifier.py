@@ -57,7 +57,6 @@ class Classifier(nn.Module):
     Returns:
       [batch] logits.
     """
-    clip_ids = randomness.default_clip_ids(x.shape[0], clip_ids)
     frozen = tuple(self.frozen) or (False,) * len(self.encoders)
     masks = (None,) * len(self.encoders) if masks is None else tuple(masks)
     if len(masks) != len(self.encoders):

@@ -292,7 +292,6 @@ class GRU(nn.Module):
     del mask
     self._check_settings()
     b, t, width = x.shape
-    clip_ids = randomness.default_clip_ids(b, clip_ids)
     # float32 parameters; the recurrence casts its weights to the compute dtype
     # itself, so that their gradients come back float32 (see the module doc).
     params = [_LayerParams(self.d_model, width if i == 0 else self.d_model,
@@ -305,6 +304,7 @@ class GRU(nn.Module):
     keep, scale = None, 1.0
     if train and self.dropout > 0 and self.num_layers > 1:
       rng = self.make_rng("dropout")
+      clip_ids = randomness.default_clip_ids(b, clip_ids)
       keep = tuple(randomness.keep_mask(jax.random.fold_in(rng, i), clip_ids,
                                         (t, b, self.d_model), self.dropout, axis=1)
                    for i in range(1, self.num_layers))

@@ -119,7 +119,9 @@ def clip_keys(key: jax.Array, clip_ids: jax.Array) -> jax.Array:
 
 
 def default_clip_ids(batch: int, clip_ids: Optional[jax.Array]) -> jax.Array:
-  """`clip_ids` checked against the batch, or 0, 1, ..., batch - 1 when None."""
+  """`clip_ids` checked against the batch, or 0, 1, ..., batch - 1 when None. Called
+  only where bits are drawn, so that inference (symbolic batches included) makes
+  no ids."""
   if clip_ids is None:
     return jnp.arange(batch, dtype=jnp.int32)
   if clip_ids.shape != (batch,):
@@ -167,11 +169,12 @@ class ClipDropout(nn.Module):
   impl: str = "hash"
 
   @nn.compact
-  def __call__(self, x: jax.Array, clip_ids: jax.Array, *, deterministic: bool
+  def __call__(self, x: jax.Array, clip_ids: Optional[jax.Array], *, deterministic: bool
                ) -> jax.Array:
-    """x: [batch, ...]; clip_ids: [batch] global clip ids."""
+    """x: [batch, ...]; clip_ids: [batch] global clip ids, or None for 0, 1, ..."""
     if not 0.0 <= self.rate <= 1.0:
       raise ValueError(f"dropout rate must be in [0, 1], got {self.rate!r}")
     if deterministic or self.rate == 0.0:
       return x
+    clip_ids = default_clip_ids(x.shape[0], clip_ids)
     return dropout(x, self.rate, self.make_rng("dropout"), clip_ids, self.impl)

@@ -175,7 +175,6 @@ class EncoderLayer(nn.Module):
     or None; clip_ids: [B] global clip ids keying the dropout (default 0..B-1)."""
     d = x.shape[-1]
     dropout_impl = resolve_dropout_impl(self.dropout_impl)
-    clip_ids = randomness.default_clip_ids(x.shape[0], clip_ids)
 
     def drop(y):  # stream 'dropout'
       return randomness.ClipDropout(self.dropout, dropout_impl)(
@@ -252,7 +251,6 @@ class Transformer(nn.Module):
       raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
     masking.check_rate(self.mask_rate)
     batch, time, _ = x.shape
-    clip_ids = randomness.default_clip_ids(batch, clip_ids)
     if mask is None and self.masking_active(train):
       mask = masking.random_key_mask(self.make_rng("mask"), batch, time, self.mask_rate,
                                      clip_ids)

@@ -86,7 +86,6 @@ class VGGish(nn.Module):
     if x.ndim != 3 or x.shape[1:] != (CLIP_FRAMES, NUM_MELS):
       raise ValueError(f"VGGish expects [batch, {CLIP_FRAMES}, {NUM_MELS}] log-mel "
                        f"patches, got shape {x.shape}")
-    clip_ids = randomness.default_clip_ids(x.shape[0], clip_ids)
     x = x[..., None]  # [B, 96, 64, 1]: NHWC, one input channel.
     for name, channels, pool in CONV_LAYERS:
       x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype,
