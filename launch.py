@@ -7,9 +7,13 @@ r"""coughjax entry point: pre-training or downstream training from a config file
 Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or set
 COUGHJAX_COORDINATOR / COUGHJAX_NUM_PROCESSES / COUGHJAX_PROCESS_ID) to call
 `jax.distributed.initialize`; each process then feeds its shard of the global batch.
+
+Ctrl-C stops at the next training step, checkpoints it and exits with status 130;
+rerunning the same command resumes.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -41,7 +45,11 @@ def main(argv):
       "runs", config.variant + ("_runlocal" if config.runlocal else ""))
   logging.info("%s on %d device(s) (%s), workdir %s", config.variant, jax.device_count(),
                jax.devices()[0].platform, workdir)
-  run.run(config, workdir)
+  try:
+    run.run(config, workdir)
+  except KeyboardInterrupt as e:  # trainer.Interrupted says at which step
+    print(str(e) or "interrupted; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -642,18 +642,19 @@ def test_onnx_ds_ensemble_reproduces_the_live_one_on_real_clips(runs, real_files
   assert out["p"] == pytest.approx(float(np.mean(want)), abs=1e-5)
 
 
-def test_onnx_export_refuses_random_bits(runs):
+def test_onnx_export_refuses_random_bits(runs, tmp_path):
   pytest.importorskip("jax2onnx")
   x = {"name": "x", "shape": ["b", 96, 64], "dtype": "float32", "doc": ""}
   noisy = export._Program(  # pylint: disable=protected-access
       lambda x: x.mean((1, 2)) + jax.random.uniform(jax.random.key(0), x.shape[:1]),
       [x], {"kind": "encoder", "source": "noisy", "output": {"name": "h", "shape": ["b"]}})
   with pytest.raises(export.ExportError, match=r"noisy: cannot export .*random_bits.*RandomUniform"):
-    export._export(noisy, "unused", None, None, "onnx")  # pylint: disable=protected-access
+    export._export(lambda: noisy, tmp_path / "a", None, None, "onnx")  # pylint: disable=protected-access
+  assert not (tmp_path / "a" / export.ONNX_FILE).exists()  # nothing written
   with pytest.raises(ValueError, match="apply to --format=jax only"):
-    export.export_encoder(runs["pretrain"], "unused", platforms=["cpu"], format="onnx")
+    export.export_encoder(runs["pretrain"], tmp_path / "b", platforms=["cpu"], format="onnx")
   with pytest.raises(ValueError, match="unknown export format 'tflite'"):
-    export.export_encoder(runs["pretrain"], "unused", format="tflite")
+    export.export_encoder(runs["pretrain"], tmp_path / "b", format="tflite")
 
 
 def test_onnx_converts_the_gru(tmp_path):
@@ -668,7 +669,7 @@ def test_onnx_converts_the_gru(tmp_path):
       {"kind": "encoder", "source": "tiny gru", "output": {"name": "h", "shape": ["b", 16]}})
   live = np.asarray(infer.embeddings(gru, params, _clips(4)))
   for batch in (None, 4):
-    folder = export._export(program, tmp_path / str(batch), batch, None, "onnx")  # pylint: disable=protected-access
+    folder = export._export(lambda: program, tmp_path / str(batch), batch, None, "onnx")  # pylint: disable=protected-access
     session = _onnx_session(folder)
     for rows in ((slice(0, 1), slice(None)) if batch is None else (slice(None),)):
       got = session.run(None, {"x": _clips(4)[rows]})[0]

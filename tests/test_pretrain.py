@@ -1,13 +1,12 @@
-"""Contrastive pre-training: runlocal end to end, 1 vs 4 devices, resume, NaN stop."""
+"""Contrastive pre-training: runlocal end to end, 1 vs 4 devices, 2 processes, resume,
+NaN stop (kill -9 and Ctrl-C: tests/test_trainer.py)."""
 
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -152,55 +151,6 @@ def test_one_vs_four_devices_equal_at_batch_1024():
   assert report["near_zero_grad_coords"] <= 0.01 * report["num_params"]
 
 
-def _launch(workdir, *extra, env=None):
-  cmd = [sys.executable, str(REPO / "launch.py"),
-         "--config=configs/pretrain.py:transformer_m25,runlocal", f"--workdir={workdir}",
-         "--config.num_epochs=4", *extra]
-  env = dict(os.environ, **(env or {}))
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def _final_params(workdir, config):
-  model = pretrain.build_model(config.model)
-  target = pretrain.init_state(model, config, jax.random.key(0))
-  state, meta = trainer.restore(pathlib.Path(workdir) / "checkpoints", target)
-  assert trainer.is_finished(meta, config)
-  return state
-
-
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-  config = _config("transformer_m25,runlocal", num_epochs=4)
-  full = _launch(tmp_path / "full")
-  killed = _launch(tmp_path / "killed")
-  # Kill the second run once it has checkpointed past the first epoch.
-  ckpts = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    # Finished checkpoints only (not "<step>.orbax-checkpoint-tmp" folders).
-    steps = ([int(p.name) for p in ckpts.iterdir() if p.name.isdigit()]
-             if ckpts.exists() else [])
-    if steps and max(steps) >= 3:
-      break
-    assert killed.poll() is None, killed.stdout.read()
-    time.sleep(0.2)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  assert full.wait(timeout=300) == 0, full.stdout.read()
-  resumed = _launch(tmp_path / "killed")
-  out, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, out
-  assert "resumed from" in out
-  a = _final_params(tmp_path / "full", config)
-  b = _final_params(tmp_path / "killed", config)
-  assert int(a.step) == int(b.step) == 8
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(x, y)
-  # metrics.jsonl has no duplicated steps after the resume
-  steps = [(l["step"], l["split"]) for l in trainer.read_metrics(tmp_path / "killed")]
-  assert len(steps) == len(set(steps))
-
-
 def test_nan_loss_stops_with_step(tmp_path):
   config = _config(**{"optim.learning_rate": 1e30})
   with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step \d+"):
@@ -236,3 +186,34 @@ def test_two_processes_on_loopback_agree_with_one(tmp_path):
   assert abs(float(one["loss"]) - float(two["loss"])) <= 1e-5
   for k in one.files:
     np.testing.assert_allclose(one[k], two[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_two_processes_resume_from_the_same_intact_checkpoint(tmp_path):
+  """The latest checkpoint, on storage both processes share, is corrupted: process
+  0 alone sets it aside and both resume from the same older step."""
+  workdir = tmp_path / "run"
+  run.run(_config(num_epochs=2, keep_checkpoints=2), str(workdir))  # checkpoints 3, 4
+  assert _corrupt(workdir / "checkpoints" / "4") > 0
+  port = _free_port()
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
+  procs = [subprocess.Popen(
+      [sys.executable, str(REPO / "launch.py"),
+       "--config=configs/pretrain.py:transformer_m50,runlocal", f"--workdir={workdir}",
+       "--config.num_epochs=3", "--config.keep_checkpoints=2",
+       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:  # a process stuck waiting for the other
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+    assert f"resumed from {workdir / 'checkpoints'} at step 3 (epoch 1)" in out, out[-4000:]
+  assert "skipping corrupted checkpoint" in outs[0]
+  assert "corrupted checkpoint" not in outs[1]  # process 1 only learns the step
+  assert [p.name.split(".")[0] for p in (workdir / "corrupted_checkpoints").iterdir()] == ["4"]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [5, 6]
+  steps = [(l["step"], l["split"]) for l in trainer.read_metrics(workdir)]
+  assert len(steps) == len(set(steps)) and steps[-1] == (6, "val")

@@ -161,6 +161,21 @@ def test_a_rerun_reuses_every_unit(tmp_path):
     runs.run_plan(other)
 
 
+def test_a_unit_another_process_runs_is_left_to_it(tmp_path):
+  import fcntl  # pylint: disable=g-import-not-at-top
+  plan = _plan(tmp_path, ["duration_only"])
+  runs.ensure_folds(plan)
+  setting, row = plan.settings[0], plan.row("duration_only")
+  lock = plan.workdir / "all" / "duration_only" / ".r0f1.lock"
+  lock.parent.mkdir(parents=True)
+  with open(lock, "a") as held:  # as another process would hold it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    assert runs.run_unit(plan, setting, row, 0, 1, runs.default_runner, wait=False) is None
+    assert runs.run_unit(plan, setting, row, 0, 0, runs.default_runner, wait=False)
+  assert not (lock.parent / "r0f1").exists()
+  assert runs.run_unit(plan, setting, row, 0, 1, runs.default_runner)["seconds"] >= 0
+
+
 def test_inductive_pretraining_never_sees_its_fold(tmp_path):
   # Pre-training on the downstream participants' coughs and breathing.
   plan = _plan(tmp_path, ["transformer_cp_ft"],

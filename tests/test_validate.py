@@ -111,13 +111,25 @@ def test_data_settings_are_checked_early(tmp_path):
     validate.check(config)
 
 
+def test_front_end_folds_and_dedup_are_checked_early(tmp_path):
+  config = _pretrain(**{"features.normalise": "loud", "data.folds": str(tmp_path / "f.json"),
+                        "data.fold": -1})
+  config.data.dedup = "maybe"
+  with pytest.raises(validate.ConfigError) as e:
+    validate.check(config)
+  for want in ("config.features.normalise='loud': must be one of '', 'gain', 'cmn'",
+               "config.data.folds=", "must be '' or an existing folds file",
+               "config.data.fold=-1: must be an integer >= 0", "config.data.dedup='maybe'"):
+    assert want in str(e.value)
+
+
 def test_zero_epochs_builds_the_data_only(tmp_path):
   config = _pretrain(num_epochs=0)
   config.lock()
   assert run.run(config, str(tmp_path / "run")) is None
   assert not (tmp_path / "run").exists()
   packs = pathlib.Path(os.environ["COUGHJAX_CACHE"]) / "packed"
-  assert len(list(packs.glob("*.index.npz"))) == 2  # train and val
+  assert len(list(packs.glob("*.index.npz"))) == 1  # one pack for train and val
 
 
 def test_launch_exits_naming_the_keys_before_creating_the_workdir(tmp_path):

@@ -20,7 +20,9 @@ never seen before they are scored); `pretraining="transductive"` pre-trains once
 all of it, as a reference for what seeing the test audio is worth.
 
 Layout of `<workdir>` (every unit is skipped when its `unit.json` exists, so an
-interrupted study resumes where it stopped):
+interrupted study resumes where it stopped; each unit is claimed with a lock file,
+so several processes, or hosts sharing the folder, can run one study together, each
+taking the units no other has started):
 
   folds.json
   pretrain/<variant>[-<front end>]/{r<repeat>f<fold> | all}/   pre-training workdirs
@@ -30,8 +32,10 @@ interrupted study resumes where it stopped):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
 import pathlib
 import time
@@ -294,20 +298,40 @@ def _check_same(folder: pathlib.Path, config) -> None:
     path.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
 
 
+@contextlib.contextmanager
+def _claim(folder: pathlib.Path, wait: bool):
+  """An exclusive lock on a unit (the file `.<name>.lock` beside its folder): yields
+  True once held, or False at once if another process holds it and not `wait`. The
+  lock goes with the process, so a killed run's units can be taken over."""
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  with open(folder.parent / f".{folder.name}.lock", "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_pretrained(plan: Plan, variant: str, setting: Setting,
                       fold: Optional[tuple[int, int]], runner: Callable,
                       extra: Sequence[str] = ()) -> pathlib.Path:
-  """Runs (or resumes, or reuses) one pre-training; returns its workdir."""
+  """Runs (or resumes, or reuses) one pre-training; returns its workdir. Another
+  process running it is waited for."""
   workdir = pretrain_workdir(plan, variant, setting, fold, extra)
-  if _done(workdir) is None:
-    config = pretrain_config(plan, variant, setting, fold, extra)
-    _check_same(workdir, config)
-    config.lock()
-    logging.info("pre-training %s in %s", variant, workdir)
-    start = time.monotonic()
-    runner(config, str(workdir))
-    (workdir / UNIT_FILE).write_text(json.dumps(
-        {"seconds": time.monotonic() - start}) + "\n")
+  with _claim(workdir, wait=True):
+    if _done(workdir) is None:
+      config = pretrain_config(plan, variant, setting, fold, extra)
+      _check_same(workdir, config)
+      config.lock()
+      logging.info("pre-training %s in %s", variant, workdir)
+      start = time.monotonic()
+      runner(config, str(workdir))
+      (workdir / UNIT_FILE).write_text(json.dumps(
+          {"seconds": time.monotonic() - start}) + "\n")
   return workdir
 
 
@@ -335,9 +359,15 @@ def _epochs_used(run_dir: pathlib.Path) -> dict[str, int]:
 
 
 def run_unit(plan: Plan, setting: Setting, row: Row, repeat: int, fold: int,
-             runner: Callable) -> dict:
-  """Trains and scores one (setting, row, repeat, fold); returns its unit.json."""
+             runner: Callable, wait: bool = True) -> Optional[dict]:
+  """Trains and scores one (setting, row, repeat, fold); returns its unit.json, or
+  None without `wait` if another process is running it."""
   folder = plan.workdir / setting.name / row.name / f"r{repeat}f{fold}"
+  with _claim(folder, wait) as mine:
+    return _run_unit(plan, setting, row, repeat, fold, runner, folder) if mine else None
+
+
+def _run_unit(plan, setting, row, repeat, fold, runner, folder) -> dict:
   done = _done(folder)
   if done is not None:
     return done
@@ -427,8 +457,15 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
 
 def run_plan(plan: Plan, runner: Callable = default_runner
              ) -> dict[str, dict[str, Scores]]:
-  """Every setting's rows: {setting: {row: Scores}}. Resumes where it stopped."""
+  """Every setting's rows: {setting: {row: Scores}}. Resumes where it stopped; units
+  another process is running are left to it, then waited for."""
   ensure_folds(plan)
+  for setting in plan.settings:
+    for name in setting.rows:
+      row = plan.row(name)
+      for repeat in range(plan.repeats_of(row)):
+        for fold in range(plan.k):
+          run_unit(plan, setting, row, repeat, fold, runner, wait=False)
   out: dict[str, dict[str, Scores]] = {}
   for setting in plan.settings:
     config = downstream_config(plan, setting, Row("base", "transformer"))

@@ -14,9 +14,16 @@ its pmapped step, its batches and its validation; `fit` does the rest:
   functions of (seed, epoch, step), never of wall-clock or history). Whether a run
   is finished is decided from the current config (epochs done, early stopping), so
   a larger `num_epochs` extends a finished run; a checkpoint that cannot be read is
-  skipped, with a warning, for the newest intact one (nothing is deleted);
+  set aside, with a warning, for the newest intact one (nothing is deleted; with
+  several processes, process 0 decides and every process resumes from its step);
+* `metrics.jsonl` holds each (step, split) once however a run was stopped: a
+  resumed run drops the lines logged after its checkpoint;
 * a non-finite loss stops training with the step number; the checkpoints already
-  written are left as they are.
+  written are left as they are. A checkpoint with non-finite parameters, or one
+  written by a coughjax with another `WORKDIR_FORMAT`, is refused with the reason;
+* Ctrl-C (SIGINT) stops at the next step: the step is checkpointed, checkpoints in
+  flight are finished, and `Interrupted` says where it stopped (a second Ctrl-C
+  aborts at once).
 
 The loop keeps the host off the critical path: the step folds the step number into
 the run's key itself, batches are put on the devices ahead of use, and metrics stay
@@ -26,23 +33,35 @@ on the devices until a log step (or a checkpoint) reads them all at once.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+import coughjax
 from coughjax.data import pipeline
 from coughjax.train import optim
+
+# What a workdir's checkpoints hold: bump it when a change makes older checkpoints
+# unfit to resume or reuse (parameter layouts, random keys, the checkpoint's items).
+# Every checkpoint's meta records it (with the coughjax version); a checkpoint
+# without it is from before it was recorded: format 1.
+WORKDIR_FORMAT = 2
 
 
 class TrainState(train_state.TrainState):
@@ -165,11 +184,32 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines logged after `step` (by a run that died before checkpointing)."""
-    if self.enabled and self.path.exists():
-      lines = [l for l in self.path.read_text().splitlines()
-               if l.strip() and json.loads(l)["step"] <= step]
-      self.path.write_text("".join(l + "\n" for l in lines))
+    """Drops the lines logged after `step`, the step a run resumes from (0 for a
+    fresh start): a run that died before its next checkpoint logs them again.
+
+    The file is replaced in one rename, so a crash here loses nothing; a last line
+    cut short by a crash while it was written is dropped as well.
+    """
+    if not (self.enabled and self.path.exists()):
+      return
+    lines = self.path.read_text().splitlines()
+    kept = []
+    for i, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        if i == len(lines) - 1:
+          logging.warning("%s: dropping its last line, cut short (%s)", self.path, e)
+          continue
+        raise ValueError(f"{self.path}, line {i + 1}: not JSON ({e}); fix or remove "
+                         "the line, then rerun") from e
+      if record["step"] <= step:
+        kept.append(line + "\n")
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, self.path)
 
   def write(self, **record) -> None:
     if self.enabled:
@@ -187,12 +227,26 @@ def save_config(config, workdir: pathlib.Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
-def _checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def _checkpoint_manager(directory: pathlib.Path, keep: int = 1, *, write: bool = False,
+                        processes: Optional[set[int]] = None) -> ocp.CheckpointManager:
+  """Orbax manager of `directory`, over every process or only `processes`.
+
+  A manager that may `write` creates the folder and removes the temporary folders of
+  saves that never finished (a killed run); a reader changes nothing, so reading a
+  workdir while it trains is safe. The cross-process barriers are named after the
+  folder: `fit` runs two managers (checkpoints/ and best/) that save the same step,
+  and Orbax's default names would collide.
+  """
+  directory = directory.absolute()
+  barrier_prefix = str(directory) if processes is None else f"{directory}@{sorted(processes)}"
   return ocp.CheckpointManager(
-      directory.absolute(),
+      directory,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "meta": ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=write, cleanup_tmp_directories=write, read_only=not write,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              active_processes=processes, barrier_sync_key_prefix=barrier_prefix)))
 
 
 def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) -> None:
@@ -201,12 +255,54 @@ def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) 
     # one, say); the resumed run recomputes it with the same batches and keys.
     mgr.delete(step)
   mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)),
-           force=True)
+      state=ocp.args.StandardSave(jax.device_get(state)),
+      meta=ocp.args.JsonSave(dict(meta, format=WORKDIR_FORMAT,
+                                  coughjax=coughjax.__version__))), force=True)
 
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint whose files cannot be read back (not a config mismatch)."""
+
+
+class WorkdirFormatError(ValueError):
+  """A checkpoint written by a coughjax of another `WORKDIR_FORMAT` (older or newer)."""
+
+
+class NonFiniteCheckpointError(ValueError):
+  """A checkpoint whose parameters hold NaN or infinity."""
+
+
+def _check_format(path: pathlib.Path, meta: dict) -> None:
+  """Raises WorkdirFormatError unless `meta` (a checkpoint's) has this WORKDIR_FORMAT."""
+  found = meta.get("format", 1)
+  if found == WORKDIR_FORMAT:
+    return
+  wrote = (f"coughjax {meta['coughjax']}" if "coughjax" in meta else
+           "a coughjax from before workdirs recorded their format")
+  raise WorkdirFormatError(
+      f"{path}: written by {'an older' if found < WORKDIR_FORMAT else 'a newer'} version "
+      f"of coughjax ({wrote}, workdir format {found}); this one reads workdir format "
+      f"{WORKDIR_FORMAT} only (parameter layouts and random keys differ between formats), "
+      "so it cannot resume or reuse this checkpoint. Start afresh with a new --workdir, "
+      f"or finish and use this workdir with {wrote}.")
+
+
+def _check_finite(path: pathlib.Path, step: int, params) -> None:
+  """Raises NonFiniteCheckpointError if a floating-point parameter is NaN or inf."""
+  bad = {}
+  for key, x in jax.tree_util.tree_leaves_with_path(params):
+    x = np.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      n = int(x.size - np.count_nonzero(np.isfinite(x)))
+      if n:
+        bad[jax.tree_util.keystr(key)] = n
+  if bad:
+    names = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+    raise NonFiniteCheckpointError(
+        f"{path}: the checkpoint of step {step} holds {sum(bad.values())} non-finite "
+        f"parameter values (NaN/inf) in {len(bad)} arrays: {names}"
+        f"{', ...' if len(bad) > 3 else ''}; refused. Move it out of {path.parent} to "
+        "fall back on an older checkpoint, or start afresh with a new --workdir.")
 
 
 def _leaf_shapes(tree) -> list[tuple[int, ...]]:
@@ -220,17 +316,21 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
   """Restores checkpoint `step` into the structure of `target`.
 
   Raises:
+    WorkdirFormatError: the checkpoint has another workdir format.
     ValueError: the checkpoint holds another model's state (a config mismatch).
     CorruptCheckpointError: its metadata or data files cannot be read.
+    NonFiniteCheckpointError: its parameters hold NaN or inf.
   """
   target = jax.device_get(target)
   path = pathlib.Path(mgr.directory) / str(step)
   try:
     saved = mgr.item_metadata(step)["state"]
+    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f"{path}: unreadable metadata ({e})") from e
-  if saved is None:
-    raise CorruptCheckpointError(f"{path}: no state metadata")
+  if saved is None or not isinstance(meta, dict):
+    raise CorruptCheckpointError(f"{path}: no state metadata or meta")
+  _check_format(path, meta)
   want, got = _leaf_shapes(target), _leaf_shapes(saved)
   if want != got:
     missing = sorted(set(want) - set(got))[:5]
@@ -241,20 +341,17 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
         f"{len(want)} expected; shapes expected but not saved {missing}, saved but not "
         f"expected {extra}")
   try:
-    out = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target))).state
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
-  return out.state, out.meta
+  _check_finite(path, step, state.params)
+  return state, meta
 
 
-def _restore_newest_intact(mgr, target: TrainState,
-                           set_aside: Optional[pathlib.Path] = None
-                           ) -> Optional[tuple[int, TrainState, dict]]:
-  """(step, state, meta) of the newest checkpoint that reads back, or None if there
-  is none. Unreadable ones are skipped with a warning; with `set_aside`, they are
-  moved there (kept for inspection, out of the way of the steps to be saved again).
-  """
+def _find_newest_intact(mgr, target: TrainState, set_aside: Optional[pathlib.Path]
+                        ) -> Optional[tuple[int, TrainState, dict]]:
+  """`_restore_newest_intact` as one process sees the checkpoints."""
   skipped = []
   for step in sorted(mgr.all_steps(), reverse=True):
     try:
@@ -278,11 +375,51 @@ def _restore_newest_intact(mgr, target: TrainState,
   return None
 
 
+_NO_CHECKPOINT, _FAILED = -1, -2  # what process 0 broadcasts besides a step
+
+
+def _restore_newest_intact(mgr, target: TrainState,
+                           set_aside: Optional[pathlib.Path] = None
+                           ) -> Optional[tuple[int, TrainState, dict]]:
+  """(step, state, meta) of the newest checkpoint that reads back, or None if there
+  is none. Unreadable ones are skipped with a warning; with `set_aside`, they are
+  moved there (kept for inspection, out of the way of the steps to be saved again).
+
+  With several processes (sharing the folder) process 0 alone reads the checkpoints,
+  through a manager of its own whose barriers wait for nobody, and moves the
+  unreadable ones; it broadcasts the step it found, and every process restores that
+  step, so all resume from the same one. Process 0 reads that step twice: Orbax's
+  restore is collective, so it takes part in the common one too.
+  """
+  if jax.process_count() == 1:
+    return _find_newest_intact(mgr, target, set_aside)
+  found, error = None, None
+  if jax.process_index() == 0:
+    own = _checkpoint_manager(pathlib.Path(mgr.directory), processes={0})
+    try:
+      found = _find_newest_intact(own, target, set_aside)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # raised after the broadcast, so that the others do not wait forever
+    finally:
+      own.close()
+  code = _FAILED if error else _NO_CHECKPOINT if found is None else found[0]
+  step = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+  if error is not None:
+    raise error
+  if step == _FAILED:
+    raise RuntimeError(f"{mgr.directory}: process 0 could not restore a checkpoint; "
+                       "its log says why")
+  mgr.reload()  # process 0 may have moved checkpoints away
+  if step == _NO_CHECKPOINT:
+    return None
+  return (step, *_restore_state(mgr, step, target))
+
+
 def restore(directory: str | os.PathLike, target: TrainState,
             step: Optional[int] = None) -> tuple[TrainState, dict]:
   """Restores (state, meta) from a checkpoint folder (the newest intact step by
   default)."""
-  mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
+  mgr = _checkpoint_manager(pathlib.Path(directory))
   try:
     if step is not None:
       return _restore_state(mgr, step, target)
@@ -297,16 +434,19 @@ def restore(directory: str | os.PathLike, target: TrainState,
 def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
   """(params as nested dicts of numpy arrays, step) of the latest checkpoint in
   `directory`, without needing the model that wrote them."""
-  mgr = _checkpoint_manager(pathlib.Path(directory), keep=1)
+  mgr = _checkpoint_manager(pathlib.Path(directory))
   try:
     step = mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
+    path = pathlib.Path(mgr.directory) / str(step)
     try:
       out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                       meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"{directory}/{step}: cannot be read back ({e})") from e
+      raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
+    _check_format(path, out.meta)
+    _check_finite(path, step, out.state["params"])
     return out.state["params"], step
   finally:
     mgr.close()
@@ -351,24 +491,82 @@ class _Metrics:
     return avg
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C stopped `fit` at a step, which is checkpointed: rerunning resumes there."""
+
+  def __init__(self, step: int):
+    super().__init__(f"interrupted at step {step}; rerun the same command to resume")
+    self.step = step
+
+
+class _StopOnInterrupt:
+  """While active, the first Ctrl-C (SIGINT) only sets `requested`, for the loop to
+  stop at its next step; a second one raises KeyboardInterrupt at once.
+
+  A KeyboardInterrupt raised wherever Python happens to be (an XLA compilation, an
+  Orbax save) leaves threads running and checkpoints half-written. Signals reach the
+  main thread only, so elsewhere this does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.warning("Ctrl-C: stopping after this step, once it is checkpointed "
+                    "(Ctrl-C again stops at once)")
+
+  def __enter__(self) -> "_StopOnInterrupt":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
-  """Trains `task` per `config` in `workdir`, resuming from its checkpoints."""
+  """Trains `task` per `config` in `workdir`, resuming from its checkpoints.
+
+  Raises:
+    Interrupted: Ctrl-C stopped training (at a checkpointed step).
+    FloatingPointError: a non-finite loss.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  save_config(config, workdir)
+  mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints, write=True)
+  best_mgr = _checkpoint_manager(workdir / "best", write=True)
+  with _StopOnInterrupt() as interrupt:
+    try:
+      state = _train(task, config, workdir, mgr, best_mgr, interrupt)
+    finally:
+      # Lets the saves in flight finish: no temporary checkpoint folder is left.
+      mgr.close()
+      best_mgr.close()
+  if interrupt.requested:
+    raise Interrupted(int(state.step))
+  return state
+
+
+def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager,
+           best_mgr: ocp.CheckpointManager, interrupt: _StopOnInterrupt) -> TrainState:
+  """`fit`'s resume and loop; returns the state it stopped with."""
   writer = MetricsWriter(workdir)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = task.init_state(init_key)
-
-  mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints)
-  best_mgr = _checkpoint_manager(workdir / "best", 1)
   meta = {"epochs_done": 0, "best": None, "bad_epochs": 0}
   found = _restore_newest_intact(mgr, state, set_aside=workdir / "corrupted_checkpoints")
   if found is not None:
-    step0, state, meta = found
-    writer.truncate_after(step0)
+    _, state, meta = found
     logging.info("%s: resumed from %s at step %d (epoch %d)", task.name, mgr.directory,
-                 step0, meta["epochs_done"])
+                 int(state.step), meta["epochs_done"])
+  save_config(config, workdir)  # not before: a refused workdir is left as it was
+  writer.truncate_after(int(state.step))
   if is_finished(meta, config):
     logging.info("%s: already finished in %s (%d of %d epochs); nothing to do",
                  task.name, workdir, meta["epochs_done"], config.num_epochs)
@@ -387,26 +585,36 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
 
   t_last, s_last, t_start, s_start = time.time(), step, time.time(), step
   for epoch in range(meta["epochs_done"], config.num_epochs):
+    if interrupt.requested:  # before any step of this epoch: nothing new to save
+      break
     batches = task.batches(epoch, step - epoch * spe)
-    for batch in prefetch_to_devices(pipeline.prefetch(batches)):
-      p_state, step_metrics = task.train_step(p_state, batch, p_key)
-      step += 1
-      metrics.add(step, step_metrics)
-      if step % config.log_every_steps == 0 or step == total:
-        metrics.flush(last_good)
-        now = time.time()
-        rate = (step - s_last) / max(now - t_last, 1e-9)
-        avg = metrics.averages()
-        eta = (total - step) * (now - t_start) / max(step - s_start, 1)
-        logging.info("%s step %d/%d (epoch %d): %s, lr %.2e, %.2f steps/s, ETA %s",
-                     task.name, step, total, epoch,
-                     ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, rate, _eta(eta))
-        writer.write(step=step, epoch=epoch, split="train", lr=lr, steps_per_sec=rate,
-                     **avg)
-        t_last, s_last = now, step
-      if step % config.checkpoint_every_steps == 0 and step % spe:
-        metrics.flush(last_good)  # never checkpoint past a non-finite loss
-        _save(mgr, step, unreplicate(p_state), meta)
+    with contextlib.closing(prefetch_to_devices(pipeline.prefetch(batches))) as ahead:
+      for batch in ahead:
+        p_state, step_metrics = task.train_step(p_state, batch, p_key)
+        step += 1
+        metrics.add(step, step_metrics)
+        if step % config.log_every_steps == 0 or step == total:
+          metrics.flush(last_good)
+          now = time.time()
+          rate = (step - s_last) / max(now - t_last, 1e-9)
+          avg = metrics.averages()
+          eta = (total - step) * (now - t_start) / max(step - s_start, 1)
+          logging.info("%s step %d/%d (epoch %d): %s, lr %.2e, %.2f steps/s, ETA %s",
+                       task.name, step, total, epoch,
+                       ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, rate,
+                       _eta(eta))
+          writer.write(step=step, epoch=epoch, split="train", lr=lr, steps_per_sec=rate,
+                       **avg)
+          t_last, s_last = now, step
+        # An epoch's last step goes on to validation and its checkpoint.
+        stop = interrupt.requested and step % spe != 0
+        if step % config.checkpoint_every_steps == 0 and step % spe or stop:
+          metrics.flush(last_good)  # never checkpoint past a non-finite loss
+          _save(mgr, step, unreplicate(p_state), meta)
+        if stop:
+          break
+    if interrupt.requested and step % spe:  # stopped inside the epoch
+      break
     metrics.flush(last_good)
 
     # End of epoch: validate, adjust the learning rate, keep the best, checkpoint.
@@ -433,8 +641,4 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
         logging.info("%s: early stopping after epoch %d (%s has not improved for %d "
                      "epochs)", task.name, epoch, task.monitor, meta["bad_epochs"])
       break
-  mgr.wait_until_finished()
-  best_mgr.wait_until_finished()
-  mgr.close()
-  best_mgr.close()
   return unreplicate(p_state)

@@ -27,6 +27,7 @@ from coughjax import models
 from coughjax.data import covid19_cough
 from coughjax.data import coswara
 from coughjax.data import covid19_sounds
+from coughjax.data import features as features_lib
 from coughjax.models import heads
 from coughjax.models import platform
 from coughjax.models import transformer
@@ -228,6 +229,7 @@ def _features(c: _Checker) -> None:
   c.number("features.winstep", 0, low_open=True)
   c.number("features.preemph", 0, 1)
   c.number("features.min_duration", 0)
+  c.choice("features.normalise", features_lib.NORMALISATIONS)
 
 
 def _data(c: _Checker) -> None:
@@ -249,6 +251,18 @@ def _data(c: _Checker) -> None:
       c.fail("data.split", "must be 3 fractions >= 0 (train, val, test) summing to 1")
   c.integer("data.workers", 0, " (0 = all cores)")
   c.integer("data.split_seed", 0)
+  folds = c.get("data.folds")
+  if folds not in (_MISSING, ""):
+    if not isinstance(folds, str) or not os.path.isfile(folds):
+      c.fail("data.folds", "must be '' or an existing folds file (coughjax.protocol)")
+    c.integer("data.fold", 0)
+    c.integer("data.fold_repeat", 0)
+  dedup = c.get("data.dedup")
+  if dedup is not _MISSING:
+    try:
+      data_lib.dedup_enabled(c.config.data)
+    except ValueError as e:
+      c.fail("data.dedup", str(e))
   if len(names) > 1:
     try:
       data_lib.parse_roots(c.get("data.roots") or "")

@@ -1,0 +1,68 @@
+"""`launch.py`, interrupted by a signal it sends itself at a chosen moment.
+
+  python tests/interrupted_run.py --at=metrics:STEP:SPLIT --signal=KILL LAUNCH_FLAGS...
+  python tests/interrupted_run.py --at=save:STEP --signal=INT LAUNCH_FLAGS...
+
+`metrics:STEP:SPLIT`: right after the metrics.jsonl line of (STEP, SPLIT) is written.
+`save:STEP`: right after the resumable checkpoint of STEP has been handed to Orbax,
+while it is still being written. KILL is SIGKILL (nothing runs after it), INT is
+Ctrl-C. The rest of the command line goes to launch.py as it is. Used by
+tests/test_trainer.py.
+"""
+
+import os
+import pathlib
+import signal
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from coughjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _arm(at: str, signum: int) -> None:
+  """Patches the trainer to send `signum` to this process at `at`."""
+  kind, step, *split = at.split(":")
+  step = int(step)
+
+  def fire():
+    os.kill(os.getpid(), signum)
+
+  if kind == "metrics":
+    write = trainer.MetricsWriter.write
+
+    def write_then_fire(self, **record):
+      write(self, **record)
+      if (record["step"], record["split"]) == (step, split[0]):
+        fire()
+
+    trainer.MetricsWriter.write = write_then_fire
+  elif kind == "save":
+    save = trainer._save  # pylint: disable=protected-access
+
+    def save_then_fire(mgr, at_step, state, meta):
+      save(mgr, at_step, state, meta)
+      if at_step == step and pathlib.Path(mgr.directory).name == "checkpoints":
+        fire()
+
+    trainer._save = save_then_fire  # pylint: disable=protected-access
+  else:
+    raise ValueError(f"--at={at}: expected metrics:STEP:SPLIT or save:STEP")
+
+
+def main():
+  at, sig = (sys.argv[i].split("=", 1)[1] for i in (1, 2))
+  _arm(at, {"KILL": signal.SIGKILL, "INT": signal.SIGINT}[sig])
+  sys.argv = [str(REPO / "launch.py")] + sys.argv[3:]
+  os.chdir(REPO)
+  import launch  # pylint: disable=g-import-not-at-top
+  flags.mark_flag_as_required("config")
+  app.run(launch.main)
+
+
+if __name__ == "__main__":
+  main()
