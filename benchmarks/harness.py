@@ -25,8 +25,8 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Clips per call of the chunked PyTorch twins: coughjax's model.chunk_size on CPU
-# ("auto" = coughjax.models.chunking.CPU_CHUNK_SIZE; not imported, to keep jax out of
-# the torch-only subprocesses).
+# ("auto" = coughjax.models.platform.CPU_DEFAULT.train_chunk; not imported, to keep
+# jax out of the torch-only subprocesses).
 TORCH_CHUNK = 16
 # The scripts run as `python benchmarks/<name>.py` from a checkout: make the package
 # and configs/ importable without installing them.

@@ -21,7 +21,7 @@ Implementations, timed in the same process, interleaved repeat by repeat:
   that the downstream evaluation and `coughjax.predict` use, for the row's model
   (`downstream.Setup`'s Classifier) in chunks of the config's `model.eval_chunk_size`
   ("auto": on CPU 16 clips, 256 for GRU-only rows; the whole batch on GPU/TPU), each
-  clip's DS masks drawn inside from its own key:
+  clip's DS masks drawn inside from its own seed (recording digest, clip index):
   on one device without pmap. Input already on the device, `block_until_ready`
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.

@@ -94,7 +94,8 @@ def _encoder_fn(cfg, clips):
   @jax.jit
   def encode(params, x, rng):
     return chunking.apply_in_chunks(
-        lambda xc, rngs: encoder.apply(params, xc, train=False, rngs=rngs), x, rng, chunk)
+        lambda xc, rngs, ids: encoder.apply(params, xc, train=False, rngs=rngs, clip_ids=ids),
+        x, rng, chunk, jax.numpy.arange(x.shape[0]))
 
   rng = jax.random.PRNGKey(2)
   return lambda: encode(params, clips, rng)
@@ -133,7 +134,7 @@ def main(argv):
       times[name].append(time.perf_counter() - start)
 
   encoder = models.build_encoder(pretrain.encoder_config(cfg.model))
-  chunk = chunking.chunk_size_for(b, cfg.model.chunk_size, (encoder,))
+  chunk = chunking.chunk_size_for(2 * b, cfg.model.chunk_size, (encoder,))
   remat = chunking.resolve_remat(cfg.model.remat, encoders=(encoder,))
   print(f"\n{_CONFIG.value}, B = {b} pairs, chunk {chunk} ({cfg.model.chunk_size}), "
         f"remat {remat}, "

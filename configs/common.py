@@ -69,8 +69,9 @@ def get_base_config() -> ml_collections.ConfigDict:
           pooling="mean"),
       gru=dict(d_model=64, num_layers=2,
                dropout=0.2,   # between GRU layers (torch nn.GRU's dropout)
-               # inference scan (models/gru.py); eval_streams: "auto" or an int
-               eval_unroll=4, eval_streams=FieldReference("auto", field_type=object)),
+               # inference scan (models/gru.py): "auto" (models/platform.py) or an int
+               eval_unroll=FieldReference("auto", field_type=object),
+               eval_streams=FieldReference("auto", field_type=object)),
       vggish=dict(embedding_dim=128,
                   dropout=0.0),  # after fc1_1 / fc1_2; VGGish was trained without it
       # Shared by every encoder that declares them (models.registry.SHARED_FIELDS):
@@ -87,14 +88,15 @@ def get_base_config() -> ml_collections.ConfigDict:
       # from jax.default_backend() at trace time; an explicit value pins one. On CPU
       # the measured optimum (the step is memory-bound): the encoder over 16-clip
       # chunks, each recomputed in the backward pass (remat), or the whole batch where
-      # an encoder asks for it (GRU, VGGish: chunking.resolve_chunk_size), einsum
-      # attention and hash-based dropout bits. On GPU/TPU: the whole batch at once, no remat,
-      # jax.nn.dot_product_attention and flax's dropout.
+      # an encoder asks for it (GRU, VGGish: platform.CPU), einsum attention and
+      # hash-based dropout bits. On GPU/TPU: the whole batch at once, no remat,
+      # jax.nn.dot_product_attention and threefry (flax-style) dropout bits. Masks and
+      # dropout are drawn per clip, so none of these settings changes them.
       chunk_size=FieldReference("auto", field_type=object),  # int: clips per chunk, 0 = all
       remat=FieldReference("auto", field_type=object),       # bool: pre-training recomputes chunks
       # Inference (evaluation, predict, embed) chunks: "auto" is the whole batch on
-      # GPU/TPU and on CPU the encoders' preference (chunking.inference_chunk_size:
-      # 16 clips, the GRU 256).
+      # GPU/TPU and on CPU the encoders' preference (platform.CPU: 16 clips, the GRU
+      # 256).
       eval_chunk_size=FieldReference("auto", field_type=object),
       # (the Transformer's, passed to it as shared fields):
       attention_impl="auto",  # einsum | dot_product

@@ -113,7 +113,7 @@ class Encoder:
     module, params: the Flax encoder and its parameters.
     spec: how its inputs are made (`inputs.ClipSpec`).
     dim: embedding size d.
-    branch: the branch index folded into mask keys (a downstream ensemble's branch).
+    branch: the branch index hashed into mask seeds (a downstream ensemble's branch).
     masked: whether clips are masked (only with `mask=True`, see the module doc).
     source: where it came from (a workdir, or "shipped:<name>").
   """

@@ -35,10 +35,12 @@ DS masks: a classifier is exported on its keyed path, `coughjax.infer.probabilit
 with two more inputs per row: rec_keys [b, 2] uint32, the `infer.recording_key`
 of the clip's recording (64 bits of BLAKE2b over its features' shape and
 little-endian float32 bytes; its entry in "inputs" says how), and clip_index [b]
-int32, the clip's index in its recording. So an ensemble with DS masking (e.g.
-`ensemble`, 50 %) reproduces the live model's outputs (in ONNX, once its masks are
-drawn without `jax.random`: see below); a model without inference masking ignores
-the two inputs. An encoder is exported on its deterministic path
+int32, the clip's index in its recording. The program derives each clip's masks
+from them with coughjax's counter hash (plain uint32 arithmetic, see
+`coughjax.infer`), not with `jax.random`, so an ensemble with DS masking (e.g.
+`ensemble`, 50 %) reproduces the live model's outputs in either format, under any
+JAX version or PRNG setting; a model without inference masking ignores the two
+inputs. An encoder is exported on its deterministic path
 (no mask: `coughjax.embed`'s default) and takes x alone.
 
 Platforms: model settings of "auto" (`coughjax.models.platform`: attention kernel,
@@ -50,10 +52,11 @@ the CPU (ONNX Runtime's default execution provider).
 
 What ONNX cannot hold: jax2onnx lowers `jax.random` to ONNX's RandomUniform (new
 bits on every run) and `fold_in` to an identity, which cannot reproduce JAX's bits.
-A function that draws random bits with `jax.random` — a classifier whose DS masks
-come from threefry keys — is therefore refused at export with an error naming the
-primitives (`--format=jax` reproduces it). A primitive jax2onnx has no lowering
-for is reported the same way. The Transformer, GRU and VGGish encoders convert.
+A function that draws random bits with `jax.random` is therefore refused at export
+with an error naming the primitives (`--format=jax` reproduces it); coughjax's
+models draw none at inference (DS masks come from the counter hash). A primitive
+jax2onnx has no lowering for is reported the same way. The Transformer, GRU and
+VGGish encoders and the classifiers, DS-masked ensembles included, convert.
 """
 
 from __future__ import annotations
@@ -92,8 +95,7 @@ ONNX_PLATFORM = "cpu"
 # The exported ONNX file must give the JAX function's outputs on sample inputs to
 # within this, relative to the largest output (at least 1), or the export fails.
 ONNX_TOLERANCE = 1e-4
-# jax.random's key plumbing: harmless where no bits are drawn from the keys (a
-# classifier without DS masking still derives, and drops, its mask keys).
+# jax.random's key plumbing: harmless where no bits are drawn from the keys.
 _KEY_PRIMITIVES = ("random_seed", "random_wrap", "random_unwrap", "random_fold_in",
                    "random_split")
 
@@ -256,12 +258,9 @@ def _check_convertible(fn: Callable, program: _Program, converter: str) -> None:
                  if p.startswith(("random_", "threefry", "rng_"))
                  and p not in _KEY_PRIMITIVES)
   if found:
-    masks = [r for r in program.meta.get("masks_at_inference", ()) if r is not None]
-    why = (f"; its DS masks (rates {masks} at inference) are drawn from jax.random keys "
-           "(coughjax.infer)" if masks else "")
     raise ExportError(
         f"{program.meta['source']}: cannot export this {program.meta['kind']} to ONNX: it "
-        f"draws random bits with jax.random ({', '.join(found)}){why}. {converter} lowers "
+        f"draws random bits with jax.random ({', '.join(found)}). {converter} lowers "
         "jax.random to ONNX RandomUniform (new bits on every run) and fold_in to an "
         "identity, so the ONNX model would not give the live model's outputs; "
         "--format=jax reproduces them.")

@@ -2,24 +2,27 @@
 
 DS masking (paper Tables 5 and 6) draws a random key mask at inference too. For a
 recording's score to be a function of the recording alone — the same in the
-evaluation loop, in `coughjax.predict` and in the benchmarks, wherever a clip sits
-in a batch and whatever other recordings are scored beside it — every mask comes
-from its own key:
+evaluation loop, in `coughjax.predict`, in an exported model and in the benchmarks,
+wherever a clip sits in a batch, whatever other recordings are scored beside it,
+and under any JAX version or PRNG setting — every mask comes from its own seed,
+computed with the project's counter hash (`coughjax.models.randomness`: plain
+uint32 arithmetic, no `jax.random`):
 
-  key(recording, clip, branch) = fold_in(fold_in(fold_in(fold_in(
-      MASK_KEY, r0), r1), clip index in the recording), branch index)
+  seed(recording, clip, branch) = hash_words(MASK_SEED, r0, r1,
+                                             clip index in the recording, branch index)
+  noise[t] = fmix32(fmix32(t + MASK_SEED) ^ seed),  t = 0 .. T-1
 
-where (r0, r1) = `recording_key(features)`: 64 bits of a BLAKE2b digest of the
-recording's log-mel features. Masks are drawn row by row (`jax.vmap` of
-`masking.random_key_mask`) and handed to the encoders through their `mask=`
-argument, so no key depends on the batch.
+The mask is the round(rate * T) lowest ranks of the noise (`masking.lowest`), and
+(r0, r1) = `recording_key(features)`: 64 bits of a BLAKE2b digest of the recording's
+log-mel features. Masks are handed to the encoders through their `mask=` argument,
+so nothing depends on the batch.
 
 Why the features: they are the recording as the model sees it, computed by the same
 deterministic numpy code (`coughjax.audio.logfbank`, float32) from the decoded audio
 in training, evaluation and `predict`, so they are bit-identical however the file is
 named, where it lies or in which order it is scored, while a file's path is not
 (and Python's `hash` is salted per process). Their bytes are hashed with an explicit
-little-endian float32 layout and the shape, so the key does not depend on the
+little-endian float32 layout and the shape, so the seed does not depend on the
 platform's byte order either. A recording whose features change (other feature
 parameters, a re-encoded file) gets other masks — as it gets another score anyway.
 
@@ -38,8 +41,9 @@ import numpy as np
 
 from coughjax.models import chunking
 from coughjax.models import masking
+from coughjax.models import randomness
 
-# The root of every inference mask key. A constant: a score must not depend on the
+# The root of every inference mask seed. A constant: a score must not depend on the
 # run, the process or the caller (a benchmark, the evaluation loop, predict).
 MASK_SEED = 0
 
@@ -97,15 +101,11 @@ def store_recording_keys(store) -> np.ndarray:
   return keys
 
 
-def clip_keys(rec_keys: jax.Array, clip_index: jax.Array) -> jax.Array:
-  """Per-row keys: [n, 2] uint32 recording keys, [n] clip indices -> [n] keys."""
-
-  def one(rk, ci):
-    key = jax.random.PRNGKey(MASK_SEED)
-    key = jax.random.fold_in(jax.random.fold_in(key, rk[0]), rk[1])
-    return jax.random.fold_in(key, ci)
-
-  return jax.vmap(one)(rec_keys, clip_index)
+def clip_seeds(rec_keys: jax.Array, clip_index: jax.Array) -> jax.Array:
+  """Per-row mask seeds before the branch: [n, 2] uint32 recording keys, [n] clip
+  indices -> [n] uint32, `hash_words(MASK_SEED, r0, r1, clip index)`."""
+  rec_keys = rec_keys.astype(jnp.uint32)
+  return randomness.hash_words(MASK_SEED, rec_keys[:, 0], rec_keys[:, 1], clip_index)
 
 
 def inference_mask_rate(encoder: nn.Module) -> Optional[float]:
@@ -116,30 +116,32 @@ def inference_mask_rate(encoder: nn.Module) -> Optional[float]:
   return float(encoder.mask_rate)
 
 
-def branch_mask(encoder: nn.Module, keys: jax.Array, time: int, branch: int,
+def mask_noise(seeds: jax.Array, time: int, branch: int) -> jax.Array:
+  """[n] `clip_seeds` -> [n, time] uint32 mask noise of branch `branch`."""
+  seeds = randomness.hash_words(branch, start=seeds)
+  return randomness.counter_bits(jnp.uint32(MASK_SEED), seeds, (seeds.shape[0], time))
+
+
+def branch_mask(encoder: nn.Module, seeds: jax.Array, time: int, branch: int,
                 rate: Optional[float] = None) -> Optional[jax.Array]:
   """One branch's inference masks: [n, time] bool (True = masked), or None where
-  `encoder` does not mask at inference. Branch `branch` folds its index into every
-  key, so two branches of an ensemble draw different masks. `rate` overrides the
+  `encoder` does not mask at inference. Branch `branch` hashes its index into every
+  seed, so two branches of an ensemble draw different masks. `rate` overrides the
   encoder's own (0 then draws and applies an all-False mask)."""
   rate = inference_mask_rate(encoder) if rate is None else float(rate)
   if rate is None:
     return None
-
-  def one(key):
-    return masking.random_key_mask(jax.random.fold_in(key, branch), 1, time, rate)[0]
-
-  return jax.vmap(one)(keys)
+  return masking.lowest(mask_noise(seeds, time, branch), rate)
 
 
-def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
+def branch_masks(encoders: Sequence[nn.Module], seeds: jax.Array, time: int,
                  mask_rates: Optional[Sequence[Optional[float]]] = None
                  ) -> tuple[Optional[jax.Array], ...]:
-  """Each branch's inference masks from per-row keys.
+  """Each branch's inference masks from per-row seeds.
 
   Args:
     encoders: the classifier's encoders (branch i is `branch_mask(..., branch=i)`).
-    keys: [n] per-row keys (`clip_keys`).
+    seeds: [n] per-row seeds (`clip_seeds`).
     time: time steps per clip.
     mask_rates: per branch, a rate to draw at instead of `inference_mask_rate`
       (None: the encoder's own). A rate of 0 then draws and applies an all-False
@@ -152,7 +154,7 @@ def branch_masks(encoders: Sequence[nn.Module], keys: jax.Array, time: int,
   mask_rates = (None,) * len(encoders) if mask_rates is None else tuple(mask_rates)
   if len(mask_rates) != len(encoders):
     raise ValueError(f"{len(mask_rates)} mask rates for {len(encoders)} encoders")
-  return tuple(branch_mask(e, keys, time, i, r)
+  return tuple(branch_mask(e, seeds, time, i, r)
                for i, (e, r) in enumerate(zip(encoders, mask_rates)))
 
 
@@ -203,7 +205,7 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
 
   def apply(args):
     xc, rk, ci = args
-    masks = branch_masks(model.encoders, clip_keys(rk, ci), time, mask_rates)
+    masks = branch_masks(model.encoders, clip_seeds(rk, ci), time, mask_rates)
     return jax.nn.sigmoid(model.apply({"params": params}, xc, train=False, masks=masks))
 
   args = (x, rec_keys.astype(jnp.uint32), clip_index.astype(jnp.int32))
@@ -217,7 +219,7 @@ def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
   """An encoder's output h of every clip, in inference mode (no dropout).
 
   Where `encoder` masks at inference (`mask_at_eval`, e.g. a DS-masked ensemble
-  branch), each clip's mask comes from its (recording, clip index, branch) key as in
+  branch), each clip's mask comes from its (recording, clip index, branch) seed as in
   `probabilities`, so branch i of a classifier sees exactly the masks it sees there;
   such an encoder needs `rec_keys` and `clip_index`. Otherwise they are ignored.
 
@@ -227,7 +229,7 @@ def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
     x: [n, T, mel] clips.
     rec_keys: [n, 2] uint32 `recording_key` of each row's recording, or None.
     clip_index: [n] int clip index within its recording, or None.
-    branch: the branch index folded into the mask keys.
+    branch: the branch index hashed into the mask seeds.
     chunk_size: as in `probabilities`.
 
   Returns:
@@ -245,7 +247,7 @@ def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
     args = (x,)
 
   def apply(args):
-    mask = branch_mask(encoder, clip_keys(*args[1:]), time, branch) if masked else None
+    mask = branch_mask(encoder, clip_seeds(*args[1:]), time, branch) if masked else None
     h = encoder.apply({"params": params}, args[0], train=False, mask=mask)
     return h.astype(jnp.float32)
 

@@ -195,10 +195,10 @@ def test_mask_rate_override_draws_an_all_false_mask_at_zero():
   from coughjax import infer  # pylint: disable=g-import-not-at-top
   model = models.build_encoder(dict(_encoder_cfg("transformer"), mask_rate=0.0,
                                     mask_at_eval=True))
-  keys = infer.clip_keys(jnp.zeros((3, 2), jnp.uint32), jnp.arange(3))
-  assert infer.branch_masks([model], keys, 96) == (None,)  # as configured: no mask
-  (zero,) = infer.branch_masks([model], keys, 96, mask_rates=[0.0])
-  (half,) = infer.branch_masks([model], keys, 96, mask_rates=[0.5])
+  seeds = infer.clip_seeds(jnp.zeros((3, 2), jnp.uint32), jnp.arange(3))
+  assert infer.branch_masks([model], seeds, 96) == (None,)  # as configured: no mask
+  (zero,) = infer.branch_masks([model], seeds, 96, mask_rates=[0.0])
+  (half,) = infer.branch_masks([model], seeds, 96, mask_rates=[0.5])
   assert zero.shape == (3, 96) and not zero.any()
   np.testing.assert_array_equal(half.sum(axis=1), 48)
 

@@ -32,6 +32,7 @@ from coughjax import predict
 from coughjax import reproduce
 from coughjax.data import synthetic
 from coughjax.models import classifier as classifier_lib
+from coughjax.models import randomness
 from coughjax.models import vggish
 from coughjax.models import vggish_convert
 from coughjax.train import downstream
@@ -180,12 +181,13 @@ def test_get_config_returns_independent_configs():
 
 def _module_dropouts(model, config):
   """{module path: (class name, dropout rate)} of every module of `model` that has
-  a dropout rate (a `dropout` field, or nn.Dropout's `rate`), as initialised."""
+  a dropout rate (a `dropout` field, or ClipDropout's `rate`), as initialised."""
   seen = {}
 
   def record(next_fun, args, kwargs, context):
     m = context.module
-    rate = m.rate if isinstance(m, nn.Dropout) else getattr(m, "dropout", None)
+    rate = (m.rate if isinstance(m, (nn.Dropout, randomness.ClipDropout))
+            else getattr(m, "dropout", None))
     if rate is not None:
       seen["/".join(m.scope.path)] = (type(m).__name__, rate)
     return next_fun(*args, **kwargs)
@@ -215,10 +217,10 @@ def test_every_module_gets_its_own_dropout(variant, workspace, monkeypatch):
     mine = {p: v for p, v in seen.items() if p.split("/")[0] == f"encoders_{i}"}
     assert mine, f"no module of {name} seen"
     assert {rate for _, rate in mine.values()} == {EXPECTED_DROPOUT[name]}, (name, mine)
-    if name == "vggish":  # the two nn.Dropout layers after fc1_1 and fc1_2
-      assert sum(cls == "Dropout" for cls, _ in mine.values()) == 2
+    if name == "vggish":  # the two dropout layers after fc1_1 and fc1_2
+      assert sum(cls == "ClipDropout" for cls, _ in mine.values()) == 2
   head = {p: v for p, v in seen.items() if not p.startswith("encoders_")}
-  assert head == {"": ("Classifier", 0.2), "Dropout_0": ("Dropout", 0.2)}
+  assert head == {"": ("Classifier", 0.2), "ClipDropout_0": ("ClipDropout", 0.2)}
   spec = downstream.model_spec(config)
   assert [e["dropout"] for e in spec["encoders"]] == [EXPECTED_DROPOUT[n] for n in names]
   assert spec["head_dropout"] == 0.2
@@ -231,7 +233,7 @@ def test_every_module_gets_its_own_dropout(variant, workspace, monkeypatch):
     want = 0.5 if name == "vggish" else EXPECTED_DROPOUT[name]
     assert {rate for p, (_, rate) in seen.items()
             if p.split("/")[0] == f"encoders_{i}"} == {want}
-  assert seen["Dropout_0"] == ("Dropout", 0.1)
+  assert seen["ClipDropout_0"] == ("ClipDropout", 0.1)
   assert [e["dropout"] for e in downstream.model_spec(config)["encoders"]] == [
       0.5 if n == "vggish" else EXPECTED_DROPOUT[n] for n in names]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import coughjax.models
-from coughjax.models import chunking, cpu_kernels, heads, transformer
+from coughjax.models import chunking, heads, randomness, transformer
 
 TIME, MEL = 96, 64
 TINY = {
@@ -136,9 +136,11 @@ def test_encoder_layer_matches_pytorch_twin(attention_impl):
   np.testing.assert_allclose(h, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_dropout_rate_scale_and_keys():
+@pytest.mark.parametrize("impl", randomness.DROPOUT_IMPLS)
+def test_dropout_rate_scale_and_keys(impl):
   x = jnp.ones((64, 96, 64))
-  run = jax.jit(lambda k: cpu_kernels.inverted_dropout(x, 0.2, k))
+  ids = jnp.arange(64)
+  run = jax.jit(lambda k: randomness.dropout(x, 0.2, k, ids, impl))
   a, b = np.asarray(run(jax.random.key(0))), np.asarray(run(jax.random.key(1)))
   assert set(np.unique(a)) == {0.0, 1.25}  # inverted: kept elements scaled by 1 / 0.8
   # 393,216 draws: the drop rate is 0.2 within 5 standard deviations (0.0032).
@@ -147,18 +149,10 @@ def test_dropout_rate_scale_and_keys():
   both = ((a == 0) & (b == 0)).mean()
   assert abs(both - 0.04) < 0.002
   np.testing.assert_array_equal(a, run(jax.random.key(0)))
-  assert cpu_kernels.inverted_dropout(x, 0.0, jax.random.key(0)) is x
-  np.testing.assert_array_equal(cpu_kernels.inverted_dropout(x, 1.0, jax.random.key(0)), 0)
-
-
-def test_hash_bits_look_uniform():
-  bits = np.asarray(cpu_kernels.hash_bits(jax.random.key(3), (1 << 18,)), np.uint64)
-  n = bits.size
-  for k in (0, 7, 15, 23, 31):  # every bit is a fair coin...
-    assert abs(((bits >> k) & 1).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
-  drops = (bits < round(0.2 * 2**32)).astype(float)
-  for lag in (1, 16, 96):  # ...and neighbouring decisions are uncorrelated
-    assert abs(np.corrcoef(drops[:-lag], drops[lag:])[0, 1]) < 5 / np.sqrt(n)
+  assert randomness.dropout(x, 0.0, jax.random.key(0), ids, impl) is x
+  np.testing.assert_array_equal(randomness.dropout(x, 1.0, jax.random.key(0), ids, impl), 0)
+  with pytest.raises(ValueError, match="unknown dropout_impl 'bernoulli'"):
+    randomness.dropout(x, 0.2, jax.random.key(0), ids, "bernoulli")
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -186,26 +180,26 @@ def test_attention_impls_agree(masked, clips):
         params, clips, train=False)
 
 
-def test_flax_dropout_path_drops_at_the_rate():
-  """dropout_impl="flax" (the accelerator default) routes every dropout of a layer
-  through flax.linen.Dropout at the layer's rate; "hash" never does."""
+@pytest.mark.parametrize("impl", randomness.DROPOUT_IMPLS)
+def test_layer_dropout_paths_drop_at_the_rate(impl):
+  """Both dropout impls route every dropout of a layer (attention output, MLP hidden,
+  MLP output) through a per-clip ClipDropout of that impl at the layer's rate."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   x = jnp.asarray(np.random.default_rng(0).normal(size=(32, TIME, 16)), jnp.float32)
   seen = []
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+    if isinstance(context.module, randomness.ClipDropout) and context.method_name == "__call__":
+      assert (context.module.impl, context.module.rate) == (impl, 0.2)
       seen.append((np.asarray(args[0]), np.asarray(out)))
     return out
 
-  for impl, calls in (("hash", 0), ("flax", 3)):
-    seen.clear()
-    layer = transformer.EncoderLayer(2, 32, dropout=0.2, dropout_impl=impl)
-    params = _random_params(layer, x, None)
-    with nn.intercept_methods(record):
-      out = layer.apply(params, x, None, train=True, rngs={"dropout": jax.random.key(1)})
-    assert len(seen) == calls and np.all(np.isfinite(out))
+  layer = transformer.EncoderLayer(2, 32, dropout=0.2, dropout_impl=impl)
+  params = _random_params(layer, x, None)
+  with nn.intercept_methods(record):
+    out = layer.apply(params, x, None, train=True, rngs={"dropout": jax.random.key(1)})
+  assert len(seen) == 3 and np.all(np.isfinite(out))
   for before, after in seen:  # attention output, MLP hidden, MLP output
     live = before != 0  # the MLP hidden units after ReLU are often 0 already
     dropped = (after[live] == 0).mean()
@@ -233,8 +227,9 @@ def test_gru_backward_pass_with_dropout_matches_autodiff():
     h = x.swapaxes(0, 1)
     for i in range(3):
       layer = p["params"][f"layer_{i}"]
-      if i:
-        keep = cpu_kernels.keep_mask(jax.random.fold_in(key, i), h.shape, rate)
+      if i:  # clip ids 0..b-1 along axis 1 of [t, b, d]
+        keep = randomness.keep_mask(jax.random.fold_in(key, i), jnp.arange(b), h.shape,
+                                    rate, axis=1)
         h = jnp.where(keep, h / (1 - rate), 0)
 
       def step(state, gx, layer=layer):
@@ -257,24 +252,70 @@ def test_gru_backward_pass_with_dropout_matches_autodiff():
   assert abs(float(jnp.sum(model.apply(params, x, train=False) * target)) - float(got)) > 1e-3
 
 
+def test_gru_bfloat16_returns_float32_master_gradients():
+  """Under bf16 compute the GRU's weight gradients are accumulated and returned in
+  float32 (finer than bf16's 8 bits of mantissa) and stay close to the float32
+  model's; dL/dh is carried in float32."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 24, 5)), jnp.float32)
+  cfg = {"name": "gru", "d_model": 8, "num_layers": 2, "dropout": 0.2}
+  models = {dt: coughjax.models.build_encoder({**cfg, "dtype": dt})
+            for dt in (jnp.float32, jnp.bfloat16)}
+  params = _random_params(models[jnp.float32], x)
+  target = jnp.asarray(np.random.default_rng(1).normal(size=(16, 8)), jnp.float32)
+
+  def grads(model):
+    loss = lambda p: jnp.sum(model.apply(p, x, train=True, rngs={
+        "dropout": jax.random.key(3)}).astype(jnp.float32) * target)
+    return jax.jit(jax.grad(loss))(params)
+
+  want, got = grads(models[jnp.float32]), grads(models[jnp.bfloat16])
+  for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.dtype == jnp.float32
+    assert np.linalg.norm(a - e) <= 0.05 * np.linalg.norm(e)
+  kernel = np.asarray(got["params"]["layer_1"]["kernel_hh"])
+  rounded = np.asarray(jnp.asarray(kernel).astype(jnp.bfloat16).astype(jnp.float32))
+  assert np.mean(kernel != rounded) > 0.5  # not bf16 values cast back to float32
+
+
+def test_gru_forward_mode_and_settings_are_clear_errors():
+  x = jnp.zeros((2, 6, 5))
+  model = coughjax.models.build_encoder({"name": "gru", "d_model": 4})
+  params = _random_params(model, x)
+  with pytest.raises(TypeError, match=r"GRU: forward-mode .* not supported.*jax\.grad"):
+    jax.jvp(lambda p: model.apply(p, x, train=False), (params,), (params,))
+  for field, bad in (("eval_streams", 0), ("eval_unroll", 0), ("eval_streams", "2"),
+                     ("num_layers", 0), ("d_model", 2.5), ("eval_unroll", True)):
+    bad_model = coughjax.models.build_encoder({"name": "gru", "d_model": 4, field: bad})
+    with pytest.raises(ValueError, match=rf"GRU {field} \(config model.gru.{field}\) must"):
+      bad_model.apply(params, x, train=False)
+  with pytest.raises(ValueError, match=r"GRU dropout \(config model.gru.dropout\)"):
+    coughjax.models.build_encoder({"name": "gru", "d_model": 4, "dropout": 1.5}).apply(
+        params, x, train=False)
+
+
 def test_chunked_remat_matches_plain():
-  """apply_in_chunks with remat: same values and gradients, same per-chunk keys."""
+  """apply_in_chunks with remat, and on the whole batch: same values and gradients,
+  since every chunk draws per-clip dropout from the same stream key."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
+  ids = jnp.arange(8) + 100
 
-  def fn(xc, rngs, w):
-    noise = cpu_kernels.inverted_dropout(jnp.ones((xc.shape[0], 3)), 0.5, rngs["dropout"])
+  def fn(xc, rngs, ids, w):
+    noise = randomness.dropout(jnp.ones((xc.shape[0], 3)), 0.5, rngs["dropout"], ids)
     return jnp.tanh(xc @ w) * noise
 
-  def loss(w, remat):
-    out = chunking.apply_in_chunks(lambda xc, r: fn(xc, r, w), x, jax.random.key(0),
-                                   2, remat=remat)
+  def loss(w, chunk, remat):
+    out = chunking.apply_in_chunks(lambda xc, r, i: fn(xc, r, i, w), x, jax.random.key(0),
+                                   chunk, ids, remat=remat)
     return jnp.sum(out ** 2)
 
-  (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(lambda w, r=r: loss(w, r)))(w)
-                      for r in (False, True))
+  (a, ga), (b, gb), (c, gc) = (
+      jax.jit(jax.value_and_grad(lambda w, k=k, r=r: loss(w, k, r)))(w)
+      for k, r in ((2, False), (2, True), (8, False)))
   np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(a, c, rtol=1e-6)
   np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ga, gc, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_pooling_and_rate(clips):
@@ -369,11 +410,15 @@ def test_sinusoidal_positions():
                                  rtol=1e-6, atol=1e-7)
 
 
-def test_apply_in_chunks_one_chunk_equals_loop():
-  """A single chunk bypasses lax.map but draws the same keys as chunk 0 of a loop."""
+def test_apply_in_chunks_passes_keys_and_clip_ids():
+  """Every chunk gets the same stream keys and its own rows' clip ids, whether the
+  batch runs as one chunk (no lax.map) or in a loop."""
   x = jnp.arange(8.0).reshape(4, 2)
-  fn = lambda xc, rngs: xc + jax.random.uniform(rngs["mask"], xc.shape)
+  fn = lambda xc, rngs, ids: xc + randomness.clip_bits(rngs["mask"], ids, xc.shape) % 7
   rng = jax.random.PRNGKey(0)
-  whole = chunking.apply_in_chunks(fn, x, rng, 4)
-  looped = chunking.apply_in_chunks(fn, jnp.concatenate([x, x]), rng, 4)
-  np.testing.assert_array_equal(whole, looped[:4])
+  ids = jnp.asarray([5, 2, 9, 1])
+  whole = chunking.apply_in_chunks(fn, x, rng, 4, ids)
+  looped = chunking.apply_in_chunks(fn, x, rng, 1, ids)
+  np.testing.assert_array_equal(whole, looped)
+  with pytest.raises(ValueError, match="clip_ids of shape"):
+    chunking.apply_in_chunks(fn, x, rng, 4, ids[:3])

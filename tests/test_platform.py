@@ -15,6 +15,7 @@ from configs import pretrain as pretrain_configs
 from coughjax import models
 from coughjax.models import chunking
 from coughjax.models import gru as gru_lib
+from coughjax.models import platform
 from coughjax.models import transformer
 from coughjax.train import downstream
 from coughjax.train import pretrain
@@ -29,7 +30,7 @@ def backend(request, monkeypatch):
 
 
 def test_auto_resolves_per_platform():
-  assert chunking.resolve_chunk_size("auto", "cpu") == chunking.CPU_CHUNK_SIZE == 16
+  assert chunking.resolve_chunk_size("auto", "cpu") == platform.CPU_DEFAULT.train_chunk == 16
   assert chunking.resolve_remat("auto", "cpu") is True
   assert transformer.resolve_attention_impl("auto", "cpu") == "einsum"
   assert transformer.resolve_dropout_impl("auto", "cpu") == "hash"
@@ -114,9 +115,9 @@ def _pretrain_step(config, views):
 
 
 def test_pretrain_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
-  """The runlocal config, "auto" everywhere, steps on both platforms' code paths. At
-  b = 16 both encode each view as one chunk, so the eval losses (no dropout, the same
-  mask keys) agree across the two attention kernels."""
+  """The runlocal config, "auto" everywhere, steps on both platforms' code paths: 16-clip
+  chunks of the 32 clips on CPU, one call on the accelerator. Masks are per clip, so
+  the eval losses (no dropout) agree across the two layouts and attention kernels."""
   config = pretrain_configs.get_config("transformer_m50,runlocal")
   config.lock()
   views = _views(config)
@@ -164,16 +165,34 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     np.testing.assert_allclose(probs, all_probs[0], rtol=1e-5, atol=1e-6)
 
 
+def test_cpu_preferences_live_in_one_registry():
+  """Per-encoder CPU preferences come from `platform.settings` by registered name,
+  not from attributes of the model classes; an accelerator gets one setting for all."""
+  for name in models.names():
+    cls = models.encoder_class(name)
+    assert not [a for a in vars(cls) if a.startswith("CPU_")], name
+    assert models.registered_name(models.build_encoder({"name": name})) == name
+  assert platform.settings("gru", "cpu") == platform.Settings(
+      train_chunk=0, inference_chunk=256, scan_streams=2, scan_unroll=4,
+      attention="einsum", dropout="hash")
+  assert platform.settings("vggish", "cpu").train_chunk == 0
+  assert platform.settings("transformer", "cpu") == platform.CPU_DEFAULT
+  for name in models.names():
+    assert platform.settings(name, "gpu") == platform.ACCELERATOR
+  with pytest.raises(ValueError, match="not a registered encoder"):
+    models.registered_name(transformer.EncoderLayer(2, 4, 0.0))
+
+
 def test_auto_chunks_follow_the_encoders():
   """"auto" chunks ask the encoders on CPU. Training: the whole batch without remat if
   any encoder asks for it (GRU, VGGish), else the smallest. Inference: the smallest
   preference. The whole batch on an accelerator; an int pins it."""
   gru, tfm, vgg = (models.build_encoder({"name": n}) for n in ("gru", "transformer", "vggish"))
-  assert (chunking.inference_chunk_size("auto", (gru,), "cpu")
-          == gru_lib.GRU.CPU_INFERENCE_CHUNK == 256)
-  assert chunking.inference_chunk_size("auto", (tfm,), "cpu") == chunking.CPU_CHUNK_SIZE
-  assert chunking.inference_chunk_size("auto", (gru, tfm), "cpu") == chunking.CPU_CHUNK_SIZE
-  assert chunking.inference_chunk_size("auto", (vgg,), "cpu") == chunking.CPU_CHUNK_SIZE
+  default = platform.CPU_DEFAULT.inference_chunk
+  assert chunking.inference_chunk_size("auto", (gru,), "cpu") == 256
+  assert chunking.inference_chunk_size("auto", (tfm,), "cpu") == default == 16
+  assert chunking.inference_chunk_size("auto", (gru, tfm), "cpu") == default
+  assert chunking.inference_chunk_size("auto", (vgg,), "cpu") == default
   assert chunking.inference_chunk_size("auto", (gru,), "gpu") == 0
   assert chunking.inference_chunk_size(32, (gru,), "cpu") == 32
   with pytest.raises(ValueError, match="model.eval_chunk_size must be"):
@@ -196,7 +215,9 @@ def test_gru_inference_scan_settings_keep_the_outputs(backend):
   plain = gru_lib.GRU(eval_unroll=1, eval_streams=1)
   params = plain.init(jax.random.key(1), x, train=False)
   want = plain.apply(params, x, train=False)
-  for unroll, streams in ((4, "auto"), (3, 2), (1, 4), (2, 3)):
+  auto = str(jax.make_jaxpr(lambda p: gru_lib.GRU().apply(p, x, train=False))(params))
+  assert ("unroll=4" in auto) == (backend == "cpu")
+  for unroll, streams in (("auto", "auto"), (3, 2), (1, 4), (2, 3)):
     got = gru_lib.GRU(eval_unroll=unroll, eval_streams=streams).apply(params, x, train=False)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{unroll}, {streams}")
   tuned = gru_lib.GRU(eval_unroll=4, eval_streams=2)

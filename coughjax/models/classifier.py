@@ -4,6 +4,7 @@ With one encoder this is the paper's classifier f -> FC(d -> 1) -> sigmoid; with
 it is the ensemble: each branch has its own parameters (both may start from the same
 pre-trained checkpoint) and draws its own random key mask (the "DS masking rate",
 its encoder's `mask_rate`), the branch features are concatenated and fed to one FC.
+Masks and dropout are drawn per clip, keyed by the clips' global ids (`randomness`).
 
 Frozen branches run in inference mode (no dropout) behind `stop_gradient`, so no
 gradient reaches them; the optimiser additionally gives them no update at all
@@ -18,6 +19,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from coughjax.models import randomness
 
 
 class Classifier(nn.Module):
@@ -37,7 +40,8 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
-               masks: Optional[Sequence[Optional[jax.Array]]] = None) -> jax.Array:
+               masks: Optional[Sequence[Optional[jax.Array]]] = None,
+               clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """Classifies clips.
 
     Args:
@@ -46,6 +50,9 @@ class Classifier(nn.Module):
       masks: per encoder, a [batch, time] bool key mask (True = masked) passed as
         its `mask=`, or None to let it draw its own from the 'mask' stream where it
         masks (training). Inference gives per-clip masks (`coughjax.infer`).
+      clip_ids: [batch] int, each clip's global id (its row in the global batch),
+        which keys its masks and dropout, in the encoders and the head (default 0,
+        1, ..., batch - 1).
 
     Returns:
       [batch] logits.
@@ -59,12 +66,12 @@ class Classifier(nn.Module):
       # Each encoder is its own submodule, so make_rng("mask") inside it yields a
       # key of its own: the branches' masks differ.
       if fixed:
-        h = jax.lax.stop_gradient(encoder(x, train=False, mask=mask))
+        h = jax.lax.stop_gradient(encoder(x, train=False, mask=mask, clip_ids=clip_ids))
       else:
-        h = encoder(x, train=train, mask=mask)
+        h = encoder(x, train=train, mask=mask, clip_ids=clip_ids)
       feats.append(h.astype(jnp.float32))  # [B, d_i]
     h = jnp.concatenate(feats, axis=-1)  # [B, sum d_i]
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = randomness.ClipDropout(self.dropout)(h, clip_ids, deterministic=not train)
     return nn.Dense(1, name="fc")(h)[:, 0]  # [B]
 
 

@@ -19,31 +19,37 @@ is written out and read back, and the loop runs T iterations rather than L * T.
 Training differentiates the recurrence by hand (`_stacked_fwd`, `_stacked_bwd`)
 rather than through the scan: the forward pass stores only each step's incoming
 states (L x [T, B, d]); the backward scan recomputes one step's gates at a time, in
-cache, and carries dL/dh and the weight gradients. On CPU, at B = 1024 pairs (2,048
-clips) on 2 cores, this took the contrastive pre-training step from 1.07-1.28 s
-(scan autodiff, per-layer scans) to ~0.52 s, against ~0.76 s for torch's fused
-nn.GRU twin (benchmarks/train_step.py). Its per-step cost is small enough that the
-train step runs the whole batch at once (`CPU_TRAIN_CHUNK`): 16-clip chunks with
-remat took 1.05 s, 256-clip chunks 0.79 s.
+cache, and carries dL/dh and the weight gradients, as cuDNN does. Under a bfloat16
+compute dtype the parameters stay float32: they enter the recurrence as float32 and
+are cast inside it, and the backward pass carries dL/dh and accumulates the weight
+gradients in float32 (bf16 matmuls with float32 accumulation), returning float32
+gradients for the float32 parameters. Forward-mode differentiation (`jax.jvp`) is
+not available through a `jax.custom_vjp`; calling it says so.
 
-Inference on CPU runs over 256-clip chunks (`CPU_INFERENCE_CHUNK`, against 16 for
-the attention encoders), advances two independent halves of each chunk per scan
-iteration (`eval_streams`; independent ops that XLA:CPU may run on both cores) and
-unrolls 4 steps per iteration (`eval_unroll`). The outputs do not change: each
-clip's recurrence is computed alone either way.
+Its per-step cost is small, so on CPU the train step runs the whole batch at once;
+inference runs over 256-clip chunks, advances two independent halves of each chunk
+per scan iteration (`eval_streams`; independent ops that XLA:CPU may run on both
+cores) and unrolls 4 steps per iteration (`eval_unroll`): the GRU's entry in
+`platform.CPU`, which "auto" settings read. The outputs do not change: each clip's
+recurrence is computed alone either way. Timings that led to these choices are in
+benchmarks/README.md.
+
+Dropout between layers is per clip (`randomness.keep_mask` with the clips' global
+ids), so a clip's dropout does not depend on the batch, chunk or device.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from coughjax.models import cpu_kernels
 from coughjax.models import platform
+from coughjax.models import randomness
 from coughjax.models.registry import register
 
 
@@ -97,11 +103,18 @@ def _zeros_states(gates_x, num_layers):
   return (jnp.zeros((gates_x.shape[1], gates_x.shape[2] // 3), gates_x.dtype),) * num_layers
 
 
+def _cast(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype), tree)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def stacked_recurrence(gates_x: jax.Array, recurrent: tuple, inputs: tuple,
                        keep: Optional[tuple], scale: float = 1.0, unroll: int = 1,
                        streams: int = 1) -> jax.Array:
   """A stack of GRU layers from h = 0, all layers advanced in one scan over time.
+
+  Computes in `gates_x`'s dtype (the compute dtype); the weights may be float32
+  master parameters, cast inside, so that their gradients are float32 too.
 
   Args:
     gates_x: [T, B, 3d] the bottom layer's input gates x_t W_ih + b_ih (r | z | n).
@@ -115,11 +128,12 @@ def stacked_recurrence(gates_x: jax.Array, recurrent: tuple, inputs: tuple,
       1 when B does not split evenly).
 
   Returns:
-    [B, d], the top layer's state after the last step.
+    [B, d] in the compute dtype, the top layer's state after the last step.
 
   Its gradient is computed as cuDNN does rather than by differentiating the scan:
   see `_stacked_fwd` and `_stacked_bwd`.
   """
+  recurrent, inputs = _cast((recurrent, inputs), gates_x.dtype)
   num_layers, b = len(recurrent), gates_x.shape[1]
   streams = streams if b % streams == 0 else 1
   # One stream is not split: jax2onnx (ONNX export) cannot split a symbolic batch.
@@ -142,10 +156,11 @@ def _stacked_fwd(gates_x, recurrent, inputs, keep, scale, unroll, streams):
   """The differentiated forward pass: a plain scan that keeps each step's incoming
   states h_{t-1} of every layer (L x [T, B, d]), the only activations stored."""
   del unroll, streams
+  rec_c, inp_c = _cast((recurrent, inputs), gates_x.dtype)
 
   def step(hs, xs_t):
     gx0, keep_t = xs_t
-    return _stack_step(hs, gx0, keep_t, scale, recurrent, inputs)[0], hs
+    return _stack_step(hs, gx0, keep_t, scale, rec_c, inp_c)[0], hs
 
   last, prevs = jax.lax.scan(step, _zeros_states(gates_x, len(recurrent)), (gates_x, keep))
   return last[-1], (gates_x, recurrent, inputs, keep, prevs)
@@ -155,48 +170,57 @@ def _stacked_bwd(scale, unroll, streams, residuals, g):
   """Backward scan over time: each step recomputes its gates from the stored states
   (in cache, one step at a time), then walks the stack top-down. It carries dL/dh of
   every layer and the weight gradients (each step adds its [d, b] x [b, 3d] products),
-  and emits only the bottom layer's input-gate gradients, which are `gates_x`'s."""
+  all in float32, and emits only the bottom layer's input-gate gradients, which are
+  `gates_x`'s. The weight gradients come back float32, the dtype of the weights."""
   del unroll, streams
   gates_x, recurrent, inputs, keep, prevs = residuals
+  f32, compute = jnp.float32, gates_x.dtype
+  rec_c, inp_c = _cast((recurrent, inputs), compute)
   num_layers = len(recurrent)
-  f32 = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), tree)
+  zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, f32), tree)
+
+  def mm(a, b):  # a matmul in the compute dtype, accumulated and returned in float32
+    return jnp.matmul(a.astype(compute), b.astype(compute), preferred_element_type=f32)
 
   def step(carry, xs_t):
     dhs, d_rec, d_inp = carry
     gx0, prev, keep_t = xs_t
-    new, gates = _stack_step(prev, gx0, keep_t, scale, recurrent, inputs)
+    new, gates = _stack_step(prev, gx0, keep_t, scale, rec_c, inp_c)
     dhs, d_rec, d_inp = list(dhs), list(d_rec), list(d_inp)
     from_above = 0
     for i in reversed(range(num_layers)):
-      (r, z, n, gh_n), h = gates[i], prev[i]
+      (r, z, n, gh_n), h = _cast((gates[i], prev[i]), f32)
       dh = dhs[i] + from_above  # dL/dh_t of layer i
       dn = dh * (1 - z) * (1 - n * n)  # dL/d(pre-activations), gate by gate
       dr = dn * gh_n * r * (1 - r)
       dz = dh * (h - n) * z * (1 - z)
       dgx = jnp.concatenate([dr, dz, dn], axis=-1)
       dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)
-      w_hh = recurrent[i][0]
-      dhs[i] = dh * z + dgh @ w_hh.T  # dL/dh_{t-1} through this step
-      d_rec[i] = (d_rec[i][0] + (h.T @ dgh).astype(jnp.float32),
-                  d_rec[i][1] + dgh.sum(0).astype(jnp.float32))
+      dhs[i] = dh * z + mm(dgh, rec_c[i][0].T)  # dL/dh_{t-1} through this step
+      d_rec[i] = (d_rec[i][0] + mm(prev[i].T, dgh), d_rec[i][1] + dgh.sum(0))
       if i:
         k = keep_t and keep_t[i - 1]
         x_in = _dropped(new[i - 1], k, scale)
-        d_inp[i - 1] = (d_inp[i - 1][0] + (x_in.T @ dgx).astype(jnp.float32),
-                        d_inp[i - 1][1] + dgx.sum(0).astype(jnp.float32))
-        from_above = _dropped(dgx @ inputs[i - 1][0].T, k, scale)
-    return (tuple(dhs), tuple(d_rec), tuple(d_inp)), dgx
+        d_inp[i - 1] = (d_inp[i - 1][0] + mm(x_in.T, dgx), d_inp[i - 1][1] + dgx.sum(0))
+        from_above = _dropped(mm(dgx, inp_c[i - 1][0].T), k, scale)
+    return (tuple(dhs), tuple(d_rec), tuple(d_inp)), dgx.astype(compute)
 
-  dhs = tuple(jnp.zeros_like(g) for _ in range(num_layers - 1)) + (g,)
-  init = (dhs, f32(recurrent), f32(inputs))
+  dhs = tuple(jnp.zeros(g.shape, f32) for _ in range(num_layers - 1)) + (g.astype(f32),)
+  init = (dhs, zeros(recurrent), zeros(inputs))
   (_, d_rec, d_inp), dgates_x = jax.lax.scan(step, init, (gates_x, prevs, keep),
                                              reverse=True)
-  cast = lambda grads, primals: jax.tree.map(lambda a, p: a.astype(p.dtype), grads, primals)
+  # The primals' dtypes: float32 for float32 master weights (no rounding).
+  d_rec, d_inp = (jax.tree.map(lambda a, p: a.astype(p.dtype), d, primal)
+                  for d, primal in ((d_rec, recurrent), (d_inp, inputs)))
   keep_ct = None if keep is None else tuple(None for _ in keep)
-  return dgates_x, cast(d_rec, recurrent), cast(d_inp, inputs), keep_ct
+  return dgates_x, d_rec, d_inp, keep_ct
 
 
 stacked_recurrence.defvjp(_stacked_fwd, _stacked_bwd)
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 class _LayerParams(nn.Module):
@@ -222,29 +246,36 @@ class GRU(nn.Module):
     d_model: hidden size d of every layer.
     num_layers: stacked GRU layers.
     dropout: rate between layers (as torch nn.GRU's `dropout`), its keep masks drawn
-      by `cpu_kernels.keep_mask` from the 'dropout' RNG stream.
-    eval_unroll: time steps per scan iteration at inference (see the module doc).
-    eval_streams: batch slices advanced together at inference, or "auto" (2 on CPU,
-      1 on GPU/TPU).
+      per clip by `randomness.keep_mask` from the 'dropout' RNG stream.
+    eval_unroll: time steps per scan iteration at inference, an int >= 1 or "auto"
+      (`platform.settings("gru").scan_unroll`: 4 on CPU, 1 on GPU/TPU).
+    eval_streams: batch slices advanced together at inference, an int >= 1 or "auto"
+      (`platform.settings("gru").scan_streams`: 2 on CPU, 1 on GPU/TPU).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
   """
-
-  # Clips per chunk on CPU, where "auto" chunking asks the encoders: train steps run
-  # the whole batch (0; `chunking.resolve_chunk_size`), inference 256-clip chunks
-  # (`chunking.inference_chunk_size`); the attention encoders' are 16 for both.
-  CPU_TRAIN_CHUNK: ClassVar[int] = 0
-  CPU_INFERENCE_CHUNK: ClassVar[int] = 256
 
   d_model: int = 64
   num_layers: int = 2
   dropout: float = 0.2
-  eval_unroll: int = 4
+  eval_unroll: int | str = platform.AUTO
   eval_streams: int | str = platform.AUTO
   dtype: Any = jnp.float32
 
+  def _check_settings(self) -> None:
+    for name in ("d_model", "num_layers", "eval_unroll", "eval_streams"):
+      value = getattr(self, name)
+      auto = name.startswith("eval_")  # these two may be "auto"
+      if not (_is_count(value) and value >= 1) and not (auto and platform.is_auto(value)):
+        allowed = "'auto' or an int >= 1" if auto else "an int >= 1"
+        raise ValueError(f"GRU {name} (config model.gru.{name}) must be {allowed}, "
+                         f"got {value!r}")
+    if not 0.0 <= self.dropout <= 1.0:  # also rejects NaN
+      raise ValueError(f"GRU dropout (config model.gru.dropout) must be in [0, 1], got "
+                       f"{self.dropout!r}")
+
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, mask: Optional[jax.Array] = None,
+               clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """Encodes clips.
 
     Args:
@@ -252,16 +283,20 @@ class GRU(nn.Module):
       train: enables dropout between layers (RNG stream 'dropout').
       mask: ignored. A GRU has no attention to mask; the argument exists so that
         every encoder shares one call signature.
+      clip_ids: [batch] int, each clip's global id, which keys its dropout (default
+        0, 1, ..., batch - 1).
 
     Returns:
       h: [batch, d_model], the top layer's hidden state after the last step.
     """
     del mask
+    self._check_settings()
     b, t, width = x.shape
+    # float32 parameters; the recurrence casts its weights to the compute dtype
+    # itself, so that their gradients come back float32 (see the module doc).
     params = [_LayerParams(self.d_model, width if i == 0 else self.d_model,
                            name=f"layer_{i}")() for i in range(self.num_layers)]
-    params = [tuple(p.astype(self.dtype) for p in layer) for layer in params]
-    w_ih, _, b_ih, _ = params[0]
+    w_ih, _, b_ih, _ = _cast(params[0], self.dtype)
     # Every step's bottom-layer input gates in one [T*B, in] x [in, 3d] matmul (2-D,
     # so that its gradient for the kernel is a plain matmul too).
     x = x.astype(self.dtype).swapaxes(0, 1).reshape(t * b, width)
@@ -269,13 +304,25 @@ class GRU(nn.Module):
     keep, scale = None, 1.0
     if train and self.dropout > 0 and self.num_layers > 1:
       rng = self.make_rng("dropout")
-      keep = tuple(cpu_kernels.keep_mask(jax.random.fold_in(rng, i), (t, b, self.d_model),
-                                         self.dropout) for i in range(1, self.num_layers))
+      clip_ids = randomness.default_clip_ids(b, clip_ids)
+      keep = tuple(randomness.keep_mask(jax.random.fold_in(rng, i), clip_ids,
+                                        (t, b, self.d_model), self.dropout, axis=1)
+                   for i in range(1, self.num_layers))
       scale = 0.0 if self.dropout == 1 else 1 / (1 - self.dropout)
     unroll, streams = 1, 1
     if not train:
-      unroll = self.eval_unroll
-      streams = platform.resolve(self.eval_streams, cpu=2, accelerator=1)
-    return stacked_recurrence(
-        gates_x, tuple((w_hh, b_hh) for _, w_hh, _, b_hh in params),
-        tuple((w_ih, b_ih) for w_ih, _, b_ih, _ in params[1:]), keep, scale, unroll, streams)
+      unroll = platform.resolve_setting(self.eval_unroll, "scan_unroll", "gru")
+      streams = platform.resolve_setting(self.eval_streams, "scan_streams", "gru")
+    try:
+      return stacked_recurrence(
+          gates_x, tuple((w_hh, b_hh) for _, w_hh, _, b_hh in params),
+          tuple((w_ih, b_ih) for w_ih, _, b_ih, _ in params[1:]), keep, scale, unroll,
+          streams)
+    except TypeError as e:
+      if "forward-mode" not in str(e):
+        raise
+      raise TypeError(
+          "GRU: forward-mode differentiation (jax.jvp, jax.jacfwd, jax.linearize, "
+          "jax.hessian) is not supported: the recurrence's gradient is a hand-written "
+          "reverse-mode rule (jax.custom_vjp). Use reverse mode (jax.grad, jax.vjp, "
+          "jax.jacrev).") from e

@@ -125,13 +125,14 @@ class ContrastiveModel(nn.Module):
     # field that selects the kind.
     self.scorer = Similarity(self.similarity, self.temperature, name="similarity")
 
-  def __call__(self, x: jax.Array, *, train: bool,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, mask: Optional[jax.Array] = None,
+               clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """x: [batch, time, mel] clips; mask: [batch, time] or None -> z [batch, proj_dim].
 
-    `train` and `mask` go to the encoder (see its docstring); z is float32.
+    `train`, `mask` and `clip_ids` (the clips' global ids, which key their masks and
+    dropout) go to the encoder (see its docstring); z is float32.
     """
-    h = self.encoder(x, train=train, mask=mask)  # [B, d]
+    h = self.encoder(x, train=train, mask=mask, clip_ids=clip_ids)  # [B, d]
     z = self.head(h).astype(jnp.float32)  # [B, p]
     if self.is_initializing():
       self.scorer(z, z)  # creates W; see the class docstring

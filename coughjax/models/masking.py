@@ -12,9 +12,13 @@ only itself) while every softmax row keeps at least one entry, so nothing is NaN
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from coughjax.models import randomness
 
 
 def check_rate(rate: float) -> float:
@@ -33,7 +37,8 @@ def num_masked(length: int, rate: float) -> int:
   return round(check_rate(rate) * length)
 
 
-def random_key_mask(key: jax.Array, batch: int, length: int, rate: float) -> jax.Array:
+def random_key_mask(key: jax.Array, batch: int, length: int, rate: float,
+                    clip_ids: Optional[jax.Array] = None) -> jax.Array:
   """Draws which time steps are masked, exactly round(rate * length) per row.
 
   Args:
@@ -41,15 +46,25 @@ def random_key_mask(key: jax.Array, batch: int, length: int, rate: float) -> jax
     batch: number of rows (clips).
     length: time steps per row.
     rate: static masking rate in [0, 1].
+    clip_ids: [batch] int, each row's global clip id (default 0, 1, ...): row i's
+      mask comes from `jax.random.bits(fold_in(key, clip_ids[i]))` alone, so a clip
+      gets the same mask in any batch, chunk or device (`randomness`).
 
   Returns:
     [batch, length] bool, True = masked. Each row's masked set is uniform over all
     subsets of that size (up to ties among its 32-bit draws, which go to the earlier
     step; a row has one with probability ~1e-6).
   """
-  count = num_masked(length, rate)
-  noise = jax.random.bits(key, (batch, length), jnp.uint32)
-  return ranks(noise) < count
+  clip_ids = randomness.default_clip_ids(batch, clip_ids)
+  noise = jax.vmap(lambda k: jax.random.bits(k, (length,), jnp.uint32))(
+      randomness.clip_keys(key, clip_ids))
+  return lowest(noise, rate)
+
+
+def lowest(noise: jax.Array, rate: float) -> jax.Array:
+  """[batch, T] noise -> [batch, T] bool, True at the round(rate * T) lowest ranks of
+  each row (`ranks`): the mask that noise draws."""
+  return ranks(noise) < num_masked(noise.shape[-1], rate)
 
 
 def ranks(noise: jax.Array) -> jax.Array:
@@ -58,7 +73,7 @@ def ranks(noise: jax.Array) -> jax.Array:
   The same as a stable `argsort(argsort(noise))`, so each row's ranks are a
   permutation of 0..T-1 even when values tie. Counting over [batch, T, T]
   comparisons is much cheaper on CPU than two sorts for T = 96 (XLA:CPU sorts call
-  a comparator function per comparison): ~25 ms instead of ~85 ms for 2048 rows.
+  a comparator function per comparison; benchmarks/README.md has the numbers).
 
   Args:
     noise: [batch, T] values of any ordered dtype.

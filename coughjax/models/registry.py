@@ -42,6 +42,15 @@ def encoder_class(name: str) -> type[nn.Module]:
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(names())}") from None
 
 
+def registered_name(encoder: nn.Module | type[nn.Module]) -> str:
+  """The name an encoder (module or class) is registered under."""
+  cls = encoder if isinstance(encoder, type) else type(encoder)
+  for name, registered in _ENCODERS.items():
+    if registered is cls:
+      return name
+  raise ValueError(f"{cls.__name__} is not a registered encoder; known: {', '.join(names())}")
+
+
 def compute_dtype(dtype: Any) -> Any:
   """'float32' / 'bfloat16' (as configs spell it) -> the jnp dtype; dtypes pass."""
   if not isinstance(dtype, str):

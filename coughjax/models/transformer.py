@@ -19,15 +19,21 @@ Dh = d / heads columns [h * Dh, (h + 1) * Dh), as in torch. One difference: torc
 also applies dropout to the attention weights; here, as before, dropout acts on the
 attention output and in the MLP only (it changes no parameter).
 
-Kernels per platform, chosen at trace time (see `coughjax.models.platform`):
+Kernels per platform, chosen at trace time (`coughjax.models.platform.settings`):
 `attention_impl` "auto" is "einsum" on CPU (`cpu_kernels.attend`, measured faster
-there) and "dot_product" on GPU/TPU (`jax.nn.dot_product_attention` with
-`implementation=None`, which JAX 0.10 runs as its XLA implementation: XLA fuses it as
-it can, and no cuDNN kernel is picked); `dropout_impl` "auto" is "hash" on CPU
-(`cpu_kernels.inverted_dropout`: threefry is slow on XLA:CPU) and "flax"
-(`flax.linen.Dropout`, threefry/`jax.random.bernoulli`) elsewhere. Either choice
-computes the same function with the same parameters; a config pins one with
+there) and "dot_product" on GPU/TPU: `jax.nn.dot_product_attention` with
+`implementation=None`, which in JAX 0.10 runs its XLA implementation (jax does not
+pick cuDNN's fused kernel by itself; that takes `implementation="cudnn"`).
+`dropout_impl` "auto" is "hash" on CPU (counter-hash bits, `randomness`: threefry is
+slow on XLA:CPU) and "flax" elsewhere (`jax.random.bernoulli`, as
+`flax.linen.Dropout` draws it). Either choice computes the same function with the
+same parameters; the dropout bits of the two differ. A config pins one with
 `--config.model.attention_impl=...` / `--config.model.dropout_impl=...`.
+
+Randomness is per clip (`randomness`): clip c's mask comes from fold_in(mask key,
+c) and its dropout bits from the dropout key and c, where c is the clip's global id
+(`clip_ids`, default its row), so the output of a clip does not depend on the batch,
+chunk or device it is computed in.
 """
 
 from __future__ import annotations
@@ -43,13 +49,14 @@ import numpy as np
 from coughjax.models import cpu_kernels
 from coughjax.models import masking
 from coughjax.models import platform as platform_lib
+from coughjax.models import randomness
 from coughjax.models.registry import register
 
 # PyTorch's LayerNorm default (flax's is 1e-6); matters for a numerical twin.
 LAYER_NORM_EPS = 1e-5
 POOLINGS = ("mean", "first", "max")
 ATTENTION_IMPLS = ("einsum", "dot_product")
-DROPOUT_IMPLS = ("hash", "flax")
+DROPOUT_IMPLS = randomness.DROPOUT_IMPLS
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,9 +84,9 @@ def pool(h: jax.Array, how: str) -> jax.Array:
   raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
 
 
-def _resolve_impl(field: str, value: str, known: tuple[str, ...], *, cpu: str,
-                  accelerator: str, platform: Optional[str]) -> str:
-  impl = platform_lib.resolve(value, cpu=cpu, accelerator=accelerator, platform=platform)
+def _resolve_impl(field: str, value: str, known: tuple[str, ...], setting: str,
+                  platform: Optional[str]) -> str:
+  impl = platform_lib.resolve_setting(value, setting, "transformer", platform)
   if impl not in known:
     raise ValueError(f"unknown {field} {value!r}; expected 'auto' or one of {known}")
   return impl
@@ -93,8 +100,7 @@ def resolve_attention_impl(value: str, platform: Optional[str] = None) -> str:
     platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
       being traced for).
   """
-  return _resolve_impl("attention_impl", value, ATTENTION_IMPLS, cpu="einsum",
-                       accelerator="dot_product", platform=platform)
+  return _resolve_impl("attention_impl", value, ATTENTION_IMPLS, "attention", platform)
 
 
 def resolve_dropout_impl(value: str, platform: Optional[str] = None) -> str:
@@ -105,8 +111,7 @@ def resolve_dropout_impl(value: str, platform: Optional[str] = None) -> str:
     platform: 'cpu', 'gpu', 'tpu'; None = `models.platform.backend()` (the platform
       being traced for).
   """
-  return _resolve_impl("dropout_impl", value, DROPOUT_IMPLS, cpu="hash",
-                       accelerator="flax", platform=platform)
+  return _resolve_impl("dropout_impl", value, DROPOUT_IMPLS, "dropout", platform)
 
 
 class SelfAttention(nn.Module):
@@ -144,8 +149,8 @@ class SelfAttention(nn.Module):
       out = cpu_kernels.attend(q, k, v, bias)  # [B, T, H, Dh]
     else:
       q, k, v = (qkv[:, :, i] for i in range(3))  # [B, T, H, Dh]
-      # implementation=None: JAX 0.10 takes its XLA implementation (cuDNN only when
-      # asked for by name); its softmax also runs in float32.
+      # implementation=None: jax's choice, its XLA implementation in JAX 0.10 (on
+      # GPU too); its softmax also runs in float32.
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
     return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(batch, time, d))
 
@@ -165,18 +170,15 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, attn_mask: Optional[jax.Array], *,
-               train: bool) -> jax.Array:
+               train: bool, clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """x: [B, T, d]; attn_mask: [B, 1, T, T] bool (True = query may attend to key),
-    or None."""
+    or None; clip_ids: [B] global clip ids keying the dropout (default 0..B-1)."""
     d = x.shape[-1]
     dropout_impl = resolve_dropout_impl(self.dropout_impl)
 
-    def drop(y):
-      if not train or self.dropout == 0.0:
-        return y
-      if dropout_impl == "hash":
-        return cpu_kernels.inverted_dropout(y, self.dropout, self.make_rng("dropout"))
-      return nn.Dropout(self.dropout, deterministic=False)(y)  # stream 'dropout'
+    def drop(y):  # stream 'dropout'
+      return randomness.ClipDropout(self.dropout, dropout_impl)(
+          y, clip_ids, deterministic=not train)
 
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPS, dtype=self.dtype)
     attn = SelfAttention(self.num_heads, self.attention_impl, dtype=self.dtype,
@@ -205,8 +207,8 @@ class Transformer(nn.Module):
       (`jax.nn.dot_product_attention`) or "auto": einsum on CPU, dot_product on
       GPU/TPU (resolved at trace time for `models.platform.backend()`, the platform
       being compiled for).
-    dropout_impl: "hash" (`cpu_kernels.inverted_dropout`), "flax"
-      (`flax.linen.Dropout`) or "auto": hash on CPU, flax on GPU/TPU.
+    dropout_impl: "hash" (counter-hash bits), "flax" (`jax.random.bernoulli`) or
+      "auto": hash on CPU, flax on GPU/TPU (see `randomness.dropout`).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
   """
 
@@ -228,7 +230,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+               mask: Optional[jax.Array] = None,
+               clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """Encodes clips.
 
     Args:
@@ -238,6 +241,8 @@ class Transformer(nn.Module):
         whatever `mask_rate` and `train` say: a caller can thus draw masks for a
         global batch and shard them. If None and `masking_active(train)`, a mask is
         drawn with `mask_rate` from the RNG stream 'mask'.
+      clip_ids: [batch] int, each clip's global id, which keys its mask and dropout
+        (default 0, 1, ..., batch - 1).
 
     Returns:
       h: [batch, d_model] in `dtype`.
@@ -247,7 +252,8 @@ class Transformer(nn.Module):
     masking.check_rate(self.mask_rate)
     batch, time, _ = x.shape
     if mask is None and self.masking_active(train):
-      mask = masking.random_key_mask(self.make_rng("mask"), batch, time, self.mask_rate)
+      mask = masking.random_key_mask(self.make_rng("mask"), batch, time, self.mask_rate,
+                                     clip_ids)
     if mask is not None and mask.shape != (batch, time):
       raise ValueError(f"mask shape {mask.shape} does not match clips [{batch}, {time}]")
     attn_mask = None if mask is None else masking.attention_mask(mask.astype(bool))
@@ -257,5 +263,5 @@ class Transformer(nn.Module):
     for i in range(self.num_layers):
       h = EncoderLayer(self.num_heads, self.mlp_dim, self.dropout, self.attention_impl,
                        self.dropout_impl, self.dtype, name=f"layer_{i}")(
-                           h, attn_mask, train=train)
+                           h, attn_mask, train=train, clip_ids=clip_ids)
     return pool(h, self.pooling)  # [B, d]

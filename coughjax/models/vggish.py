@@ -20,13 +20,14 @@ H = time and W = mel, i.e. the TensorFlow layout; the ports flatten in that same
 """
 
 import functools
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from coughjax.audio import CLIP_FRAMES, NUM_MELS
+from coughjax.models import randomness
 from coughjax.models.registry import register
 
 # (name, output channels, max-pool after it) in forward order.
@@ -53,25 +54,20 @@ class VGGish(nn.Module):
 
   Attributes:
     embedding_dim: width of the embedding layer `fc2`; the AudioSet weights need 128.
-    dropout: dropout rate after each 4096-wide FC layer (as in VGG's classifier).
-      0.0 by default because VGGish was trained without it; the field exists so that
-      every coughjax encoder takes the same configuration.
+    dropout: dropout rate after each 4096-wide FC layer (as in VGG's classifier),
+      per clip (`randomness.ClipDropout`, counter-hash bits). 0.0 by default because
+      VGGish was trained without it; the field exists so that every coughjax encoder
+      takes the same configuration.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
   """
-
-  # Train steps on CPU run the whole batch at once ("auto" `model.chunk_size`,
-  # `chunking.resolve_chunk_size`): the convolutions are compute-bound, and
-  # differentiating them inside lax.map was ~15x slower on XLA:CPU. Inference keeps
-  # 16-clip chunks (`model.eval_chunk_size`), ~1.4x faster than the whole batch.
-  CPU_TRAIN_CHUNK: ClassVar[int] = 0
 
   embedding_dim: int = 128
   dropout: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, mask: Optional[jax.Array] = None,
+               clip_ids: Optional[jax.Array] = None) -> jax.Array:
     """Embeds log-mel patches.
 
     Args:
@@ -80,6 +76,8 @@ class VGGish(nn.Module):
       mask: ignored. It belongs to the shared encoder signature: the random time-step
         masking removes keys from self-attention, and a CNN has no attention to
         remove them from (the paper masks only its sequence encoders).
+      clip_ids: [batch] int, each clip's global id, which keys its dropout (default
+        0, 1, ..., batch - 1).
 
     Returns:
       [batch, embedding_dim] embeddings, non-negative (ReLU'd, as released).
@@ -99,7 +97,7 @@ class VGGish(nn.Module):
     x = x.reshape(x.shape[0], -1)
     for name, width in HIDDEN_FC_LAYERS:
       x = nn.relu(nn.Dense(width, dtype=self.dtype, name=name)(x))
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = randomness.ClipDropout(self.dropout)(x, clip_ids, deterministic=not train)
     return nn.relu(nn.Dense(self.embedding_dim, dtype=self.dtype,
                             name=EMBEDDING_LAYER)(x))
 

@@ -177,11 +177,13 @@ def make_steps(model: classifier_lib.Classifier, config):
   def logits_fn(params, x, rng, train):
     b = x.shape[0]
     chunk = chunking.chunk_size_for(b, chunk_size, model.encoders)
-    # Chunk ids by place in the global batch: keys do not depend on the layout.
-    first = jax.lax.axis_index(AXIS) * (b // chunk)
+    # Clip ids = rows of the global batch: masks and dropout do not depend on the
+    # devices or the chunking.
+    ids = jax.lax.axis_index(AXIS) * b + jnp.arange(b, dtype=jnp.int32)
     return chunking.apply_in_chunks(
-        lambda xc, rngs: model.apply({"params": params}, xc, train=train, rngs=rngs),
-        x, rng, chunk, first + jnp.arange(b // chunk))
+        lambda xc, rngs, ids: model.apply({"params": params}, xc, train=train, rngs=rngs,
+                                          clip_ids=ids),
+        x, rng, chunk, ids)
 
   def train_step(state, batch, key):
     rng = jax.random.fold_in(key, state.step)

@@ -3,7 +3,9 @@
 Every device encodes its shard of the 2B clips (in chunks, see
 `coughjax.models.chunking`), the projections are `all_gather`-ed along the "batch"
 axis, each device scores its own rows against all 2B clips (eq. 5), and gradients
-are `pmean`-ed: the update equals that of one device holding the whole batch.
+are `pmean`-ed: the update equals that of one device holding the whole batch. Each
+clip's mask and dropout are keyed by its place in the global batch (`clip_ids`), so
+they do not depend on the devices, the hosts or the chunking either.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def build_model(model_cfg) -> heads.ContrastiveModel:
       temperature=model_cfg.temperature, dtype=models.compute_dtype(model_cfg.dtype))
 
 
+def clip_ids(b: int, num_devices: int, device) -> jax.Array:
+  """[2b] global ids of a device's clips [a_0..a_{b-1}, b_0..b_{b-1}]: view v of
+  global pair p is clip v * B + p (B = num_devices * b pairs), and the device holds
+  pairs [device * b, (device + 1) * b)."""
+  pairs = device * b + jnp.arange(b, dtype=jnp.int32)
+  return jnp.concatenate([pairs, num_devices * b + pairs])
+
+
 def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
                         rng: jax.Array, *, train: bool, chunk_size: int | str,
                         num_devices: int, axis_name: Optional[str] = AXIS,
@@ -67,15 +77,13 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   """
   _, b = views.shape[:2]
   device = jax.lax.axis_index(axis_name) if axis_name else 0
-  chunk = chunking.chunk_size_for(b, chunk_size, (model.encoder,))
   x = views.reshape((2 * b,) + views.shape[2:])  # [a_0..a_{b-1}, b_0..b_{b-1}]
-  # Chunk ids by place in the global batch: view v, pairs [device * b, ...).
-  per_view = num_devices * b // chunk
-  ids = jnp.concatenate([v * per_view + device * (b // chunk) + jnp.arange(b // chunk)
-                         for v in range(2)])
+  # One chunk covers both views when the chunk size allows: one encoder call.
+  chunk = chunking.chunk_size_for(2 * b, chunk_size, (model.encoder,))
+  ids = clip_ids(b, num_devices, device)
 
-  def encode(xc, rngs):
-    return model.apply({"params": params}, xc, train=train, rngs=rngs)
+  def encode(xc, rngs, ids):
+    return model.apply({"params": params}, xc, train=train, rngs=rngs, clip_ids=ids)
 
   remat = train and chunking.resolve_remat(remat, encoders=(model.encoder,))
   z = chunking.apply_in_chunks(encode, x, rng, chunk, ids, remat=remat)  # [2b, p]

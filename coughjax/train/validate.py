@@ -35,7 +35,9 @@ from coughjax.models import transformer
 TASKS = ("pretrain", "downstream")
 INITS = ("scratch", "cp", "audioset")
 # Encoder fields by kind (every registered encoder's sub-config is checked by name).
-_SIZES = ("d_model", "num_layers", "num_heads", "mlp_dim", "embedding_dim", "eval_unroll")
+_SIZES = ("d_model", "num_layers", "num_heads", "mlp_dim", "embedding_dim")
+# ... and those that may also be "auto" (`models.platform.settings`).
+_AUTO_SIZES = ("eval_unroll", "eval_streams")
 # Sources that read a folder (`data.root`).
 _NEEDS_ROOT = ("coswara", "covid19_sounds", "covid19_cough")
 _MISSING = object()
@@ -187,7 +189,8 @@ def _model(c: _Checker, task) -> None:
       c.integer(f"model.{name}.{field}", 1)
     c.number(f"model.{name}.dropout", 0, 1, high_open=True)
     c.choice(f"model.{name}.pooling", transformer.POOLINGS)
-    c.auto_or_int(f"model.{name}.eval_streams", 1)
+    for field in _AUTO_SIZES:
+      c.auto_or_int(f"model.{name}.{field}", 1)
   d, heads_ = c.get("model.transformer.d_model"), c.get("model.transformer.num_heads")
   if (isinstance(d, int) and isinstance(heads_, int) and d >= 1 and heads_ >= 1
       and d % heads_):
