@@ -56,15 +56,15 @@ def test_invalid_rate(rate):
 
 @pytest.mark.parametrize("rate", RATES)
 def test_lowest_masks_the_smallest_keys_exactly(rate):
-  """Exactly round(rate * T) per row: the smallest noise, ties in the top 25 bits (all
-  ties here: values below 128 share them) going to the earlier step, as a stable
+  """Exactly round(rate * T) per row: the smallest noise, ties in the top 24 bits (all
+  ties here: values below 256 share them) going to the earlier step, as a stable
   argsort of the noise's top bits."""
   rng = np.random.default_rng(5)
   for noise in (rng.integers(0, 2**32, size=(6, TIME), dtype=np.uint64).astype(np.uint32),
                 rng.integers(0, 4, size=(6, TIME)).astype(np.uint32)):
     got = np.asarray(masking.lowest(jnp.asarray(noise), rate))
     count = round(rate * TIME)
-    order = np.argsort(noise >> 7, axis=-1, kind="stable")[:, :count]
+    order = np.argsort(noise >> 8, axis=-1, kind="stable")[:, :count]
     want = np.zeros_like(got)
     np.put_along_axis(want, order, True, axis=-1)
     np.testing.assert_array_equal(got, want)

@@ -64,9 +64,9 @@ def lowest(noise: jax.Array, rate: float) -> jax.Array:
   """The mask that uint32 noise draws: True at the round(rate * T) smallest entries
   of each row.
 
-  Each entry's key is its noise with the low bits replaced by its index (7 bits for
-  T = 96), so the keys of a row are distinct: the mask is `key <= the k-th smallest
-  key`, exactly k entries whatever ties the noise has. One sort of the keys per row
+  Each entry's key is the top 31 - 7 = 24 bits of its noise followed by its index (7
+  bits for T = 96), so the keys of a row are distinct: the mask is `key <= the k-th
+  smallest key`, exactly k entries whatever ties the noise has. One sort of the keys per row
   (values only; `jnp.argsort` would sort index pairs) costs the same for every rate
   and was measured faster on CPU than counting a [batch, T, T] comparison, whose
   fusion XLA may recompute the noise into (benchmarks/README.md).
@@ -77,18 +77,20 @@ def lowest(noise: jax.Array, rate: float) -> jax.Array:
 
   Returns:
     [batch, T] bool, True = masked. For i.i.d. noise each row's masked set is uniform
-    over all subsets of size k, up to ties among the noise's top 32 - 7 bits, which
-    go to the earlier step (a row of T = 96 has one with probability ~1.4e-4).
+    over all subsets of size k, up to ties among the noise's top 24 bits, which go
+    to the earlier step (a row of T = 96 has one with probability ~3e-4).
   """
   length = noise.shape[-1]
   count = num_masked(length, rate)
   index_bits = max(1, (length - 1).bit_length())
-  keep = jnp.uint32((0xFFFFFFFF << index_bits) & 0xFFFFFFFF)
-  keys = (noise.astype(jnp.uint32) & keep) | jax.lax.iota(jnp.uint32, length)
+  # Non-negative int32 keys (the top 31 - index_bits bits of the noise, then the
+  # index): ONNX Runtime's TopK, which an exported sort becomes, takes no uint32.
+  top = (noise.astype(jnp.uint32) >> (index_bits + 1)) << index_bits
+  keys = (top | jax.lax.iota(jnp.uint32, length)).astype(jnp.int32)
   # The k-th smallest key of each row; k = 0 takes the smallest and masks nothing,
   # so that every rate runs the same program (only two constants differ).
   threshold = jax.lax.dynamic_slice_in_dim(  # [batch, 1]; the keys are distinct
-      jnp.sort(keys, axis=-1, stable=False), max(count, 1) - 1, 1, axis=-1)
+      jnp.sort(keys, axis=-1), max(count, 1) - 1, 1, axis=-1)
   return (keys <= threshold) & (count > 0)
 
 
