@@ -66,10 +66,10 @@ def lowest(noise: jax.Array, rate: float) -> jax.Array:
 
   Each entry's key is the top 31 - 7 = 24 bits of its noise followed by its index (7
   bits for T = 96), so the keys of a row are distinct: the mask is `key <= the k-th
-  smallest key`, exactly k entries whatever ties the noise has. One sort of the keys per row
-  (values only; `jnp.argsort` would sort index pairs) costs the same for every rate
-  and was measured faster on CPU than counting a [batch, T, T] comparison, whose
-  fusion XLA may recompute the noise into (benchmarks/README.md).
+  smallest key`, exactly k entries whatever ties the noise has. One sort of the keys
+  per row (values only; `jnp.argsort` would sort index pairs) costs the same for
+  every rate and was measured faster on CPU than counting a [batch, T, T]
+  comparison, into whose fusion XLA may recompute the noise (benchmarks/README.md).
 
   Args:
     noise: [batch, T] uint32, i.i.d. uniform bits per entry.
