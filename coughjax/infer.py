@@ -12,7 +12,7 @@ uint32 arithmetic, no `jax.random`):
                                              clip index in the recording, branch index)
   noise[t] = fmix32(fmix32(t + MASK_SEED) ^ seed),  t = 0 .. T-1
 
-The mask is the round(rate * T) lowest ranks of the noise (`masking.lowest`), and
+The mask is the round(rate * T) smallest entries of the noise (`masking.lowest`), and
 (r0, r1) = `recording_key(features)`: 64 bits of a BLAKE2b digest of the recording's
 log-mel features. Masks are handed to the encoders through their `mask=` argument,
 so nothing depends on the batch.

@@ -54,13 +54,20 @@ def test_invalid_rate(rate):
     masking.random_key_mask(jax.random.key(0), 2, TIME, rate)
 
 
-def test_ranks_are_a_stable_double_argsort():
-  """Ties (frequent here: values in 0..3) go to the earlier step, as a stable sort."""
-  noise = np.random.default_rng(5).integers(0, 4, size=(6, TIME)).astype(np.uint32)
-  expected = np.argsort(np.argsort(noise, axis=-1, kind="stable"), axis=-1, kind="stable")
-  got = np.asarray(masking.ranks(jnp.asarray(noise)))
-  np.testing.assert_array_equal(got, expected)
-  np.testing.assert_array_equal(np.sort(got, axis=-1), np.tile(np.arange(TIME), (6, 1)))
+@pytest.mark.parametrize("rate", RATES)
+def test_lowest_masks_the_smallest_keys_exactly(rate):
+  """Exactly round(rate * T) per row: the smallest noise, ties in the top 24 bits (all
+  ties here: values below 256 share them) going to the earlier step, as a stable
+  argsort of the noise's top bits."""
+  rng = np.random.default_rng(5)
+  for noise in (rng.integers(0, 2**32, size=(6, TIME), dtype=np.uint64).astype(np.uint32),
+                rng.integers(0, 4, size=(6, TIME)).astype(np.uint32)):
+    got = np.asarray(masking.lowest(jnp.asarray(noise), rate))
+    count = round(rate * TIME)
+    order = np.argsort(noise >> 8, axis=-1, kind="stable")[:, :count]
+    want = np.zeros_like(got)
+    np.put_along_axis(want, order, True, axis=-1)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_attention_bias_is_the_mask_as_logits():
@@ -89,15 +96,18 @@ def test_attention_mask_full_rate_is_self_only():
 
 
 def test_mask_cost_independent_of_rate():
-  """The traced program is the same for every rate; only the count literal differs."""
+  """The traced program is the same for every rate; only two constants differ: the
+  index of the k-th smallest key and whether k > 0."""
   texts = set()
   for rate in RATES:
     jaxpr = jax.make_jaxpr(
         lambda k, r=rate: masking.random_key_mask(k, 4, TIME, r))(jax.random.key(0))
-    literal = f" {round(rate * TIME)}:i32[]"
+    count = round(rate * TIME)
+    # dynamic_slice's start (row 0, column k - 1) and the k > 0 flag.
+    index, flag = f" 0:i32[] {max(count, 1) - 1}:i32[]", f" {count > 0}:bool[]"
     text = str(jaxpr)
-    assert text.count(literal) == 1, text
-    texts.add(text.replace(literal, " COUNT:i32[]"))
+    assert text.count(index) == 1 and text.count(flag) == 1, text
+    texts.add(text.replace(index, " INDEX").replace(flag, " FLAG"))
   assert len(texts) == 1
 
 

@@ -161,8 +161,8 @@ def _numpy_ds_mask(rec_key, clip, branch, time, rate):
   for w in (infer.MASK_SEED, rec_key[0], rec_key[1], clip, branch):
     seed = fmix32(seed ^ np.uint32(w))
   noise = fmix32(fmix32(np.arange(time, dtype=np.uint32) + np.uint32(infer.MASK_SEED)) ^ seed)
-  masked = np.zeros(time, bool)
-  masked[np.argsort(noise, kind="stable")[:round(rate * time)]] = True
+  masked = np.zeros(time, bool)  # the smallest noise, ties in its top 24 bits by step
+  masked[np.argsort(noise >> np.uint32(8), kind="stable")[:round(rate * time)]] = True
   return masked
 
 

@@ -1,9 +1,9 @@
 """Random key masking (paper §4.1.2, Fig. 3): which time steps attention may not use.
 
 The paper's masking generator is a Python loop whose cost grows with the masking rate
-(Table 6). Here a mask is one vectorised draw: every row ranks `length` random
-numbers and masks the `round(rate * length)` lowest ranks, so the computation is the
-same for every rate, only a constant differs.
+(Table 6). Here a mask is one vectorised draw: every row draws `length` random
+numbers and masks the `round(rate * length)` smallest (`lowest`), so the computation
+is the same for every rate, only a constant differs.
 
 Masked steps are removed as attention *keys* for every query except the query's own
 position: rate 1.0 then means "no attention between any time steps" (each step sees
@@ -51,9 +51,8 @@ def random_key_mask(key: jax.Array, batch: int, length: int, rate: float,
       gets the same mask in any batch, chunk or device (`randomness`).
 
   Returns:
-    [batch, length] bool, True = masked. Each row's masked set is uniform over all
-    subsets of that size (up to ties among its 32-bit draws, which go to the earlier
-    step; a row has one with probability ~1e-6).
+    [batch, length] bool, True = masked: `lowest` of the draws, a uniform subset of
+    that size per row (up to rare ties, see `lowest`).
   """
   clip_ids = randomness.default_clip_ids(batch, clip_ids)
   noise = jax.vmap(lambda k: jax.random.bits(k, (length,), jnp.uint32))(
@@ -62,31 +61,37 @@ def random_key_mask(key: jax.Array, batch: int, length: int, rate: float,
 
 
 def lowest(noise: jax.Array, rate: float) -> jax.Array:
-  """[batch, T] noise -> [batch, T] bool, True at the round(rate * T) lowest ranks of
-  each row (`ranks`): the mask that noise draws."""
-  return ranks(noise) < num_masked(noise.shape[-1], rate)
+  """The mask that uint32 noise draws: True at the round(rate * T) smallest entries
+  of each row.
 
-
-def ranks(noise: jax.Array) -> jax.Array:
-  """Rank of each entry in its row, ties going to the earlier entry.
-
-  The same as a stable `argsort(argsort(noise))`, so each row's ranks are a
-  permutation of 0..T-1 even when values tie. Counting over [batch, T, T]
-  comparisons is much cheaper on CPU than two sorts for T = 96 (XLA:CPU sorts call
-  a comparator function per comparison; benchmarks/README.md has the numbers).
+  Each entry's key is the top 31 - 7 = 24 bits of its noise followed by its index (7
+  bits for T = 96), so the keys of a row are distinct: the mask is `key <= the k-th
+  smallest key`, exactly k entries whatever ties the noise has. One sort of the keys
+  per row (values only; `jnp.argsort` would sort index pairs) costs the same for
+  every rate and was measured faster on CPU than counting a [batch, T, T]
+  comparison, into whose fusion XLA may recompute the noise (benchmarks/README.md).
 
   Args:
-    noise: [batch, T] values of any ordered dtype.
+    noise: [batch, T] uint32, i.i.d. uniform bits per entry.
+    rate: static masking rate in [0, 1].
 
   Returns:
-    [batch, T] int32.
+    [batch, T] bool, True = masked. For i.i.d. noise each row's masked set is uniform
+    over all subsets of size k, up to ties among the noise's top 24 bits, which go
+    to the earlier step (a row of T = 96 has one with probability ~3e-4).
   """
-  other = noise[:, None, :]  # [B, 1, T]: entry j
-  this = noise[:, :, None]  # [B, T, 1]: entry i
-  index = jnp.arange(noise.shape[-1])
-  earlier = index[None, :] < index[:, None]  # [T, T]: j < i
-  before = (other < this) | ((other == this) & earlier)  # [B, T, T]: j ranks before i
-  return jnp.sum(before, axis=-1, dtype=jnp.int32)
+  length = noise.shape[-1]
+  count = num_masked(length, rate)
+  index_bits = max(1, (length - 1).bit_length())
+  # Non-negative int32 keys (the top 31 - index_bits bits of the noise, then the
+  # index): ONNX Runtime's TopK, which an exported sort becomes, takes no uint32.
+  top = (noise.astype(jnp.uint32) >> (index_bits + 1)) << index_bits
+  keys = (top | jax.lax.iota(jnp.uint32, length)).astype(jnp.int32)
+  # The k-th smallest key of each row; k = 0 takes the smallest and masks nothing,
+  # so that every rate runs the same program (only two constants differ).
+  threshold = jax.lax.dynamic_slice_in_dim(  # [batch, 1]; the keys are distinct
+      jnp.sort(keys, axis=-1), max(count, 1) - 1, 1, axis=-1)
+  return (keys <= threshold) & (count > 0)
 
 
 def attention_mask(masked: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ Two generators draw the bits:
       streams that are not shifted copies of one another, as they would be with
       per-clip counter offsets: every clip's stream goes through its own xor before
       the last round. Enough for dropout (drop rate, lag, cross-clip and 4-point
-      correlations match i.i.d. draws, tests/test_models.py), not for anything
+      correlations match i.i.d. draws, tests/test_randomness.py), not for anything
       that needs a cryptographic generator.
   threefry (`clip_keys`, dropout impl "flax", the Transformer's training masks):
       `jax.random` with key fold_in(key, c) per clip, as `flax.linen.Dropout` draws
