@@ -426,9 +426,10 @@ def test_probe_on_real_coswara_sex(runs, coswara_ci):
       r["test"] for r in results[str(runs["pretrain"])]]
 
 
-def test_embed_records_streams_from_one_pack(monkeypatch):
+def test_embed_records_streams_from_one_pack(monkeypatch, tmp_path):
   """A corpus is embedded from its pack a batch of clips at a time, giving what
   embedding its features in memory gives (masked: keys from the pack's digests)."""
+  monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path))  # counts the packs it writes
   from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
   from coughjax.data import packed  # pylint: disable=g-import-not-at-top
   from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top

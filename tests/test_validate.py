@@ -1,7 +1,5 @@
 """Config validation: one pass before any data is loaded or anything is written."""
 
-import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -123,12 +121,13 @@ def test_front_end_folds_and_dedup_are_checked_early(tmp_path):
     assert want in str(e.value)
 
 
-def test_zero_epochs_builds_the_data_only(tmp_path):
+def test_zero_epochs_builds_the_data_only(tmp_path, monkeypatch):
+  monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path / "cache"))  # counts its packs
   config = _pretrain(num_epochs=0)
   config.lock()
   assert run.run(config, str(tmp_path / "run")) is None
   assert not (tmp_path / "run").exists()
-  packs = pathlib.Path(os.environ["COUGHJAX_CACHE"]) / "packed"
+  packs = tmp_path / "cache" / "packed"
   assert len(list(packs.glob("*.index.npz"))) == 1  # one pack for train and val
 
 
