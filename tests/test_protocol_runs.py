@@ -3,7 +3,6 @@ out-of-fold scores, inductive pre-training, resume, and the generic command."""
 
 import dataclasses
 import json
-import pathlib
 
 import ml_collections
 import numpy as np
@@ -106,7 +105,6 @@ def test_single_feature_baselines_score_what_they_name():
                             for i, l in enumerate(y)], feats)
 
   parts = {"train": split(60), "val": split(20), "test": split(40)}
-  y = parts["test"].labels
   for name, value in (("loudness_only", baselines.loudness),
                       ("duration_only", baselines.duration)):
     scores, info = baselines.BASELINES[name](parts, 0)
