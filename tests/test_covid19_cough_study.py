@@ -56,6 +56,9 @@ def test_report_states_provenance_protocol_and_data(done):
   assert "| telegram | unlabelled | – | 1 | – |" in text
   assert "| telegram | positive | 13 | 12 | 12 |" in text
   assert "49 files; 48 recordings" in text
+  cut = re.search(r"Cut to fit this report's budget .*?: (.*)\.\n", text).group(1)
+  assert "GRU-CP fine-tuned, " in cut and "Transformer-CP x2, DS 0 %" in cut
+  assert study.NICE[study.BEST] not in cut.split(", ")
 
 
 def test_every_row_has_an_auc_interval_and_its_epochs(done):

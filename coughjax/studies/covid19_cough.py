@@ -260,6 +260,7 @@ def confound_lines(results, titles) -> list[str]:
 def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str) -> str:
   titles = _titles(plan)
   ran = {r for s in plan.settings for r in s.rows}
+  not_run = [r for r in _DEEP if r not in ran]
   judged = rep.judge([c for _, _, cs in findings(plan) for c in cs], results)
   by_finding = collections.defaultdict(list)
   for j in judged:
@@ -300,10 +301,9 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str) ->
       "- Not run: the VGGish rows (AudioSet weights cannot be downloaded here; from "
       "scratch one VGGish row costs about as much as 15 Transformer rows): not "
       "comparable, not shown."
-      + ("" if set(CUT_ROWS) <= ran else " Table 3's "
-         + ", ".join(NICE[r] for r in CUT_ROWS if r not in ran)
-         + ": three more pre-trainings per fold, past this report's budget (add them "
-         "with `--rows`)."), "",
+      + (" Cut to fit this report's budget (see Cost; add them with `--rows`, the "
+         "units that ran are reused): " + ", ".join(NICE.get(r, r) for r in not_run)
+         + "." if not_run else ""), "",
       "## Findings", ""]
   for key, claim, _ in findings(plan):
     verdicts = {j.verdict for j in by_finding[key]}
