@@ -615,13 +615,8 @@ def test_onnx_ds_ensemble_reproduces_the_live_one_on_real_clips(runs, real_files
   pytest.importorskip("jax2onnx")
   clf = coughjax.load_classifier(runs["ensemble"])
   assert [infer.inference_mask_rate(e) for e in clf.model.encoders] == [0.5, 0.5]
-  try:
-    folder = export.export_classifier(runs["ensemble"], tmp_path / "clf", format="onnx")
-  except export.ExportError as e:
-    # The masks still come from threefry keys, which jax2onnx cannot lower; issue 19
-    # derives them from the recording digest by uint32 hashing, which ONNX holds.
-    assert "random_bits" in str(e) and "--format=jax" in str(e) and "DS masks" in str(e)
-    pytest.xfail(f"DS masks drawn by jax.random: {e}")
+  # The masks come from the recording digest by the counter hash, which ONNX holds.
+  folder = export.export_classifier(runs["ensemble"], tmp_path / "clf", format="onnx")
   feats = [inputs.file_features(f, clf.spec.features) for f in real_files]
   clips = inputs.cut(feats, clf.spec, real_files)
   live = clf.clip_probabilities(clips)
