@@ -213,3 +213,16 @@ def test_command_shares_units_between_processes(tmp_path):
   assert "python -m coughjax.protocol" in report
   assert (work / "helper_1.log").is_file()
   assert len(list(work.glob("all/*/r0f*/unit.json"))) == 4
+
+
+def test_command_checks_the_report_path_before_the_work(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, "-m", "coughjax.protocol", f"--workdir={tmp_path / 'work'}",
+       "--runlocal", "--rows=duration_only", "--data=data.num_participants=24",
+       f"--report={tmp_path / 'missing' / 'report.md'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode != 0 and "--report=" in proc.stderr, proc.stderr[-3000:]
+  assert not list((tmp_path / "work").glob("**/unit.json"))

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-import shlex
-import sys
 
 from absl import app
 from absl import flags
@@ -131,21 +129,11 @@ def main(argv):
                    pretrain_data=tuple(_PRETRAIN_DATA.value), runlocal=_RUNLOCAL.value,
                    downstream_set=tuple(_DOWNSTREAM_SET.value),
                    pretrain_set=tuple(_PRETRAIN_SET.value))
-  if _HELPER.value:  # one of --processes: runs units, writes no report
-    runs.run_plan(plan)
-    return
-  results = runs.run_plan_in_processes(
-      plan, _PROCESSES.value,
-      [sys.executable, "-m", "coughjax.protocol", *sys.argv[1:], "--helper"])
-  judged = rep.judge(comparisons(plan, extra), results)
-  command = "python -m coughjax.protocol " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  text = format_report(plan, results, judged, command)
-  out = pathlib.Path(_REPORT.value or plan.workdir / "report.md")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text)
-  print(text)
-  print(f"written to {out}")
-
+  runs.command_main(
+      plan, "coughjax.protocol", helper=_HELPER.value, processes=_PROCESSES.value,
+      report=pathlib.Path(_REPORT.value or plan.workdir / "report.md"),
+      format_report=lambda results, command: format_report(
+          plan, results, rep.judge(comparisons(plan, extra), results), command))
 
 if __name__ == "__main__":
   define_flags()

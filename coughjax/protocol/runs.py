@@ -38,16 +38,20 @@ import dataclasses
 import fcntl
 import json
 import pathlib
+import shlex
 import subprocess
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from absl import app
 from absl import logging
 import ml_collections
 import numpy as np
 
 from coughjax import baselines
 from coughjax import data
+from coughjax import files
 from coughjax.data import manifest as manifest_lib
 from coughjax.data import splits as splits_lib
 from coughjax.overrides import apply_overrides
@@ -512,3 +516,25 @@ def run_plan_in_processes(plan: Plan, processes: int, helper_command: Sequence[s
     logging.warning("helper processes failed: %s; this process ran their units",
                     ", ".join(failed))
   return results
+
+
+def command_main(plan: Plan, module: str, *, helper: bool, processes: int,
+                 report: pathlib.Path, format_report: Callable[[dict, str], str]) -> None:
+  """What a study command does: run `plan` (in `processes` processes, helpers
+  started as `python -m <module> <this argv> --helper`) and write the report
+  `format_report(results, command)` to `report`. A helper runs units only."""
+  if helper:
+    run_plan(plan)
+    return
+  plan.workdir.mkdir(parents=True, exist_ok=True)
+  try:  # before the work, not after
+    report = files.check_output(report, flag="--report")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  args = sys.argv[1:]
+  results = run_plan_in_processes(plan, processes,
+                                  [sys.executable, "-m", module, *args, "--helper"])
+  text = format_report(results, " ".join(["python -m", module, *map(shlex.quote, args)]))
+  files.atomic_write(report, lambda f: f.write(text.encode()))
+  print(text)
+  print(f"written to {report}")

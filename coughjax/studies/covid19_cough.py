@@ -33,8 +33,6 @@ import collections
 import datetime
 import json
 import pathlib
-import shlex
-import sys
 from typing import Sequence
 
 from absl import app
@@ -432,21 +430,10 @@ def main(argv):
                    seed=_SEED.value, deep_rows=_ROWS.value, setting_names=_SETTINGS.value,
                    attempts=_ATTEMPTS.value, runlocal=_RUNLOCAL.value,
                    downstream_set=_DOWNSTREAM_SET.value, pretrain_set=_PRETRAIN_SET.value)
-  if _HELPER.value:  # one of --processes: runs units, writes no report
-    runs.run_plan(plan)
-    return
-  results = runs.run_plan_in_processes(
-      plan, _PROCESSES.value,
-      [sys.executable, "-m", "coughjax.studies.covid19_cough", *sys.argv[1:], "--helper"])
-  command = "python -m coughjax.studies.covid19_cough " + " ".join(
-      shlex.quote(a) for a in sys.argv[1:])
-  text = format_report(plan, results, root, command)
-  out = pathlib.Path(_REPORT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text)
-  print(text)
-  print(f"written to {out}")
-
+  runs.command_main(
+      plan, "coughjax.studies.covid19_cough", helper=_HELPER.value,
+      processes=_PROCESSES.value, report=pathlib.Path(_REPORT.value),
+      format_report=lambda results, command: format_report(plan, results, root, command))
 
 if __name__ == "__main__":
   define_flags()
