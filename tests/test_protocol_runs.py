@@ -174,6 +174,22 @@ def test_a_unit_another_process_runs_is_left_to_it(tmp_path):
   assert runs.run_unit(plan, setting, row, 0, 1, runs.default_runner)["seconds"] >= 0
 
 
+def test_a_unit_whose_pretraining_another_process_runs_waits_for_it(tmp_path):
+  import fcntl  # pylint: disable=g-import-not-at-top
+  plan = _plan(tmp_path, ["transformer_cp_ft"])
+  runs.ensure_folds(plan)
+  setting, row = plan.settings[0], plan.row("transformer_cp_ft")
+  pre = runs.pretrain_workdir(plan, "transformer_m0", setting, (0, 1))
+  pre.parent.mkdir(parents=True)
+  calls = []
+  with open(pre.parent / f".{pre.name}.lock", "a") as held:  # another process's
+    fcntl.flock(held, fcntl.LOCK_EX)
+    # Left for later, not waited for: the unit is free for whoever comes back.
+    assert runs.run_unit(plan, setting, row, 0, 1, lambda *a: calls.append(a),
+                         wait=False) is None
+  assert not calls and not (plan.workdir / "all" / row.name / "r0f1").exists()
+
+
 def test_inductive_pretraining_never_sees_its_fold(tmp_path):
   # Pre-training on the downstream participants' coughs and breathing.
   plan = _plan(tmp_path, ["transformer_cp_ft"],

@@ -323,11 +323,14 @@ def _claim(folder: pathlib.Path, wait: bool):
 
 def ensure_pretrained(plan: Plan, variant: str, setting: Setting,
                       fold: Optional[tuple[int, int]], runner: Callable,
-                      extra: Sequence[str] = ()) -> pathlib.Path:
+                      extra: Sequence[str] = (), wait: bool = True
+                      ) -> Optional[pathlib.Path]:
   """Runs (or resumes, or reuses) one pre-training; returns its workdir. Another
-  process running it is waited for."""
+  process running it is waited for, or without `wait`, left to it (None)."""
   workdir = pretrain_workdir(plan, variant, setting, fold, extra)
-  with _claim(workdir, wait=True):
+  with _claim(workdir, wait) as mine:
+    if not mine:
+      return None
     if _done(workdir) is None:
       config = pretrain_config(plan, variant, setting, fold, extra)
       _check_same(workdir, config)
@@ -366,13 +369,13 @@ def _epochs_used(run_dir: pathlib.Path) -> dict[str, int]:
 def run_unit(plan: Plan, setting: Setting, row: Row, repeat: int, fold: int,
              runner: Callable, wait: bool = True) -> Optional[dict]:
   """Trains and scores one (setting, row, repeat, fold); returns its unit.json, or
-  None without `wait` if another process is running it."""
+  None without `wait` if another process is running it or a pre-training it needs."""
   folder = plan.workdir / setting.name / row.name / f"r{repeat}f{fold}"
   with _claim(folder, wait) as mine:
-    return _run_unit(plan, setting, row, repeat, fold, runner, folder) if mine else None
+    return _run_unit(plan, setting, row, repeat, fold, runner, folder, wait) if mine else None
 
 
-def _run_unit(plan, setting, row, repeat, fold, runner, folder) -> dict:
+def _run_unit(plan, setting, row, repeat, fold, runner, folder, wait) -> Optional[dict]:
   done = _done(folder)
   if done is not None:
     return done
@@ -390,7 +393,9 @@ def _run_unit(plan, setting, row, repeat, fold, runner, folder) -> dict:
       if not branch.checkpoint:
         where = (repeat, fold) if row.pretraining == INDUCTIVE else None
         pdir = ensure_pretrained(plan, branch.pretrain, setting, where, runner,
-                                 row.pretrain_overrides)
+                                 row.pretrain_overrides, wait)
+        if pdir is None:  # another process pre-trains it: other units first
+          return None
         branch.checkpoint = str(pdir)
     _check_same(folder, config)
     config.lock()
@@ -463,7 +468,8 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
 def run_plan(plan: Plan, runner: Callable = default_runner
              ) -> dict[str, dict[str, Scores]]:
   """Every setting's rows: {setting: {row: Scores}}. Resumes where it stopped; units
-  another process is running are left to it, then waited for."""
+  another process is running (or whose pre-training it is running) are left to it,
+  then waited for."""
   ensure_folds(plan)
   # Each setting's first row, then each one's second, ...: a study whose settings
   # list their rows by importance has the important ones everywhere first.
