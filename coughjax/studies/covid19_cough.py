@@ -1,6 +1,8 @@
 r"""Does the paper's method detect COVID-19 in real coughs? The covid19_cough study.
 
-  python -m coughjax.studies.covid19_cough            # the report, ~3 h on 2 cores
+  python -m coughjax.studies.covid19_cough            # every default row
+  python -m coughjax.studies.covid19_cough --rows=transformer,ens_transformer_cp_ds50,\
+      transformer_cp_ft,transformer_cp_m50_ft,ens_transformer_cp_ds0  # the committed report
   python -m coughjax.studies.covid19_cough --runlocal --folds=2 --workdir=/tmp/s
 
 The paper's Tables 1/3/4/5 (VGGish rows aside: no AudioSet weights here, and from
@@ -24,7 +26,10 @@ comparisons), with the confound controls beside every setting:
 
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
-written from what is there.
+written from what is there. Its Cost section sums the units' wall time: the committed
+report's rows took 6.7 h of unit time (2-3 processes and other jobs sharing 2 cores,
+so every unit ran slower than it would alone); the rows it cut (GRU rows, frozen rows, DS 25/75/100 %,
+Table 3's 25/75/100 %) would add roughly half as much again (an estimate: not run).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ _DEEP = ("transformer", BEST, "transformer_cp_ft", "gru", "gru_cp_ft", "transfor
          "ens_gru_cp_transformer_cp", *(f"ens_transformer_cp_ds{r}" for r in (0, 25, 75, 100)),
          *(f"transformer_cp_m{r}_ft" for r in (25, 75, 100)))
 # Table 3's 25 / 75 / 100 % CP masking rows need three more pre-trainings per fold
-# (~20 min each fold on 2 cores): past the report's ~3 h, so not run by default.
+# (~8 min each on a quiet 2-core machine), so they are not run by default.
 CUT_ROWS = tuple(f"transformer_cp_m{r}_ft" for r in (25, 75, 100))
 DEFAULT_ROWS = tuple(r for r in _DEEP if r not in CUT_ROWS)
 NICE = {
