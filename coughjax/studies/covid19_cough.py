@@ -27,9 +27,10 @@ comparisons), with the confound controls beside every setting:
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
 written from what is there. Its Cost section sums the units' wall time: the committed
-report's rows took 6.7 h of unit time (2-3 processes and other jobs sharing 2 cores,
-so every unit ran slower than it would alone); the rows it cut (GRU rows, frozen rows, DS 25/75/100 %,
-Table 3's 25/75/100 %) would add roughly half as much again (an estimate: not run).
+report's rows took 6.7 h of unit time (2-3 processes and other jobs sharing 2
+cores, so every unit ran slower than it would alone); the rows it cut (GRU rows,
+frozen rows, DS 25/75/100 %, Table 3's 25/75/100 %) would add roughly half as much
+again (an estimate: not run).
 """
 
 from __future__ import annotations
