@@ -135,6 +135,7 @@ def main(argv):
       format_report=lambda results, command: format_report(
           plan, results, rep.judge(comparisons(plan, extra), results), command))
 
+
 if __name__ == "__main__":
   define_flags()
   app.run(main)

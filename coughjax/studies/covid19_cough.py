@@ -441,6 +441,7 @@ def main(argv):
       processes=_PROCESSES.value, report=pathlib.Path(_REPORT.value),
       format_report=lambda results, command: format_report(plan, results, root, command))
 
+
 if __name__ == "__main__":
   define_flags()
   app.run(main)
