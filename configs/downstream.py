@@ -101,6 +101,10 @@ def get_config(arg: str = "ensemble"):
   config.data.sounds = ("cough-heavy", "cough-shallow")
   config.data.split = (0.7, 0.1, 0.2)
   config.features.train_hop = 48   # training clips every 48 frames (overlapping)
+  # Training-clip augmentation, drawn per clip (coughjax/train/augment.py); all 0 =
+  # none (the paper). E.g. gain_db=10 makes loudness useless to the classifier.
+  config.augment = ml_collections.ConfigDict(dict(
+      gain_db=0.0, time_masks=0, time_mask_width=0, freq_masks=0, freq_mask_width=0))
   config.batch_size = 128
   config.eval_batch_size = 128
   config.num_epochs = 40

@@ -14,7 +14,8 @@ float round-off.
   dropout bits), B = 16 pairs.
 * downstream: a scratch GRU + Transformer ensemble (one Transformer layer), B = 16
   clips, with the Transformer masking at 50 % in training and drawing flax-style
-  (threefry) dropout bits, the GRU's inter-layer dropout and the head's dropout.
+  (threefry) dropout bits, the GRU's inter-layer dropout, the head's dropout and
+  training augmentation (random gain, time and frequency masks).
 Used by tests/test_randomness.py.
 """
 
@@ -64,6 +65,8 @@ def downstream_step(chunk: int, devices: list):
   config.model.dropout_impl = "flax"
   config.model.transformer.num_layers = 1
   config.model.gru.d_model = 16  # 2 layers: dropout between them
+  config.augment.update(gain_db=10.0, time_masks=2, time_mask_width=20, freq_masks=2,
+                        freq_mask_width=8)
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(config.batch_size, 96, 64)).astype(np.float32),
            "y": (np.arange(config.batch_size) % 2).astype(np.float32)}

@@ -106,3 +106,24 @@ def test_command_line_rejects_unknown_rows():
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert "--rows: unknown rows ['vggish_ft']" in proc.stderr
+
+
+def test_attempts_are_rows_of_their_own(release_slice, tmp_path, done):
+  """`--attempts` adds the longer pre-training and the augmented training, each
+  compared with the paper's best model and the baselines; without it the report
+  says they did not run."""
+  assert "not run: 80-epoch pre-training and augmented training (`--attempts`)" in done[2]
+  plan = study.make_plan(release_slice, "", tmp_path, k=2, deep_rows=(study.BEST,),
+                         setting_names=(study.CC,), attempts=True, runlocal=True)
+  (cc,) = plan.settings
+  assert set(study.ATTEMPTS) <= set(cc.rows)
+  config = runs.downstream_config(plan, cc, plan.row(study.AUGMENTED_BEST))
+  assert (config.augment.gain_db, config.augment.time_mask_width) == (10.0, 10)
+  assert runs.downstream_config(plan, cc, plan.row(study.BEST)).augment.gain_db == 0.0
+  assert plan.row(study.LONG_BEST).pretrain_overrides == ("num_epochs=80",)
+  compared = {(c.a, c.b) for key, _, cs in study.findings(plan) if key in ("vii", "viii")
+              for c in cs}
+  assert compared == {(study.LONG_BEST, study.BEST), (study.LONG_BEST, "logmel_logreg"),
+                      (study.AUGMENTED_BEST, study.BEST),
+                      (study.AUGMENTED_BEST, "logmel_logreg"),
+                      (study.AUGMENTED_BEST, "loudness_only")}

@@ -113,18 +113,18 @@ def layouts():
 
 @pytest.mark.parametrize("task", ["pretrain", "downstream"])
 def test_steps_do_not_depend_on_chunks_or_devices(layouts, task):
-  """Chunk sizes 0 / 4 / 16 on 1 and 4 devices. On one device the loss is
-  bit-identical for every chunk size; across devices the pmean adds the devices'
-  partial losses in another order, which moves the last bit (<= 1e-6 at a loss of
-  ~3.5). Gradients agree to float32 round-off of the batched matmuls (<= 1e-6). A
-  different mask or dropout for any clip would move the loss by ~1e-2."""
+  """Chunk sizes 0 / 4 / 16 on 1 and 4 devices. The losses agree to float32
+  round-off (<= 1e-6 at losses of ~1-3.5): across devices the pmean adds the
+  devices' partial losses in another order, and a chunk's matmuls may round
+  differently from the whole batch's (pre-training's loss is bit-identical on one
+  device; this downstream batch's moves by one ulp at chunk 4). Gradients agree to
+  the same round-off (<= 1e-6). A different mask, dropout or augmentation for any
+  clip would move the loss by ~1e-2."""
   runs = layouts[task]
   assert {(r["chunk"], r["devices"]) for r in runs} == {
       (c, d) for c in (0, 4, 16) for d in (1, 4)}
   for r in runs:
     assert np.isfinite(r["loss"])
-    if r["devices"] == 1:
-      assert r["loss_diff"] == 0.0, r
     assert r["loss_diff"] <= 1e-6, r
     assert r["grad_diff"] <= 1e-6, r
 

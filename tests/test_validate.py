@@ -121,6 +121,21 @@ def test_front_end_folds_and_dedup_are_checked_early(tmp_path):
     assert want in str(e.value)
 
 
+def test_augmentation_is_checked_early():
+  config = downstream_configs.get_config("transformer,runlocal")
+  config.augment.update(gain_db=-3.0, time_masks=-1, time_mask_width=97, freq_mask_width=-2)
+  with config.augment.unlocked():
+    config.augment.mixup = 0.2
+  with pytest.raises(validate.ConfigError) as e:
+    validate.check(config)
+  for want in ("config.augment.gain_db=-3.0: must be a finite number in [0, inf)",
+               "config.augment.time_masks=-1: must be an integer >= 0",
+               "config.augment.time_mask_width=97: must be at most features.clip_frames=96",
+               "config.augment.freq_mask_width=-2: must be an integer >= 0",
+               "config.augment.mixup=0.2: unknown field"):
+    assert want in str(e.value)
+
+
 def test_zero_epochs_builds_the_data_only(tmp_path, monkeypatch):
   monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path / "cache"))  # counts its packs
   config = _pretrain(num_epochs=0)

@@ -33,6 +33,7 @@ from coughjax.data import pipeline
 from coughjax.models import chunking
 from coughjax.models import classifier as classifier_lib
 from coughjax.models import vggish_convert
+from coughjax.train import augment as augment_lib
 from coughjax.train import optim
 from coughjax.train import trainer
 
@@ -173,23 +174,27 @@ def make_steps(model: classifier_lib.Classifier, config):
   probabilities by `coughjax.infer.probabilities` (per-clip DS masks).
   """
   chunk_size = config.model.chunk_size
+  augment = augment_lib.Augment.from_config(config)
+
+  def clip_ids(b):
+    # Clip ids = rows of the global batch: masks, dropout and augmentation do not
+    # depend on the devices or the chunking.
+    return jax.lax.axis_index(AXIS) * b + jnp.arange(b, dtype=jnp.int32)
 
   def logits_fn(params, x, rng, train):
     b = x.shape[0]
     chunk = chunking.chunk_size_for(b, chunk_size, model.encoders)
-    # Clip ids = rows of the global batch: masks and dropout do not depend on the
-    # devices or the chunking.
-    ids = jax.lax.axis_index(AXIS) * b + jnp.arange(b, dtype=jnp.int32)
     return chunking.apply_in_chunks(
         lambda xc, rngs, ids: model.apply({"params": params}, xc, train=train, rngs=rngs,
                                           clip_ids=ids),
-        x, rng, chunk, ids)
+        x, rng, chunk, clip_ids(b))
 
   def train_step(state, batch, key):
     rng = jax.random.fold_in(key, state.step)
+    x = augment(batch["x"], rng, clip_ids(batch["x"].shape[0]))
 
     def loss_fn(params):
-      logits = logits_fn(params, batch["x"], rng, True)
+      logits = logits_fn(params, x, rng, True)
       loss = optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
       acc = jnp.mean((logits > 0) == (batch["y"] > 0.5))
       return loss, {"loss": loss, "accuracy": acc}

@@ -16,6 +16,7 @@ Only keys the config has are checked (configs of older workdirs may lack some).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -31,6 +32,7 @@ from coughjax.data import features as features_lib
 from coughjax.models import heads
 from coughjax.models import platform
 from coughjax.models import transformer
+from coughjax.train import augment
 
 TASKS = ("pretrain", "downstream")
 INITS = ("scratch", "cp", "audioset")
@@ -124,6 +126,7 @@ def check(config, num_devices: int = 1) -> None:
   _optim(c)
   _model(c, task)
   _features(c)
+  _augment(c)
   _data(c)
   if c.problems:
     raise ConfigError(f"{len(c.problems)} invalid config value(s); nothing was loaded or "
@@ -230,6 +233,23 @@ def _features(c: _Checker) -> None:
   c.number("features.preemph", 0, 1)
   c.number("features.min_duration", 0)
   c.choice("features.normalise", features_lib.NORMALISATIONS)
+
+
+def _augment(c: _Checker) -> None:
+  section = c.get("augment")
+  if section is _MISSING:
+    return
+  fields = {f.name for f in dataclasses.fields(augment.Augment)}
+  for key in sorted(set(section) - fields):
+    c.fail(f"augment.{key}", f"unknown field; augment has {', '.join(sorted(fields))}")
+  c.number("augment.gain_db", 0)
+  for count, width, size in (("time_masks", "time_mask_width", "clip_frames"),
+                             ("freq_masks", "freq_mask_width", "nfilt")):
+    c.integer(f"augment.{count}", 0)
+    limit = c.get(f"features.{size}")
+    if c.integer(f"augment.{width}", 0) is not None and isinstance(limit, int) and (
+        c.get(f"augment.{width}") > limit):
+      c.fail(f"augment.{width}", f"must be at most features.{size}={limit}")
 
 
 def _data(c: _Checker) -> None:
