@@ -74,10 +74,7 @@ class Augment:
     x = x + gain[:, None, None].astype(x.dtype)
     masked = jnp.zeros((b, t, m), bool)
     col = 1
-    for count, width, size, axis in spans:
-      if not width:
-        col += 2 * count
-        continue
+    for count, width, size, axis in spans:  # a span of width 0 masks nothing
       pos = jnp.arange(size)
       for _ in range(count):
         w = jnp.floor(u[:, col] * (width + 1)).astype(jnp.int32)  # 0..width
