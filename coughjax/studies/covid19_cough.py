@@ -1,8 +1,8 @@
 r"""Does the paper's method detect COVID-19 in real coughs? The covid19_cough study.
 
-  python -m coughjax.studies.covid19_cough            # every default row
-  python -m coughjax.studies.covid19_cough --rows=transformer,ens_transformer_cp_ds50,\
-      transformer_cp_ft,transformer_cp_m50_ft,ens_transformer_cp_ds0  # the committed report
+  python -m coughjax.studies.covid19_cough            # the committed report
+  python -m coughjax.studies.covid19_cough --rows=transformer,ens_transformer_cp_ds50 \
+      --noattempts                                    # fewer rows, same protocol
   python -m coughjax.studies.covid19_cough --runlocal --folds=2 --workdir=/tmp/s
 
 The paper's Tables 1/3/4/5 (VGGish rows aside: no AudioSet weights here, and from
@@ -22,15 +22,20 @@ comparisons), with the confound controls beside every setting:
   fold's test recordings; one row pre-trains on everything (transductive) to
   measure what seeing the test audio is worth;
 * every deep row trains up to 40 epochs with early stopping (patience 10) on its
-  fold's validation AUC and is scored from its best validation checkpoint.
+  fold's validation AUC and is scored from its best validation checkpoint;
+* attempts at making the paper's best model win, beside the loudness-normalised
+  setting (`--noattempts` leaves them out): pre-training twice as long, and
+  training augmentation (`ATTEMPTS`).
 
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
-written from what is there. Its Cost section sums the units' wall time: the committed
-report's rows took 6.7 h of unit time (2-3 processes and other jobs sharing 2
-cores, so every unit ran slower than it would alone); the rows it cut (GRU rows,
-frozen rows, DS 25/75/100 %, Table 3's 25/75/100 %) would add roughly half as much
-again (an estimate: not run).
+written from what is there. Its Cost section sums the units' wall time: 13.1 h for
+the committed report. 6.7 h of it ran on 2026-12-04/05 with 2-3 study processes,
+tests and benchmarks sharing 2 cores (so those units ran slower than alone); the
+other 6.4 h (the GRU, frozen, Table 4, DS 25/75/100 % and Table 3 25/75/100 % rows,
+the attempts) took 2 h 1 min of wall time with 2 processes on an otherwise idle
+2-core machine. From scratch on such a machine the whole report should take about
+4 h (an estimate from those two runs, not measured).
 """
 
 from __future__ import annotations
@@ -73,15 +78,12 @@ CONFOUNDS = ("band_means", "loudness_only", "duration_only", "channel_only")
 BASELINE_ROWS = ("logmel_logreg",) + CONFOUNDS
 
 # The non-VGGish rows of Tables 1/3/4/5, in the order they run (what matters most
-# first, so a cut-short run has it).
+# first, so a cut-short run has it; Table 3's 25 / 75 / 100 % rows last: they need
+# three more pre-trainings per fold).
 _DEEP = ("transformer", BEST, "transformer_cp_ft", "gru", "gru_cp_ft", "transformer_cp_frozen",
          "gru_cp_frozen", "transformer_cp_m50_ft", "ens_gru_transformer",
          "ens_gru_cp_transformer_cp", *(f"ens_transformer_cp_ds{r}" for r in (0, 25, 75, 100)),
          *(f"transformer_cp_m{r}_ft" for r in (25, 75, 100)))
-# Table 3's 25 / 75 / 100 % CP masking rows need three more pre-trainings per fold
-# (~8 min each on a quiet 2-core machine), so they are not run by default.
-CUT_ROWS = tuple(f"transformer_cp_m{r}_ft" for r in (25, 75, 100))
-DEFAULT_ROWS = tuple(r for r in _DEEP if r not in CUT_ROWS)
 NICE = {
     "gru": "GRU", "transformer": "Transformer", "gru_cp_frozen": "GRU-CP frozen",
     "gru_cp_ft": "GRU-CP fine-tuned", "transformer_cp_frozen": "Transformer-CP frozen",
@@ -399,10 +401,10 @@ def define_flags() -> None:
   _REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold for deep rows")
   _BASELINE_REPEATS = flags.DEFINE_integer("baseline_repeats", 5, "repeats for baselines")
   _SEED = flags.DEFINE_integer("seed", 0, "seed of the folds and of every unit")
-  _ROWS = flags.DEFINE_list("rows", list(DEFAULT_ROWS), "deep rows run in the call centre "
-                            f"(all: {', '.join(_DEEP)})")
+  _ROWS = flags.DEFINE_list("rows", list(_DEEP), "deep rows run in the call centre "
+                            "(default: all)")
   _SETTINGS = flags.DEFINE_list("settings", [CC, GAIN, VERIFIED, POOLED, TG], "settings")
-  _ATTEMPTS = flags.DEFINE_bool("attempts", False, "also the attempts at making the "
+  _ATTEMPTS = flags.DEFINE_bool("attempts", True, "also the attempts at making the "
                                 "paper's best model win: 80-epoch pre-training, augmented "
                                 "training (the loudness-normalised one is a setting)")
   _PROCESSES = flags.DEFINE_integer("processes", 2, "processes sharing the units (one "
@@ -422,7 +424,7 @@ def default_root() -> pathlib.Path:
 
 def make_plan(root: pathlib.Path, coswara_root: str, workdir: pathlib.Path, *,
               k: int = 3, repeats: int = 1, baseline_repeats: int = 5, seed: int = 0,
-              deep_rows: Sequence[str] = DEFAULT_ROWS, setting_names: Sequence[str] = (
+              deep_rows: Sequence[str] = _DEEP, setting_names: Sequence[str] = (
                   CC, GAIN, VERIFIED, POOLED, TG), attempts: bool = False,
               runlocal: bool = False, downstream_set=(), pretrain_set=()) -> runs.Plan:
   unknown = sorted(set(deep_rows) - set(_DEEP))
