@@ -246,9 +246,8 @@ def _augment(c: _Checker) -> None:
   for count, width, size in (("time_masks", "time_mask_width", "clip_frames"),
                              ("freq_masks", "freq_mask_width", "nfilt")):
     c.integer(f"augment.{count}", 0)
-    limit = c.get(f"features.{size}")
-    if c.integer(f"augment.{width}", 0) is not None and isinstance(limit, int) and (
-        c.get(f"augment.{width}") > limit):
+    value, limit = c.integer(f"augment.{width}", 0), c.get(f"features.{size}")
+    if value is not None and isinstance(limit, int) and value > limit:
       c.fail(f"augment.{width}", f"must be at most features.{size}={limit}")
 
 
