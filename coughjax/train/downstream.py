@@ -176,25 +176,20 @@ def make_steps(model: classifier_lib.Classifier, config):
   chunk_size = config.model.chunk_size
   augment = augment_lib.Augment.from_config(config)
 
-  def clip_ids(b):
-    # Clip ids = rows of the global batch: masks, dropout and augmentation do not
-    # depend on the devices or the chunking.
-    return jax.lax.axis_index(AXIS) * b + jnp.arange(b, dtype=jnp.int32)
-
-  def logits_fn(params, x, rng, train):
-    b = x.shape[0]
-    chunk = chunking.chunk_size_for(b, chunk_size, model.encoders)
-    return chunking.apply_in_chunks(
-        lambda xc, rngs, ids: model.apply({"params": params}, xc, train=train, rngs=rngs,
-                                          clip_ids=ids),
-        x, rng, chunk, clip_ids(b))
-
   def train_step(state, batch, key):
     rng = jax.random.fold_in(key, state.step)
-    x = augment(batch["x"], rng, clip_ids(batch["x"].shape[0]))
+    b = batch["x"].shape[0]
+    # Clip ids = rows of the global batch: masks, dropout and augmentation do not
+    # depend on the devices or the chunking.
+    ids = jax.lax.axis_index(AXIS) * b + jnp.arange(b, dtype=jnp.int32)
+    x = augment(batch["x"], rng, ids)
+    chunk = chunking.chunk_size_for(b, chunk_size, model.encoders)
 
     def loss_fn(params):
-      logits = logits_fn(params, x, rng, True)
+      logits = chunking.apply_in_chunks(
+          lambda xc, rngs, cids: model.apply({"params": params}, xc, train=True, rngs=rngs,
+                                             clip_ids=cids),
+          x, rng, chunk, ids)
       loss = optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
       acc = jnp.mean((logits > 0) == (batch["y"] > 0.5))
       return loss, {"loss": loss, "accuracy": acc}
