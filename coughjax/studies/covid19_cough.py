@@ -69,11 +69,15 @@ TRANSDUCTIVE_BEST = BEST + "_transductive"
 # SpecAugment's masks scaled to a 96 x 64 clip (2 spans of up to 10 frames, 2 of up
 # to 8 bands).
 LONG_BEST = BEST + "_long_pretraining"
-LONG_PRETRAINING = ("num_epochs=80",)
+LONG_EPOCHS = 80
 AUGMENTED_BEST = BEST + "_augmented"
-AUGMENTATION = ("augment.gain_db=10.0", "augment.time_masks=2", "augment.time_mask_width=10",
-                "augment.freq_masks=2", "augment.freq_mask_width=8")
+AUGMENTATION = dict(gain_db=10.0, time_masks=2, time_mask_width=10, freq_masks=2,
+                    freq_mask_width=8)
 ATTEMPTS = (LONG_BEST, AUGMENTED_BEST)
+_AUGMENTATION_WORDS = (
+    "per clip, a random gain of up to ±{gain_db:g} dB and SpecAugment masks: "
+    "{time_masks} spans of up to {time_mask_width} frames, {freq_masks} of up to "
+    "{freq_mask_width} bands").format(**AUGMENTATION)
 CONFOUNDS = ("band_means", "loudness_only", "duration_only", "channel_only")
 BASELINE_ROWS = ("logmel_logreg",) + CONFOUNDS
 
@@ -96,7 +100,7 @@ NICE = {
     "duration_only": "*confound: duration only*",
     "channel_only": "*confound: channel only*",
     TRANSDUCTIVE_BEST: "Transformer-CP x2, DS 50 %, transductive pre-training",
-    LONG_BEST: "Transformer-CP x2, DS 50 %, pre-training 80 epochs",
+    LONG_BEST: f"Transformer-CP x2, DS 50 %, pre-training {LONG_EPOCHS} epochs",
     AUGMENTED_BEST: "Transformer-CP x2, DS 50 %, augmented training",
 }
 NICE.update({f"transformer_cp_m{r}_ft": f"Transformer-CP fine-tuned (CP mask {r} %)"
@@ -140,8 +144,10 @@ def rows() -> tuple[Row, ...]:
   return (tuple(Row(v, v, NICE.get(v, v)) for v in _DEEP)
           + (Row(TRANSDUCTIVE_BEST, BEST, NICE[TRANSDUCTIVE_BEST],
                  pretraining=runs.TRANSDUCTIVE),
-             Row(LONG_BEST, BEST, NICE[LONG_BEST], pretrain_overrides=LONG_PRETRAINING),
-             Row(AUGMENTED_BEST, BEST, NICE[AUGMENTED_BEST], overrides=AUGMENTATION))
+             Row(LONG_BEST, BEST, NICE[LONG_BEST],
+                 pretrain_overrides=(f"num_epochs={LONG_EPOCHS}",)),
+             Row(AUGMENTED_BEST, BEST, NICE[AUGMENTED_BEST],
+                 overrides=tuple(f"augment.{k}={v}" for k, v in AUGMENTATION.items())))
           + tuple(Row(b, b, NICE[b]) for b in BASELINE_ROWS))
 
 
@@ -177,8 +183,8 @@ def findings(plan: runs.Plan) -> list[tuple[str, str, list[Comparison]]]:
       ("vi", "pre-training on the test recordings' audio (transductive) scores higher "
        "than inductive pre-training",
        comparisons("vi", [(CC, TRANSDUCTIVE_BEST, BEST)])),
-      ("vii", "pre-training twice as long (80 epochs, inductive) improves the paper's "
-       "best model, enough to beat the log-mel baseline",
+      ("vii", f"pre-training twice as long ({LONG_EPOCHS} epochs, inductive) improves "
+       "the paper's best model, enough to beat the log-mel baseline",
        comparisons("vii", [(CC, LONG_BEST, b) for b in (BEST, "logmel_logreg")])),
       ("viii", "training augmentation (random gain, SpecAugment masks) improves the "
        "paper's best model, enough to beat the log-mel baseline and loudness",
@@ -328,10 +334,10 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str) ->
       "- Attempts at making the paper's best model win, fixed before any of them ran "
       "and trained like every row (early stopping on the validation part, never on "
       "the test fold): the loudness-normalised setting; "
-      + ("80-epoch inductive pre-training; augmented training (per clip, a random "
-         "gain of up to ±10 dB and SpecAugment masks: 2 spans of up to 10 frames, 2 "
-         "of up to 8 bands)." if ran >= set(ATTEMPTS) else
-         "not run: 80-epoch pre-training and augmented training (`--attempts`)."), "",
+      + (f"{LONG_EPOCHS}-epoch inductive pre-training; augmented training "
+         f"({_AUGMENTATION_WORDS})." if ran >= set(ATTEMPTS) else
+         f"not run: {LONG_EPOCHS}-epoch pre-training and augmented training "
+         "(`--attempts`)."), "",
       "## Findings", ""]
   for key, claim, _ in findings(plan):
     verdicts = {j.verdict for j in by_finding[key]}
