@@ -1,17 +1,25 @@
 """From out-of-fold scores to the numbers of a report: AUCs, comparisons, verdicts.
 
 * A row's AUC in a setting: per repeat, the ROC-AUC of its out-of-fold scores over
-  every recording, with DeLong's variance; repeats are combined by
-  `stats.combine` (mean of the AUCs; the mean of their variances, conservative
-  for the strongly correlated repeats of one data set), giving a 95 % interval.
-* A comparison "A scores higher than B": on the recordings both scored and the
-  repeats both ran, per repeat the paired DeLong difference AUC_A - AUC_B and its
-  variance (the two rows' scores of the same recordings are correlated, which the
-  paired variance accounts for), combined over repeats the same way; a two-sided
-  p-value for "no difference".
-* Holm's correction over every comparison of a report; a comparison *holds* at a
-  corrected p < 0.05 with A ahead, *does not hold* at p < 0.05 with B ahead, and
-  is *cannot tell* otherwise (`stats.verdict`).
+  every recording, with DeLong's variance; repeats are combined by `stats.combine`
+  (mean of the AUCs; the mean of their variances, never too small *conditional on
+  the fitted models* — it leaves out training variance), giving a 95 % interval.
+* A comparison "A scores higher than B" is made on the recordings both scored and
+  the repeats both ran (repeat r is the same partition for every row, so the first
+  min(R_A, R_B) repeats), and its table shows each side's AUC over exactly those
+  repeats. The verdict's test is the corrected resampled t-test
+  (`stats.corrected_resampled_t`) over the repeat x fold AUC differences: it
+  includes the variance of training the models again on other folds and seeds.
+  Beside it, per repeat, the paired DeLong difference (conditional on that repeat's
+  fitted models).
+* A family of comparisons is declared before anything runs; Holm's correction runs
+  over all of it, with m = the number of declared comparisons: one whose rows did
+  not run is shown as "not run" and counts as p = 1 (it can only make the others'
+  corrected p larger, never smaller). A comparison *holds* at a corrected p < 0.05
+  with A ahead, *does not hold* at p < 0.05 with B ahead, and is *cannot tell*
+  otherwise (`stats.verdict`); a "cannot tell" also states what its 95 % interval
+  rules out, and every comparison the smallest difference it could detect with 80 %
+  power at the family's strictest Holm level (alpha / m).
 * Threshold metrics (precision, recall, F1, accuracy at 0.5) of the pooled
   out-of-fold scores, only where the row predicts both classes; otherwise marked.
 """
@@ -27,9 +35,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from coughjax.protocol import stats
-from coughjax.protocol.runs import Scores
+from coughjax.protocol.scores import Scores
 
 ALPHA = 0.05
+POWER = 0.8
+# The fewest positives (and negatives) a fold's test part may hold for its AUC to
+# enter a per-fold comparison.
+MIN_CLASS = 5
+NOT_RUN, REFUSED = "not run", "refused"
 THRESHOLD_METRICS = ("precision", "recall", "f1", "accuracy")
 
 
@@ -65,52 +78,92 @@ def row_auc(scores: Scores, stratum: Optional[str] = None) -> stats.Estimate:
   return stats.combine([a for a, _ in per], [v for _, v in per], null=0.5, bounds=(0, 1))
 
 
-def _aligned(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(labels, a's scores, b's scores) on the recordings and repeats both have."""
-  common = sorted(set(a.keys) & set(b.keys))
+def aligned(a: Scores, b: Scores) -> tuple[Scores, Scores]:
+  """`a` and `b` on the recordings both scored and the repeats both ran (the first
+  min(R_a, R_b): repeat r is the same partition for both)."""
+  common = set(a.keys) & set(b.keys)
   if not common:
     raise ValueError("the two rows scored no recording in common")
-  ia = {k: i for i, k in enumerate(a.keys)}
-  ib = {k: i for i, k in enumerate(b.keys)}
-  sel_a = np.array([ia[k] for k in common])
-  sel_b = np.array([ib[k] for k in common])
-  repeats = min(len(a.scores), len(b.scores))
-  return a.labels[sel_a], a.scores[:repeats, sel_a], b.scores[:repeats, sel_b]
-
-
-def compare(a: Scores, b: Scores) -> tuple[stats.Estimate, int, int]:
-  """AUC_a - AUC_b, paired on common recordings and repeats: (estimate,
-  recordings, repeats)."""
-  y, sa, sb = _aligned(a, b)
-  per = [stats.delong_paired(y, x, z) for x, z in zip(sa, sb)]
-  est = stats.combine([d for d, _ in per], [v for _, v in per], null=0.0)
-  return est, len(y), len(sa)
+  repeats = min(a.repeats, b.repeats)
+  return (a.subset(np.isin(a.keys, sorted(common))).first(repeats),
+          b.subset(np.isin(b.keys, sorted(common))).first(repeats))
 
 
 @dataclasses.dataclass
 class Judged:
+  """A comparison's numbers, over the recordings and repeats both rows have.
+
+  Attributes:
+    comparison: what is compared.
+    estimate: AUC_a - AUC_b, the corrected resampled t-test over the repeat x fold
+      differences (None: not run or refused).
+    delong: per repeat, the paired DeLong difference (conditional on the fitted
+      models).
+    auc_a, auc_b: each row's AUC over exactly these recordings and repeats.
+    recordings, repeats: how many.
+    p_holm: Holm-adjusted p over the comparison's family.
+    verdict: "holds" / "does not hold" / "cannot tell", or "not run", "refused".
+    note: why a comparison was refused.
+    detectable: the smallest difference detectable with 80 % power at the family's
+      strictest Holm level.
+  """
   comparison: Comparison
-  estimate: stats.Estimate
-  recordings: int
-  repeats: int
-  p_holm: float = float("nan")
-  verdict: str = "cannot tell"
+  estimate: Optional[stats.Estimate] = None
+  delong: tuple[stats.Estimate, ...] = ()
+  auc_a: Optional[stats.Estimate] = None
+  auc_b: Optional[stats.Estimate] = None
+  recordings: int = 0
+  repeats: int = 0
+  p_holm: float = 1.0
+  verdict: str = NOT_RUN
+  note: str = ""
+  detectable: float = float("nan")
+
+
+def compare(a: Scores, b: Scores, comparison: Optional[Comparison] = None) -> Judged:
+  """AUC_a - AUC_b on common recordings and repeats (see `Judged`), not yet
+  Holm-corrected. A fold with fewer than `MIN_CLASS` of a class is refused."""
+  a, b = aligned(a, b)
+  if a.folds is None or b.folds is None or not np.array_equal(a.folds, b.folds):
+    raise ValueError(f"{comparison}: the rows' folds are unknown or differ; a paired "
+                     "per-fold comparison needs the same partitions")
+  judged = Judged(comparison, auc_a=row_auc(a), auc_b=row_auc(b), recordings=len(a.keys),
+                  repeats=a.repeats, verdict="cannot tell")
+  judged.delong = tuple(
+      stats.combine(*map(np.atleast_1d, stats.delong_paired(a.labels, x, z)))
+      for x, z in zip(a.scores, b.scores))
+  try:
+    diffs, ratio = stats.fold_differences(a.labels, a.scores, b.scores, a.folds,
+                                          min_class=MIN_CLASS)
+  except ValueError as e:
+    judged.verdict, judged.note = REFUSED, str(e)
+    return judged
+  judged.estimate = stats.corrected_resampled_t(diffs, ratio)
+  return judged
 
 
 def judge(comparisons: Sequence[Comparison],
           results: dict[str, dict[str, Scores]]) -> list[Judged]:
-  """Every comparison's paired estimate, Holm-corrected p-value and verdict."""
+  """One family: every comparison's estimate, Holm-corrected p-value (m = all of
+  `comparisons`, run or not) and verdict."""
   judged = []
   for c in comparisons:
     rows = results.get(c.setting, {})
-    missing = [n for n in (c.a, c.b) if n not in rows]
-    if missing:
-      raise ValueError(f"comparison {c}: rows {missing} did not run in {c.setting}")
-    judged.append(Judged(c, *compare(rows[c.a], rows[c.b])))
-  adjusted = stats.holm([j.estimate.p for j in judged]) if judged else []
-  for j, p in zip(judged, adjusted):
-    j.p_holm = float(p)
-    j.verdict = stats.verdict(j.estimate, j.p_holm, alpha=ALPHA)
+    if c.a in rows and c.b in rows:
+      judged.append(compare(rows[c.a], rows[c.b], c))
+    else:
+      judged.append(Judged(c, note="not run: " + ", ".join(
+          n for n in (c.a, c.b) if n not in rows)))
+  tested = [j.estimate is not None for j in judged]
+  adjusted = stats.holm([j.estimate.p if t else 1.0 for j, t in zip(judged, tested)])
+  alpha = ALPHA / max(len(judged), 1)   # Holm's first (strictest) step
+  for j, p, t in zip(judged, adjusted, tested):
+    if t:
+      j.p_holm = float(p)
+      j.verdict = stats.verdict(j.estimate, j.p_holm, alpha=ALPHA)
+      if not j.estimate.degenerate:
+        j.detectable = stats.minimum_detectable(j.estimate.se, j.estimate.df,
+                                                alpha=alpha, power=POWER)
   return judged
 
 
@@ -227,15 +280,42 @@ def strata_table(results: dict[str, Scores], titles: dict[str, str]) -> list[str
   return lines
 
 
+def rules_out(est: stats.Estimate) -> str:
+  """What a "cannot tell" excludes: the differences outside its 95 % interval."""
+  return (f"a lead above {100 * est.high:+.1f} and a lag beyond {100 * est.low:+.1f} "
+          "are excluded")
+
+
+def verdict_cell(j: Judged) -> str:
+  if j.estimate is None:
+    return f"**{j.verdict}**" + (f" ({j.note})" if j.note else "")
+  if j.estimate.degenerate:
+    return (f"**{j.verdict}** (every fold difference is "
+            f"{100 * j.estimate.mean:+.1f}: no spread, no test)")
+  if j.verdict == "cannot tell":
+    return f"**{j.verdict}**: {rules_out(j.estimate)}"
+  return f"**{j.verdict}**"
+
+
 def comparison_lines(judged: Sequence[Judged], titles: dict[str, str]) -> list[str]:
-  """A table of every comparison: difference [95 % CI], p, Holm p, verdict."""
-  lines = ["| setting | A | B | AUC A − B [95 % CI] | p | p (Holm) | verdict |",
-           "|---|---|---|---|---:|---:|---|"]
+  """A table of one family's comparisons: each side's AUC over the repeats both ran,
+  the difference [95 % CI] and p of the corrected resampled t-test, Holm p, the
+  verdict, the paired DeLong difference per repeat, and the smallest difference
+  detectable with 80 % power."""
+  lines = ["| setting | A | B | repeats | AUC A | AUC B | A − B [95 % CI] (corrected t) "
+           "| p | p (Holm) | verdict | DeLong A − B per repeat (p) | detectable (80 %) |",
+           "|---|---|---|---:|---|---|---|---:|---:|---|---|---:|"]
   for j in judged:
     c = j.comparison
-    lines.append(f"| {c.setting} | {titles.get(c.a, c.a)} | {titles.get(c.b, c.b)} | "
-                 f"{signed_cell(j.estimate)} | {_p(j.estimate.p)} | "
-                 f"{_p(j.p_holm)} | **{j.verdict}** |")
+    est = j.estimate
+    delong = "; ".join(f"{100 * d.mean:+.1f} ({_p(d.p)})" for d in j.delong) or "–"
+    cells = [c.setting, titles.get(c.a, c.a), titles.get(c.b, c.b),
+             f"{j.repeats} (0–{j.repeats - 1})" if j.repeats else "–",
+             auc_cell(j.auc_a) if j.auc_a else "–", auc_cell(j.auc_b) if j.auc_b else "–",
+             signed_cell(est) if est else "–", _p(est.p) if est else "–",
+             _p(j.p_holm) if est else "–", verdict_cell(j), delong,
+             f"{100 * j.detectable:.1f}" if np.isfinite(j.detectable) else "–"]
+    lines.append("| " + " | ".join(cells) + " |")
   return lines
 
 

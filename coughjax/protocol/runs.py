@@ -57,6 +57,7 @@ from coughjax.data import splits as splits_lib
 from coughjax.overrides import apply_overrides
 from coughjax.overrides import config_modules
 from coughjax.protocol import folds as folds_lib
+from coughjax.protocol.scores import Scores
 
 INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"
 UNIT_FILE = "unit.json"
@@ -418,31 +419,14 @@ def default_runner(config, workdir: str) -> Any:
   return run_lib.run(config, workdir)
 
 
-@dataclasses.dataclass
-class Scores:
-  """A row's out-of-fold scores in one setting.
-
-  Attributes:
-    keys: [n] recording keys (sorted), the same for every repeat.
-    labels: [n] int.
-    strata: [n] each recording's stratum (source).
-    scores: [repeats, n] out-of-fold scores.
-    units: per repeat, per fold, the unit.json contents.
-  """
-  keys: list[str]
-  labels: np.ndarray
-  strata: list[str]
-  scores: np.ndarray
-  units: list[list[dict]]
-
-
 def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
             runner: Callable = default_runner) -> Scores:
   """Every unit of `row` in `setting`; its out-of-fold scores, repeat by repeat."""
-  per_repeat, units = [], []
+  per_repeat, units, fold_of = [], [], []
   for repeat in range(plan.repeats_of(row)):
     merged: dict[str, tuple[int, float]] = {}
     units.append([])
+    fold_of.append({})
     for fold in range(plan.k):
       units[-1].append(run_unit(plan, setting, row, repeat, fold, runner))
       folder = plan.workdir / setting.name / row.name / f"r{repeat}f{fold}"
@@ -452,6 +436,7 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
         raise ValueError(f"{folder}: {len(overlap)} recordings scored in two folds "
                          f"(e.g. {sorted(overlap)[0]}): the folds are not a partition")
       merged.update(part)
+      fold_of[-1].update(dict.fromkeys(part, fold))
     per_repeat.append(merged)
   keys = sorted(per_repeat[0])
   for r, merged in enumerate(per_repeat[1:], 1):
@@ -462,7 +447,8 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
                 labels=np.array([per_repeat[0][k][0] for k in keys]),
                 strata=[strata.get(k, "") for k in keys],
                 scores=np.array([[m[k][1] for k in keys] for m in per_repeat]),
-                units=units)
+                units=units,
+                folds=np.array([[f[k] for k in keys] for f in fold_of]))
 
 
 def run_plan(plan: Plan, runner: Callable = default_runner
