@@ -308,12 +308,12 @@ def comparison_lines(judged: Sequence[Judged], titles: dict[str, str]) -> list[s
   for j in judged:
     c = j.comparison
     est = j.estimate
-    delong = "; ".join(f"{100 * d.mean:+.1f} ({_p(d.p)})" for d in j.delong) or "–"
+    delong = "; ".join(f"{100 * d.mean:+.1f} ({p_cell(d.p)})" for d in j.delong) or "–"
     cells = [c.setting, titles.get(c.a, c.a), titles.get(c.b, c.b),
              f"{j.repeats} (0–{j.repeats - 1})" if j.repeats else "–",
              auc_cell(j.auc_a) if j.auc_a else "–", auc_cell(j.auc_b) if j.auc_b else "–",
-             signed_cell(est) if est else "–", _p(est.p) if est else "–",
-             _p(j.p_holm) if est else "–", verdict_cell(j), delong,
+             signed_cell(est) if est else "–", p_cell(est.p) if est else "–",
+             p_cell(j.p_holm) if est else "–", verdict_cell(j), delong,
              f"{100 * j.detectable:.1f}" if np.isfinite(j.detectable) else "–"]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
@@ -324,7 +324,7 @@ def signed_cell(est: stats.Estimate) -> str:
   return f"{100 * est.mean:+.1f} [{100 * est.low:+.1f}, {100 * est.high:+.1f}]"
 
 
-def _p(p: float) -> str:
+def p_cell(p: float) -> str:
   return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
