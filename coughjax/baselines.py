@@ -13,7 +13,9 @@
 `BASELINES` maps each baseline's name to a function of the splits
 (`load_split_features`: the same recordings and split as the downstream trainer's
 for the same config) returning test scores; besides the log-mel statistics, the
-confound controls: loudness only, duration only, the per-band means and the channel.
+confound controls: loudness only, duration only, level and dynamics (frame-energy
+percentiles, peak, spread, duration, a short flag), the per-band means and the
+channel.
 `coughjax.protocol` scores them fold by fold like the deep rows.
 """
 
@@ -28,6 +30,7 @@ from sklearn import metrics as skm
 from sklearn import pipeline as sk_pipeline
 from sklearn import preprocessing
 
+from coughjax import audio
 from coughjax import data
 from coughjax.data import features as features_lib
 from coughjax.data import manifest as manifest_lib
@@ -119,9 +122,14 @@ def channel_only_scores(train_sources: Sequence[str], train_y: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split's usable recordings and their unpadded [frames, mel] features."""
+  """One split's usable recordings and their unpadded [frames, mel] features.
+
+  clip_frames: the clip length of the deep rows on the same config (a recording
+  shorter than it is padded for them: `level_dynamics` flags it).
+  """
   records: list[Recording]
   features: list[np.ndarray]
+  clip_frames: int = audio.CLIP_FRAMES
 
   @property
   def labels(self) -> np.ndarray:
@@ -149,7 +157,7 @@ def load_split_features(config) -> dict[str, Split]:
                                 workers=config.data.workers, progress=False)
     if not kept:
       raise ValueError(f"{config.data.name}: split {name!r} has no usable recordings")
-    out[name] = Split(kept, feats)
+    out[name] = Split(kept, feats, config.features.clip_frames)
   return out
 
 
@@ -182,6 +190,42 @@ def duration(feats: np.ndarray) -> float:
   return float(len(feats))
 
 
+ENERGY_PERCENTILES = (10, 25, 50, 75, 90)
+
+
+def level_dynamics(feats: np.ndarray, clip_frames: int = audio.CLIP_FRAMES) -> np.ndarray:
+  """Spectrum-free numbers of one recording: how loud it is and how that moves.
+
+  The frame energy is each frame's mean log-mel over bands. Gain normalisation
+  removes its mean, not its shape: the peak, the spread and the percentiles relative
+  to one another survive, and so does the duration.
+
+  Args:
+    feats: [frames, mel] log-mel features.
+    clip_frames: a recording shorter than this is flagged short (it is padded to one
+      clip for the deep rows).
+
+  Returns:
+    [len(ENERGY_PERCENTILES) + 4] float64: the frame-energy percentiles, its peak
+    (max), its standard deviation, the duration in frames and the short flag (0/1).
+  """
+  feats = np.asarray(feats, dtype=np.float64)
+  if feats.ndim != 2 or not len(feats):
+    raise ValueError(f"level and dynamics need [frames >= 1, mel] features, got shape "
+                     f"{feats.shape}")
+  energy = feats.mean(axis=1)  # [frames]
+  return np.concatenate([np.percentile(energy, ENERGY_PERCENTILES),
+                         [energy.max(), energy.std(), len(feats),
+                          float(len(feats) < clip_frames)]])
+
+
+def level_dynamics_scores(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+  """Logistic regression (C chosen on validation) on `level_dynamics`."""
+  x = {k: np.stack([level_dynamics(f, p.clip_frames) for f in p.features])
+       for k, p in parts.items()}
+  return _fit(x, parts, seed)
+
+
 def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
   """Test scores P(positive | source) from the training split."""
   del seed  # deterministic
@@ -197,6 +241,7 @@ BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]]
     "band_means": _summary_baseline(lambda f: f.mean(axis=0, dtype=np.float64)),
     "loudness_only": _summary_baseline(loudness, _ONE),
     "duration_only": _summary_baseline(duration, _ONE),
+    "level_dynamics": level_dynamics_scores,
     "channel_only": channel_only,
 }
 DESCRIPTIONS = {
@@ -209,6 +254,11 @@ DESCRIPTIONS = {
                      "through a one-feature logistic regression fitted on training",
     "duration_only": "the recording's duration alone (frames of 10 ms), through a "
                      "one-feature logistic regression fitted on training",
+    "level_dynamics": "the same logistic regression on 9 spectrum-free numbers: "
+                      "percentiles (10/25/50/75/90) and peak of the frame energy (mean "
+                      "log-mel of a frame), its standard deviation, the duration and a "
+                      "flag for recordings shorter than a clip; they survive gain "
+                      "normalisation, unlike the mean level",
     "channel_only": "the recording's source alone: P(positive | source) in the training "
                     "split as the score",
 }

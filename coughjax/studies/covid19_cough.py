@@ -79,7 +79,9 @@ _AUGMENTATION_WORDS = (
     "per clip, a random gain of up to ±{gain_db:g} dB and SpecAugment masks: "
     "{time_masks} spans of up to {time_mask_width} frames, {freq_masks} of up to "
     "{freq_mask_width} bands").format(**AUGMENTATION)
-CONFOUNDS = ("band_means", "loudness_only", "duration_only", "channel_only")
+# Channel only last: it runs in the pooled setting only.
+CONFOUNDS = ("band_means", "loudness_only", "duration_only", "level_dynamics",
+             "channel_only")
 BASELINE_ROWS = ("logmel_logreg",) + CONFOUNDS
 
 # The non-VGGish rows of Tables 1/3/4/5, in the order they run (what matters most
@@ -99,6 +101,7 @@ NICE = {
     "band_means": "*confound: band means + LR*",
     "loudness_only": "*confound: loudness only*",
     "duration_only": "*confound: duration only*",
+    "level_dynamics": "*confound: level and dynamics*",
     "channel_only": "*confound: channel only*",
     TRANSDUCTIVE_BEST: "Transformer-CP x2, DS 50 %, transductive pre-training",
     LONG_BEST: f"Transformer-CP x2, DS 50 %, pre-training {LONG_EPOCHS} epochs",
