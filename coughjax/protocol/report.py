@@ -30,7 +30,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -61,20 +61,12 @@ class Comparison:
   finding: str = ""
 
 
-def _mask(scores: Scores, stratum: Optional[str]) -> np.ndarray:
-  if stratum is None:
-    return np.ones(len(scores.keys), bool)
-  return np.array([s == stratum for s in scores.strata])
-
-
-def row_auc(scores: Scores, stratum: Optional[str] = None) -> stats.Estimate:
-  """The row's AUC over its repeats (optionally within one stratum), with a 95 %
-  interval and the p-value of "no better than chance"."""
-  keep = _mask(scores, stratum)
-  y = scores.labels[keep]
-  if len(np.unique(y)) < 2:
-    raise ValueError(f"AUC needs both labels; stratum {stratum!r} has {np.bincount(y)}")
-  per = [stats.delong(y, s[keep]) for s in scores.scores]
+def row_auc(scores: Scores) -> stats.Estimate:
+  """The row's AUC over its repeats, with a 95 % interval and the p-value of "no
+  better than chance"."""
+  if len(np.unique(scores.labels)) < 2:
+    raise ValueError(f"AUC needs both labels; got {np.bincount(scores.labels)}")
+  per = [stats.delong(scores.labels, s) for s in scores.scores]
   return stats.combine([a for a, _ in per], [v for _, v in per], null=0.5, bounds=(0, 1))
 
 
@@ -264,20 +256,41 @@ def rows_table(results: dict[str, Scores], titles: dict[str, str],
   return lines
 
 
+def breakdown_table(results: dict[str, Scores], titles: dict[str, str],
+                    columns: dict[str, Callable[[Scores], np.ndarray]]) -> list[str]:
+  """Each row's AUC over all its recordings and within each column's subset of them
+  (`columns[name](scores)`: a bool mask [n]); "one class" where a subset lacks a
+  label."""
+  lines = ["| row | all | " + " | ".join(columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for name, scores in results.items():
+    cells = [auc_cell(row_auc(scores))]
+    for keep in columns.values():
+      sub = scores.subset(keep(scores))
+      cells.append(auc_cell(row_auc(sub)) if len(np.unique(sub.labels)) == 2
+                   else "one class")
+    lines.append(f"| {titles.get(name, name)} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def strata_table(results: dict[str, Scores], titles: dict[str, str]) -> list[str]:
   """Each row's AUC within every stratum of its recordings (a pooled setting's
   breakdown by source)."""
   strata = sorted({s for r in results.values() for s in r.strata})
-  lines = ["| row | all | " + " | ".join(strata) + " |", "|---|---|" + "---|" * len(strata)]
-  for name, scores in results.items():
-    cells = [auc_cell(row_auc(scores))]
-    for s in strata:
-      try:
-        cells.append(auc_cell(row_auc(scores, s)))
-      except ValueError:  # one class in this stratum: no AUC
-        cells.append("one class")
-    lines.append(f"| {titles.get(name, name)} | " + " | ".join(cells) + " |")
-  return lines
+  return breakdown_table(results, titles, {
+      s: (lambda sc, s=s: np.array([x == s for x in sc.strata])) for s in strata})
+
+
+def quintile_columns(value: dict[str, float]) -> dict[str, Callable[[Scores], np.ndarray]]:
+  """Columns of `breakdown_table` for the quintiles of `value` (by recording key)
+  among each row's recordings: "Q1" (lowest fifth) ... "Q5"."""
+  def column(q):
+    def keep(scores):
+      v = np.array([value[k] for k in scores.keys])
+      edges = np.quantile(v, [0.2, 0.4, 0.6, 0.8])
+      return np.searchsorted(edges, v, side="right") == q
+    return keep
+  return {f"Q{q + 1}": column(q) for q in range(5)}
 
 
 def rules_out(est: stats.Estimate) -> str:
