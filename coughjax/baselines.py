@@ -12,10 +12,10 @@
 
 `BASELINES` maps each baseline's name to a function of the splits
 (`load_split_features`: the same recordings and split as the downstream trainer's
-for the same config) returning test scores; besides the log-mel statistics, the
-confound controls: loudness only, duration only, level and dynamics (frame-energy
-percentiles, peak, spread, duration, a short flag), the per-band means and the
-channel.
+for the same config) returning validation and test scores; besides the log-mel
+statistics, the confound controls: loudness only, duration only, level and dynamics
+(frame-energy percentiles, peak, spread, duration, a short flag), the per-band means
+and the channel.
 `coughjax.protocol` scores them fold by fold like the deep rows.
 """
 
@@ -40,6 +40,9 @@ from coughjax.data.manifest import Recording
 STATISTICS = ("mean", "std", "mean_abs_delta")
 # Inverse L2 strengths tried on the validation split (scikit-learn's default is 1).
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# What a baseline returns: ({part: scores [n_part]} for each of SCORED, info for
+# unit.json). The validation part's scores choose thresholds (never the test's).
+SCORED = ("val", "test")
 
 
 def logmel_statistics(feats: np.ndarray) -> np.ndarray:
@@ -78,8 +81,9 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
                                val_x: np.ndarray, val_y: np.ndarray,
                                test_x: np.ndarray, seed: int = 0,
                                c_grid: Sequence[float] = C_GRID
-                               ) -> tuple[np.ndarray, float]:
-  """P(positive) of the test rows from standardised logistic regression.
+                               ) -> tuple[np.ndarray, np.ndarray, float]:
+  """P(positive) of the validation and test rows from standardised logistic
+  regression.
 
   The model is fitted on the training rows only, with the C of `c_grid` whose
   validation ROC-AUC is highest (the smallest C among ties; if the validation split
@@ -87,7 +91,7 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
   deep models (checkpoint choice), and never trains.
 
   Returns:
-    (test scores [n_test], chosen C).
+    (validation scores [n_val], test scores [n_test], chosen C).
   """
   train_y = np.asarray(train_y).astype(int)
   if len(np.unique(train_y)) != 2:
@@ -99,7 +103,7 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
                               .predict_proba(val_x)[:, 1]) for c in c_grid]
     chosen = float(c_grid[int(np.argmax(aucs))])
   model = logistic_model(chosen, seed).fit(train_x, train_y)
-  return model.predict_proba(test_x)[:, 1], chosen
+  return model.predict_proba(val_x)[:, 1], model.predict_proba(test_x)[:, 1], chosen
 
 
 def source_rates(train_sources: Sequence[str], train_y: np.ndarray) -> dict[str, float]:
@@ -162,17 +166,17 @@ def load_split_features(config) -> dict[str, Split]:
 
 
 def _fit(x: dict[str, np.ndarray], parts: dict[str, Split], seed: int,
-         c_grid: Sequence[float] = C_GRID) -> tuple[np.ndarray, dict]:
-  scores, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
-                                         parts["val"].labels, x["test"], seed, c_grid)
-  return scores, {"C": c, "num_features": int(x["train"].shape[1])}
+         c_grid: Sequence[float] = C_GRID) -> tuple[dict[str, np.ndarray], dict]:
+  val, test, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
+                                            parts["val"].labels, x["test"], seed, c_grid)
+  return {"val": val, "test": test}, {"C": c, "num_features": int(x["train"].shape[1])}
 
 
 def _summary_baseline(summary: Callable[[np.ndarray], np.ndarray],
                       c_grid: Sequence[float] = C_GRID):
   """A baseline: logistic regression on `summary(features)` of each recording."""
 
-  def baseline(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+  def baseline(parts: dict[str, Split], seed: int) -> tuple[dict[str, np.ndarray], dict]:
     x = {k: np.stack([np.atleast_1d(summary(f)) for f in p.features]).astype(np.float64)
          for k, p in parts.items()}
     return _fit(x, parts, seed, c_grid)
@@ -219,24 +223,28 @@ def level_dynamics(feats: np.ndarray, clip_frames: int = audio.CLIP_FRAMES) -> n
                           float(len(feats) < clip_frames)]])
 
 
-def level_dynamics_scores(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+def level_dynamics_scores(parts: dict[str, Split], seed: int
+                          ) -> tuple[dict[str, np.ndarray], dict]:
   """Logistic regression (C chosen on validation) on `level_dynamics`."""
   x = {k: np.stack([level_dynamics(f, p.clip_frames) for f in p.features])
        for k, p in parts.items()}
   return _fit(x, parts, seed)
 
 
-def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
-  """Test scores P(positive | source) from the training split."""
+def channel_only(parts: dict[str, Split], seed: int
+                 ) -> tuple[dict[str, np.ndarray], dict]:
+  """Validation and test scores P(positive | source) from the training split."""
   del seed  # deterministic
   train = parts["train"]
-  scores = channel_only_scores(train.sources, train.labels, parts["test"].sources)
+  scores = {k: channel_only_scores(train.sources, train.labels, parts[k].sources)
+            for k in SCORED}
   return scores, {"p_positive_by_source": source_rates(train.sources, train.labels)}
 
 
 # A single feature needs no regularisation to choose: C = 1.
 _ONE = (1.0,)
-BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]] = {
+BASELINES: dict[str, Callable[[dict[str, Split], int],
+                              tuple[dict[str, np.ndarray], dict]]] = {
     "logmel_logreg": _summary_baseline(logmel_statistics),
     "band_means": _summary_baseline(lambda f: f.mean(axis=0, dtype=np.float64)),
     "loudness_only": _summary_baseline(loudness, _ONE),

@@ -20,8 +20,11 @@
   otherwise (`stats.verdict`); a "cannot tell" also states what its 95 % interval
   rules out, and every comparison the smallest difference it could detect with 80 %
   power at the family's strictest Holm level (alpha / m).
-* Threshold metrics (precision, recall, F1, accuracy at 0.5) of the pooled
-  out-of-fold scores, only where the row predicts both classes; otherwise marked.
+* Threshold metrics (precision, recall, F1, accuracy) of the pooled out-of-fold
+  scores at thresholds chosen on each fold's validation part (never at 0.5, never
+  on the test part), beside an all-positive reference; operating points
+  (sensitivity at 95 % specificity, specificity at 90 % sensitivity) with bootstrap
+  intervals over recordings; Brier score, ECE and reliability plots.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from coughjax import files
 from coughjax.protocol import stats
 from coughjax.protocol.scores import Scores
 
@@ -130,7 +134,7 @@ def compare(a: Scores, b: Scores, comparison: Optional[Comparison] = None) -> Ju
   except ValueError as e:
     judged.verdict, judged.note = REFUSED, str(e)
     return judged
-  judged.estimate = stats.corrected_resampled_t(diffs, ratio)
+  judged.estimate = stats.corrected_resampled_t(diffs, ratio, bounds=(-1.0, 1.0))
   return judged
 
 
@@ -159,14 +163,111 @@ def judge(comparisons: Sequence[Comparison],
   return judged
 
 
-def threshold_cells(scores: Scores, threshold: float = 0.5) -> dict[str, str]:
-  """Precision / recall / F1 / accuracy (%) of the out-of-fold scores at `threshold`,
-  mean over repeats; "one class" where some repeat's scores predict a single class."""
-  per = [stats.threshold_metrics(scores.labels, s, threshold) for s in scores.scores]
+def validation_predictions(scores: Scores, **criterion) -> Optional[np.ndarray]:
+  """[repeats, n] bool: each recording predicted positive where its out-of-fold score
+  reaches the threshold chosen on its fold model's validation part
+  (`stats.threshold_for(**criterion)`); None where a unit wrote no validation scores
+  (or the folds are unknown)."""
+  if scores.folds is None or scores.validation is None:
+    return None
+  pred = np.zeros(scores.scores.shape, bool)
+  for r, per_fold in enumerate(scores.validation):
+    for f, val in enumerate(per_fold):
+      if val is None or len(np.unique(val[0])) < 2:
+        return None
+      test = scores.folds[r] == f
+      pred[r, test] = scores.scores[r, test] >= stats.threshold_for(*val, **criterion)
+  return pred
+
+
+def threshold_cells(scores: Scores) -> dict[str, str]:
+  """Precision / recall / F1 / accuracy (%) of the out-of-fold scores at each fold's
+  threshold chosen on its validation part (Youden's J), mean over repeats; "no val
+  scores" where units wrote none, "one class" where a repeat predicts a single
+  class."""
+  pred = validation_predictions(scores)
+  if pred is None:
+    return {k: "no val scores" for k in THRESHOLD_METRICS}
+  per = [stats.threshold_metrics(scores.labels, p.astype(float)) for p in pred]
   if any(m.degenerate for m in per):
     return {k: "one class" for k in THRESHOLD_METRICS}
   return {k: f"{100 * np.mean([getattr(m, k) for m in per]):.1f}"
           for k in THRESHOLD_METRICS}
+
+
+def all_positive_cells(labels: np.ndarray) -> dict[str, str]:
+  """The threshold metrics (%) of calling every recording positive: the reference a
+  threshold metric must beat (its F1 is 2p / (1 + p) at prevalence p)."""
+  m = stats.threshold_metrics(labels, np.ones(len(labels)))
+  return {k: f"{100 * getattr(m, k):.1f}" for k in THRESHOLD_METRICS}
+
+
+SPECIFICITY, SENSITIVITY = 0.95, 0.90
+
+
+def operating_cells(scores: Scores, n_boot: int = 1000) -> list[str]:
+  """Sensitivity at 95 % specificity and specificity at 90 % sensitivity read off the
+  ROC curve (mean over repeats, [95 % percentile bootstrap over recordings]); the
+  test sensitivity (and specificity) at each fold's threshold where its validation
+  part reaches 95 % specificity; Brier score and ECE (mean over repeats)."""
+  ops = stats.operating_intervals(scores.labels, scores.scores, n_boot=n_boot,
+                                  specificity=SPECIFICITY, sensitivity=SENSITIVITY)
+  cells = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+           for v, lo, hi in (ops["sensitivity"], ops["specificity"])]
+  pred = validation_predictions(scores, specificity=SPECIFICITY)
+  if pred is None:
+    cells.append("no val scores")
+  else:
+    y = scores.labels.astype(bool)
+    cells.append(f"{100 * np.mean(pred[:, y]):.1f} ({100 * np.mean(~pred[:, ~y]):.1f})")
+  cells += [f"{np.mean([stats.brier(scores.labels, s) for s in scores.scores]):.3f}",
+            f"{np.mean([stats.ece(scores.labels, s) for s in scores.scores]):.3f}"]
+  return cells
+
+
+def operating_table(results: dict[str, Scores], titles: dict[str, str]) -> list[str]:
+  """One line per row of `operating_cells`, and the references: a constant score
+  (no threshold separates anything: 0 at either operating point) at the prevalence
+  (Brier p(1 - p), perfectly calibrated)."""
+  lines = [f"| row | sensitivity at {100 * SPECIFICITY:.0f} % specificity [95 % CI] "
+           f"| specificity at {100 * SENSITIVITY:.0f} % sensitivity [95 % CI] "
+           f"| sensitivity (specificity) at the validation threshold for "
+           f"{100 * SPECIFICITY:.0f} % specificity | Brier | ECE |",
+           "|---|---|---|---|---:|---:|"]
+  for name, scores in results.items():
+    lines.append(f"| {titles.get(name, name)} | " + " | ".join(operating_cells(scores))
+                 + " |")
+  labels = next(iter(results.values())).labels
+  p = float(np.mean(labels))
+  lines.append(f"| *reference: constant score (prevalence {100 * p:.1f} %)* | 0.0 | 0.0 "
+               f"| – | {p * (1 - p):.3f} | 0.000 |")
+  return lines
+
+
+def reliability_plot(panels: dict[str, dict[str, Scores]], titles: dict[str, str],
+                     path: pathlib.Path, bins: int = 10) -> None:
+  """A reliability diagram per panel (e.g. per setting): for each row, the positive
+  rate against the mean score in `bins` equal-width bins (all repeats' scores
+  pooled), written to `path` (PNG) atomically."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4),
+                           squeeze=False)
+  for ax, (panel, rows) in zip(axes[0], panels.items()):
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    for name, scores in rows.items():
+      mean, rate, _ = stats.calibration_bins(np.tile(scores.labels, scores.repeats),
+                                             scores.scores.ravel(), bins)
+      full = ~np.isnan(mean)
+      ax.plot(mean[full], rate[full], marker="o", ms=3,
+              label=titles.get(name, name).strip("*"))
+    ax.set(title=panel, xlabel="mean score", xlim=(0, 1), ylim=(0, 1))
+    ax.set_ylabel("positive rate")
+  axes[0, 0].legend(fontsize=6, loc="upper left")
+  fig.tight_layout()
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
 
 
 def share_explained(confound: stats.Estimate, row: stats.Estimate) -> Optional[float]:
@@ -239,7 +340,8 @@ def auc_cell(est: stats.Estimate) -> str:
 
 def rows_table(results: dict[str, Scores], titles: dict[str, str],
                paper: Optional[dict[str, float]] = None) -> list[str]:
-  """One line per row: AUC [95 % CI], threshold metrics, epochs, paper's AUC."""
+  """One line per row: AUC [95 % CI], threshold metrics at the validation-chosen
+  thresholds, repeats, epochs, paper's AUC; then the all-positive reference."""
   head = ("| row | ROC-AUC [95 % CI] | precision | recall | F1 | accuracy | repeats "
           "| epochs trained; best epoch (median [range] over folds) |"
           + (" paper AUC |" if paper is not None else ""))
@@ -253,22 +355,28 @@ def rows_table(results: dict[str, Scores], titles: dict[str, str],
     if paper is not None:
       cells.append(f"{paper[name]:.2f}" if name in paper else "–")
     lines.append("| " + " | ".join(cells) + " |")
+  if results:
+    ref = all_positive_cells(next(iter(results.values())).labels)
+    lines.append("| *reference: all positive* | – | " + " | ".join(
+        ref[k] for k in ("precision", "recall", "f1", "accuracy")) + " | – | – |"
+                 + (" – |" if paper is not None else ""))
   return lines
 
 
 def breakdown_table(results: dict[str, Scores], titles: dict[str, str],
                     columns: dict[str, Callable[[Scores], np.ndarray]]) -> list[str]:
   """Each row's AUC over all its recordings and within each column's subset of them
-  (`columns[name](scores)`: a bool mask [n]); "one class" where a subset lacks a
-  label."""
+  (`columns[name](scores)`: a bool mask [n]); where a subset has fewer than 2 of a
+  class (no DeLong variance), its counts instead."""
   lines = ["| row | all | " + " | ".join(columns) + " |",
            "|---|---|" + "---|" * len(columns)]
   for name, scores in results.items():
     cells = [auc_cell(row_auc(scores))]
     for keep in columns.values():
       sub = scores.subset(keep(scores))
-      cells.append(auc_cell(row_auc(sub)) if len(np.unique(sub.labels)) == 2
-                   else "one class")
+      counts = np.bincount(sub.labels, minlength=2)
+      cells.append(auc_cell(row_auc(sub)) if counts.min() >= 2
+                   else f"{counts[1]} pos., {counts[0]} neg.")
     lines.append(f"| {titles.get(name, name)} | " + " | ".join(cells) + " |")
   return lines
 
@@ -341,10 +449,13 @@ def p_cell(p: float) -> str:
   return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def pretrain_minutes(workdir: pathlib.Path) -> float:
+  """Minutes of every pre-training unit of a study's workdir."""
+  return sum(json.loads(unit.read_text())["seconds"] / 60
+             for unit in (workdir / "pretrain").glob("*/*/unit.json"))
+
+
 def cost_minutes(plan, results: dict[str, dict[str, Scores]]) -> tuple[float, float]:
   """(minutes of every row unit, minutes of every pre-training) this study took."""
   rows = sum(minutes(s) for res in results.values() for s in res.values())
-  pre = 0.0
-  for unit in (plan.workdir / "pretrain").glob("*/*/unit.json"):
-    pre += json.loads(unit.read_text())["seconds"] / 60
-  return rows, pre
+  return rows, pretrain_minutes(plan.workdir)

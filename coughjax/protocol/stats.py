@@ -334,7 +334,8 @@ def fold_differences(y, s_a, s_b, folds, *, min_class: int = 5
 
 
 def corrected_resampled_t(differences, test_train_ratio: float, *, null: float = 0.0,
-                          level: float = 0.95) -> Estimate:
+                          level: float = 0.95,
+                          bounds: Optional[tuple[float, float]] = None) -> Estimate:
   """The corrected resampled t-test over the J = R x k (repeat, fold) differences of
   a repeated k-fold (Nadeau & Bengio 2003, "Inference for the generalization error",
   Machine Learning 52(3), 239-281; in the repeated k-fold form of Bouckaert & Frank
@@ -361,6 +362,8 @@ def corrected_resampled_t(differences, test_train_ratio: float, *, null: float =
     test_train_ratio: n_test / n_train of a fold.
     null: the difference under H0.
     level: interval coverage.
+    bounds: optional (low, high) to clip the interval to, e.g. (-1, 1) for an AUC
+      difference.
   """
   d = np.asarray(differences, dtype=np.float64).ravel()
   if len(d) < 2 or not np.isfinite(d).all():
@@ -376,7 +379,10 @@ def corrected_resampled_t(differences, test_train_ratio: float, *, null: float =
   se = float(np.sqrt((1 / j + test_train_ratio) * np.var(d, ddof=1)))
   t = (mean - null) / se
   half = float(sps.t.ppf((1 + level) / 2, j - 1)) * se
-  return Estimate(mean=mean, se=se, low=mean - half, high=mean + half, z=float(t),
+  low, high = mean - half, mean + half
+  if bounds is not None:
+    low, high = float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+  return Estimate(mean=mean, se=se, low=low, high=high, z=float(t),
                   p=float(2 * sps.t.sf(abs(t), j - 1)), df=float(j - 1))
 
 
@@ -457,3 +463,104 @@ def threshold_metrics(y, s, threshold: float = 0.5) -> ThresholdMetrics:
   return ThresholdMetrics(precision=float(precision), recall=float(recall),
                           accuracy=float(np.mean(pred == y)), f1=float(f1),
                           degenerate=bool(pred.all() or not pred.any()))
+
+
+def _roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(tpr, fpr), each [thresholds + 1, B], of scores s [n] under item weights w [n, B]
+  (bootstrap counts; ones for the data as they are), at every distinct score taken as
+  the threshold ("positive where score >= threshold"), highest first, after (0, 0)."""
+  order = np.argsort(-s, kind="stable")
+  wo, yo = w[order], y[order]
+  cum_p = np.cumsum(wo * yo[:, None], axis=0)
+  cum_n = np.cumsum(wo * ~yo[:, None], axis=0)
+  last = np.r_[np.flatnonzero(np.diff(s[order]) != 0), len(s) - 1]   # end of each tie
+  zero = np.zeros((1, w.shape[1]))
+  return (np.concatenate([zero, cum_p[last] / cum_p[-1]]),
+          np.concatenate([zero, cum_n[last] / cum_n[-1]]))
+
+
+def operating_points(y, s, *, specificity: float = 0.95, sensitivity: float = 0.9,
+                     weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+  """(sensitivity at `specificity`, specificity at `sensitivity`), read off the ROC
+  curve of scores s [n]: the best sensitivity of any threshold whose specificity is
+  at least `specificity`, and the other way round. With weights [n, B] (bootstrap
+  counts) each is [B]; without, shape [1]."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  _check_classes(y, 1)
+  w = np.ones((len(y), 1)) if weights is None else np.asarray(weights, np.float64)
+  tpr, fpr = _roc(y, s, w)
+  sens = np.where(1 - fpr >= specificity - 1e-12, tpr, 0).max(axis=0)
+  spec = np.where(tpr >= sensitivity - 1e-12, 1 - fpr, 0).max(axis=0)
+  return sens, spec
+
+
+def operating_intervals(y, scores, *, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95, specificity: float = 0.95,
+                        sensitivity: float = 0.9) -> dict[str, tuple[float, float, float]]:
+  """Sensitivity at `specificity` and specificity at `sensitivity` of scores
+  [R, n] (the mean over repeats), with percentile bootstrap intervals over
+  recordings (drawn within each label, the same draw for every repeat; the fitted
+  models are held fixed). Returns {"sensitivity": (value, low, high),
+  "specificity": (...)}."""
+  y = _labels(y)
+  runs = _scores(scores, len(y), rows=True)
+  _check_classes(y, 1)
+  rng = np.random.default_rng(seed)
+  w = np.zeros((len(y), n_boot))
+  for cell in (np.flatnonzero(y), np.flatnonzero(~y)):
+    drawn = rng.integers(0, len(cell), size=(n_boot, len(cell)))
+    np.add.at(w, (cell[drawn], np.arange(n_boot)[:, None]), 1)
+  kw = dict(specificity=specificity, sensitivity=sensitivity)
+  point = np.mean([operating_points(y, r, **kw) for r in runs], axis=0)[:, 0]
+  boot = np.mean([operating_points(y, r, weights=w, **kw) for r in runs], axis=0)
+  lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=1)
+  return {k: (float(point[i]), float(lo[i]), float(hi[i]))
+          for i, k in enumerate(("sensitivity", "specificity"))}
+
+
+def threshold_for(y, s, *, specificity: Optional[float] = None,
+                  sensitivity: Optional[float] = None) -> float:
+  """The threshold ("positive where score >= threshold") chosen on scores s [n] (a
+  validation part): the lowest whose specificity is at least `specificity`, or the
+  highest whose sensitivity is at least `sensitivity`, or, with neither, the one
+  maximising Youden's J = sensitivity + specificity - 1 (the highest among ties)."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  _check_classes(y, 1)
+  tpr, fpr = (a[1:, 0] for a in _roc(y, s, np.ones((len(y), 1))))
+  thresholds = np.unique(s)[::-1]          # highest first, as _roc's rows
+  if specificity is not None:
+    ok = np.flatnonzero(1 - fpr >= specificity - 1e-12)
+    return float(thresholds[ok[-1]]) if len(ok) else float(np.inf)
+  if sensitivity is not None:
+    return float(thresholds[np.flatnonzero(tpr >= sensitivity - 1e-12)[0]])
+  return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def brier(y, s) -> float:
+  """The mean squared difference between score and label."""
+  y = _labels(y)
+  return float(np.mean((_scores(s, len(y)) - y) ** 2))
+
+
+def calibration_bins(y, s, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean score [bins], positive rate [bins], count [bins]) of scores in `bins`
+  equal-width bins of [0, 1] (the last one closed); NaN where a bin is empty."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  if ((s < 0) | (s > 1)).any():
+    raise ValueError("calibration needs probabilities in [0, 1]")
+  b = np.minimum((s * bins).astype(int), bins - 1)
+  count = np.bincount(b, minlength=bins).astype(float)
+  with np.errstate(invalid="ignore"):
+    return (np.bincount(b, s, bins) / count, np.bincount(b, y.astype(float), bins) / count,
+            count)
+
+
+def ece(y, s, bins: int = 10) -> float:
+  """Expected calibration error: sum over equal-width bins of
+  (bin count / n) |positive rate - mean score|."""
+  mean, rate, count = calibration_bins(y, s, bins)
+  full = count > 0
+  return float(np.sum(count[full] * np.abs(rate[full] - mean[full])) / count.sum())

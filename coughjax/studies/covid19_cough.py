@@ -4,6 +4,12 @@ r"""Does the paper's method detect COVID-19 in real coughs? The covid19_cough st
   python -m coughjax.studies.covid19_cough --rows=transformer,ens_transformer_cp_ds50 \
       --noattempts                                    # fewer rows, same protocol
   python -m coughjax.studies.covid19_cough --runlocal --folds=2 --workdir=/tmp/s
+  python -m coughjax.studies.covid19_cough \
+      --from_scores=docs/covid19_cough/scores.csv.gz   # the report again, no training
+
+Every score behind the report goes to `--scores_dir` (`scores.csv.gz`, with
+`units.json` and the reliability plot beside it), and `--from_scores` regenerates
+the report from them alone (the release is read for the Data section only).
 
 The paper's Tables 1/3/4/5 (VGGish rows aside: no AudioSet weights here, and from
 scratch they cost ~15x a Transformer) on covid19_cough's induced coughs, through the
@@ -44,6 +50,8 @@ import collections
 import datetime
 import json
 import pathlib
+import shlex
+import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -52,6 +60,7 @@ import numpy as np
 
 from coughjax import baselines
 from coughjax import data
+from coughjax import files
 from coughjax import paper
 from coughjax.data import covid19_cough
 from coughjax.data import features as features_lib
@@ -60,6 +69,7 @@ from coughjax.data import splits as splits_lib
 from coughjax.overrides import config_modules
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
+from coughjax.protocol import scores as scores_lib
 from coughjax.protocol.report import Comparison
 from coughjax.protocol.runs import Row, Setting
 
@@ -312,6 +322,7 @@ def confound_lines(results, titles) -> list[str]:
                   "Each AUC over its own row's repeats (see the setting's table).", ""] + words
 
 
+RELIABILITY_FILE = "reliability.png"
 # The rows whose AUC the symptom and loudness breakdowns show.
 BREAKDOWN_ROWS = (BEST, "logmel_logreg", "loudness_only", "level_dynamics")
 
@@ -341,11 +352,15 @@ def symptom_lines(results, titles, attributes: dict[str, dict]) -> list[str]:
 
 
 def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
-                  attributes: Optional[dict[str, dict]] = None) -> str:
-  """The report; `attributes` (`recording_attributes`) are read from `root` unless
-  given."""
+                  attributes: Optional[dict[str, dict]] = None,
+                  pretrain_minutes: Optional[float] = None) -> str:
+  """The report. `attributes` (`recording_attributes`) are read from `root` and the
+  pre-training minutes from the plan's workdir unless given (as `from_scores` gives
+  them)."""
   if attributes is None:
     attributes = recording_attributes(plan, root)
+  if pretrain_minutes is None:
+    pretrain_minutes = rep.pretrain_minutes(plan.workdir)
   titles = _titles(plan)
   ran = {r for s in plan.settings for r in s.rows}
   not_run = [r for r in _DEEP if r not in ran]
@@ -354,7 +369,8 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
   by_finding = collections.defaultdict(list)
   for j in judged:
     by_finding[j.comparison.finding].append(j)
-  rows_min, pre_min = rep.cost_minutes(plan, results)
+  rows_min = sum(rep.minutes(s) for res in results.values() for s in res.values())
+  pre_min = pretrain_minutes
   lines = [
       "# Does the paper's method detect COVID-19 in real coughs? (covid19_cough)", "",
       f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
@@ -400,9 +416,21 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "its 95 % interval excludes. \"detectable (80 %)\": the smallest difference "
       "(AUC points) the comparison would detect with 80 % power at its family's "
       "strictest Holm level (α / m), given its observed standard error.",
-      "- Threshold metrics at 0.5 from the pooled out-of-fold scores (mean over "
-      "repeats); \"one class\" where a row's scores fall on one side of 0.5 for every "
-      "recording of a repeat (they are not comparable then).",
+      "- Threshold metrics (precision, recall, F1, accuracy) at thresholds chosen on "
+      "each fold's validation part (Youden's J), never at 0.5 and never on the test "
+      "part, beside an all-positive reference; rows whose units wrote no validation "
+      "scores say so. Operating points as the field reports them: sensitivity at "
+      "95 % specificity and specificity at 90 % sensitivity read off each repeat's "
+      "ROC curve (mean over repeats) with 95 % percentile bootstrap intervals over "
+      "recordings (1000 draws within each label; the fitted models held fixed), and "
+      "the test sensitivity at the threshold where the validation part reaches 95 % "
+      "specificity; Brier score and ECE (10 equal-width bins), beside a constant "
+      f"score at the prevalence. Reliability plot of the primary rows: "
+      f"`{RELIABILITY_FILE}` beside `{scores_lib.SCORES_FILE}`.",
+      "- Short recordings (< 96 frames, ≥ 0.5 s) are repeat-padded (tiled) to one "
+      "clip for the deep rows, not zero-padded: a zero block is a level no real frame "
+      "has, so it marked short recordings. The level-and-dynamics control still sees "
+      "duration and a short flag, and shows what they are worth.",
       "- Not run: the VGGish rows (AudioSet weights cannot be downloaded here; from "
       "scratch one VGGish row costs about as much as 15 Transformer rows): not "
       "comparable, not shown."
@@ -435,7 +463,9 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
   for setting in plan.settings:
     res = results[setting.name]
     lines += [f"## {setting.name}: {setting.description}", "",
-              *rep.rows_table(res, titles, paper_auc if setting.name == CC else None), ""]
+              *rep.rows_table(res, titles, paper_auc if setting.name == CC else None), "",
+              "Operating points (bootstrap intervals over recordings, fitted models "
+              "held fixed) and calibration:", "", *rep.operating_table(res, titles), ""]
     if len({s for r in res.values() for s in r.strata}) > 1:
       lines += ["By source (AUC of the pooled out-of-fold scores within each source):",
                 "", *rep.strata_table(res, titles), ""]
@@ -492,7 +522,7 @@ def define_flags() -> None:
   a process may import define some of the same names)."""
   global _ROOT, _COSWARA, _WORKDIR, _REPORT, _FOLDS, _REPEATS, _BASELINE_REPEATS
   global _SEED, _ROWS, _SETTINGS, _ATTEMPTS, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
-  global _PROCESSES, _HELPER
+  global _PROCESSES, _HELPER, _SCORES_DIR, _FROM_SCORES
   _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
                               "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
   _COSWARA = flags.DEFINE_string("coswara_root", None, "Coswara folder joined to the "
@@ -500,6 +530,12 @@ def define_flags() -> None:
                                  "real option; '' = covid19_cough alone)")
   _WORKDIR = flags.DEFINE_string("workdir", "runs/covid19_cough", "where every unit goes")
   _REPORT = flags.DEFINE_string("report", "docs/reproduction_covid19_cough.md", "report path")
+  _SCORES_DIR = flags.DEFINE_string(
+      "scores_dir", "docs/covid19_cough", f"where {scores_lib.SCORES_FILE} (every score "
+      f"behind the report), {scores_lib.UNITS_FILE} and {RELIABILITY_FILE} go")
+  _FROM_SCORES = flags.DEFINE_string(
+      "from_scores", None, f"regenerate the report from this {scores_lib.SCORES_FILE} "
+      "(and the units.json beside it) without running anything")
   _FOLDS = flags.DEFINE_integer("folds", 3, "k of the k-fold")
   _REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold for deep rows")
   _BASELINE_REPEATS = flags.DEFINE_integer("baseline_repeats", 5, "repeats for baselines")
@@ -551,6 +587,46 @@ def make_plan(root: pathlib.Path, coswara_root: str, workdir: pathlib.Path, *,
       downstream_set=tuple(downstream_set), pretrain_set=tuple(pretrain_set))
 
 
+def _plan_fields(plan: runs.Plan) -> dict:
+  """What `make_plan` needs to rebuild the plan's report (`from_scores`)."""
+  cc = next((s for s in plan.settings if s.name == CC), None)
+  return dict(k=plan.k, repeats=plan.repeats, baseline_repeats=plan.baseline_repeats,
+              seed=plan.seed, setting_names=[s.name for s in plan.settings],
+              deep_rows=[r for r in (cc.rows if cc else ()) if r in _DEEP],
+              attempts=bool(cc and set(ATTEMPTS) <= set(cc.rows)))
+
+
+def reliability(results, titles, path: pathlib.Path) -> None:
+  """The reliability plot of the primary rows, one panel per setting."""
+  panels = {setting: {n: res[n] for n in (BEST, "logmel_logreg") if n in res}
+            for setting, res in results.items()}
+  rep.reliability_plot({k: v for k, v in panels.items() if v}, titles, path)
+
+
+def publish(plan: runs.Plan, results, root: pathlib.Path, command: str,
+            scores_dir: pathlib.Path) -> str:
+  """Writes every score behind the report (`scores.csv.gz`, `units.json`) and the
+  reliability plot into `scores_dir`; returns the report."""
+  attributes = recording_attributes(plan, root)
+  pretrain = rep.pretrain_minutes(plan.workdir)
+  scores_lib.write(scores_dir, results, root=root, attributes=attributes,
+                   extra=dict(plan=_plan_fields(plan), workdir=str(plan.workdir),
+                              pretrain_minutes=pretrain))
+  reliability(results, _titles(plan), scores_dir / RELIABILITY_FILE)
+  return format_report(plan, results, root, command, attributes, pretrain)
+
+
+def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
+                ) -> tuple[runs.Plan, dict, str]:
+  """(plan, results, report) regenerated from a `scores.csv.gz` (and the
+  `units.json` beside it) without running anything; `root` (the release) is read for
+  the Data section only."""
+  results, attributes, extra = scores_lib.read(path)
+  plan = make_plan(root, "", pathlib.Path(extra["workdir"]), **extra["plan"])
+  return plan, results, format_report(plan, results, root, command, attributes,
+                                      extra["pretrain_minutes"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -564,10 +640,22 @@ def main(argv):
                    seed=_SEED.value, deep_rows=_ROWS.value, setting_names=_SETTINGS.value,
                    attempts=_ATTEMPTS.value, runlocal=_RUNLOCAL.value,
                    downstream_set=_DOWNSTREAM_SET.value, pretrain_set=_PRETRAIN_SET.value)
+  scores_dir = pathlib.Path(_SCORES_DIR.value)
+  if _FROM_SCORES.value:
+    path = pathlib.Path(_FROM_SCORES.value)
+    report = files.check_output(pathlib.Path(_REPORT.value), flag="--report")
+    plan, results, text = from_scores(path, root, " ".join(
+        ["python -m coughjax.studies.covid19_cough", *map(shlex.quote, sys.argv[1:])]))
+    reliability(results, _titles(plan), path.parent / RELIABILITY_FILE)
+    files.atomic_write(report, lambda f: f.write(text.encode()))
+    print(text)
+    print(f"written to {report}")
+    return
   runs.command_main(
       plan, "coughjax.studies.covid19_cough", helper=_HELPER.value,
       processes=_PROCESSES.value, report=pathlib.Path(_REPORT.value),
-      format_report=lambda results, command: format_report(plan, results, root, command))
+      format_report=lambda results, command: publish(plan, results, root, command,
+                                                     scores_dir))
 
 
 if __name__ == "__main__":
