@@ -263,9 +263,9 @@ def recording_attributes(plan: runs.Plan, root: pathlib.Path) -> dict[str, dict]
   records = manifest_lib.select(data.get_manifest(config.data), labelled=True)
   cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
   kept, feats, _ = cache.load(records, name="covid19_cough", progress=False)
-  flags = covid19_cough.asymptomatic(root)
+  symptom_free = covid19_cough.asymptomatic(root)
   keys = [splits_lib.recording_key(r.path) for r in kept]
-  return {k: {"asymptomatic": flags.get(k), "loudness": baselines.loudness(f)}
+  return {k: {"asymptomatic": symptom_free.get(k), "loudness": baselines.loudness(f)}
           for k, f in zip(keys, feats)}
 
 
@@ -319,7 +319,12 @@ def confound_lines(results, titles) -> list[str]:
                    f"{rep.auc_cell(best)}).")
   return lines + ["", "In parentheses: the control's AUC above chance as a share of "
                   "the paper's best model's, (AUC_control − 0.5) / (AUC_best − 0.5). "
-                  "Each AUC over its own row's repeats (see the setting's table).", ""] + words
+                  "Each AUC over its own row's repeats (see the setting's table). "
+                  "Where features are gain-normalised, loudness only sees a constant "
+                  "(the mean level is what normalisation removes): there the level-"
+                  "and-dynamics control (peak, percentiles and spread of the frame "
+                  "energy, duration, a short flag) is the loudness control that "
+                  "counts.", ""] + words
 
 
 RELIABILITY_FILE = "reliability.png"
