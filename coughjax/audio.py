@@ -468,7 +468,8 @@ def clips(
 
   Windows start at 0, hop, 2*hop, ... while they fit (a tail shorter than a hop is
   dropped). A recording shorter than `length` but with at least `min_frames` frames
-  is zero-padded to one clip; shorter than that raises AudioError naming `name`.
+  is repeat-padded to one clip (`pad_to_clip`); shorter than that raises AudioError
+  naming `name`.
   Returns a strided view when no padding is needed (copy it before writing).
   """
   hop = length if hop is None else hop
@@ -479,8 +480,23 @@ def clips(
   if t < length:
     if t < max(min_frames, 1):
       raise AudioError(name, f"too short: {t} frames < minimum {min_frames} frames")
-    pad = np.zeros((length - t,) + features.shape[1:], features.dtype)
-    return np.concatenate([features, pad])[None]
+    return pad_to_clip(features, length)[None]
   windows = np.lib.stride_tricks.sliding_window_view(features, length, axis=0)
   # sliding_window_view puts the window axis last: [n, mel, length] -> [n, length, mel]
   return np.moveaxis(windows[::hop], -1, 1)
+
+
+def pad_to_clip(features: np.ndarray, length: int = CLIP_FRAMES) -> np.ndarray:
+  """[T, ...] features repeated (tiled) to at least `length` frames: [max(T, length), ...].
+
+  Repeating, not zero-padding: a block of zeros is a log-mel level no real frame has
+  (louder than any quiet frame in raw log-mel), so it marks short recordings — a cue
+  the label can ride on. A tiled recording holds only its own frames, so its level,
+  peak and spectrum are its own.
+  """
+  t = features.shape[0]
+  if t >= length:
+    return features
+  if t == 0:
+    raise ValueError(f"cannot pad an empty recording to {length} frames")
+  return np.take(features, np.arange(length) % t, axis=0)

@@ -12,8 +12,10 @@
 
 `BASELINES` maps each baseline's name to a function of the splits
 (`load_split_features`: the same recordings and split as the downstream trainer's
-for the same config) returning test scores; besides the log-mel statistics, the
-confound controls: loudness only, duration only, the per-band means and the channel.
+for the same config) returning validation and test scores; besides the log-mel
+statistics, the confound controls: loudness only, duration only, level and dynamics
+(frame-energy percentiles, peak, spread, duration, a short flag), the per-band means
+and the channel.
 `coughjax.protocol` scores them fold by fold like the deep rows.
 """
 
@@ -28,6 +30,7 @@ from sklearn import metrics as skm
 from sklearn import pipeline as sk_pipeline
 from sklearn import preprocessing
 
+from coughjax import audio
 from coughjax import data
 from coughjax.data import features as features_lib
 from coughjax.data import manifest as manifest_lib
@@ -37,6 +40,9 @@ from coughjax.data.manifest import Recording
 STATISTICS = ("mean", "std", "mean_abs_delta")
 # Inverse L2 strengths tried on the validation split (scikit-learn's default is 1).
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# What a baseline returns: ({part: scores [n_part]} for each of SCORED, info for
+# unit.json). The validation part's scores choose thresholds (never the test's).
+SCORED = ("val", "test")
 
 
 def logmel_statistics(feats: np.ndarray) -> np.ndarray:
@@ -75,8 +81,9 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
                                val_x: np.ndarray, val_y: np.ndarray,
                                test_x: np.ndarray, seed: int = 0,
                                c_grid: Sequence[float] = C_GRID
-                               ) -> tuple[np.ndarray, float]:
-  """P(positive) of the test rows from standardised logistic regression.
+                               ) -> tuple[np.ndarray, np.ndarray, float]:
+  """P(positive) of the validation and test rows from standardised logistic
+  regression.
 
   The model is fitted on the training rows only, with the C of `c_grid` whose
   validation ROC-AUC is highest (the smallest C among ties; if the validation split
@@ -84,7 +91,7 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
   deep models (checkpoint choice), and never trains.
 
   Returns:
-    (test scores [n_test], chosen C).
+    (validation scores [n_val], test scores [n_test], chosen C).
   """
   train_y = np.asarray(train_y).astype(int)
   if len(np.unique(train_y)) != 2:
@@ -96,7 +103,7 @@ def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray,
                               .predict_proba(val_x)[:, 1]) for c in c_grid]
     chosen = float(c_grid[int(np.argmax(aucs))])
   model = logistic_model(chosen, seed).fit(train_x, train_y)
-  return model.predict_proba(test_x)[:, 1], chosen
+  return model.predict_proba(val_x)[:, 1], model.predict_proba(test_x)[:, 1], chosen
 
 
 def source_rates(train_sources: Sequence[str], train_y: np.ndarray) -> dict[str, float]:
@@ -119,9 +126,14 @@ def channel_only_scores(train_sources: Sequence[str], train_y: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split's usable recordings and their unpadded [frames, mel] features."""
+  """One split's usable recordings and their unpadded [frames, mel] features.
+
+  clip_frames: the clip length of the deep rows on the same config (a recording
+  shorter than it is padded for them: `level_dynamics` flags it).
+  """
   records: list[Recording]
   features: list[np.ndarray]
+  clip_frames: int = audio.CLIP_FRAMES
 
   @property
   def labels(self) -> np.ndarray:
@@ -149,22 +161,22 @@ def load_split_features(config) -> dict[str, Split]:
                                 workers=config.data.workers, progress=False)
     if not kept:
       raise ValueError(f"{config.data.name}: split {name!r} has no usable recordings")
-    out[name] = Split(kept, feats)
+    out[name] = Split(kept, feats, config.features.clip_frames)
   return out
 
 
 def _fit(x: dict[str, np.ndarray], parts: dict[str, Split], seed: int,
-         c_grid: Sequence[float] = C_GRID) -> tuple[np.ndarray, dict]:
-  scores, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
-                                         parts["val"].labels, x["test"], seed, c_grid)
-  return scores, {"C": c, "num_features": int(x["train"].shape[1])}
+         c_grid: Sequence[float] = C_GRID) -> tuple[dict[str, np.ndarray], dict]:
+  val, test, c = logistic_regression_scores(x["train"], parts["train"].labels, x["val"],
+                                            parts["val"].labels, x["test"], seed, c_grid)
+  return {"val": val, "test": test}, {"C": c, "num_features": int(x["train"].shape[1])}
 
 
 def _summary_baseline(summary: Callable[[np.ndarray], np.ndarray],
                       c_grid: Sequence[float] = C_GRID):
   """A baseline: logistic regression on `summary(features)` of each recording."""
 
-  def baseline(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
+  def baseline(parts: dict[str, Split], seed: int) -> tuple[dict[str, np.ndarray], dict]:
     x = {k: np.stack([np.atleast_1d(summary(f)) for f in p.features]).astype(np.float64)
          for k, p in parts.items()}
     return _fit(x, parts, seed, c_grid)
@@ -182,21 +194,62 @@ def duration(feats: np.ndarray) -> float:
   return float(len(feats))
 
 
-def channel_only(parts: dict[str, Split], seed: int) -> tuple[np.ndarray, dict]:
-  """Test scores P(positive | source) from the training split."""
+ENERGY_PERCENTILES = (10, 25, 50, 75, 90)
+
+
+def level_dynamics(feats: np.ndarray, clip_frames: int = audio.CLIP_FRAMES) -> np.ndarray:
+  """Spectrum-free numbers of one recording: how loud it is and how that moves.
+
+  The frame energy is each frame's mean log-mel over bands. Gain normalisation
+  removes its mean, not its shape: the peak, the spread and the percentiles relative
+  to one another survive, and so does the duration.
+
+  Args:
+    feats: [frames, mel] log-mel features.
+    clip_frames: a recording shorter than this is flagged short (it is padded to one
+      clip for the deep rows).
+
+  Returns:
+    [len(ENERGY_PERCENTILES) + 4] float64: the frame-energy percentiles, its peak
+    (max), its standard deviation, the duration in frames and the short flag (0/1).
+  """
+  feats = np.asarray(feats, dtype=np.float64)
+  if feats.ndim != 2 or not len(feats):
+    raise ValueError(f"level and dynamics need [frames >= 1, mel] features, got shape "
+                     f"{feats.shape}")
+  energy = feats.mean(axis=1)  # [frames]
+  return np.concatenate([np.percentile(energy, ENERGY_PERCENTILES),
+                         [energy.max(), energy.std(), len(feats),
+                          float(len(feats) < clip_frames)]])
+
+
+def level_dynamics_scores(parts: dict[str, Split], seed: int
+                          ) -> tuple[dict[str, np.ndarray], dict]:
+  """Logistic regression (C chosen on validation) on `level_dynamics`."""
+  x = {k: np.stack([level_dynamics(f, p.clip_frames) for f in p.features])
+       for k, p in parts.items()}
+  return _fit(x, parts, seed)
+
+
+def channel_only(parts: dict[str, Split], seed: int
+                 ) -> tuple[dict[str, np.ndarray], dict]:
+  """Validation and test scores P(positive | source) from the training split."""
   del seed  # deterministic
   train = parts["train"]
-  scores = channel_only_scores(train.sources, train.labels, parts["test"].sources)
+  scores = {k: channel_only_scores(train.sources, train.labels, parts[k].sources)
+            for k in SCORED}
   return scores, {"p_positive_by_source": source_rates(train.sources, train.labels)}
 
 
 # A single feature needs no regularisation to choose: C = 1.
 _ONE = (1.0,)
-BASELINES: dict[str, Callable[[dict[str, Split], int], tuple[np.ndarray, dict]]] = {
+BASELINES: dict[str, Callable[[dict[str, Split], int],
+                              tuple[dict[str, np.ndarray], dict]]] = {
     "logmel_logreg": _summary_baseline(logmel_statistics),
     "band_means": _summary_baseline(lambda f: f.mean(axis=0, dtype=np.float64)),
     "loudness_only": _summary_baseline(loudness, _ONE),
     "duration_only": _summary_baseline(duration, _ONE),
+    "level_dynamics": level_dynamics_scores,
     "channel_only": channel_only,
 }
 DESCRIPTIONS = {
@@ -209,6 +262,11 @@ DESCRIPTIONS = {
                      "through a one-feature logistic regression fitted on training",
     "duration_only": "the recording's duration alone (frames of 10 ms), through a "
                      "one-feature logistic regression fitted on training",
+    "level_dynamics": "the same logistic regression on 9 spectrum-free numbers: "
+                      "percentiles (10/25/50/75/90) and peak of the frame energy (mean "
+                      "log-mel of a frame), its standard deviation, the duration and a "
+                      "flag for recordings shorter than a clip; they survive gain "
+                      "normalisation, unlike the mean level",
     "channel_only": "the recording's source alone: P(positive | source) in the training "
                     "split as the score",
 }

@@ -88,7 +88,7 @@ FORMATS = ("jax", "onnx")
 PROGRAM, SIDECAR, ONNX_FILE = "model.jax", "model.json", "model.onnx"
 MASK_KEY_DOC = ("rec_keys[i] = numpy.frombuffer(blake2b(int64 little-endian shape [T, nfilt] "
                 "+ float32 little-endian bytes of the recording's [T, nfilt] log-mel "
-                "features, zero-padded to clip_frames rows if shorter; digest_size=8)"
+                "features, repeated (tiled) to clip_frames rows if shorter; digest_size=8)"
                 ".digest(), '<u4') (coughjax.infer.recording_key)")
 # "auto" settings of an ONNX file are those of this platform.
 ONNX_PLATFORM = "cpu"

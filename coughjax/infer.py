@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coughjax import audio
 from coughjax.models import chunking
 from coughjax.models import masking
 from coughjax.models import randomness
@@ -46,15 +47,6 @@ from coughjax.models import randomness
 # The root of every inference mask seed. A constant: a score must not depend on the
 # run, the process or the caller (a benchmark, the evaluation loop, predict).
 MASK_SEED = 0
-
-
-def pad_to_clip(features: np.ndarray, clip_frames: int) -> np.ndarray:
-  """[T, mel] -> [max(T, clip_frames), mel] float32: a recording shorter than one clip
-  is zero-padded to one clip, as `audio.clips` and `pipeline.ClipStore` do."""
-  features = np.asarray(features, np.float32)
-  if features.shape[0] >= clip_frames:
-    return features
-  return np.pad(features, ((0, clip_frames - features.shape[0]), (0, 0)))
 
 
 def recording_key(features: np.ndarray, clip_frames: int) -> np.ndarray:
@@ -67,9 +59,10 @@ def recording_key(features: np.ndarray, clip_frames: int) -> np.ndarray:
 
   Returns:
     [2] uint32, 64 bits of BLAKE2b over the shape and the little-endian float32
-    bytes of `pad_to_clip(features)`.
+    bytes of `audio.pad_to_clip(features)` (repeat-padded to one clip).
   """
-  feats = np.ascontiguousarray(pad_to_clip(features, clip_frames), dtype="<f4")
+  feats = np.ascontiguousarray(audio.pad_to_clip(np.asarray(features), clip_frames),
+                               dtype="<f4")
   digest = hashlib.blake2b(digest_size=8)
   digest.update(np.asarray(feats.shape, "<i8").tobytes())
   digest.update(feats.tobytes())

@@ -303,11 +303,29 @@ def test_clips_exactly_96():
   np.testing.assert_array_equal(c[0], _feats(96))
 
 
-def test_clips_95_is_padded():
+def test_clips_95_is_repeat_padded():
   c = audio.clips(_feats(95), min_frames=49)
   assert c.shape == (1, 96, 64)
   np.testing.assert_array_equal(c[0, :95], _feats(95))
-  np.testing.assert_array_equal(c[0, 95], 0)
+  np.testing.assert_array_equal(c[0, 95], _feats(95)[0])
+
+
+def test_padding_no_longer_marks_short_recordings():
+  """A short recording's padded clip holds only its own frames, so its clip
+  statistics (each band's peak and floor, every frame's energy) are those of its
+  unpadded frames; the zero block it used to get was a level no real log-mel frame
+  of a quiet recording reaches (log energies are negative), louder than all of it."""
+  f = np.random.default_rng(0).normal(-8, 2, size=(60, 64)).astype(np.float32)
+  (c,) = audio.clips(f, min_frames=49)
+  np.testing.assert_array_equal(c, np.concatenate([f, f[:36]]))
+  np.testing.assert_array_equal(c.max(axis=0), f.max(axis=0))
+  np.testing.assert_array_equal(c.min(axis=0), f.min(axis=0))
+  assert set(c.mean(axis=1).tolist()) == set(f.mean(axis=1).tolist())
+  zero_padded = np.concatenate([f, np.zeros((36, 64), np.float32)])
+  assert zero_padded.mean(axis=1).max() > f.mean(axis=1).max()   # the old cue
+  np.testing.assert_array_equal(audio.pad_to_clip(f, 50), f)     # long enough: as is
+  # Shorter than half a clip: tiled several times.
+  np.testing.assert_array_equal(audio.pad_to_clip(f[:40], 96)[80:], f[:16])
 
 
 def test_clips_97_drops_tail():

@@ -262,3 +262,17 @@ def test_csv_keeps_strata(tmp_path):
   plain = synthetic.manifest(2)
   manifest.write_csv(plain, tmp_path / "p.csv")
   assert (tmp_path / "p.csv").read_text().splitlines()[0] == ",".join(manifest.COLUMNS)
+
+
+def test_asymptomatic_flags_are_read_per_recording(tmp_path):
+  (tmp_path / "metadata.json").write_text(json.dumps([
+      {"filename": "a.mp3", "covid19": True, "source": "call-center", "asymptomatic": True},
+      {"filename": "b.mp3", "covid19": True, "source": "telegram", "asymptomatic": False},
+      {"filename": "c.mp3", "covid19": False, "source": "telegram"}]))
+  flags = covid19_cough.asymptomatic(tmp_path)
+  key = lambda name: splits.recording_key(str(tmp_path / "raw" / name))
+  assert flags == {key("a.mp3"): True, key("b.mp3"): False}
+  (tmp_path / "metadata.json").write_text(json.dumps([
+      {"filename": "a.mp3", "covid19": True, "source": "telegram", "asymptomatic": "yes"}]))
+  with pytest.raises(ValueError, match=r"record 0 \(a.mp3\): asymptomatic must be"):
+    covid19_cough.asymptomatic(tmp_path)

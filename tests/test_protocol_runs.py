@@ -107,7 +107,9 @@ def test_single_feature_baselines_score_what_they_name():
   parts = {"train": split(60), "val": split(20), "test": split(40)}
   for name, value in (("loudness_only", baselines.loudness),
                       ("duration_only", baselines.duration)):
-    scores, info = baselines.BASELINES[name](parts, 0)
+    scored, info = baselines.BASELINES[name](parts, 0)
+    scores = scored["test"]
+    assert len(scored["val"]) == 20
     raw = np.array([value(f) for f in parts["test"].features])
     # A one-feature logistic regression is a monotone map of the feature.
     assert np.all(np.diff(scores[np.argsort(raw)]) >= -1e-12), name

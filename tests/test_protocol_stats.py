@@ -264,3 +264,124 @@ def test_threshold_metrics():
   assert none.accuracy == pytest.approx(4 / 7)
   everything = stats.threshold_metrics(y, np.full(7, 0.8), threshold=0.8)
   assert everything.degenerate and everything.recall == 1.0
+
+
+def slow_corrected_t(diffs, ratio):
+  """Nadeau & Bengio's corrected resampled t, term by term."""
+  d = [float(x) for x in np.ravel(diffs)]
+  j = len(d)
+  mean = sum(d) / j
+  var = sum((x - mean) ** 2 for x in d) / (j - 1)
+  t = mean / np.sqrt((1 / j + ratio) * var)
+  return mean, t, 2 * sps.t.sf(abs(t), j - 1)
+
+
+def test_corrected_resampled_t_worked_example():
+  """By hand, one repeat of 5 folds with differences (0.5, 0.6, 0.9, 0.4, 0.6) against
+  0.5 (the example of CBIG's `CBIG_corrected_resampled_ttest_kfoldCV`): mean 0.6,
+  squared deviations 0.01 + 0 + 0.09 + 0.04 + 0 = 0.14, s^2 = 0.14 / 4 = 0.035; with
+  n_test / n_train = (1/5) / (4/5) = 1/4 the corrected variance is
+  (1/5 + 1/4) 0.035 = 0.01575, t = 0.1 / sqrt(0.01575) = 0.79682 on 4 df."""
+  est = stats.corrected_resampled_t([[0.5, 0.6, 0.9, 0.4, 0.6]], 0.25, null=0.5)
+  assert est.df == 4 and not est.degenerate
+  np.testing.assert_allclose(est.mean, 0.6, rtol=1e-12)
+  np.testing.assert_allclose(est.se, np.sqrt(0.01575), rtol=1e-12)
+  np.testing.assert_allclose(est.z, 0.1 / np.sqrt(0.01575), rtol=1e-12)
+  np.testing.assert_allclose(est.z, 0.796819, rtol=1e-6)
+  np.testing.assert_allclose(est.p, 2 * sps.t.sf(0.1 / np.sqrt(0.01575), 4), rtol=1e-12)
+  half = sps.t.ppf(0.975, 4) * np.sqrt(0.01575)
+  np.testing.assert_allclose([est.low, est.high], [0.6 - half, 0.6 + half], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fold_differences_and_corrected_t_match_a_slow_version(seed):
+  rng = np.random.default_rng(seed)
+  repeats, k, n = 3, 3, 90
+  y = rng.random(n) < 0.4
+  y[:15], y[15:30] = True, False
+  folds = np.stack([rng.permutation(np.arange(n) % k) for _ in range(repeats)])
+  a = rng.normal(size=(repeats, n)) + y
+  b = rng.normal(size=(repeats, n)) + 0.5 * y
+  # A fold with too few of a class is refused, naming it.
+  sparse = folds.copy()
+  sparse[0] = np.where(y, 0, np.arange(n) % k)   # fold 1: negatives only
+  with pytest.raises(ValueError, match="repeat 0 fold 1: .* 0 positive"):
+    stats.fold_differences(y, a, b, sparse)
+  for r in range(repeats):
+    for f in range(k):
+      if min(y[folds[r] == f].sum(), (~y[folds[r] == f]).sum()) < 5:
+        pytest.skip("a fold too small for this seed")
+  diffs, ratio = stats.fold_differences(y.astype(int), a, b, folds)
+  slow = np.array([[skm.roc_auc_score(y[folds[r] == f], a[r, folds[r] == f])
+                    - skm.roc_auc_score(y[folds[r] == f], b[r, folds[r] == f])
+                    for f in range(k)] for r in range(repeats)])
+  np.testing.assert_allclose(diffs, slow, rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(ratio, np.mean([(folds[r] == f).sum() / (n - (folds[r] == f).sum())
+                                              for r in range(repeats) for f in range(k)]))
+  mean, t, p = slow_corrected_t(slow, ratio)
+  est = stats.corrected_resampled_t(diffs, ratio)
+  np.testing.assert_allclose([est.mean, est.z, est.p], [mean, t, p], rtol=1e-10)
+  assert est.df == repeats * k - 1
+
+
+def test_corrected_t_guards_a_zero_spread():
+  """Equal fold differences have no spread: a degenerate estimate with p = 1 and no
+  verdict, never p = 0 and "holds"."""
+  est = stats.corrected_resampled_t(np.full((2, 3), 0.1), 0.5)
+  assert est.degenerate and est.p == 1.0 and est.se == 0
+  assert stats.verdict(est, 0.0) == "cannot tell"
+  with pytest.raises(ValueError, match="need >= 2 finite fold differences"):
+    stats.corrected_resampled_t([0.1], 0.5)
+
+
+def test_minimum_detectable_difference():
+  """A true difference of that size is detected (two-sided, at alpha) with the given
+  power: with df = inf, P(|N(mdd/se, 1)| > z_{1-alpha/2}) = 0.8 up to the far tail."""
+  se, alpha = 0.03, 0.05 / 3
+  mdd = stats.minimum_detectable(se, float("inf"), alpha=alpha)
+  crit = sps.norm.ppf(1 - alpha / 2)
+  power = sps.norm.sf(crit - mdd / se) + sps.norm.cdf(-crit - mdd / se)
+  np.testing.assert_allclose(power, 0.8, atol=1e-4)
+  assert stats.minimum_detectable(se, 4, alpha=alpha) > mdd   # t is wider
+
+
+def _slow_rates(y, s, t):
+  pred = s >= t
+  return pred[y].mean(), (~pred[~y]).mean()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_operating_points_and_thresholds_match_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  n = 60
+  y = rng.random(n) < 0.5
+  y[:3], y[3:6] = True, False
+  s = np.round(rng.random(n) + 0.3 * y, 1)   # ties
+  cands = np.r_[np.unique(s), np.inf]
+  rates = [_slow_rates(y, s, t) for t in cands]
+  sens, spec = stats.operating_points(y, s, specificity=0.8, sensitivity=0.7)
+  assert sens[0] == max(se for se, sp in rates if sp >= 0.8)
+  assert spec[0] == max(sp for se, sp in rates if se >= 0.7)
+  t = stats.threshold_for(y, s, specificity=0.8)
+  assert t == min(c for c, (se, sp) in zip(cands, rates) if sp >= 0.8)
+  t = stats.threshold_for(y, s, sensitivity=0.7)
+  assert t == max(c for c, (se, sp) in zip(cands, rates) if se >= 0.7)
+  j = [se + sp - 1 for se, sp in rates]
+  assert stats.threshold_for(y, s) == max(c for c, v in zip(cands, j) if v == max(j))
+  # Bootstrap weights of all ones are the data themselves.
+  both = stats.operating_points(y, s, specificity=0.8, sensitivity=0.7,
+                                weights=np.ones((n, 3)))
+  np.testing.assert_array_equal(both[0], np.repeat(sens, 3))
+  out = stats.operating_intervals(y, np.stack([s, s]), n_boot=200, specificity=0.8,
+                                  sensitivity=0.7)
+  lo_, hi_ = out["sensitivity"][1:]
+  assert out["sensitivity"][0] == sens[0] and lo_ <= sens[0] <= hi_
+
+
+def test_brier_and_ece_by_hand():
+  """Scores 0.1, 0.15 (labels 0, 1) fall in bin 1 (mean 0.125, rate 0.5) and 0.9, 0.95
+  (labels 1, 1) in bin 9 (mean 0.925, rate 1): ECE = (2/4) 0.375 + (2/4) 0.075 = 0.225;
+  Brier = (0.01 + 0.7225 + 0.01 + 0.0025) / 4 = 0.18625."""
+  y, s = [0, 1, 1, 1], [0.1, 0.15, 0.9, 0.95]
+  np.testing.assert_allclose(stats.ece(y, s), 0.225, rtol=1e-12)
+  np.testing.assert_allclose(stats.brier(y, s), 0.18625, rtol=1e-12)

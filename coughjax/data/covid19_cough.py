@@ -9,8 +9,10 @@ positive or negative. Point `root` at a copy of the release layout:
 
 Each record has `filename`, `covid19` (bool, the label), `source` (`call-center` or
 `telegram`), and `verified` (true: positive confirmed by a PCR laboratory result;
-false or absent: self-reported, and for negatives never checked), plus free-text
-fields that coughjax does not use.
+false or absent: self-reported, and for negatives never checked), `asymptomatic`
+(positives: true = no symptoms reported; read by `asymptomatic`, for the symptoms
+control of the covid19_cough study), plus free-text fields that coughjax does not
+use.
 
 * Participants: the release has no participant ids, so **each recording is its own
   participant** (id = the file name without `.mp3`), except near-duplicates: this
@@ -60,6 +62,7 @@ from typing import Optional, Sequence
 from absl import logging
 
 from coughjax.data import manifest as manifest_lib
+from coughjax.data import splits as splits_lib
 from coughjax.data.manifest import Recording
 
 LABELS = ("covid19",)
@@ -184,6 +187,29 @@ def manifest(root: str | pathlib.Path, *, label: str = "covid19", source_filter:
                          for s in sorted({s for s, _ in by})),
                "".join(f"; left out {n} {why}" for why, n in sorted(dropped.items())))
   return records
+
+
+def asymptomatic(root: str | pathlib.Path) -> dict[str, bool]:
+  """{recording key (`splits.recording_key` of its path): the release's
+  `asymptomatic` flag} for every record that has one (in the December 2020 release,
+  positives only: true = no symptoms reported). Copies of one recording share the
+  flag of the first in metadata order, the one the manifest keeps.
+
+  Raises:
+    ValueError: a flag that is not true, false or null.
+  """
+  root = pathlib.Path(root)
+  out = {}
+  for i, rec in enumerate(_read_metadata(root)):
+    flag = rec.get("asymptomatic")
+    if flag is None:
+      continue
+    if not isinstance(flag, bool):
+      raise ValueError(f"{root / METADATA}: record {i} ({rec['filename']}): asymptomatic "
+                       f"must be true, false or null, got {flag!r}")
+    out.setdefault(splits_lib.recording_key(str(root / AUDIO_DIR / rec["filename"])),
+                   flag)
+  return out
 
 
 def _identical_files(paths: Sequence[pathlib.Path]) -> dict[int, list[int]]:

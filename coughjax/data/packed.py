@@ -15,7 +15,7 @@ Writing streams one recording at a time (peak memory: one recording).
 
 One pack per corpus: for features from the feature cache (`from_cache`), `<key>` is
 a digest of the feature parameters, the clip length (recordings shorter than a clip
-are stored zero-padded to one clip, as `ClipStore` pads them) and the *set* of the
+are stored repeat-padded to one clip, as `ClipStore` pads them) and the *set* of the
 recordings' content keys -- not their order, participants, labels or split. A pack's
 rows are the distinct contents in sorted order, and every split of the corpus (the
 train / validation / test splits of each of a downstream config's seeds) is a view
@@ -53,12 +53,15 @@ from typing import Iterable, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from coughjax import audio
 from coughjax.data import features as features_lib
 from coughjax.data import pipeline
 from coughjax.data.manifest import Recording
 
 DTYPE = np.dtype("<f4")
-PACK_VERSION = 2  # bump when the layout changes (2: one pack per corpus, digests)
+# Bump when the layout or the rows' meaning changes (2: one pack per corpus, digests;
+# 3: short rows repeat-padded, not zero-padded).
+PACK_VERSION = 3
 DATA_SUFFIX = ".f32"
 INDEX_SUFFIX = ".index.npz"
 
@@ -227,7 +230,7 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
   Args:
     key: the pack's name.
     arrays: the rows' features.
-    clip_frames: rows shorter than this are zero-padded to it.
+    clip_frames: rows shorter than this are repeat-padded to it.
     names: each row's name (content key), read once `arrays` is drained.
     skipped: name -> reason, of recordings of the corpus without a row.
     records: each row's recording, read once `arrays` is drained.
@@ -247,8 +250,7 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
         raise ValueError(f"pack {key}: array {len(lengths)} has shape {a.shape}, "
                          f"expected [T, {mel or 'mel'}]")
       mel = a.shape[1]
-      if a.shape[0] < clip_frames:
-        a = np.pad(a, ((0, clip_frames - a.shape[0]), (0, 0)))
+      a = audio.pad_to_clip(a, clip_frames)
       f.write(np.ascontiguousarray(a).data)
       lengths.append(a.shape[0])
       digests.append(infer.recording_key(a, clip_frames))

@@ -70,7 +70,7 @@ class DeviceLayout:
 class ClipStore:
   """Features of many recordings packed into one array.
 
-  Recordings shorter than a clip are zero-padded to one clip (the cache has already
+  Recordings shorter than a clip are repeat-padded to one clip (the cache has already
   skipped those shorter than the minimum duration).
 
   Attributes:
@@ -91,8 +91,7 @@ class ClipStore:
       raise ValueError(f"{len(records)} records but {len(features)} feature arrays")
     if not records:
       raise ValueError("no recordings with usable features")
-    padded = [f if f.shape[0] >= clip_frames else
-              np.pad(f, ((0, clip_frames - f.shape[0]), (0, 0))) for f in features]
+    padded = [audio.pad_to_clip(f, clip_frames) for f in features]
     lengths = np.array([f.shape[0] for f in padded])
     self._init(records, np.concatenate(padded).astype(np.float32, copy=False),
                np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths, clip_frames)

@@ -57,10 +57,14 @@ from coughjax.data import splits as splits_lib
 from coughjax.overrides import apply_overrides
 from coughjax.overrides import config_modules
 from coughjax.protocol import folds as folds_lib
+from coughjax.protocol.scores import Scores
 
 INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"
 UNIT_FILE = "unit.json"
 PREDICTIONS_FILE = "predictions.csv"
+# A unit's scores of its validation part (columns as predictions.csv), where the
+# row writes them: thresholds are chosen on these, never on the test part.
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,17 +347,19 @@ def ensure_pretrained(plan: Plan, variant: str, setting: Setting,
   return workdir
 
 
-def _write_predictions(folder: pathlib.Path, paths: Sequence[str], labels, scores) -> None:
-  with open(folder / PREDICTIONS_FILE, "w", newline="") as f:
+def _write_predictions(folder: pathlib.Path, paths: Sequence[str], labels, scores,
+                       name: str = PREDICTIONS_FILE) -> None:
+  with open(folder / name, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["path", "label", "probability"])
     for p, y, s in zip(paths, labels, scores):
       writer.writerow([p, int(y), repr(float(s))])
 
 
-def read_predictions(folder: pathlib.Path) -> dict[str, tuple[int, float]]:
-  """{recording key: (label, score)} of one unit."""
-  with open(folder / PREDICTIONS_FILE, newline="") as f:
+def read_predictions(folder: pathlib.Path, name: str = PREDICTIONS_FILE
+                     ) -> dict[str, tuple[int, float]]:
+  """{recording key: (label, score)} of one unit (its test part, or the file `name`)."""
+  with open(folder / name, newline="") as f:
     return {splits_lib.recording_key(r["path"]): (int(r["label"]), float(r["probability"]))
             for r in csv.DictReader(f)}
 
@@ -384,9 +390,10 @@ def _run_unit(plan, setting, row, repeat, fold, runner, folder, wait) -> Optiona
   if row.is_baseline:
     _check_same(folder, config)
     parts = baselines.load_split_features(config)
-    scores, info = baselines.BASELINES[row.variant](parts, config.seed)
-    test = parts["test"]
-    _write_predictions(folder, [r.path for r in test.records], test.labels, scores)
+    scored, info = baselines.BASELINES[row.variant](parts, config.seed)
+    for part, name in (("test", PREDICTIONS_FILE), ("val", VAL_PREDICTIONS_FILE)):
+      _write_predictions(folder, [r.path for r in parts[part].records],
+                         parts[part].labels, scored[part], name)
     unit = {"info": info}
   else:
     for branch in _cp_branches(config):
@@ -418,31 +425,15 @@ def default_runner(config, workdir: str) -> Any:
   return run_lib.run(config, workdir)
 
 
-@dataclasses.dataclass
-class Scores:
-  """A row's out-of-fold scores in one setting.
-
-  Attributes:
-    keys: [n] recording keys (sorted), the same for every repeat.
-    labels: [n] int.
-    strata: [n] each recording's stratum (source).
-    scores: [repeats, n] out-of-fold scores.
-    units: per repeat, per fold, the unit.json contents.
-  """
-  keys: list[str]
-  labels: np.ndarray
-  strata: list[str]
-  scores: np.ndarray
-  units: list[list[dict]]
-
-
 def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
             runner: Callable = default_runner) -> Scores:
   """Every unit of `row` in `setting`; its out-of-fold scores, repeat by repeat."""
-  per_repeat, units = [], []
+  per_repeat, units, fold_of, validation = [], [], [], []
   for repeat in range(plan.repeats_of(row)):
     merged: dict[str, tuple[int, float]] = {}
     units.append([])
+    fold_of.append({})
+    validation.append([])
     for fold in range(plan.k):
       units[-1].append(run_unit(plan, setting, row, repeat, fold, runner))
       folder = plan.workdir / setting.name / row.name / f"r{repeat}f{fold}"
@@ -452,6 +443,11 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
         raise ValueError(f"{folder}: {len(overlap)} recordings scored in two folds "
                          f"(e.g. {sorted(overlap)[0]}): the folds are not a partition")
       merged.update(part)
+      fold_of[-1].update(dict.fromkeys(part, fold))
+      val = (read_predictions(folder, VAL_PREDICTIONS_FILE)
+             if (folder / VAL_PREDICTIONS_FILE).is_file() else None)
+      validation[-1].append(None if val is None else tuple(
+          np.array(v) for v in zip(*val.values())))
     per_repeat.append(merged)
   keys = sorted(per_repeat[0])
   for r, merged in enumerate(per_repeat[1:], 1):
@@ -462,7 +458,9 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
                 labels=np.array([per_repeat[0][k][0] for k in keys]),
                 strata=[strata.get(k, "") for k in keys],
                 scores=np.array([[m[k][1] for k in keys] for m in per_repeat]),
-                units=units)
+                units=units,
+                folds=np.array([[f[k] for k in keys] for f in fold_of]),
+                validation=validation)
 
 
 def run_plan(plan: Plan, runner: Callable = default_runner

@@ -26,8 +26,11 @@ from scipy import stats as sps
 class Estimate:
   """A point estimate with its standard error, interval and test against a null.
 
-  z = (mean - null) / se and p is its two-sided normal p-value; low/high is the
-  normal interval mean -/+ z_{(1+level)/2} se (possibly clipped, see `combine`).
+  z = (mean - null) / se and p is its two-sided p-value: normal where df is inf,
+  Student's t with df degrees of freedom otherwise (`corrected_resampled_t`);
+  low/high is the interval mean -/+ q_{(1+level)/2} se (possibly clipped, see
+  `combine`). degenerate: se is 0 for want of any spread (e.g. every fold
+  difference equal), so no test is possible: p is 1 and `verdict` says "cannot tell".
   """
   mean: float
   se: float
@@ -35,6 +38,8 @@ class Estimate:
   high: float
   z: float
   p: float
+  df: float = float("inf")
+  degenerate: bool = False
 
   def format(self, scale: float = 100, digits: int = 1) -> str:
     """E.g. "72.9 [68.1, 77.7]" (mean [low, high], times `scale`)."""
@@ -165,11 +170,13 @@ def combine(estimates, variances, *, null: float = 0.0, level: float = 0.95,
   variances. The repeats score the same recordings, so their estimates are strongly
   and positively correlated and the variance of their mean is unknown; but by
   Cauchy-Schwarz, var(mean of R) = (1/R^2) sum_ij cov_ij <= (mean_r sd_r)^2
-  <= mean_r var_r, so the mean variance is a conservative (never too small) choice:
-  exact when the repeats agree perfectly, too large by up to a factor R when they are
-  independent. Repeating more therefore never shrinks the standard error below one
-  split's; it only averages out the luck of the partition. `paired_bootstrap` is a
-  resampling cross-check.
+  <= mean_r var_r, so the mean variance is never too small *conditional on the fitted
+  models*: exact when the repeats agree perfectly, too large by up to a factor R when
+  they are independent. DeLong's variance holds every fold model fixed, so it leaves
+  out what changes when the models are trained again (partition, seeds, fold-model
+  variance): it is no bound on the variance of the procedure, which
+  `corrected_resampled_t` estimates. `paired_bootstrap` is a resampling cross-check
+  of this conditional variance.
 
   Args:
     estimates: [R] per-repeat estimates.
@@ -283,6 +290,114 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
   return _normal(observed, float(np.var(reps, ddof=1)), null, level)
 
 
+def fold_differences(y, s_a, s_b, folds, *, min_class: int = 5
+                     ) -> tuple[np.ndarray, float]:
+  """Per (repeat, fold): AUC_a - AUC_b on that fold's test recordings.
+
+  Args:
+    y: [n] 0/1 labels.
+    s_a, s_b: [R, n] out-of-fold scores of two rows on the same recordings/repeats.
+    folds: [R, n] int, the fold whose test part scored each recording in each repeat.
+    min_class: the fewest positives and negatives a fold's test part may hold (a
+      fold AUC on fewer is too coarse to average: an error naming the fold).
+
+  Returns:
+    (differences [R, k], test/training ratio): the ratio is the mean over folds of
+    n_test / (n - n_test), the recordings the fold's model was fitted and selected on
+    being every recording outside its test part (training and validation parts).
+  """
+  y = _labels(y)
+  n = len(y)
+  a = _scores(s_a, n, "s_a", rows=True)
+  b = _scores(s_b, n, "s_b", rows=True)
+  folds = np.atleast_2d(np.asarray(folds))
+  if not (a.shape == b.shape == folds.shape):
+    raise ValueError(f"s_a, s_b and folds must have one shape [R, n], got {a.shape}, "
+                     f"{b.shape} and {folds.shape}")
+  k = len(np.unique(folds))
+  diffs, ratios = np.empty((len(a), k)), []
+  for r in range(len(a)):
+    ids = np.unique(folds[r])
+    if len(ids) != k:
+      raise ValueError(f"repeat {r} has {len(ids)} folds, repeat 0 {k}")
+    for j, f in enumerate(ids):
+      test = folds[r] == f
+      pos, neg = int(y[test].sum()), int((~y[test]).sum())
+      if min(pos, neg) < min_class:
+        raise ValueError(f"repeat {r} fold {f}: its test part holds {pos} positive and "
+                         f"{neg} negative recordings, fewer than {min_class} of a class; "
+                         "a per-fold AUC on so few is not usable (use fewer folds)")
+      diffs[r, j] = (_placements(y[test], a[r:r + 1, test])[0].mean()
+                     - _placements(y[test], b[r:r + 1, test])[0].mean())
+      ratios.append(test.sum() / (n - test.sum()))
+  return diffs, float(np.mean(ratios))
+
+
+def corrected_resampled_t(differences, test_train_ratio: float, *, null: float = 0.0,
+                          level: float = 0.95,
+                          bounds: Optional[tuple[float, float]] = None) -> Estimate:
+  """The corrected resampled t-test over the J = R x k (repeat, fold) differences of
+  a repeated k-fold (Nadeau & Bengio 2003, "Inference for the generalization error",
+  Machine Learning 52(3), 239-281; in the repeated k-fold form of Bouckaert & Frank
+  2004, "Evaluating the replicability of significance tests for comparing learning
+  algorithms", PAKDD, LNCS 3056, 3-12).
+
+  Each difference comes from models trained again on another training set, so their
+  spread holds the training, seed and partition variance that DeLong's leaves out;
+  their training sets overlap, so the naive variance of the mean, s^2 / J, is too
+  small; Nadeau & Bengio's correction replaces 1/J by 1/J + n_test/n_train:
+
+    t = (mean(d) - null) / sqrt((1/J + n_test/n_train) s^2),  s^2 = var(d, ddof=1),
+
+  with Student's t on J - 1 degrees of freedom, and the interval
+  mean -/+ t_{J-1, (1+level)/2} se.
+
+  Degenerate case: if every difference is equal, s^2 = 0 and t would be infinite
+  (p = 0) on no evidence of spread at all (e.g. two rows ranking every fold alike).
+  Then the estimate is marked `degenerate`, se = 0, the interval is the point and
+  p = 1, so no verdict rests on it.
+
+  Args:
+    differences: [R, k] (or [J]) per-fold differences, e.g. from `fold_differences`.
+    test_train_ratio: n_test / n_train of a fold.
+    null: the difference under H0.
+    level: interval coverage.
+    bounds: optional (low, high) to clip the interval to, e.g. (-1, 1) for an AUC
+      difference.
+  """
+  d = np.asarray(differences, dtype=np.float64).ravel()
+  if len(d) < 2 or not np.isfinite(d).all():
+    raise ValueError(f"need >= 2 finite fold differences, got {d.tolist()}")
+  if not test_train_ratio > 0:
+    raise ValueError(f"test_train_ratio must be > 0, got {test_train_ratio}")
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  j, mean = len(d), float(d.mean())
+  if np.ptp(d) == 0:  # (np.var of equal values may round to a tiny non-zero)
+    return Estimate(mean=mean, se=0.0, low=mean, high=mean, z=0.0, p=1.0,
+                    df=float(j - 1), degenerate=True)
+  se = float(np.sqrt((1 / j + test_train_ratio) * np.var(d, ddof=1)))
+  t = (mean - null) / se
+  half = float(sps.t.ppf((1 + level) / 2, j - 1)) * se
+  low, high = mean - half, mean + half
+  if bounds is not None:
+    low, high = float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+  return Estimate(mean=mean, se=se, low=low, high=high, z=float(t),
+                  p=float(2 * sps.t.sf(abs(t), j - 1)), df=float(j - 1))
+
+
+def minimum_detectable(se: float, df: float, *, alpha: float, power: float = 0.8
+                       ) -> float:
+  """The smallest true difference a two-sided test at `alpha` detects with
+  probability `power`, given the standard error `se` of the estimate:
+  (q_{1-alpha/2} + q_{power}) se, with q Student's t quantiles on `df` degrees of
+  freedom (normal quantiles for df = inf)."""
+  if not (0 < alpha < 1 and 0 < power < 1):
+    raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+  q = sps.norm.ppf if np.isinf(df) else (lambda x: sps.t.ppf(x, df))
+  return float((q(1 - alpha / 2) + q(power)) * se)
+
+
 def holm(p_values) -> np.ndarray:
   """Holm-Bonferroni step-down adjusted p-values, in the input order.
 
@@ -307,9 +422,11 @@ def holm(p_values) -> np.ndarray:
 def verdict(estimate: Estimate, p_adjusted: float, *, alpha: float = 0.05) -> str:
   """"holds" when p_adjusted < alpha and the effect is positive (the finding claims
   mean > null, i.e. z > 0), "does not hold" when p_adjusted < alpha and it is
-  negative, else "cannot tell"."""
+  negative, else "cannot tell" (always for a degenerate estimate)."""
   if not 0 <= p_adjusted <= 1:
     raise ValueError(f"p_adjusted must be in [0, 1], got {p_adjusted}")
+  if estimate.degenerate:
+    return "cannot tell"
   if p_adjusted < alpha and estimate.z > 0:
     return "holds"
   if p_adjusted < alpha and estimate.z < 0:
@@ -346,3 +463,104 @@ def threshold_metrics(y, s, threshold: float = 0.5) -> ThresholdMetrics:
   return ThresholdMetrics(precision=float(precision), recall=float(recall),
                           accuracy=float(np.mean(pred == y)), f1=float(f1),
                           degenerate=bool(pred.all() or not pred.any()))
+
+
+def _roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(tpr, fpr), each [thresholds + 1, B], of scores s [n] under item weights w [n, B]
+  (bootstrap counts; ones for the data as they are), at every distinct score taken as
+  the threshold ("positive where score >= threshold"), highest first, after (0, 0)."""
+  order = np.argsort(-s, kind="stable")
+  wo, yo = w[order], y[order]
+  cum_p = np.cumsum(wo * yo[:, None], axis=0)
+  cum_n = np.cumsum(wo * ~yo[:, None], axis=0)
+  last = np.r_[np.flatnonzero(np.diff(s[order]) != 0), len(s) - 1]   # end of each tie
+  zero = np.zeros((1, w.shape[1]))
+  return (np.concatenate([zero, cum_p[last] / cum_p[-1]]),
+          np.concatenate([zero, cum_n[last] / cum_n[-1]]))
+
+
+def operating_points(y, s, *, specificity: float = 0.95, sensitivity: float = 0.9,
+                     weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+  """(sensitivity at `specificity`, specificity at `sensitivity`), read off the ROC
+  curve of scores s [n]: the best sensitivity of any threshold whose specificity is
+  at least `specificity`, and the other way round. With weights [n, B] (bootstrap
+  counts) each is [B]; without, shape [1]."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  _check_classes(y, 1)
+  w = np.ones((len(y), 1)) if weights is None else np.asarray(weights, np.float64)
+  tpr, fpr = _roc(y, s, w)
+  sens = np.where(1 - fpr >= specificity - 1e-12, tpr, 0).max(axis=0)
+  spec = np.where(tpr >= sensitivity - 1e-12, 1 - fpr, 0).max(axis=0)
+  return sens, spec
+
+
+def operating_intervals(y, scores, *, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95, specificity: float = 0.95,
+                        sensitivity: float = 0.9) -> dict[str, tuple[float, float, float]]:
+  """Sensitivity at `specificity` and specificity at `sensitivity` of scores
+  [R, n] (the mean over repeats), with percentile bootstrap intervals over
+  recordings (drawn within each label, the same draw for every repeat; the fitted
+  models are held fixed). Returns {"sensitivity": (value, low, high),
+  "specificity": (...)}."""
+  y = _labels(y)
+  runs = _scores(scores, len(y), rows=True)
+  _check_classes(y, 1)
+  rng = np.random.default_rng(seed)
+  w = np.zeros((len(y), n_boot))
+  for cell in (np.flatnonzero(y), np.flatnonzero(~y)):
+    drawn = rng.integers(0, len(cell), size=(n_boot, len(cell)))
+    np.add.at(w, (cell[drawn], np.arange(n_boot)[:, None]), 1)
+  kw = dict(specificity=specificity, sensitivity=sensitivity)
+  point = np.mean([operating_points(y, r, **kw) for r in runs], axis=0)[:, 0]
+  boot = np.mean([operating_points(y, r, weights=w, **kw) for r in runs], axis=0)
+  lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=1)
+  return {k: (float(point[i]), float(lo[i]), float(hi[i]))
+          for i, k in enumerate(("sensitivity", "specificity"))}
+
+
+def threshold_for(y, s, *, specificity: Optional[float] = None,
+                  sensitivity: Optional[float] = None) -> float:
+  """The threshold ("positive where score >= threshold") chosen on scores s [n] (a
+  validation part): the lowest whose specificity is at least `specificity`, or the
+  highest whose sensitivity is at least `sensitivity`, or, with neither, the one
+  maximising Youden's J = sensitivity + specificity - 1 (the highest among ties)."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  _check_classes(y, 1)
+  tpr, fpr = (a[1:, 0] for a in _roc(y, s, np.ones((len(y), 1))))
+  thresholds = np.unique(s)[::-1]          # highest first, as _roc's rows
+  if specificity is not None:
+    ok = np.flatnonzero(1 - fpr >= specificity - 1e-12)
+    return float(thresholds[ok[-1]]) if len(ok) else float(np.inf)
+  if sensitivity is not None:
+    return float(thresholds[np.flatnonzero(tpr >= sensitivity - 1e-12)[0]])
+  return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def brier(y, s) -> float:
+  """The mean squared difference between score and label."""
+  y = _labels(y)
+  return float(np.mean((_scores(s, len(y)) - y) ** 2))
+
+
+def calibration_bins(y, s, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean score [bins], positive rate [bins], count [bins]) of scores in `bins`
+  equal-width bins of [0, 1] (the last one closed); NaN where a bin is empty."""
+  y = _labels(y)
+  s = _scores(s, len(y))
+  if ((s < 0) | (s > 1)).any():
+    raise ValueError("calibration needs probabilities in [0, 1]")
+  b = np.minimum((s * bins).astype(int), bins - 1)
+  count = np.bincount(b, minlength=bins).astype(float)
+  with np.errstate(invalid="ignore"):
+    return (np.bincount(b, s, bins) / count, np.bincount(b, y.astype(float), bins) / count,
+            count)
+
+
+def ece(y, s, bins: int = 10) -> float:
+  """Expected calibration error: sum over equal-width bins of
+  (bin count / n) |positive rate - mean score|."""
+  mean, rate, count = calibration_bins(y, s, bins)
+  full = count > 0
+  return float(np.sum(count[full] * np.abs(rate[full] - mean[full])) / count.sum())
