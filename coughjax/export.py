@@ -400,6 +400,7 @@ def load(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
   return jax.export.deserialize(bytearray(blob)), json.loads((folder / SIDECAR).read_text())
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   if len(argv) > 1:

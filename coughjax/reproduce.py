@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from coughjax import cli
 from coughjax import overrides
 from coughjax import paper
 from coughjax.train import run as run_lib
@@ -91,6 +92,7 @@ def format_table(table: int, rows: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+@cli.user_errors
 def main(argv):
   del argv
   runs = pathlib.Path(_RUNS.value)

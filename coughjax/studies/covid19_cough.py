@@ -49,6 +49,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from coughjax import cli
 from coughjax import data
 from coughjax import paper
 from coughjax.data import covid19_cough
@@ -454,6 +455,7 @@ def make_plan(root: pathlib.Path, coswara_root: str, workdir: pathlib.Path, *,
       downstream_set=tuple(downstream_set), pretrain_set=tuple(pretrain_set))
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
