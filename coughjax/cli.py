@@ -67,4 +67,3 @@ def user_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]
       sys.exit(EXIT_ERROR)
 
   return guarded
-

@@ -123,8 +123,6 @@ def writing(root: pathlib.Path):
   """Turns an OSError of a write into the cache at `root` into a CacheError."""
   try:
     yield
-  except CacheError:
-    raise
   except OSError as e:
     raise CacheError(f"{_named(root)}: cannot write there ({e.strerror or e}: "
                      f"{e.filename or root}); set COUGHJAX_CACHE to a folder you can "

@@ -202,20 +202,15 @@ def open_pack(key: str) -> Optional[Packed]:
     # waits out a deletion under way (and then finds no index).
     fcntl.flock(f.fileno(), fcntl.LOCK_SH)
     try:
-      z = np.load(index)
-    except FileNotFoundError:
-      return None  # the data of a writer that has not renamed its index yet
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
-      raise DamagedPackError(f"{index}: damaged pack index ({type(e).__name__}: {e}); "
-                             f"{_PRUNE}") from e
-    try:
-      with z:
+      with np.load(index) as z:
         offsets, lengths, digests = z["offsets"], z["lengths"], z["digests"]
         mel, clip_frames = int(z["mel"]), int(z["clip_frames"])
         names = [n.decode() for n in z["names"]] if "names" in z else None
         records = _records_from_rows(str(z["records"])) if "records" in z else None
         skipped = json.loads(str(z["skipped"]))
         meta = json.loads(str(z["meta"]))
+    except FileNotFoundError:
+      return None  # the data of a writer that has not renamed its index yet
     except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
       raise DamagedPackError(f"{index}: damaged pack index ({type(e).__name__}: {e}); "
                              f"{_PRUNE}") from e
