@@ -13,12 +13,13 @@ rerunning the same command resumes.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from coughjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant[,runlocal]]",
                                           lock_config=True)
@@ -33,6 +34,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("COUGHJAX_PR
                                    "multi-host: this process's index")
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -45,11 +47,7 @@ def main(argv):
       "runs", config.variant + ("_runlocal" if config.runlocal else ""))
   logging.info("%s on %d device(s) (%s), workdir %s", config.variant, jax.device_count(),
                jax.devices()[0].platform, workdir)
-  try:
-    run.run(config, workdir)
-  except KeyboardInterrupt as e:  # trainer.Interrupted says at which step
-    print(str(e) or "interrupted; rerun the same command to resume", file=sys.stderr)
-    sys.exit(130)
+  run.run(config, workdir)  # Ctrl-C: trainer.Interrupted says at which step
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ holds, per entry:
   set of feature parameters, from which packs are written;
 * file hashes (`hashes/`): the sha256 of each audio file, remembered by path, size
   and modification time;
+* near-duplicate groups (`dedup/`): the copies `coughjax.data.dedup` found in each
+  set of recordings;
 * temporaries (`.tmp-*`): files being written, or left by a writer that crashed.
 
 `list` prints every entry with its size on disk, its last use (packs: opened;
@@ -27,9 +29,13 @@ feature sets: resolved), what it is for and whether a process has it open.
   not used for longer than AGE, and the file hashes when none was added for AGE;
 * with `--all`: everything,
 
-never an entry in use: a process that has a pack open, or that resolves or reads a
-feature set, holds a shared lock on it, and `prune` deletes only under an exclusive
-lock it gets without waiting, so it keeps those entries and says so. A run that
+never an entry in use or being written: a process that has a pack open, that
+resolves or reads a feature set, or that writes file hashes or near-duplicate
+groups, holds a shared lock on it, and `prune` deletes only under an exclusive lock
+it gets without waiting, so it keeps those entries and says so; packs and
+temporaries younger than `TEMPORARY_GRACE_S` that are still being written are left
+alone even by `--all`. A damaged pack (unreadable index, data of the wrong size,
+NaN features) is an orphan. A run that
 needs something pruned rebuilds it (features are recomputed, packs rewritten).
 `--dry-run` prints what would go and removes nothing.
 """
@@ -50,7 +56,9 @@ from typing import Iterator, Optional
 
 from absl import app
 from absl import flags
+import numpy as np
 
+from coughjax import cli
 from coughjax.data import features as features_lib
 from coughjax.data import packed
 
@@ -64,7 +72,7 @@ class Entry:
   """One thing in the cache.
 
   Attributes:
-    kind: "pack", "features", "hashes" or "temporary".
+    kind: "pack", "features", "hashes", "dedup" or "temporary".
     name: the pack's key, the feature set's parameter key, or a path.
     paths: what removing it deletes (files or folders).
     size: bytes on disk.
@@ -206,9 +214,22 @@ def _pack(folder: pathlib.Path, key: str, now: float) -> Entry:
   elif "mel" in meta and data.stat().st_size != expected:
     orphan = f"data of {data.stat().st_size} bytes, its index says {expected}"
   else:
-    orphan = ""
+    orphan = _nonfinite(data, index, meta)
   return Entry("pack", key, [index, data], size, mtime, about, orphan, lock=data,
                params_key=meta.get("params_key", ""))
+
+
+def _nonfinite(data: pathlib.Path, index: pathlib.Path, meta: dict) -> str:
+  """Why a pack's features are damaged (packed.nonfinite_rows' sample), or ""."""
+  try:
+    with np.load(index) as z:
+      offsets = z["offsets"]
+    frames = np.memmap(data, dtype=packed.DTYPE, mode="r",
+                       shape=(meta["frames"], meta["mel"]))
+  except (OSError, ValueError, KeyError) as e:
+    return f"unreadable ({type(e).__name__}: {e})"
+  bad = packed.nonfinite_rows(frames, offsets)
+  return f"NaN or inf features in {len(bad)} sampled row(s)" if bad else ""
 
 
 def _packs(root: pathlib.Path, now: float) -> Iterator[Entry]:
@@ -259,13 +280,18 @@ def entries(root: Optional[pathlib.Path] = None,
   if (root / "features").is_dir():
     for folder in sorted(p for p in (root / "features").iterdir() if p.is_dir()):
       found += _feature_set(folder, now, packs_of[folder.name])
-  hashes = root / "hashes"
-  if hashes.is_dir():
-    scan = _scan(hashes)
-    found += [_temporary(t, now) for t in scan.temporaries]
-    found.append(Entry("hashes", "hashes", [hashes], scan.size, scan.newest,
-                       f"sha256 of {sum(scan.counts.values()):,} audio files "
-                       "(recomputed when missing: one read of each file)"))
+  for kind, about in (
+      (features_lib.HASHES, "sha256 of {:,} audio files (recomputed when missing: one "
+                            "read of each file)"),
+      (features_lib.DEDUP, "near-duplicate groups of {:,} sets of recordings "
+                           "(recomputed when missing)")):
+    folder = root / kind
+    if folder.is_dir():
+      scan = _scan(folder)
+      found += [_temporary(t, now) for t in scan.temporaries]
+      found.append(Entry(kind, kind, [folder], scan.size, scan.newest,
+                         about.format(scan.counts.get(".json", 0)),
+                         lock=folder / features_lib.LOCK_FILE))
   return found
 
 
@@ -329,6 +355,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
   return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) != 2 or argv[1] not in ("list", "prune"):
     raise app.UsageError("usage: python -m coughjax.cache list|prune "

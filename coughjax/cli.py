@@ -1,20 +1,33 @@
-"""Shared bits of the command-line tools: quiet logs by default, the repository's configs.
+"""Shared bits of the command-line tools: quiet logs, and a user's mistakes in one line.
 
-The tools (`coughjax.predict`, `coughjax.embed`, `coughjax.probe`,
-`coughjax.export`, `python -m coughjax.encoders`) print results; the libraries they
-call log progress at INFO (Orbax alone writes ~25 lines per checkpoint read). So
-unless `--verbosity` (absl's flag) is given, only warnings and errors reach stderr.
+The tools (`launch.py`, `python -m coughjax.predict`, `.embed`, `.export`,
+`.probe`, `.reproduce`, `.cache`, `.encoders`, `.studies.*`) print results; the
+libraries they call log progress at INFO (Orbax alone writes ~25 lines per checkpoint
+read). So unless `--verbosity` (absl's flag) is given, only warnings and errors reach
+stderr (`quiet_logging`).
+
+A mistake of the user's -- a config value, a label, a path, a model that cannot be
+exported, Ctrl-C -- is reported by a command whose main is decorated with
+`@cli.user_errors` as one line (the exception's message) with exit status 1 (130
+for Ctrl-C), not as a traceback: the message names the file or key and what to do.
+`--verbosity=1` (or higher) shows the traceback as well.
 """
 
 from __future__ import annotations
 
-import pathlib
+import functools
 import sys
+from typing import Any, Callable, Sequence
 
 from absl import flags
 from absl import logging
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+# What coughjax raises for a mistake of the user's: ValueError and its subclasses
+# (config.ConfigError, audio.AudioError, export.ExportError, ...), OSError on the
+# paths and folders a user gives (FileNotFoundError, PermissionError, ...), and
+# ImportError for an optional extra that is not installed (the message says which).
+USER_ERRORS = (ValueError, OSError, ImportError)
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 def quiet_logging() -> None:
@@ -24,15 +37,33 @@ def quiet_logging() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def config_file(name: str) -> str:
-  """Path of configs/<name> in the repository (the config files live beside the
-  package, as for launch.py), for `config_flags.DEFINE_config_file` defaults."""
-  path = REPO / "configs" / name
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: not found; coughjax's tools read the config files "
-                            "of the repository (run from a clone: pip install -e .)")
-  # The config files import `configs.common`: make the repository importable from
-  # any working directory.
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-  return str(path)
+def _verbose() -> bool:
+  """--verbosity=1 or higher: tracebacks are wanted."""
+  return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
+
+
+def _one_line(text: str) -> str:
+  return text.strip() or "(no message)"
+
+
+def user_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+  """`main` with the user's mistakes (`USER_ERRORS`, Ctrl-C) reported on stderr as
+  their message, without a traceback unless --verbosity >= 1, and exit status 1
+  (130 for Ctrl-C)."""
+
+  @functools.wraps(main)
+  def guarded(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt as e:  # trainer.Interrupted says at which step
+      if _verbose():
+        raise
+      print(_one_line(str(e) or "interrupted"), file=sys.stderr)
+      sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as e:
+      if _verbose():
+        raise
+      print(f"error: {_one_line(str(e))} (--verbosity=1 shows where)", file=sys.stderr)
+      sys.exit(EXIT_ERROR)
+
+  return guarded

@@ -56,6 +56,7 @@ import numpy as np
 import tqdm
 
 from coughjax import cli
+from coughjax import configs
 from coughjax import files
 from coughjax import infer
 from coughjax import inputs
@@ -327,10 +328,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("branch", 0, "downstream ensembles: which encoder")
   flags.DEFINE_bool("mask", False, "draw keyed random key masks (DS masking)")
   config_flags.DEFINE_config_file(
-      "config", cli.config_file("probe.py"),
+      "config", configs.path("probe"),
       "data source to embed when no files are given (--config.data.name=...)")
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   paths = argv[1:]

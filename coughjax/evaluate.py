@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from coughjax import files
+
 METRICS = ("auc", "precision", "recall", "accuracy")
 
 
@@ -76,7 +78,8 @@ def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
   levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
   results = {"variant": variant, "dataset": dataset, "num_runs": len(runs),
              "summary": levels, "runs": runs}
-  (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  # results.json last: its presence marks a finished run (coughjax.reproduce).
+  text = json.dumps(results, indent=2) + "\n"
   lines = [f"# {variant}: test set, mean (std) over {len(runs)} runs", "",
            f"Dataset: {dataset}. Threshold 0.5; Avg F1 from average precision and recall.",
            ""]
@@ -86,7 +89,8 @@ def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
     source = f", {paper_source}" if paper_source else ""
     lines += [f"Paper (COVID-19 Sounds, Xue & Salim 2021{source}): "
               + ", ".join(f"{k} {v:.2f}" for k, v in paper.items()), ""]
-  (workdir / "results.md").write_text("\n".join(lines))
+  files.atomic_write(workdir / "results.md", lambda f: f.write("\n".join(lines).encode()))
+  files.atomic_write(workdir / "results.json", lambda f: f.write(text.encode()))
   return results
 
 
@@ -108,7 +112,7 @@ def plot_roc(runs: Sequence[dict], path: str | os.PathLike, title: str) -> None:
   ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
   plt.close(fig)
 
 
@@ -134,5 +138,5 @@ def plot_curves(histories: Sequence[list[dict]], path: str | os.PathLike,
   ax_loss.legend(fontsize=7)
   ax_auc.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
   plt.close(fig)

@@ -23,10 +23,15 @@ outputs, for ONNX Runtime (C++, Java, C#, JavaScript, mobile). Its metadata
 holds, as JSON strings: "features" (sample rate, filterbank parameters with the FFT
 size resolved, clip length `clip_frames` and hop `eval_hop`), "inputs", "output",
 "kind", "source" and "coughjax_version" (and "masks_at_inference" for a classifier,
-"encoder" for an encoder). The README shows the numpy + python_speech_features lines
-that make the input from a waveform. Before writing the file, the export runs it in
-onnxruntime on sample inputs and raises `ExportError` unless it gives the JAX
-function's outputs (to `ONNX_TOLERANCE`).
+"encoder" for an encoder). docs/models.md shows the numpy + python_speech_features
+lines that make the input from a waveform (integer PCM scaled, the "normalise" of
+"features" applied). Before writing the file, the export runs it in onnxruntime on
+sample inputs and raises `ExportError` unless it gives the JAX function's outputs
+(to `ONNX_TOLERANCE`).
+
+An empty batch (x of shape [0, clip_frames, nfilt]) must never reach onnxruntime:
+on coughjax's models ONNX Runtime (1.24) kills the process with SIGFPE instead of
+raising. `run_onnx`, which coughjax calls onnxruntime through, refuses one.
 
 Inputs: x [b, clip_frames, nfilt] float32 log-mel clips; the batch b is symbolic (any
 size) unless `batch` fixes it.
@@ -273,6 +278,20 @@ def _session(onnxruntime, model_bytes: bytes):
                                       providers=["CPUExecutionProvider"])
 
 
+def run_onnx(session, feeds: dict[str, np.ndarray]) -> np.ndarray:
+  """`session.run(None, feeds)[0]`, refusing an empty batch before it reaches
+  onnxruntime (which dies on one with SIGFPE, see the module docstring).
+
+  Raises:
+    ValueError naming the inputs with no rows.
+  """
+  empty = [f"{k} {tuple(np.shape(v))}" for k, v in feeds.items() if np.shape(v)[:1] == (0,)]
+  if empty:
+    raise ValueError(f"empty batch ({', '.join(empty)}): ONNX Runtime would kill the "
+                     "process (SIGFPE) on it; give at least one clip")
+  return session.run(None, feeds)[0]
+
+
 def _sample_inputs(program: _Program, rows: int) -> list[np.ndarray]:
   """Inputs to check the ONNX file on: log-mel-like clips, random keys and indices."""
   rng = np.random.default_rng(0)
@@ -309,8 +328,8 @@ def _export_onnx(program: _Program, path: pathlib.Path, batch: Optional[int]
   blob = model.SerializeToString()
   sample = _sample_inputs(program, 3 if b == "b" else b)
   try:
-    got = _session(onnxruntime, blob).run(
-        None, {i["name"]: a for i, a in zip(program.inputs, sample)})[0]
+    got = run_onnx(_session(onnxruntime, blob),
+                   {i["name"]: a for i, a in zip(program.inputs, sample)})
   except Exception as e:  # e.g. an ONNX operator that onnxruntime does not implement
     raise ExportError(f"{program.meta['source']}: onnxruntime cannot run the ONNX model "
                       f"that {converter} made of this {program.meta['kind']}: "
@@ -400,6 +419,7 @@ def load(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
   return jax.export.deserialize(bytearray(blob)), json.loads((folder / SIDECAR).read_text())
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   if len(argv) > 1:

@@ -18,13 +18,34 @@ import tempfile
 from typing import Any, BinaryIO, Callable, Sequence
 
 
+def umask() -> int:
+  """The process's umask: from /proc where it can be read (Linux), else by setting
+  it and setting it back (which other threads could see for that instant)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
   """Calls write(f) on a temporary file beside `path`, then renames it to `path`
-  (creating the folder); on any error the temporary file is removed."""
+  (creating the folder); on any error the temporary file is removed.
+
+  The file gets the mode a plain `open(path, "w")` gives (0o666 less the umask),
+  not the temporary file's private 0o600, so others can read the outputs where
+  the umask lets them.
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
   try:
+    os.fchmod(fd, 0o666 & ~umask())
     with os.fdopen(fd, "wb") as f:
       write(f)
     os.replace(tmp, path)

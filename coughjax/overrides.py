@@ -3,39 +3,45 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
 from typing import Iterable
+
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def config_modules():
-  """(configs.pretrain, configs.downstream): the config files beside the package."""
-  root = str(pathlib.Path(__file__).resolve().parents[1])
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  from configs import downstream  # pylint: disable=g-import-not-at-top
-  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  """(coughjax.configs.pretrain, coughjax.configs.downstream)."""
+  from coughjax.configs import downstream  # pylint: disable=g-import-not-at-top
+  from coughjax.configs import pretrain  # pylint: disable=g-import-not-at-top
   return pretrain, downstream
 
 
 def apply_overrides(config, assignments: Iterable[str]) -> None:
-  """'data.root=/x' style overrides, typed like the field they replace."""
+  """'data.root=/x' style overrides, typed like the field they replace.
+
+  Raises:
+    ValueError naming the override: not key=value, no such field, or a value that
+      the field's type does not take.
+  """
   for item in assignments:
     key, sep, value = item.partition("=")
     if not sep:
       raise ValueError(f"override {item!r} is not key=value")
     *path, leaf = key.split(".")
     target = config
-    for p in path:
-      if p not in target:
-        raise KeyError(f"override {item!r}: the config has no field {key!r}")
-      target = target[p]
-    if leaf not in target:
-      raise KeyError(f"override {item!r}: the config has no field {key!r}")
-    current = target[leaf]
+    for p in path + [leaf]:
+      if not hasattr(target, "keys") or p not in target:
+        raise ValueError(f"override {item!r}: the config has no field {key!r}")
+      parent, target = target, target[p]
+    current = target
     if isinstance(current, bool):
-      target[leaf] = value.lower() in ("1", "true", "yes")
+      if value.lower() not in _BOOLS:
+        raise ValueError(f"override {item!r}: {key} takes true or false")
+      parent[leaf] = _BOOLS[value.lower()]
     elif isinstance(current, tuple):
-      target[leaf] = tuple(v for v in value.split(",") if v)
+      parent[leaf] = tuple(v for v in value.split(",") if v)
     else:
-      target[leaf] = type(current)(value)
+      try:
+        parent[leaf] = type(current)(value)
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"override {item!r}: {key} takes {type(current).__name__} values "
+                         f"({e})") from None

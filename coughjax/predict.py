@@ -179,6 +179,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "downstream workdir", required=True)
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   if len(argv) < 2:

@@ -38,6 +38,7 @@ from sklearn import model_selection
 
 from coughjax import baselines
 from coughjax import cli
+from coughjax import configs
 from coughjax.data import manifest as manifest_lib
 from coughjax.data import splits as splits_lib
 from coughjax.data.manifest import Recording
@@ -153,6 +154,7 @@ def markdown(results: list[tuple[str, int, list[dict]]], config) -> str:
   return "\n".join(lines)
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   if len(argv) > 1:
@@ -165,7 +167,7 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_multi_string("encoder", [], f"workdir or shipped encoder name (repeatable); "
                             f"{BASELINE} is always added")
-  config_flags.DEFINE_config_file("config", cli.config_file("probe.py"),
+  config_flags.DEFINE_config_file("config", configs.path("probe"),
                                   "configs/probe.py[:runlocal] and --config.* overrides",
                                   lock_config=True)
   app.run(main)

@@ -7,20 +7,29 @@ r"""Reproduces a results table of the paper: runs its rows, writes ours beside t
       --downstream_set=data.name=covid19_sounds --downstream_set=data.root=/data/c19s
 
 Every contrastive pre-training a row needs is run once (in runs/<variant>; a
-finished one is reused, an interrupted one resumed), then every row (in runs/<variant>, skipped if its
-results.json exists). The table — ours mean (std) over the runs beside the paper's
-numbers (coughjax.paper) — goes to stdout and runs/reproduce/table<N>.md.
+finished one is reused, an interrupted one resumed), then every row (in
+runs/<variant>, skipped if its results.json exists). A workdir belongs to its
+overrides: with `--pretrain_set` / `--downstream_set`, its name gets a digest of
+them (runs/<variant>-<digest>; a downstream row's covers the pre-training
+overrides too if it starts from a pre-training), so a rerun with other overrides
+never reuses another config's runs or results. The table — ours mean (std) over the
+runs beside the paper's numbers (coughjax.paper) — goes to stdout and
+runs/reproduce/table<N>[-<digest>].md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from coughjax import cli
+from coughjax import files
 from coughjax import overrides
 from coughjax import paper
 from coughjax.train import run as run_lib
@@ -43,24 +52,41 @@ def run_table(table: int, runs: pathlib.Path, runlocal: bool = False,
   for variant in paper.TABLES[table]:
     config = downstream_cfgs.get_config(variant + suffix)
     overrides.apply_overrides(config, downstream_set)
+    pretrained = False
     for key in ("encoder_a", "encoder_b"):
       branch = config[key]
       if branch.name and branch.init == "cp" and not branch.checkpoint:
         pcfg = pretrain_cfgs.get_config(branch.pretrain + suffix)
         overrides.apply_overrides(pcfg, pretrain_set)
-        pdir = runs / (branch.pretrain + ("_runlocal" if runlocal else ""))
+        pdir = runs / workdir_name(branch.pretrain, runlocal, pretrain=pretrain_set)
         branch.checkpoint = str(pdir)
+        pretrained = True
         # Resumes an interrupted run; returns at once if it already finished.
         logging.info("table %d: pre-training %s in %s", table, branch.pretrain, pdir)
         pcfg.lock()
         run_lib.run(pcfg, str(pdir))
-    workdir = runs / (variant + ("_runlocal" if runlocal else ""))
+    workdir = runs / workdir_name(variant, runlocal, downstream=downstream_set,
+                                  pretrain=pretrain_set if pretrained else ())
     if not (workdir / "results.json").is_file():
       logging.info("table %d: %s in %s", table, variant, workdir)
       config.lock()
       run_lib.run(config, str(workdir))
     rows[variant] = json.loads((workdir / "results.json").read_text())
   return format_table(table, rows)
+
+
+def workdir_name(variant: str, runlocal: bool = False, *, downstream: Sequence[str] = (),
+                 pretrain: Sequence[str] = ()) -> str:
+  """`<variant>[_runlocal]`, and `-<digest>` of the overrides if there are any.
+
+  The digest covers the overrides as given (order included: a later one wins), so
+  two runs share a workdir only if they ran with the same overrides.
+  """
+  name = variant + ("_runlocal" if runlocal else "")
+  if not downstream and not pretrain:
+    return name
+  blob = json.dumps({"downstream": list(downstream), "pretrain": list(pretrain)})
+  return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def format_table(table: int, rows: dict[str, dict]) -> str:
@@ -91,14 +117,16 @@ def format_table(table: int, rows: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+@cli.user_errors
 def main(argv):
   del argv
   runs = pathlib.Path(_RUNS.value)
   report = run_table(_TABLE.value, runs, _RUNLOCAL.value, _PRETRAIN_SET.value,
                      _DOWNSTREAM_SET.value)
-  out = runs / "reproduce" / f"table{_TABLE.value}{'_runlocal' if _RUNLOCAL.value else ''}.md"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(report)
+  out = runs / "reproduce" / (workdir_name(
+      f"table{_TABLE.value}", _RUNLOCAL.value, downstream=_DOWNSTREAM_SET.value,
+      pretrain=_PRETRAIN_SET.value) + ".md")
+  files.atomic_write(out, lambda f: f.write(report.encode()))
   print(report)
   print(f"written to {out}")
 

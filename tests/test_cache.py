@@ -3,6 +3,7 @@ a process uses."""
 
 import gc
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -123,3 +124,93 @@ def test_prune_older_than():
   assert action[0].name == key and "its index says" in action[1]
   proc = _cli("prune", "--older-than=soon")
   assert proc.returncode != 0 and "--older-than" in proc.stderr
+
+
+def test_a_cache_folder_that_cannot_be_used_is_named(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("")
+  monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path / "file"))
+  with pytest.raises(features.CacheError, match=r"^COUGHJAX_CACHE=\S+/file is a file, not a "
+                     r"folder; set COUGHJAX_CACHE to a folder"):
+    _stores()
+  monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path / "file" / "cache"))
+  with pytest.raises(features.CacheError, match=r"^COUGHJAX_CACHE=\S+/file/cache: \S+/file "
+                     "is a file, not a folder"):
+    _stores()
+  # A folder that cannot be written (chmod does not stop root, who runs some CI: then
+  # a folder of /sys, which root cannot write either).
+  if os.getuid():
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+  else:
+    locked = pathlib.Path("/sys/coughjax-test-cache")
+    try:
+      locked.mkdir()
+      locked.rmdir()
+      pytest.skip("no unwritable folder to test with")
+    except OSError:
+      pass
+  monkeypatch.setenv("COUGHJAX_CACHE", str(locked))
+  with pytest.raises(features.CacheError, match=rf"^COUGHJAX_CACHE={locked}: cannot write "
+                     r"there \(.*\); set COUGHJAX_CACHE to a folder you can write"):
+    _stores()
+
+
+def test_hashes_and_dedup_being_written_are_listed_and_never_pruned(tmp_path):
+  root = features.cache_root()
+  wav = tmp_path / "a.wav"
+  wav.write_bytes(b"RIFF" + bytes(64))
+  writer = features.FeatureCache()
+  writer.content_key(data.manifest.Recording(str(wav), "p", "cough", None))  # a hash
+  (writer.hold(features.DEDUP) / "ab").mkdir(parents=True)
+  (root / features.DEDUP / "ab" / "abc.json").write_text("{}")
+  found = {e.kind: e for e in cache_lib.entries(root)}
+  assert "sha256 of 1 audio files" in found["hashes"].about
+  assert "near-duplicate groups of 1 sets" in found["dedup"].about
+  assert found["hashes"].in_use() and found["dedup"].in_use()
+  proc = _cli("prune", "--all")  # another process, while this one may still write
+  assert proc.returncode == 0, proc.stderr
+  assert "kept hashes" in proc.stdout and "kept dedup" in proc.stdout
+  assert (root / "hashes").is_dir() and (root / "dedup" / "ab" / "abc.json").exists()
+  del writer
+  gc.collect()
+  proc = _cli("prune", "--all")
+  assert "removed hashes" in proc.stdout and "removed dedup" in proc.stdout, proc.stdout
+  assert not (root / "hashes").exists() and not (root / "dedup").exists()
+  # A writer that starts during or after a prune recreates the folder.
+  writer = features.FeatureCache()
+  writer.content_key(data.manifest.Recording(str(wav), "p", "cough", None))
+  assert len(list((root / "hashes").glob("*/*.json"))) == 1
+
+
+def _one_pack():
+  stores = _stores()
+  (data_file,) = packed.directory().glob("*" + packed.DATA_SUFFIX)
+  records = stores["train"].records
+  del stores
+  gc.collect()
+  return data_file, packed.paths(data_file.name[:-len(packed.DATA_SUFFIX)])[1], records
+
+
+def test_a_damaged_pack_is_named_with_what_to_do():
+  data_file, index, records = _one_pack()
+  index.write_bytes(index.read_bytes()[:100])  # a truncated index: BadZipFile
+  with pytest.raises(packed.DamagedPackError, match=(
+      rf"^{index}: damaged pack index \(BadZipFile: .*\); run `python -m coughjax.cache "
+      r"prune` to remove it")):
+    _stores()
+  proc = _cli("prune")
+  assert proc.returncode == 0 and "orphan: unreadable index" in proc.stdout, proc.stdout
+  assert _stores()["train"].records == records  # rebuilt
+  gc.collect()
+
+  n = data_file.stat().st_size // 4
+  np.full(n, np.nan, "<f4").tofile(data_file)  # the right size, all NaN
+  with pytest.raises(packed.DamagedPackError, match=(
+      rf"^{data_file}: NaN or inf features in row\(s\) \[0, 1, 2, 3, 4\] \.\.\. of \d+; the "
+      r"pack is damaged: run `python -m coughjax.cache prune`")):
+    _stores()
+  (action,) = cache_lib.prune()
+  assert "NaN or inf features in" in action[1] and action[2] == "removed"
+  assert _stores()["train"].records == records
+  with pytest.raises(ValueError, match="array 1 holds NaN"):
+    packed.write_pack("nan", [np.zeros((96, 64)), np.full((96, 64), np.nan)], 96)

@@ -549,17 +549,20 @@ def test_onnx_encoders_reproduce_the_live_ones_on_real_clips(onnx_encoders, real
       np.testing.assert_allclose(got, live.clips[rows], atol=1e-5, rtol=0)
 
 
-def _readme_front_end():
-  """The README's ONNX front-end lines: (the block, {"h": encoder line, "p":
+DOCS_MODELS = REPO / "docs" / "models.md"
+
+
+def _documented_front_end():
+  """The ONNX front-end lines of docs/models.md: (the block, {"h": encoder line, "p":
   classifier line})."""
-  text = (REPO / "README.md").read_text()
+  text = DOCS_MODELS.read_text()
   blocks = re.findall(r"```python\n(.*?)```", text.split("<!-- onnx-front-end -->", 1)[1],
                       re.S)
   runs_ = {line.split(" =")[0]: line for line in blocks[1].splitlines() if line.strip()}
   return blocks[0], runs_
 
 
-_README_RUN = r"""
+_DOCUMENTED_RUN = r"""
 import json, sys
 import numpy as np
 wave = np.load("wave.npy")
@@ -568,40 +571,40 @@ exec(sys.argv[1])
 out = {"x": x, "feats": feats, "rec_keys": rec_keys, "clip_index": clip_index}
 out.update({k: np.asarray(v) for k, v in (("h", globals().get("h")), ("p", globals().get("p")))
             if v is not None})
-np.savez("readme_out.npz", **out)
+np.savez("documented_out.npz", **out)
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("coughjax", "jax", "flax"))))
 """
 
 
-def run_readme_front_end(folder, wave, line, tmp_path):
-  """Runs the README's lines on `wave` with `folder`'s model.onnx at the README's
+def run_documented_front_end(folder, wave, line, tmp_path):
+  """Runs the documented lines on `wave` with `folder`'s model.onnx at the documented
   path, in a Python without coughjax; returns their arrays."""
-  block, _ = _readme_front_end()
-  work = tmp_path / "readme"
+  block, _ = _documented_front_end()
+  work = tmp_path / "documented"
   (work / "export" / "enc").mkdir(parents=True, exist_ok=True)
   (work / "export" / "enc" / export.ONNX_FILE).write_bytes((folder / export.ONNX_FILE).read_bytes())
   (work / "front_end.py").write_text(block)
   np.save(work / "wave.npy", wave)
-  proc = subprocess.run([sys.executable, "-c", _README_RUN, line], cwd=work,
+  proc = subprocess.run([sys.executable, "-c", _DOCUMENTED_RUN, line], cwd=work,
                         capture_output=True, text=True, timeout=300,
                         env={**os.environ, "PYTHONPATH": ""}, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == []  # no coughjax, JAX or Flax
-  return dict(np.load(work / "readme_out.npz"))
+  return dict(np.load(work / "documented_out.npz"))
 
 
-def test_readme_onnx_front_end_makes_the_model_input(onnx_encoders, real_files, tmp_path):
+def test_documented_onnx_front_end_makes_the_model_input(onnx_encoders, real_files, tmp_path):
   folder = onnx_encoders["transformer_m50_real"]
   encoder = coughjax.load_encoder("transformer_m50_real")
-  _, lines = _readme_front_end()
+  _, lines = _documented_front_end()
   for path in real_files:
     wave = audio.load(path, 16000)
-    out = run_readme_front_end(folder, wave, lines["h"], tmp_path)
+    out = run_documented_front_end(folder, wave, lines["h"], tmp_path)
     feats = inputs.file_features(path, encoder.spec.features)
     x = inputs.cut([feats], encoder.spec).x
     assert out["x"].shape == x.shape and out["h"].shape == (len(x), encoder.dim)
     # python_speech_features' features are coughjax's, up to FFT round-off, which
-    # matters only in bands whose energy is round-off (the README says so).
+    # matters only in bands whose energy is round-off (docs/models.md says so).
     powered = x > -20
     np.testing.assert_allclose(out["x"][powered], x[powered], atol=1e-3, rtol=0)
     np.testing.assert_array_equal(out["rec_keys"],
@@ -631,11 +634,58 @@ def test_onnx_ds_ensemble_reproduces_the_live_one_on_real_clips(runs, real_files
   # The masks are in the graph: other keys give other outputs.
   other = session.run(None, dict(feeds, rec_keys=clips.rec_keys + 1))[0]
   assert np.max(np.abs(other - live)) > 1e-4
-  # The README's lines, keys included, give the live model's outputs on their input.
-  out = run_readme_front_end(folder, audio.load(real_files[0], 16000),
-                             _readme_front_end()[1]["p"], tmp_path)
+  # The documented lines, keys included, give the live model's outputs on their input.
+  out = run_documented_front_end(folder, audio.load(real_files[0], 16000),
+                                 _documented_front_end()[1]["p"], tmp_path)
   want = infer.probabilities(clf.model, clf.params, out["x"], out["rec_keys"], out["clip_index"])
   assert out["p"] == pytest.approx(float(np.mean(want)), abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def gain_encoder(tmp_path_factory):
+  """(workdir, ONNX folder) of a runlocal Transformer pre-trained on gain-normalised
+  features (`features.normalise=gain`)."""
+  pytest.importorskip("jax2onnx")
+  root = tmp_path_factory.mktemp("gain")
+  config = pretrain_configs.get_config("transformer_m50,runlocal")
+  config.num_epochs = 1
+  config.features.normalise = "gain"
+  config.lock()
+  run.run(config, str(root / "pre"))
+  return root / "pre", export.export_encoder(root / "pre", root / "onnx", format="onnx")
+
+
+def test_documented_onnx_lines_reproduce_a_gain_normalised_encoder(gain_encoder, tmp_path):
+  workdir, folder = gain_encoder
+  encoder = coughjax.load_encoder(workdir)
+  features = json.loads(_onnx_session(folder).get_modelmeta().custom_metadata_map["features"])
+  assert encoder.spec.features.normalise == features["normalise"] == "gain"
+  _, lines = _documented_front_end()
+  # A synthetic cough (no digital silence, where python_speech_features' FFT round-off
+  # would move the recording's mean: docs/models.md says so), as float and int16 PCM.
+  # And one shorter than a clip (0.7 s: padded to one clip, as coughjax pads it).
+  wave = synthetic.render("synthetic://1/3/cough-heavy", 16000)
+  pcm = np.clip(np.round(wave * 2**15), -2**15, 2**15 - 1).astype(np.int16)
+  short = wave[:int(0.7 * 16000)]
+  for given, clips in ((wave, "several"), (pcm, "several"), (short, "one")):
+    out = run_documented_front_end(folder, given, lines["h"], tmp_path)
+    live = encoder.embed_clips(given, 16000)
+    assert out["h"].shape == live.shape and (len(live) > 1) == (clips == "several")
+    np.testing.assert_allclose(out["h"], live, atol=1e-3, rtol=0)
+    if clips == "several":  # the features are gain-normalised (mean level removed) ...
+      assert abs(float(np.mean(out["feats"], dtype=np.float64))) < 1e-3
+  # ... and without normalisation they would not match: the recipe's step matters.
+  raw = np.asarray(infer.embeddings(encoder.module, encoder.params, inputs.cut(
+      [audio.logfbank(wave, 16000)], encoder.spec).x))
+  assert np.max(np.abs(raw - live)) > 0.1
+
+
+def test_run_onnx_refuses_an_empty_batch(gain_encoder):
+  session = _onnx_session(gain_encoder[1])
+  with pytest.raises(ValueError, match=r"empty batch \(x \(0, 96, 64\)\): ONNX Runtime would "
+                     "kill the process"):
+    export.run_onnx(session, {"x": np.zeros((0, 96, 64), np.float32)})
+  assert export.run_onnx(session, {"x": _clips(1)}).shape == (1, 64)
 
 
 def test_onnx_export_refuses_random_bits(runs, tmp_path):

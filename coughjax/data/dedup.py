@@ -262,14 +262,16 @@ def find(records: Sequence[Recording], params: Params = Params(), *, name: str =
   for i, d in enumerate(digests):
     first.setdefault(d, i)
   key = params.key(digests)
-  path = cache.root / "dedup" / key[:2] / f"{key}.json"
+  path = cache.root / features.DEDUP / key[:2] / f"{key}.json"
   try:
     saved = json.loads(path.read_text())
     logging.info("%s: near-duplicate groups read from %s", name, path)
   except (OSError, ValueError):
     saved = _compute({d: records[i] for d, i in first.items()}, cache, params, name,
                      workers)
-    files.atomic_write(path, lambda f: f.write(json.dumps(saved).encode()))
+    cache.hold(features.DEDUP)  # `coughjax.cache prune` keeps it while this writes
+    with features.writing(cache.root):
+      files.atomic_write(path, lambda f: f.write(json.dumps(saved).encode()))
   edges = [(first[d], i) for i, d in enumerate(digests)]  # byte-identical files
   edges += [(first[a], first[b]) for a, b, _ in saved["pairs"]]
   members = collections.defaultdict(list)

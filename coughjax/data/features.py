@@ -12,12 +12,18 @@ Layout: `$COUGHJAX_CACHE` (default `~/.cache/coughjax`)
   features/<params key>/params.json               the feature parameters
   features/<params key>/.lock                     in use (see below); mtime: last use
   hashes/<ab>/<path key>.json                     size, mtime and sha256 of a file
+  hashes/.lock                                    in use
+  dedup/                                          near-duplicate groups (`dedup`)
   packed/                                         packs of corpora (`packed`)
 
 A `FeatureCache` that has resolved recordings holds a shared `flock` on its feature
-set's `.lock` for as long as it lives, so that `python -m coughjax.cache prune`
-(which deletes only under an exclusive lock it gets without waiting) never removes
-features that a run is computing or reading.
+set's `.lock` for as long as it lives, and one that writes file hashes (or
+near-duplicate groups) on `hashes/.lock` (`dedup/.lock`), so that
+`python -m coughjax.cache prune` (which deletes only under an exclusive lock it gets
+without waiting) never removes what a run is computing, writing or reading.
+
+A cache folder that cannot be used (`$COUGHJAX_CACHE` is a file, or cannot be
+written) is a `CacheError` naming `COUGHJAX_CACHE` and what to do.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from coughjax.data.manifest import Recording
 FEATURE_VERSION = 1  # bump when the feature code changes meaning
 PARAMS_FILE = "params.json"
 LOCK_FILE = ".lock"
+HASHES, DEDUP = "hashes", "dedup"  # cache folders besides features/ and packed/
 NORMALISATIONS = ("", "gain", "cmn")
 _MIN_PER_WORKER = 64  # fewer recordings than this per extra process: not worth a spawn
 
@@ -85,8 +92,41 @@ class FeatureParams:
     return audio.min_frames_for(self.min_duration, self.sample_rate)
 
 
+class CacheError(ValueError):
+  """The cache folder cannot be used; the message names COUGHJAX_CACHE and what to do."""
+
+
+def _named(root: pathlib.Path) -> str:
+  return (f"COUGHJAX_CACHE={root}" if os.environ.get("COUGHJAX_CACHE")
+          else f"the cache folder {root} (default of COUGHJAX_CACHE)")
+
+
 def cache_root() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("COUGHJAX_CACHE", "~/.cache/coughjax")).expanduser()
+  """`$COUGHJAX_CACHE` (default ~/.cache/coughjax).
+
+  Raises:
+    CacheError: it is, or is inside, something other than a folder.
+  """
+  root = pathlib.Path(os.environ.get("COUGHJAX_CACHE") or "~/.cache/coughjax").expanduser()
+  existing = root
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise CacheError(f"{_named(root)}" + (" is" if existing == root else f": {existing} is")
+                     + " a file, not a folder; set COUGHJAX_CACHE to a folder (it is "
+                     "created if missing)")
+  return root
+
+
+@contextlib.contextmanager
+def writing(root: pathlib.Path):
+  """Turns an OSError of a write into the cache at `root` into a CacheError."""
+  try:
+    yield
+  except OSError as e:
+    raise CacheError(f"{_named(root)}: cannot write there ({e.strerror or e}: "
+                     f"{e.filename or root}); set COUGHJAX_CACHE to a folder you can "
+                     "write, or make this one writable") from e
 
 
 def load_waveform(record: Recording, params: FeatureParams) -> np.ndarray:
@@ -179,9 +219,11 @@ def _build(args) -> Optional[str]:
   except audio.AudioError as e:
     reason = e.reason
     if not key.startswith("missing-"):  # a missing file may appear later
-      files.atomic_write(err, lambda f: f.write(reason.encode()))
+      with writing(directory.parents[1]):
+        files.atomic_write(err, lambda f: f.write(reason.encode()))
     return reason
-  files.atomic_write(npy, lambda f: np.save(f, feats))
+  with writing(directory.parents[1]):
+    files.atomic_write(npy, lambda f: np.save(f, feats))
   return None
 
 
@@ -200,6 +242,17 @@ class FeatureCache:
     self.root = pathlib.Path(root) if root else cache_root()
     self._dir = self.root / "features" / params.key()
     self._lock = None
+    self._held = {}  # cache folder ("hashes", "dedup") -> its open shared lock
+
+  def hold(self, folder: str) -> pathlib.Path:
+    """Marks `root/folder` in use while this object lives (a shared lock on its
+    `.lock`), so that `coughjax.cache prune` leaves it alone while this writes
+    there; returns the folder."""
+    path = self.root / folder
+    if folder not in self._held:
+      with writing(self.root):
+        self._held[folder] = _hold_shared_lock(path / LOCK_FILE)
+    return path
 
   def _claim(self) -> None:
     """Marks this feature set in use (and used now) while this object lives, and
@@ -234,8 +287,8 @@ class FeatureCache:
       # `audio.load` says which, and nothing is cached for it.
       return "missing-" + hashlib.sha256(path.encode()).hexdigest()
     apath = os.path.abspath(path)
-    memo = (self.root / "hashes" / hashlib.sha256(apath.encode()).hexdigest()[:2] /
-            (hashlib.sha256(apath.encode()).hexdigest() + ".json"))
+    name = hashlib.sha256(apath.encode()).hexdigest()
+    memo = self.root / HASHES / name[:2] / (name + ".json")
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
       saved = json.loads(memo.read_text())
@@ -248,7 +301,9 @@ class FeatureCache:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     sha = digest.hexdigest()
-    files.atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
+    self.hold(HASHES)
+    with writing(self.root):
+      files.atomic_write(memo, lambda f: f.write(json.dumps({**stamp, "sha256": sha}).encode()))
     return sha
 
   def _lookup(self, record: Recording):

@@ -35,6 +35,14 @@ half pack that looks complete. A process that has a pack open holds a shared
 file descriptor until the last view of it is gone); `coughjax.cache` deletes a pack
 only under an exclusive lock that it gets without waiting, i.e. never one in use.
 Opening a pack sets its index's modification time: the pack's last use.
+
+A pack that cannot be what it says -- an index that is not a readable `.npz` (e.g.
+truncated: `zipfile.BadZipFile`), data of another size than the index describes, or
+non-finite features -- is a `DamagedPackError` naming the file and saying to run
+`python -m coughjax.cache prune` (which removes it; the next run rebuilds it). The
+finiteness check at open is a cheap sample (the first frame of up to
+`FINITE_CHECK_ROWS` rows spread over the pack: a few pages), which finds a pack
+filled with NaN; `write_pack` refuses non-finite features outright.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import pathlib
 import tempfile
 import time
 from typing import Iterable, Optional, Sequence
+import zipfile
 
 from absl import logging
 import numpy as np
@@ -64,6 +73,23 @@ DTYPE = np.dtype("<f4")
 PACK_VERSION = 3
 DATA_SUFFIX = ".f32"
 INDEX_SUFFIX = ".index.npz"
+FINITE_CHECK_ROWS = 1024  # rows whose first frame `open_pack` checks
+_PRUNE = "run `python -m coughjax.cache prune` to remove it (the next run rebuilds it)"
+
+
+class DamagedPackError(ValueError):
+  """A pack's files are damaged; the message names the file and says to prune it."""
+
+
+def nonfinite_rows(frames: np.ndarray, offsets: np.ndarray) -> list[int]:
+  """Rows (of up to `FINITE_CHECK_ROWS`, spread over the pack) whose first frame of
+  `frames` [total, mel] holds NaN or inf: a cheap test for a damaged pack."""
+  if not len(offsets):
+    return []
+  rows = np.unique(np.linspace(0, len(offsets) - 1, min(len(offsets), FINITE_CHECK_ROWS))
+                   .astype(np.int64))
+  bad = ~np.isfinite(frames[offsets[rows]]).all(axis=1)
+  return rows[bad].tolist()
 
 
 @dataclasses.dataclass
@@ -179,25 +205,31 @@ def open_pack(key: str) -> Optional[Packed]:
     # waits out a deletion under way (and then finds no index).
     fcntl.flock(f.fileno(), fcntl.LOCK_SH)
     try:
-      z = np.load(index)
+      with np.load(index) as z:
+        offsets, lengths, digests = z["offsets"], z["lengths"], z["digests"]
+        mel, clip_frames = int(z["mel"]), int(z["clip_frames"])
+        names = [n.decode() for n in z["names"]] if "names" in z else None
+        records = _records_from_rows(str(z["records"])) if "records" in z else None
+        skipped = json.loads(str(z["skipped"]))
+        meta = json.loads(str(z["meta"]))
     except FileNotFoundError:
       return None  # the data of a writer that has not renamed its index yet
-    with z:
-      offsets, lengths, digests = z["offsets"], z["lengths"], z["digests"]
-      mel, clip_frames = int(z["mel"]), int(z["clip_frames"])
-      names = [n.decode() for n in z["names"]] if "names" in z else None
-      records = _records_from_rows(str(z["records"])) if "records" in z else None
-      skipped = json.loads(str(z["skipped"]))
-      meta = json.loads(str(z["meta"]))
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
+      raise DamagedPackError(f"{index}: damaged pack index ({type(e).__name__}: {e}); "
+                             f"{_PRUNE}") from e
     total = int(offsets[-1] + lengths[-1]) if len(offsets) else 0
     size = os.fstat(f.fileno()).st_size
     if size != total * mel * DTYPE.itemsize or not total:
-      raise ValueError(f"{data}: {size} bytes, but its index {index.name} describes "
-                       f"{total} x {mel} float32; remove it (python -m coughjax.cache "
-                       "prune) to rebuild")
+      raise DamagedPackError(f"{data}: {size} bytes, but its index {index.name} describes "
+                             f"{total} x {mel} float32; {_PRUNE}")
     # The map dups the descriptor, and with it the lock: it is held until the map
     # (the last view of `frames`) is gone, though `f` closes here.
     frames = np.memmap(f, dtype=DTYPE, mode="r", shape=(total, mel))
+    bad = nonfinite_rows(frames, offsets)
+    if bad:
+      raise DamagedPackError(f"{data}: NaN or inf features in row(s) {bad[:5]}"
+                             f"{' ...' if len(bad) > 5 else ''} of {len(offsets)}; the "
+                             f"pack is damaged: {_PRUNE}")
   # Crops are scattered over the file: read-ahead would pull in pages nobody uses.
   if hasattr(frames, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
     frames._mmap.madvise(mmap.MADV_RANDOM)  # pylint: disable=protected-access
@@ -239,7 +271,8 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
   # The DS mask key's one definition; imported here, since it pulls in JAX.
   from coughjax import infer  # pylint: disable=g-import-not-at-top
   data, index = paths(key)
-  data.parent.mkdir(parents=True, exist_ok=True)
+  with features_lib.writing(data.parents[1]):
+    data.parent.mkdir(parents=True, exist_ok=True)
   lengths, digests, mel = [], [], None
 
   def write_frames(f):
@@ -250,6 +283,8 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
         raise ValueError(f"pack {key}: array {len(lengths)} has shape {a.shape}, "
                          f"expected [T, {mel or 'mel'}]")
       mel = a.shape[1]
+      if not np.isfinite(a).all():
+        raise ValueError(f"pack {key}: array {len(lengths)} holds NaN or inf")
       a = audio.pad_to_clip(a, clip_frames)
       f.write(np.ascontiguousarray(a).data)
       lengths.append(a.shape[0])
@@ -260,7 +295,8 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
       if given is not None and len(given) != len(lengths):
         raise ValueError(f"pack {key}: {len(lengths)} arrays for {len(given)} {what}")
 
-  fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=f".tmp-{key}-")
+  with features_lib.writing(data.parents[1]):
+    fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=f".tmp-{key}-")
   os.close(fd)
   _replace_atomically(tmp, data, write_frames)
   lengths = np.asarray(lengths, np.int64)

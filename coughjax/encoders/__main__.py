@@ -13,6 +13,7 @@ from coughjax import cli
 from coughjax import encoders
 
 
+@cli.user_errors
 def main(argv):
   cli.quiet_logging()
   if len(argv) > 1:

@@ -560,7 +560,7 @@ def calibration_bins(y, s, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.n
 
 def ece(y, s, bins: int = 10) -> float:
   """Expected calibration error: sum over equal-width bins of
-  (bin count / n) |positive rate - mean score|."""
+  (bin count / n) * abs(positive rate - mean score)."""
   mean, rate, count = calibration_bins(y, s, bins)
   full = count > 0
   return float(np.sum(count[full] * np.abs(rate[full] - mean[full])) / count.sum())

@@ -59,6 +59,7 @@ from absl import flags
 import numpy as np
 
 from coughjax import baselines
+from coughjax import cli
 from coughjax import data
 from coughjax import files
 from coughjax import paper
@@ -632,6 +633,7 @@ def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
                                       extra["pretrain_minutes"])
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
