@@ -395,7 +395,6 @@ def define_flags() -> None:
   a process may import define some of the same names)."""
   global _ROOT, _COSWARA, _WORKDIR, _REPORT, _FOLDS, _REPEATS, _BASELINE_REPEATS
   global _SEED, _ROWS, _SETTINGS, _ATTEMPTS, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
-  global _PROCESSES, _HELPER
   _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
                               "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
   _COSWARA = flags.DEFINE_string("coswara_root", None, "Coswara folder joined to the "
@@ -413,9 +412,7 @@ def define_flags() -> None:
   _ATTEMPTS = flags.DEFINE_bool("attempts", True, "also the attempts at making the "
                                 "paper's best model win: 80-epoch pre-training, augmented "
                                 "training (the loudness-normalised one is a setting)")
-  _PROCESSES = flags.DEFINE_integer("processes", 2, "processes sharing the units (one "
-                                    "per core is about right on a CPU)")
-  _HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
+  runs.define_cluster_flags(processes=2)
   _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
   _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
   _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
@@ -462,14 +459,18 @@ def main(argv):
   if coswara is None:  # as configs/pretrain.py's `real` option
     pretrain_cfgs, _ = config_modules()
     coswara = data.parse_roots(pretrain_cfgs.real_roots())["coswara"]
-  plan = make_plan(root, coswara, pathlib.Path(_WORKDIR.value), k=_FOLDS.value,
-                   repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
-                   seed=_SEED.value, deep_rows=_ROWS.value, setting_names=_SETTINGS.value,
-                   attempts=_ATTEMPTS.value, runlocal=_RUNLOCAL.value,
-                   downstream_set=_DOWNSTREAM_SET.value, pretrain_set=_PRETRAIN_SET.value)
+  try:
+    plan = make_plan(root, coswara, pathlib.Path(_WORKDIR.value), k=_FOLDS.value,
+                     repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
+                     seed=_SEED.value, deep_rows=_ROWS.value,
+                     setting_names=_SETTINGS.value, attempts=_ATTEMPTS.value,
+                     runlocal=_RUNLOCAL.value, downstream_set=_DOWNSTREAM_SET.value,
+                     pretrain_set=_PRETRAIN_SET.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   runs.command_main(
-      plan, "coughjax.studies.covid19_cough", helper=_HELPER.value,
-      processes=_PROCESSES.value, report=pathlib.Path(_REPORT.value),
+      plan, "coughjax.studies.covid19_cough", **runs.cluster_args(),
+      report=pathlib.Path(_REPORT.value),
       format_report=lambda results, command: format_report(plan, results, root, command))
 
 
