@@ -29,8 +29,9 @@ Running a study on a cluster: start a scheduler and workers that share the workd
 and the data at the same paths and import this coughjax, then pass the scheduler:
 
   dask scheduler --port 8786 &                  # on one machine
-  JAX_PLATFORMS=cpu dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1 \\
-      --memory-limit 0 &                        # on each machine with work to give
+  export DASK_DISTRIBUTED__WORKER__DAEMON=False JAX_PLATFORMS=cpu
+  dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1 --memory-limit 0 &
+                                                # on each machine with work to give
   python -m coughjax.protocol --scheduler=tcp://HOST:8786 ...
 
 (`--scheduler=scheduler.json` for `dask scheduler --scheduler-file`; on SLURM or
@@ -290,8 +291,12 @@ def command_main(plan: Plan, module: str, *, processes: int, scheduler: str,
   else run `plan` on a Dask cluster (`run_units`) and write the report
   `format_report(results, command)` to `report`."""
   try:
-    report = check_report(report, module)
     files.check_output(plan.workdir, folder=True, flag="--workdir")
+    if not dry_run:  # the report may go in it
+      plan.workdir.mkdir(parents=True, exist_ok=True)
+    if report.parent.is_dir() or not report.absolute().is_relative_to(
+        plan.workdir.absolute()):  # else in the workdir a dry run does not create
+      report = check_report(report, module)
     todo = prepare(plan, write=not dry_run)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None

@@ -14,9 +14,11 @@ and leaves its outputs on disk. A row unit depends on the pre-training units its
   the machine's would only make it fail again.
 * `connect("tcp://host:8786")` or `connect("scheduler.json")`: a running cluster
   (`dask scheduler` and `dask worker`, or dask-jobqueue on SLURM / PBS). Its workers
-  must import the same coughjax, see the workdir and data at the same paths, and
-  be started with the environment their units need (`JAX_PLATFORMS=cpu`, say):
-  `check_workers` says which do not.
+  must import the same coughjax, see the workdir and data at the same paths, be
+  started with the environment their units need (`JAX_PLATFORMS=cpu`, say), and
+  not be daemonic processes (`DASK_DISTRIBUTED__WORKER__DAEMON=False`: a unit
+  starts processes of its own to compute features): `check_workers` says which
+  fail.
 
 A worker that dies (killed, out of memory) loses its unit; the scheduler gives it
 to another worker, where it resumes from the dead attempt's checkpoints
@@ -30,6 +32,8 @@ error is deterministic more often than not; a rerun resumes it.
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
+import multiprocessing
 import os
 import pathlib
 import traceback
@@ -41,6 +45,10 @@ from coughjax.protocol import plan as plan_lib
 from coughjax.protocol import units as units_lib
 
 ALLOWED_FAILURES = 3
+# The embedded cluster's settings. Workers are not daemonic processes: a unit
+# computes features in a pool of processes of its own, which a daemon cannot start.
+CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                  "distributed.worker.daemon": False}
 
 
 class ClusterError(Exception):
@@ -64,6 +72,8 @@ def connect(scheduler: str = "", processes: int = 1) -> Iterator["distributed.Cl
   `processes` single-threaded worker processes, closed on exit."""
   import dask  # pylint: disable=g-import-not-at-top
   import distributed  # pylint: disable=g-import-not-at-top
+  # The cluster's start, stop and connections: not news at INFO.
+  std_logging.getLogger("distributed").setLevel(std_logging.WARNING)
   if scheduler:
     kwargs = ({"scheduler_file": scheduler} if pathlib.Path(scheduler).is_file()
               else {"address": scheduler})
@@ -77,11 +87,12 @@ def connect(scheduler: str = "", processes: int = 1) -> Iterator["distributed.Cl
     return
   if processes < 1:
     raise ValueError(f"--processes must be >= 1, got {processes}")
-  with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
-    cluster = distributed.LocalCluster(
-        n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
-        dashboard_address=None, env=worker_env(processes))
-  with cluster, distributed.Client(cluster) as client:
+  # For the cluster's whole life: the nanny reads `daemon` whenever it (re)starts a
+  # worker.
+  with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
+      n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
+      dashboard_address=None, env=worker_env(processes)) as cluster, \
+      distributed.Client(cluster) as client:
     yield client
 
 
@@ -90,7 +101,8 @@ def _worker_info(workdir: str) -> dict:
   import coughjax  # pylint: disable=g-import-not-at-top
   return {"coughjax": os.path.dirname(coughjax.__file__), "version": coughjax.__version__,
           "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
-          "workdir": os.access(workdir, os.W_OK | os.X_OK)}
+          "workdir": os.access(workdir, os.W_OK | os.X_OK),
+          "daemon": multiprocessing.current_process().daemon}
 
 
 def check_workers(client, workdir: pathlib.Path) -> None:
@@ -109,6 +121,10 @@ def check_workers(client, workdir: pathlib.Path) -> None:
       raise ClusterError(f"worker {address} imports coughjax {got['version']} from "
                        f"{got['coughjax']}, this command {coughjax.__version__}: start "
                        "the workers from the same environment")
+    if got["daemon"]:
+      raise ClusterError(f"worker {address} is a daemonic process, which cannot start "
+                         "the processes that compute features: start the workers with "
+                         "DASK_DISTRIBUTED__WORKER__DAEMON=False")
     if not got["workdir"]:
       raise ClusterError(f"worker {address} cannot write the workdir {workdir.absolute()}: "
                        "it must be a folder every worker shares, at the same path")

@@ -304,7 +304,8 @@ def _attempt(folder: pathlib.Path, side: pathlib.Path, n: int, claim: pathlib.Pa
     start = time.monotonic()
     unit = work(scratch)
     unit.setdefault("seconds", time.monotonic() - start)
-    unit.update(attempt=n, resumed_from=resumed)
+    unit.update(attempt=n, resumed_from=resumed,
+                ran_on=f"{socket.gethostname()} pid {os.getpid()}")
     _write_json(scratch / UNIT_FILE, unit)
     os.rename(scratch, folder)
   except Exception:  # pylint: disable=broad-except
