@@ -254,30 +254,34 @@ class Unit:
     """The folder relative to the workdir (what logs and --dry_run show)."""
     return str(self.folder.relative_to(self.plan.workdir))
 
-  @property
-  def needs(self) -> tuple[Unit, ...]:
-    """The pre-training units this unit's -CP branches load (none for baselines
-    and pre-trainings)."""
-    if self.row is None or self.row.is_baseline:
-      return ()
+  def _with_pretrainings(self) -> tuple[ml_collections.ConfigDict, list[Unit]]:
+    """A row unit's config with each -CP branch that names no checkpoint pointed at
+    the folder of its pre-training unit, and those units (one per branch)."""
     config = downstream_config(self.plan, self.setting, self.row, self.repeat, self.fold)
     inductive = self.row.pretraining == INDUCTIVE
-    return tuple(Unit(self.plan, self.setting, None, self.repeat if inductive else 0,
-                      self.fold if inductive else None, b.pretrain,
-                      self.row.pretrain_overrides)
-                 for b in _cp_branches(config) if not b.checkpoint)
+    needs = []
+    for branch in _cp_branches(config):
+      if not branch.checkpoint:
+        needs.append(Unit(self.plan, self.setting, None, self.repeat if inductive else 0,
+                          self.fold if inductive else None, branch.pretrain,
+                          self.row.pretrain_overrides))
+        branch.checkpoint = str(needs[-1].folder)
+    return config, needs
+
+  @property
+  def needs(self) -> tuple[Unit, ...]:
+    """The pre-training units this unit loads, each once (none for baselines and
+    pre-trainings)."""
+    if self.row is None or self.row.is_baseline:
+      return ()
+    return tuple({u.folder: u for u in self._with_pretrainings()[1]}.values())
 
   def config(self) -> ml_collections.ConfigDict:
     """The unit's config, the same wherever it is computed."""
     if self.row is None:
       where = None if self.fold is None else (self.repeat, self.fold)
       return pretrain_config(self.plan, self.variant, self.setting, where, self.extra)
-    config = downstream_config(self.plan, self.setting, self.row, self.repeat, self.fold)
-    needs = iter(self.needs)
-    for branch in _cp_branches(config):
-      if not branch.checkpoint:
-        branch.checkpoint = str(next(needs).folder)
-    return config
+    return self._with_pretrainings()[0]
 
 
 def units_of(plan: Plan) -> list[Unit]:

@@ -91,8 +91,10 @@ def connect(scheduler: str = "", processes: int = 1) -> Iterator["distributed.Cl
   # worker.
   with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
       n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
-      dashboard_address=None, env=worker_env(processes)) as cluster, \
+      dashboard_address=":0", env=worker_env(processes)) as cluster, \
       distributed.Client(cluster) as client:
+    logging.info("Dask cluster of %d worker processes; dashboard %s", processes,
+                 client.dashboard_link)
     yield client
 
 
@@ -143,7 +145,7 @@ def run_units(client, todo: Sequence[plan_lib.Unit],
               runner: Callable = units_lib.default_runner) -> None:
   """Runs `todo` (in order, as `plan.units_of` lists them) on `client`'s cluster and
   waits for every one; a unit's failure fails its dependants, not the others. Then
-  raises the first failure, if any, with a note naming every failed unit."""
+  raises the first failure, if any, having logged every failed unit."""
   import distributed  # pylint: disable=g-import-not-at-top
   futures: dict[pathlib.Path, distributed.Future] = {}
   names = {}
@@ -171,11 +173,10 @@ def run_units(client, todo: Sequence[plan_lib.Unit],
                   "".join(traceback.format_tb(future.traceback())))
     failed.append((name, error))
   if failed:
-    error = failed[0][1]
-    error.add_note(f"{len(failed)} of {len(todo)} units failed: "
-                   f"{', '.join(n for n, _ in failed)}; the others are done, and a "
-                   "rerun resumes")
-    raise error
+    logging.error("%d of %d units failed: %s; the others are done, and a rerun resumes "
+                  "(the first failure follows)", len(failed), len(todo),
+                  ", ".join(n for n, _ in failed))
+    raise failed[0][1]
 
 
 def describe(todo: Sequence[plan_lib.Unit]) -> list[str]:
