@@ -236,7 +236,8 @@ def run_plan(plan: Plan, runner: Callable = default_runner, *, processes: int = 
     plan: the study.
     runner: (config, workdir) -> trains; a module-level function (it is pickled to
       the workers).
-    processes: worker processes of the embedded cluster.
+    processes: worker processes of the embedded cluster (spawned: a script that
+      calls this needs the `if __name__ == "__main__":` guard).
     scheduler: a running cluster's scheduler address or file instead.
   """
   todo = prepare(plan)

@@ -18,16 +18,18 @@ or not at all. The work happens beside it, in `F`'s *attempts folder*
   (another one finished first) leaves it and discards its own work. The publisher
   then removes the attempts folder.
 
-Who makes the next attempt: a process that finds no finished `F` looks at the
+Who makes the next attempt: a process that finds no published `F` looks at the
 newest claim. Its owner is alive if it runs on this machine (same hostname and boot
 id) with that pid and start time, or, on another machine, while the claim's mtime
-changes (heartbeats): unchanged for `STALE_S` seconds of this process's clock
-(so clocks need not agree across hosts) it is stale. While the owner is alive the
+changes (heartbeats): unchanged for `STALE_S` seconds of this process's clock (so
+clocks need not agree across hosts) it is stale. While the owner is alive the
 process waits for it (a Dask task secedes from its worker's thread pool meanwhile,
-so the worker runs other units); once it is gone it creates the next claim and
-resumes the work. A unit whose worker dies is so retried by Dask on another worker
-at once on one machine, after `STALE_S` across machines; two commands, or two Dask
-clusters, sharing a workdir take different units and wait for each other's.
+so the worker runs other units); once the owner is gone, the process creates the
+next claim and resumes the work. So when Dask retries the unit of a dead worker,
+the retry resumes at once on the same machine and after `STALE_S` on another; and
+two commands, or two Dask clusters, sharing a workdir take different units and
+wait for each other's. No lock is held anywhere (flock is host-local on NFS
+mounted `nolock` and fails on FUSE mounts).
 
 Failure modes. Correctness rests on O_EXCL create and directory rename (atomic on a
 local disk, NFSv3+, Lustre, GPFS; object-store mounts such as gcsfuse lack atomic
