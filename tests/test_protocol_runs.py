@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 from absl import app
 import ml_collections
@@ -332,7 +333,8 @@ def _fake_trainer(config, workdir):
   run_dir.mkdir()
   time.sleep(1.0)  # long enough for two commands to meet on a unit
   rows = ["path,label,probability"] + [
-      f"{r.path},{int(r.label)},{(hash(r.path) % 1000) / 1000!r}" for r in parts["test"]]
+      f"{r.path},{int(r.label)},{zlib.crc32(r.path.encode()) / 2**32!r}"
+      for r in parts["test"]]
   (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
   (run_dir / "metrics.jsonl").write_text('{"split": "val", "epoch": 0, "best": true}\n')
   with open(pathlib.Path(config.data.folds).parent / "trained.log", "a") as f:

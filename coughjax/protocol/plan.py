@@ -13,6 +13,9 @@ Layout of `<workdir>`:
   pretrain/<variant>[-<front end>]/{r<repeat>f<fold> | all}/   pre-training workdirs
   <setting>/<row>/r<repeat>f<fold>/                            a downstream workdir,
       or a baseline's folder; both hold predictions.csv and unit.json
+
+each published whole; while a unit runs, its attempts live beside its folder in
+`.<name>.attempts/` (`coughjax.protocol.units`).
 """
 
 from __future__ import annotations
