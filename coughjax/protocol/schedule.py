@@ -52,7 +52,7 @@ CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
 
 
 class ClusterError(Exception):
-  """The cluster cannot be reached, or its workers cannot run this study."""
+  """No cluster can be started or reached, or its workers cannot run this study."""
 
 
 def worker_env(processes: int) -> dict[str, str]:
@@ -81,12 +81,12 @@ def connect(scheduler: str = "", processes: int = 1) -> Iterator["distributed.Cl
       client = distributed.Client(**kwargs, timeout="30s")
     except (OSError, TimeoutError, ValueError) as e:
       raise ClusterError(f"--scheduler={scheduler}: cannot reach a Dask scheduler "
-                            f"({e})") from None
+                         f"({e})") from None
     with client:
       yield client
     return
   if processes < 1:
-    raise ValueError(f"--processes must be >= 1, got {processes}")
+    raise ClusterError(f"--processes must be >= 1, got {processes}")
   # For the cluster's whole life: the nanny reads `daemon` whenever it (re)starts a
   # worker.
   with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
