@@ -1,4 +1,5 @@
-"""coughjax.protocol.folds: groups kept whole, strata balanced, seeded, and splits."""
+"""coughjax.protocol.folds: groups kept whole, strata balanced, seeded, splits, and
+the folds file."""
 
 import collections
 
@@ -156,3 +157,23 @@ def test_split_errors():
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
     folds.split(np.array([0, 0, 1, 1]), 0, val_fraction=1.0, strata=strata,
                 groups=groups, seed=0)
+
+
+def test_the_folds_file_is_written_once_and_read_back(tmp_path):
+  path, keys = tmp_path / "folds.json", ["a", "b", "c", "d"]
+  fold_of = folds.assign(["p1", "p1", "p2", "p3"], [0, 0, 1, 1], k=2, repeats=3, seed=0)
+  assert folds.write_folds(path, keys, fold_of, seed=0, description="four")
+  first = path.read_bytes()
+  # Another writer (another command on the workdir) neither replaces nor fails.
+  assert not folds.write_folds(path, keys, 1 - fold_of, seed=1)
+  assert path.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == [
+      "folds.json"]
+  read = folds.read_folds(path)
+  assert (read["k"], read["repeats"]) == (2, 3)
+  assert read["recordings"] == {k: fold_of[:, i].tolist() for i, k in enumerate(keys)}
+  with pytest.raises(ValueError, match=r"fold_of must be \[repeats, 3\]"):
+    folds.write_folds(tmp_path / "x.json", keys[:3], fold_of, seed=0)
+  path.write_bytes(first[:40])  # truncated
+  with pytest.raises(ValueError, match="folds.json: folds file: not valid JSON .*can be "
+                     "deleted and drawn again"):
+    folds.read_folds(path)

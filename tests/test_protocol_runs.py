@@ -1,20 +1,34 @@
-"""The evaluation protocol's runner: folds in the data path, front end, baselines,
-out-of-fold scores, inductive pre-training, resume, and the generic command."""
+"""The evaluation protocol's runner: folds in the data path, front end, baselines;
+units published once, resumed, waited for; a study on Dask workers, one of them
+killed, two commands on one workdir; the checks before any work; the command."""
 
 import dataclasses
 import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
 
+from absl import app
 import ml_collections
 import numpy as np
 import pytest
 
 from coughjax import baselines
+from coughjax import data
 from coughjax.data import features as features_lib
 from coughjax.data import splits
 from coughjax.data.manifest import Recording
+from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
+from coughjax.protocol import units
 from coughjax.protocol import __main__ as cli
+from conftest import REPO
 
 
 def _records(n=40):
@@ -26,8 +40,9 @@ def _folds_file(tmp_path, records, k=4, repeats=2):
   fold_of = np.array([[(int(r.participant_id[1:]) + rep_) % k for r in records]
                       for rep_ in range(repeats)])
   path = tmp_path / "folds.json"
-  splits.write_folds(path, records, fold_of, seed=0)
-  return splits.read_folds(path)
+  folds_lib.write_folds(path, [folds_lib.recording_key(r.path) for r in records], fold_of,
+                        seed=0)
+  return folds_lib.read_folds(path)
 
 
 def test_fold_split_tests_the_fold_and_keeps_participants_together(tmp_path):
@@ -69,6 +84,10 @@ def test_from_config_chooses_the_split(tmp_path):
   (tmp_path / "bad.json").write_text("{}")
   cfg.folds = str(tmp_path / "bad.json")
   with pytest.raises(ValueError, match="bad.json: not a coughjax folds file"):
+    splits.from_config(records, cfg)
+  (tmp_path / "bad.json").write_text('{"version": 1, "k"')  # a truncated file
+  with pytest.raises(ValueError, match="bad.json: folds file: not valid JSON .* can be "
+                     "deleted and drawn again"):
     splits.from_config(records, cfg)
 
 
@@ -118,129 +137,339 @@ def test_single_feature_baselines_score_what_they_name():
   assert baselines.duration(np.zeros((17, 2))) == 17.0
 
 
-# --- the runner on the built-in synthetic data (runlocal) ----------------------------
+# --- one unit: published whole and once, resumed, waited for (no Dask) --------------
 
 
-def _plan(tmp_path, rows, **kwargs):
-  return cli.make_plan(tmp_path / "work", ["data.num_participants=24"], [], rows,
-                       k=2, repeats=1, baseline_repeats=2, runlocal=True, **kwargs)
+def _work(calls, content="mine"):
+  """A unit's work: records what its workdir held, writes an output."""
+  def work(scratch):
+    calls.append(sorted(p.name for p in scratch.iterdir()))
+    (scratch / "out.txt").write_text(content)
+    return {"seconds": 0.5}
+  return work
 
 
-def test_every_recording_gets_one_out_of_fold_score_per_repeat(tmp_path):
-  plan = _plan(tmp_path, ["transformer", "logmel_logreg", "loudness_only"])
-  results = runs.run_plan(plan)["all"]
-  folds = splits.read_folds(plan.folds_path)
-  labelled = set(folds["recordings"])
+def _claim(folder, n, **owner):
+  side = units.attempts_folder(folder)
+  side.mkdir(parents=True, exist_ok=True)
+  (side / f"claim.{n}").write_text(json.dumps(owner))
+  return side
+
+
+def test_a_unit_is_published_whole_and_once(tmp_path):
+  folder, calls = tmp_path / "all" / "row" / "r0f0", []
+  assert units.state(folder) == "to do"
+  unit = units.run_once(folder, _work(calls))
+  assert (unit["attempt"], unit["resumed_from"], unit["seconds"]) == (0, None, 0.5)
+  assert units.read_unit(folder) == unit and (folder / "out.txt").read_text() == "mine"
+  assert not units.attempts_folder(folder).exists() and units.state(folder) == "done"
+  assert units.run_once(folder, _work(calls)) == unit and len(calls) == 1
+
+
+def test_an_attempt_whose_process_died_is_resumed_at_once(tmp_path):
+  folder = tmp_path / "r0f0"
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  side = _claim(folder, 0, **dict(units._me(), pid=int(dead.stdout)))
+  (side / "work.0").mkdir()
+  (side / "work.0" / "checkpoint").write_text("epoch 1")
+  assert units.state(folder).startswith("partial (attempt 0 by ")
+  calls, start = [], time.monotonic()
+  unit = units.run_once(folder, _work(calls), stale_s=600)
+  assert time.monotonic() - start < 60  # not after stale_s: the owner is known dead
+  assert calls == [["checkpoint"]]  # its workdir, copied
+  assert (unit["attempt"], unit["resumed_from"]) == (1, 0)
+
+
+def test_another_machines_attempt_is_taken_over_once_its_heartbeat_stops(tmp_path):
+  folder = tmp_path / "r0f0"
+  _claim(folder, 0, host="elsewhere", boot="x", pid=1, started="1")
+  calls, start = [], time.monotonic()
+  unit = units.run_once(folder, _work(calls), stale_s=0.5, poll_s=0.05)
+  assert time.monotonic() - start >= 0.5 and unit["attempt"] == 1 and calls == [[]]
+
+
+def test_a_live_attempt_is_waited_for(tmp_path):
+  folder = tmp_path / "r0f0"
+  side = _claim(folder, 0, **units._me())  # alive: this very process
+
+  def other_attempt_finishes():
+    time.sleep(0.5)
+    (side / "work.0").mkdir()
+    (side / "work.0" / "unit.json").write_text('{"seconds": 7.0}')
+    os.rename(side / "work.0", folder)
+
+  thread = threading.Thread(target=other_attempt_finishes)
+  thread.start()
+  calls = []
+  assert units.run_once(folder, _work(calls), poll_s=0.05) == {"seconds": 7.0}
+  thread.join()
+  assert not calls
+
+
+def test_of_two_finishers_the_first_ones_outputs_stay(tmp_path):
+  folder = tmp_path / "r0f0"
+
+  def work(scratch):  # another attempt publishes while this one works
+    rival = tmp_path / "rival"
+    rival.mkdir()
+    (rival / "unit.json").write_text('{"seconds": 2.0}')
+    (rival / "out.txt").write_text("rival")
+    os.rename(rival, folder)
+    (scratch / "out.txt").write_text("mine")
+    return {"seconds": 1.0}
+
+  assert units.run_once(folder, work) == {"seconds": 2.0}
+  assert (folder / "out.txt").read_text() == "rival"
+
+
+def test_a_damaged_unit_record_is_named_with_what_to_do(tmp_path):
+  folder = tmp_path / "r0f0"
+  folder.mkdir()
+  (folder / "unit.json").write_text("")  # a full disk, say
+  with pytest.raises(ValueError, match=r"r0f0/unit.json: unit record: not valid JSON .*"
+                     r"delete \S*r0f0 to run the unit again"):
+    units.read_unit(folder)
+  (folder / "unit.json").unlink()
+  with pytest.raises(ValueError, match="without unit.json .* delete it"):
+    units.read_unit(folder)
+
+
+# --- a study on Dask workers (the built-in synthetic data, runlocal) ------------------
+
+
+ROWS = ["transformer", "duration_only"]
+
+
+def _plan(workdir, rows=ROWS, **kwargs):
+  kwargs = dict(dict(k=2, repeats=1, baseline_repeats=1, runlocal=True), **kwargs)
+  return cli.make_plan(workdir, ["data.num_participants=24"], [], rows, **kwargs)
+
+
+def _command(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, "-m", "coughjax.protocol", f"--workdir={workdir}", "--runlocal",
+       f"--rows={','.join(ROWS)}", "--data=data.num_participants=24", "--folds=2",
+       "--baseline_repeats=1", *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  """The command on an embedded cluster of 2 worker processes."""
+  work = tmp_path_factory.mktemp("study") / "work"
+  proc = _command(work, "--processes=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _plan(work)
+
+
+def _predictions(plan):
+  return {p.relative_to(plan.workdir): p.read_bytes()
+          for p in plan.workdir.glob("all/*/*/predictions.csv")}
+
+
+def test_a_study_runs_on_two_worker_processes(study):
+  records = [units.read_unit(p.parent) for p in study.workdir.glob("all/*/*/unit.json")]
+  assert len(records) == 4 and all(r["attempt"] == 0 for r in records)
+  assert len({r["ran_on"] for r in records}) == 2  # both workers ran units
+  assert not list(study.workdir.glob("**/*.attempts"))
+  report = (study.workdir / "report.md").read_text()
+  assert "| all | transformer | duration_only |" in report
+  assert "python -m coughjax.protocol" in report
+  results = runs.collect(study)["all"]
+  labelled = set(folds_lib.read_folds(study.folds_path)["recordings"])
   for name, scores in results.items():
     assert set(scores.keys) <= labelled
-    assert scores.scores.shape == (plan.repeats_of(plan.row(name)), len(scores.keys))
+    assert scores.scores.shape == (study.repeats_of(study.row(name)), len(scores.keys))
     assert np.all((scores.scores >= 0) & (scores.scores <= 1))
-  # Deep rows and baselines score the same recordings (the same usable ones).
-  assert results["transformer"].keys == results["logmel_logreg"].keys
+  assert results["transformer"].keys == results["duration_only"].keys
   unit = results["transformer"].units[0][0]
   assert unit["epochs"] == 2 and 1 <= unit["best_epoch"] <= 2
-  text = cli.format_report(plan, {"all": results},
-                           rep.judge(cli.comparisons(plan), {"all": results}), "cmd")
+  text = cli.format_report(study, {"all": results},
+                           rep.judge(cli.comparisons(study), {"all": results}), "cmd")
   assert "| transformer |" in text and "Commit: `" in text
-  assert "| all | transformer | loudness_only |" in text
 
 
-def test_a_rerun_reuses_every_unit(tmp_path):
-  plan = _plan(tmp_path, ["transformer", "duration_only"])
-  first = runs.run_plan(plan)
-  calls = []
-  again = runs.run_plan(plan, runner=lambda *a: calls.append(a))
-  assert not calls
-  np.testing.assert_array_equal(first["all"]["transformer"].scores,
-                                again["all"]["transformer"].scores)
-  # Another config in the same workdir is an error, not a silent reuse.
-  other = dataclasses.replace(plan, downstream_set=("num_epochs=3",))
-  for unit in (plan.workdir / "all" / "transformer").glob("*/unit.json"):
-    unit.unlink()
+def test_a_rerun_runs_nothing_and_refuses_another_config(study):
+  before = _predictions(study)
+  runs.run_plan(study, runner=_must_not_run)  # every unit done: no cluster, no work
+  assert _predictions(study) == before
+  other = dataclasses.replace(study, downstream_set=("num_epochs=3",))
   with pytest.raises(ValueError, match="holds a unit made with another config"):
-    runs.run_plan(other)
+    runs.run_plan(other, runner=_must_not_run)
 
 
-def test_a_unit_another_process_runs_is_left_to_it(tmp_path):
-  import fcntl  # pylint: disable=g-import-not-at-top
-  plan = _plan(tmp_path, ["duration_only"])
-  runs.ensure_folds(plan)
-  setting, row = plan.settings[0], plan.row("duration_only")
-  lock = plan.workdir / "all" / "duration_only" / ".r0f1.lock"
-  lock.parent.mkdir(parents=True)
-  with open(lock, "a") as held:  # as another process would hold it
-    fcntl.flock(held, fcntl.LOCK_EX)
-    assert runs.run_unit(plan, setting, row, 0, 1, runs.default_runner, wait=False) is None
-    assert runs.run_unit(plan, setting, row, 0, 0, runs.default_runner, wait=False)
-  assert not (lock.parent / "r0f1").exists()
-  assert runs.run_unit(plan, setting, row, 0, 1, runs.default_runner)["seconds"] >= 0
+def _must_not_run(config, workdir):
+  raise AssertionError(f"{workdir}: a unit ran again")
 
 
-def test_a_unit_whose_pretraining_another_process_runs_waits_for_it(tmp_path):
-  import fcntl  # pylint: disable=g-import-not-at-top
-  plan = _plan(tmp_path, ["transformer_cp_ft"])
-  runs.ensure_folds(plan)
-  setting, row = plan.settings[0], plan.row("transformer_cp_ft")
-  pre = runs.pretrain_workdir(plan, "transformer_m0", setting, (0, 1))
-  pre.parent.mkdir(parents=True)
-  calls = []
-  with open(pre.parent / f".{pre.name}.lock", "a") as held:  # another process's
-    fcntl.flock(held, fcntl.LOCK_EX)
-    # Left for later, not waited for: the unit is free for whoever comes back.
-    assert runs.run_unit(plan, setting, row, 0, 1, lambda *a: calls.append(a),
-                         wait=False) is None
-  assert not calls and not (plan.workdir / "all" / row.name / "r0f1").exists()
+def _dies_after_its_first_checkpoint(config, workdir):
+  """The trainer, in a worker process that is killed (SIGKILL) once the first
+  attempt at transformer r0f0 has checkpointed its first epoch: a worker lost
+  mid-unit."""
+  work = pathlib.Path(workdir)
+  if work.name == "work.0" and work.parent.name == ".r0f0.attempts":
+    def kill_when_checkpointed():
+      while not any(p.name.isdigit() for p in (work / "run_0" / "checkpoints").glob("*")):
+        time.sleep(0.05)
+      os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=kill_when_checkpointed, daemon=True).start()
+  return units.default_runner(config, workdir)
+
+
+def test_a_worker_killed_mid_unit_costs_nothing(tmp_path, study):
+  plan = _plan(tmp_path / "work")
+  runs.run_plan(plan, runner=_dies_after_its_first_checkpoint, processes=2)
+  killed = units.read_unit(plan.workdir / "all" / "transformer" / "r0f0")
+  assert (killed["attempt"], killed["resumed_from"]) == (1, 0)  # resumed elsewhere
+  assert killed["epochs"] == 2
+  assert len(list(plan.workdir.glob("all/*/*/unit.json"))) == 4
+  assert not list(plan.workdir.glob("**/*.attempts"))
+  assert _predictions(plan) == _predictions(study)  # the same scores, to the bit
+
+
+def _fake_trainer(config, workdir):
+  """Scores the test part by a hash of each path (no JAX) and logs the call."""
+  parts = splits.from_config(data.get_manifest(config.data), config.data)
+  run_dir = pathlib.Path(workdir) / "run_0"
+  run_dir.mkdir()
+  time.sleep(1.0)  # long enough for two commands to meet on a unit
+  rows = ["path,label,probability"] + [
+      f"{r.path},{int(r.label)},{zlib.crc32(r.path.encode()) / 2**32!r}"
+      for r in parts["test"]]
+  (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+  (run_dir / "metrics.jsonl").write_text('{"split": "val", "epoch": 0, "best": true}\n')
+  with open(pathlib.Path(config.data.folds).parent / "trained.log", "a") as f:
+    f.write(f"{workdir}\n")
+
+
+def test_two_commands_on_one_workdir_do_not_double_a_unit(tmp_path):
+  plan = _plan(tmp_path / "work", baseline_repeats=2)
+  results = [None, None]
+
+  def command(i):
+    results[i] = runs.run_plan(plan, runner=_fake_trainer)  # each its own cluster
+
+  threads = [threading.Thread(target=command, args=(i,)) for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  trained = (plan.workdir / "trained.log").read_text().splitlines()
+  units_trained = sorted(pathlib.Path(w).parent.name for w in trained)
+  assert units_trained == [".r0f0.attempts", ".r0f1.attempts"]  # each once
+  assert len(list(plan.workdir.glob("all/*/*/unit.json"))) == 2 + 4
+  for name in ROWS:
+    np.testing.assert_array_equal(results[0]["all"][name].scores,
+                                  results[1]["all"][name].scores)
 
 
 def test_inductive_pretraining_never_sees_its_fold(tmp_path):
   # Pre-training on the downstream participants' coughs and breathing.
   plan = _plan(tmp_path, ["transformer_cp_ft"],
                pretrain_data=("data.num_participants=24", "data.seed=1"))
-  runs.ensure_folds(plan)
+  runs.prepare(plan)
   setting = plan.settings[0]
-  folds = splits.read_folds(plan.folds_path)
-  from coughjax import data  # pylint: disable=g-import-not-at-top
+  folds = folds_lib.read_folds(plan.folds_path)
   for fold in range(plan.k):
     config = runs.pretrain_config(plan, "transformer_m0", setting, (0, fold))
     records = data.get_manifest(config.data)
     parts = splits.from_config(records, config.data)
-    seen = {splits.recording_key(r.path) for p in ("train", "val") for r in parts[p]}
+    seen = {folds_lib.recording_key(r.path) for p in ("train", "val") for r in parts[p]}
     tested = {k for k, f in folds["recordings"].items() if f[0] == fold}
     # Neither the test recordings nor their participants' other sounds (breathing).
     who = lambda keys: {k.split("/")[3] for k in keys}  # synthetic://seed/participant/..
-    assert tested and who(tested) & who(splits.recording_key(r.path) for r in records)
+    assert tested and who(tested) & who(folds_lib.recording_key(r.path) for r in records)
     assert not who(seen) & who(tested)
     assert runs.pretrain_workdir(plan, "transformer_m0", setting, (0, fold)).name == \
         f"r0f{fold}"
   assert runs.pretrain_workdir(plan, "transformer_m0", setting, None).name == "all"
+  # Each downstream unit loads the pre-training of its own fold.
+  for unit in runs.units_of(plan):
+    if unit.row:
+      (need,) = unit.needs
+      assert unit.config().encoder_a.checkpoint == str(need.folder)
+      assert need.folder.name == f"r0f{unit.fold}"
 
 
-def test_command_shares_units_between_processes(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
-  work = tmp_path / "work"
-  proc = subprocess.run(
-      [sys.executable, "-m", "coughjax.protocol", f"--workdir={work}", "--runlocal",
-       "--rows=transformer,duration_only", "--data=data.num_participants=24",
-       "--folds=2", "--baseline_repeats=1", "--processes=2"],
-      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  report = (work / "report.md").read_text()
-  assert "| all | transformer | duration_only |" in report
-  assert "python -m coughjax.protocol" in report
-  assert (work / "helper_1.log").is_file()
-  assert len(list(work.glob("all/*/r0f*/unit.json"))) == 4
 
 
-def test_command_checks_the_report_path_before_the_work(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
-  proc = subprocess.run(
-      [sys.executable, "-m", "coughjax.protocol", f"--workdir={tmp_path / 'work'}",
-       "--runlocal", "--rows=duration_only", "--data=data.num_participants=24",
-       f"--report={tmp_path / 'missing' / 'report.md'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode != 0 and "--report=" in proc.stderr, proc.stderr[-3000:]
-  assert not list((tmp_path / "work").glob("**/unit.json"))
+# --- checked before any work ----------------------------------------------------------
+
+
+def _dry_run(plan, report=None, module="coughjax.protocol"):
+  runs.command_main(plan, module, processes=1, scheduler="", dry_run=True,
+                    report=report or plan.workdir / "report.md", format_report=None)
+
+
+def test_unknown_rows_are_named_with_every_choice(tmp_path):
+  with pytest.raises(ValueError, match="row loudnes_only: unknown variant 'loudnes_only'; "
+                     "choose from .*transformer.*, loudness_only"):
+    _plan(tmp_path, ["logmel_logreg", "loudnes_only"])
+  proc = _command(tmp_path / "work", "--rows=logmel_logreg,loudnes_only")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "choose from" in proc.stderr.splitlines()[-1]
+  assert not (tmp_path / "work").exists()
+
+
+def test_each_setting_needs_both_labels(tmp_path, monkeypatch):
+  plan = _plan(tmp_path / "work")
+  real = data.get_manifest
+  monkeypatch.setattr(data, "get_manifest", lambda cfg: [
+      dataclasses.replace(r, label=0) for r in real(cfg)])
+  with pytest.raises(app.UsageError, match=r"setting all: all \d+ labelled recordings "
+                     "have label 0; its rows need both labels"):
+    _dry_run(plan)
+  assert not plan.workdir.exists()
+
+
+def test_the_report_path_overwrites_only_a_report_of_the_command(tmp_path, capsys):
+  plan = _plan(tmp_path / "work")
+  plan.workdir.mkdir()
+  for name in ("folds.json", "notes.md"):
+    (plan.workdir / name).write_text("{}\n")
+    with pytest.raises(app.UsageError, match=f"{name} exists and is not a report of "
+                       "python -m coughjax.protocol"):
+      _dry_run(plan, plan.workdir / name)
+    (plan.workdir / name).unlink()
+  with pytest.raises(app.UsageError, match="folder .*missing does not exist"):
+    _dry_run(plan, tmp_path / "missing" / "report.md")
+  old = plan.workdir / "old.md"
+  old.write_text("# Evaluation protocol\n\n- Command (from the repository root): "
+                 "`python -m coughjax.protocol --workdir=x`\n")
+  _dry_run(plan, old)
+  with pytest.raises(app.UsageError, match="not a report of python -m coughjax.studies"):
+    _dry_run(plan, old, module="coughjax.studies.covid19_cough")
+  capsys.readouterr()
+
+
+def test_the_workdir_must_be_a_folder(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(app.UsageError, match="--workdir=.*file/work: .*not a folder"):
+    _dry_run(_plan(tmp_path / "file" / "work"), tmp_path / "report.md")
+
+
+def test_a_dry_run_lists_units_needs_and_states(tmp_path, capsys):
+  plan = _plan(tmp_path / "work", ["transformer_cp_ft", "duration_only"])
+  _dry_run(plan)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 + 2 + 2 and all(l.endswith("to do") for l in lines)
+  assert lines[0].startswith("pretrain/transformer_m0/r0f0 ")
+  assert lines[1].split()[:3] == ["all/transformer_cp_ft/r0f0", "needs",
+                                  "pretrain/transformer_m0/r0f0"]
+  assert not plan.workdir.exists()  # a dry run writes nothing
+  for unit in runs.prepare(plan):  # the baseline's units, here, without a cluster
+    if unit.row and unit.row.is_baseline:
+      units.run(unit)
+  _dry_run(plan)
+  lines = capsys.readouterr().out.splitlines()
+  assert [l.endswith(" done") for l in lines] == [False] * 4 + [True] * 2
+
+
+def test_a_damaged_folds_file_is_named_with_what_to_do(tmp_path):
+  plan = _plan(tmp_path / "work")
+  plan.workdir.mkdir()
+  plan.folds_path.write_text('{"version": 1, "k": 2, "rec')
+  with pytest.raises(app.UsageError, match="folds.json: folds file: not valid JSON .*"
+                     "deleted and drawn again"):
+    _dry_run(plan)

@@ -3,21 +3,20 @@
 Two ways to split, chosen by `config.data` (`from_config`): seeded fractions
 (`split`: `data.split`, `data.split_seed`), or one fold of a folds file written by
 the evaluation protocol (`fold_split`: `data.folds`, `data.fold`, `data.fold_repeat`),
-whose test parts cover every recording once per repeat.
+whose test parts cover every recording once per repeat (`coughjax.protocol.folds`
+writes and reads that file).
 """
 
 from __future__ import annotations
 
 import collections
-import json
-import os
-import pathlib
 from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
 
 from coughjax.data.manifest import Recording
+from coughjax.protocol import folds as folds_lib
 
 SPLITS = ("train", "val", "test")
 
@@ -72,54 +71,6 @@ def split(records: Sequence[Recording], fractions: Sequence[float] = (0.7, 0.1, 
 
 # --- folds of the evaluation protocol (`coughjax.protocol`) ----------------------------
 
-FOLDS_VERSION = 1
-
-
-def recording_key(path: str) -> str:
-  """How a folds file names a recording: its real absolute path (a `scheme://` path,
-  such as a synthetic recording's, as it is), so that a relative or symlinked root
-  names the same file."""
-  return path if "://" in path else os.path.realpath(path)
-
-
-def write_folds(path: str | os.PathLike, records: Sequence[Recording],
-                fold_of: np.ndarray, *, seed: int, description: str = "") -> None:
-  """Writes a folds file: for each recording, its fold in every repeat.
-
-  Args:
-    path: the JSON file to write.
-    records: the recordings the folds were assigned over.
-    fold_of: [repeats, len(records)] fold index of each recording per repeat.
-    seed: the seed the assignment was drawn with (recorded).
-    description: what the recordings are (recorded).
-  """
-  fold_of = np.asarray(fold_of)
-  if fold_of.ndim != 2 or fold_of.shape[1] != len(records):
-    raise ValueError(f"fold_of must be [repeats, {len(records)}], got {fold_of.shape}")
-  table = {recording_key(r.path): [int(f) for f in fold_of[:, i]]
-           for i, r in enumerate(records)}
-  blob = {"version": FOLDS_VERSION, "k": int(fold_of.max()) + 1,
-          "repeats": int(fold_of.shape[0]), "seed": seed, "description": description,
-          "recordings": table}
-  pathlib.Path(path).write_text(json.dumps(blob, indent=1) + "\n")
-
-
-def read_folds(path: str | os.PathLike) -> dict:
-  """A folds file written by `write_folds`, checked."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: folds file not found (data.folds)")
-  try:
-    blob = json.loads(path.read_text())
-    table = blob["recordings"]
-    k, repeats = int(blob["k"]), int(blob["repeats"])
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path}: not a coughjax folds file ({e})") from e
-  if blob.get("version") != FOLDS_VERSION:
-    raise ValueError(f"{path}: folds file version {blob.get('version')!r}, expected "
-                     f"{FOLDS_VERSION}")
-  return {"path": str(path), "k": k, "repeats": repeats, "recordings": table}
-
 
 def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int,
                fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
@@ -134,7 +85,7 @@ def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int
 
   Args:
     records: the recordings to split.
-    folds: `read_folds`' result.
+    folds: `coughjax.protocol.folds.read_folds`' result.
     fold: the test fold, in [0, k).
     repeat: the repeat, in [0, repeats).
     fractions: train / val / (ignored) fractions.
@@ -145,14 +96,14 @@ def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int
   if not 0 <= fold < folds["k"] or not 0 <= repeat < folds["repeats"]:
     raise ValueError(f"{folds['path']}: has {folds['k']} folds x {folds['repeats']} "
                      f"repeats; data.fold={fold}, data.fold_repeat={repeat} is outside")
-  table = folds["recordings"]
-  missing = [r.path for r in records if recording_key(r.path) not in table]
+  table, key = folds["recordings"], folds_lib.recording_key
+  missing = [r.path for r in records if key(r.path) not in table]
   if missing and require_all:
     raise ValueError(f"{folds['path']}: {len(missing)} of {len(records)} recordings are "
                      f"not in this folds file (e.g. {missing[0]}); it was written for "
                      "other data: write the folds for these recordings")
   test_ids = {r.participant_id for r in records
-              if table.get(recording_key(r.path), [None] * (repeat + 1))[repeat] == fold}
+              if table.get(key(r.path), [None] * (repeat + 1))[repeat] == fold}
   rest = [r for r in records if r.participant_id not in test_ids]
   train_val = np.asarray(fractions[:2], dtype=np.float64)
   if train_val.shape != (2,) or np.any(train_val < 0) or train_val.sum() <= 0:
@@ -174,5 +125,5 @@ def from_config(records: Sequence[Recording], cfg, require_all: bool = False
   (`fold_split`)."""
   if not cfg.get("folds"):
     return split(records, cfg.split, cfg.split_seed)
-  return fold_split(records, read_folds(cfg.folds), cfg.fold, cfg.fold_repeat, cfg.split,
-                    cfg.split_seed, require_all)
+  return fold_split(records, folds_lib.read_folds(cfg.folds), cfg.fold, cfg.fold_repeat,
+                    cfg.split, cfg.split_seed, require_all)

@@ -15,7 +15,13 @@ r"""The evaluation protocol on any data: rows and baselines, fold by fold, one r
 Rows are `configs/downstream.py` variants and `coughjax.baselines` names (the
 confound controls among them); every row runs in every setting. Each deep row is
 compared with each baseline (and any `--compare=A,B`), Holm-corrected over all
-comparisons. See `coughjax.protocol` for the statistics; the run resumes unit by unit.
+comparisons. See `coughjax.protocol` for the statistics.
+
+The units (a row on a fold, a pre-training) run on Dask: by default on an embedded
+cluster of `--processes` worker processes; `--scheduler=tcp://HOST:8786` (or a
+scheduler file) runs them on a running cluster (`coughjax.protocol.runs` says how
+to start one). A killed worker's unit resumes elsewhere, a stopped command resumes
+unit by unit, and `--dry_run` lists the units and their state without running any.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def define_flags() -> None:
   module, and other commands define some of the same names)."""
   global _WORKDIR, _REPORT, _DATA, _SETTING, _ROWS, _COMPARE
   global _FOLDS, _REPEATS, _BASELINE_REPEATS, _SEED, _PRETRAINING, _PRETRAIN_DATA
-  global _PROCESSES, _HELPER, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
+  global _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
   _WORKDIR = flags.DEFINE_string("workdir", None, "where every unit goes", required=True)
   _REPORT = flags.DEFINE_string("report", None, "report path (default <workdir>/report.md)")
   _DATA = flags.DEFINE_multi_string("data", [], "key=value for every config (data.name, "
@@ -106,9 +112,7 @@ def define_flags() -> None:
   _PRETRAIN_DATA = flags.DEFINE_multi_string(
       "pretrain_data", [], "key=value: the -CP rows' pre-training data (default: --data "
       "without data.label)")
-  _PROCESSES = flags.DEFINE_integer("processes", 1, "processes sharing the units (one per "
-                                    "core is about right on a CPU)")
-  _HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
+  runs.define_cluster_flags(processes=1)
   _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
   _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
   _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
@@ -123,14 +127,17 @@ def main(argv):
     if len(pair) != 2 or not all(pair) or not set(pair) <= set(_ROWS.value):
       raise app.UsageError(f"--compare={text!r}: expected A,B with rows of --rows")
     extra.append(pair)
-  plan = make_plan(_WORKDIR.value, _DATA.value, _SETTING.value, _ROWS.value,
-                   pretraining=_PRETRAINING.value, k=_FOLDS.value, repeats=_REPEATS.value,
-                   baseline_repeats=_BASELINE_REPEATS.value, seed=_SEED.value,
-                   pretrain_data=tuple(_PRETRAIN_DATA.value), runlocal=_RUNLOCAL.value,
-                   downstream_set=tuple(_DOWNSTREAM_SET.value),
-                   pretrain_set=tuple(_PRETRAIN_SET.value))
+  try:
+    plan = make_plan(_WORKDIR.value, _DATA.value, _SETTING.value, _ROWS.value,
+                     pretraining=_PRETRAINING.value, k=_FOLDS.value,
+                     repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
+                     seed=_SEED.value, pretrain_data=tuple(_PRETRAIN_DATA.value),
+                     runlocal=_RUNLOCAL.value, downstream_set=tuple(_DOWNSTREAM_SET.value),
+                     pretrain_set=tuple(_PRETRAIN_SET.value))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   runs.command_main(
-      plan, "coughjax.protocol", helper=_HELPER.value, processes=_PROCESSES.value,
+      plan, "coughjax.protocol", **runs.cluster_args(),
       report=pathlib.Path(_REPORT.value or plan.workdir / "report.md"),
       format_report=lambda results, command: format_report(
           plan, results, rep.judge(comparisons(plan, extra), results), command))

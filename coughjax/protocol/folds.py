@@ -1,4 +1,4 @@
-"""Repeated stratified k-fold over groups, and each fold's train/validation/test parts.
+"""Repeated stratified k-fold over groups, each fold's parts, and the folds file.
 
 Items (recordings) belong to groups (participants); a group never straddles folds. A
 group's stratum is the majority stratum of its items (ties: the first in input
@@ -8,14 +8,26 @@ scikit-learn's `StratifiedGroupKFold` balances singleton groups well, but it cou
 group's items in every class they carry (not one stratum per group), has no
 guarantee for groups of unequal sizes, and wants integer classes; the dealing below
 is short, states its guarantee and does not depend on the order of the items.
+
+A study's folds are drawn once and kept in its folds file (`write_folds`,
+`read_folds`): each recording's fold in every repeat, keyed by `recording_key`.
+Every unit of the study reads its fold from there (`coughjax.data.splits`).
 """
 
 from __future__ import annotations
 
 import collections
+import json
+import os
+import pathlib
+import uuid
 from typing import Hashable, Sequence
 
 import numpy as np
+
+from coughjax import files
+
+FOLDS_VERSION = 1
 
 
 def _group_table(groups: Sequence[str], strata: Sequence[Hashable]
@@ -172,3 +184,75 @@ def split(fold_of: np.ndarray, fold: int, *, val_fraction: float,
         taken += sizes[g]
   val = in_val[group_of]
   return np.flatnonzero(~test & ~val), np.flatnonzero(val), np.flatnonzero(test)
+
+
+# --- the folds file -----------------------------------------------------------------
+
+
+def recording_key(path: str) -> str:
+  """How a folds file names a recording: its real absolute path (a `scheme://` path,
+  such as a synthetic recording's, as it is), so that a relative or symlinked root
+  names the same file."""
+  return path if "://" in path else os.path.realpath(path)
+
+
+def write_folds(path: str | os.PathLike, keys: Sequence[str], fold_of: np.ndarray, *,
+                seed: int, description: str = "") -> bool:
+  """Writes a folds file, whole and once: for each recording, its fold per repeat.
+
+  The file is written under a temporary name, then linked to `path` only if no file
+  is there (`os.link` fails on an existing name): of several processes writing the
+  folds of one study at once, exactly one writes them, and none replaces them.
+
+  Args:
+    path: the JSON file to write.
+    keys: [n] `recording_key` of each recording the folds were assigned over.
+    fold_of: [repeats, n] fold index of each recording per repeat.
+    seed: the seed the assignment was drawn with (recorded).
+    description: what the recordings are (recorded).
+
+  Returns:
+    Whether this call wrote the file (False: it was there already).
+  """
+  fold_of = np.asarray(fold_of)
+  if fold_of.ndim != 2 or fold_of.shape[1] != len(keys):
+    raise ValueError(f"fold_of must be [repeats, {len(keys)}], got {fold_of.shape}")
+  table = {k: [int(f) for f in fold_of[:, i]] for i, k in enumerate(keys)}
+  blob = {"version": FOLDS_VERSION, "k": int(fold_of.max()) + 1,
+          "repeats": int(fold_of.shape[0]), "seed": seed, "description": description,
+          "recordings": table}
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+  files.atomic_write(tmp, lambda f: f.write((json.dumps(blob, indent=1) + "\n").encode()))
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    os.unlink(tmp)
+
+
+def read_folds(path: str | os.PathLike) -> dict:
+  """A folds file written by `write_folds`, checked: {"path", "k", "repeats",
+  "recordings": {key: [fold per repeat]}}."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: folds file not found (data.folds)")
+  fix = ("; a study's folds file can be deleted and drawn again (the same data, k, "
+         "repeats and seed draw the same folds)")
+  try:
+    blob = files.read_json(path, "folds file")
+  except ValueError as e:
+    raise ValueError(f"{e}{fix}") from None
+  try:
+    table = blob["recordings"]
+    k, repeats = int(blob["k"]), int(blob["repeats"])
+    if not isinstance(table, dict):
+      raise TypeError("'recordings' is not an object")
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: not a coughjax folds file ({e!r}){fix}") from None
+  if blob.get("version") != FOLDS_VERSION:
+    raise ValueError(f"{path}: folds file version {blob.get('version')!r}, expected "
+                     f"{FOLDS_VERSION}")
+  return {"path": str(path), "k": k, "repeats": repeats, "recordings": table}

@@ -74,6 +74,7 @@ from coughjax.protocol import scores as scores_lib
 from coughjax.protocol.report import Comparison
 from coughjax.protocol.runs import Row, Setting
 
+MODULE = "coughjax.studies.covid19_cough"
 BEST = "ens_transformer_cp_ds50"  # the paper's best model (Table 5)
 TRANSDUCTIVE_BEST = BEST + "_transductive"
 # Attempts at making the method win honestly (besides the loudness-normalised
@@ -528,7 +529,7 @@ def define_flags() -> None:
   a process may import define some of the same names)."""
   global _ROOT, _COSWARA, _WORKDIR, _REPORT, _FOLDS, _REPEATS, _BASELINE_REPEATS
   global _SEED, _ROWS, _SETTINGS, _ATTEMPTS, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
-  global _PROCESSES, _HELPER, _SCORES_DIR, _FROM_SCORES
+  global _SCORES_DIR, _FROM_SCORES
   _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
                               "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
   _COSWARA = flags.DEFINE_string("coswara_root", None, "Coswara folder joined to the "
@@ -552,9 +553,7 @@ def define_flags() -> None:
   _ATTEMPTS = flags.DEFINE_bool("attempts", True, "also the attempts at making the "
                                 "paper's best model win: 80-epoch pre-training, augmented "
                                 "training (the loudness-normalised one is a setting)")
-  _PROCESSES = flags.DEFINE_integer("processes", 2, "processes sharing the units (one "
-                                    "per core is about right on a CPU)")
-  _HELPER = flags.DEFINE_bool("helper", False, "internal: a helper process of --processes")
+  runs.define_cluster_flags(processes=2)
   _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
   _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
   _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
@@ -642,25 +641,31 @@ def main(argv):
   if coswara is None:  # as configs/pretrain.py's `real` option
     pretrain_cfgs, _ = config_modules()
     coswara = data.parse_roots(pretrain_cfgs.real_roots())["coswara"]
-  plan = make_plan(root, coswara, pathlib.Path(_WORKDIR.value), k=_FOLDS.value,
-                   repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
-                   seed=_SEED.value, deep_rows=_ROWS.value, setting_names=_SETTINGS.value,
-                   attempts=_ATTEMPTS.value, runlocal=_RUNLOCAL.value,
-                   downstream_set=_DOWNSTREAM_SET.value, pretrain_set=_PRETRAIN_SET.value)
+  try:
+    plan = make_plan(root, coswara, pathlib.Path(_WORKDIR.value), k=_FOLDS.value,
+                     repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
+                     seed=_SEED.value, deep_rows=_ROWS.value,
+                     setting_names=_SETTINGS.value, attempts=_ATTEMPTS.value,
+                     runlocal=_RUNLOCAL.value, downstream_set=_DOWNSTREAM_SET.value,
+                     pretrain_set=_PRETRAIN_SET.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   scores_dir = pathlib.Path(_SCORES_DIR.value)
   if _FROM_SCORES.value:
     path = pathlib.Path(_FROM_SCORES.value)
-    report = files.check_output(pathlib.Path(_REPORT.value), flag="--report")
+    try:
+      report = runs.check_report(pathlib.Path(_REPORT.value), MODULE)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
     plan, results, text = from_scores(path, root, " ".join(
-        ["python -m coughjax.studies.covid19_cough", *map(shlex.quote, sys.argv[1:])]))
+        ["python -m", MODULE, *map(shlex.quote, sys.argv[1:])]))
     reliability(results, _titles(plan), path.parent / RELIABILITY_FILE)
     files.atomic_write(report, lambda f: f.write(text.encode()))
     print(text)
     print(f"written to {report}")
     return
   runs.command_main(
-      plan, "coughjax.studies.covid19_cough", helper=_HELPER.value,
-      processes=_PROCESSES.value, report=pathlib.Path(_REPORT.value),
+      plan, MODULE, **runs.cluster_args(), report=pathlib.Path(_REPORT.value),
       format_report=lambda results, command: publish(plan, results, root, command,
                                                      scores_dir))
 

@@ -1,0 +1,306 @@
+"""What a study runs: its rows, settings and units, each unit's config and folder.
+
+A *row* scores recordings: a downstream variant of `configs/downstream.py`, or a
+baseline of `coughjax.baselines`. A *setting* is a selection of the data (config
+overrides). A `Plan` runs rows in settings over k folds, repeated; it is made of
+*units* (`units_of`): one (setting, row, repeat, fold) each, and for -CP rows the
+pre-trainings they need. Everything here is a frozen dataclass or a pure function of
+one, so a unit pickles to a Dask worker as it is and gives the same config there.
+
+Layout of `<workdir>`:
+
+  folds.json
+  pretrain/<variant>[-<front end>]/{r<repeat>f<fold> | all}/   pre-training workdirs
+  <setting>/<row>/r<repeat>f<fold>/                            a downstream workdir,
+      or a baseline's folder; both hold predictions.csv and unit.json
+
+each published whole; while a unit runs, its attempts live beside its folder in
+`.<name>.attempts/` (`coughjax.protocol.units`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Optional, Sequence
+
+import ml_collections
+
+from coughjax import baselines
+from coughjax.overrides import apply_overrides
+from coughjax.overrides import config_modules
+
+INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """Something that scores recordings.
+
+  Attributes:
+    name: unique within a study (a folder name).
+    variant: a `configs/downstream.py` variant, or a `coughjax.baselines` name.
+    label: how the report names it ("" = the name).
+    overrides: "key=value" for this row's downstream config.
+    pretraining: for -CP branches: INDUCTIVE (per fold) or TRANSDUCTIVE (once).
+    pretrain_overrides: "key=value" for its -CP branches' pre-training (e.g. a
+      longer schedule); such pre-trainings get their own workdirs.
+  """
+  name: str
+  variant: str
+  label: str = ""
+  overrides: tuple[str, ...] = ()
+  pretraining: str = INDUCTIVE
+  pretrain_overrides: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.pretraining not in (INDUCTIVE, TRANSDUCTIVE):
+      raise ValueError(f"row {self.name}: pretraining must be {INDUCTIVE!r} or "
+                       f"{TRANSDUCTIVE!r}, got {self.pretraining!r}")
+
+  @property
+  def is_baseline(self) -> bool:
+    return self.variant in baselines.BASELINES
+
+  @property
+  def title(self) -> str:
+    return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """A selection of the study's data, and the rows run on it.
+
+  Attributes:
+    name: a folder name.
+    overrides: "key=value" config overrides (`data.*`, `features.*`); `features.*`
+      ones apply to the -CP rows' pre-training too (an encoder is pre-trained on
+      the front end it will see).
+    rows: the names of the rows run here.
+    description: a sentence for the report.
+  """
+  name: str
+  overrides: tuple[str, ...]
+  rows: tuple[str, ...]
+  description: str = ""
+
+  @property
+  def front_end(self) -> tuple[str, ...]:
+    return tuple(o for o in self.overrides if o.startswith("features."))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a study runs.
+
+  Attributes:
+    workdir: where everything goes.
+    data: "key=value" overrides that every config gets (`data.name`, roots, label).
+    rows: every row of the study.
+    settings: where each row runs.
+    k: folds.
+    repeats: repeats of the k-fold for deep rows.
+    baseline_repeats: repeats for baselines (cheap: more repeats narrow their
+      intervals; comparisons use the repeats both rows have).
+    seed: of the folds; unit (r, f) trains with seed `seed + r * k + f`.
+    pretrain_data: "key=value" overrides of the -CP rows' pre-training configs
+      (`configs/pretrain.py:<variant>`), e.g. the `real` data's roots.
+    pretrain_option: comma options of the pre-training configs (e.g. "real").
+    downstream_set / pretrain_set: extra overrides of every downstream /
+      pre-training config (after everything else).
+    runlocal: seconds-long configs (smoke tests).
+  """
+  workdir: pathlib.Path
+  data: tuple[str, ...]
+  rows: tuple[Row, ...]
+  settings: tuple[Setting, ...]
+  k: int = 5
+  repeats: int = 1
+  baseline_repeats: int = 1
+  seed: int = 0
+  pretrain_data: tuple[str, ...] = ()
+  pretrain_option: str = ""
+  downstream_set: tuple[str, ...] = ()
+  pretrain_set: tuple[str, ...] = ()
+  runlocal: bool = False
+
+  def __post_init__(self):
+    names = [r.name for r in self.rows]
+    if len(set(names)) != len(names):
+      raise ValueError(f"row names must be unique, got {names}")
+    _, downstream_cfgs = config_modules()
+    known = sorted(downstream_cfgs.VARIANTS) + sorted(baselines.BASELINES)
+    for r in self.rows:
+      if r.variant not in known:
+        raise ValueError(f"row {r.name}: unknown variant {r.variant!r}; choose from "
+                         f"{', '.join(known)}")
+    for s in self.settings:
+      unknown = sorted(set(s.rows) - set(names))
+      if unknown:
+        raise ValueError(f"setting {s.name}: unknown rows {unknown}; rows: {names}")
+    if self.k < 2 or min(self.repeats, self.baseline_repeats) < 1:
+      raise ValueError(f"need k >= 2 folds and >= 1 repeat, got k={self.k}, repeats="
+                       f"{self.repeats}, baseline_repeats={self.baseline_repeats}")
+
+  def row(self, name: str) -> Row:
+    return next(r for r in self.rows if r.name == name)
+
+  def repeats_of(self, row: Row) -> int:
+    return self.baseline_repeats if row.is_baseline else self.repeats
+
+  @property
+  def folds_path(self) -> pathlib.Path:
+    return self.workdir / "folds.json"
+
+  def unit_folder(self, setting: Setting, row: Row, repeat: int, fold: int
+                  ) -> pathlib.Path:
+    return self.workdir / setting.name / row.name / f"r{repeat}f{fold}"
+
+
+# --- configs ------------------------------------------------------------------------
+
+
+def _suffix(plan: Plan) -> str:
+  return ",runlocal" if plan.runlocal else ""
+
+
+def downstream_config(plan: Plan, setting: Setting, row: Row, repeat: int = 0,
+                      fold: int = 0) -> ml_collections.ConfigDict:
+  """The config of one unit: `row`'s variant (a baseline takes the plain
+  Transformer's, for its data and feature fields) on `setting`, fold `fold` of
+  repeat `repeat` of the study's folds, one run. Its -CP branches' checkpoints are
+  left empty (`Unit.config` points them at their pre-training units)."""
+  _, downstream_cfgs = config_modules()
+  variant = "transformer" if row.is_baseline else row.variant
+  config = downstream_cfgs.get_config(variant + _suffix(plan))
+  apply_overrides(config, plan.data + setting.overrides + row.overrides)
+  seed = plan.seed + repeat * plan.k + fold
+  config.data.folds = str(plan.folds_path)
+  config.data.fold, config.data.fold_repeat = fold, repeat
+  config.data.split_seed = seed
+  config.seed = seed
+  config.num_runs = 1
+  apply_overrides(config, plan.downstream_set)
+  return config
+
+
+def pretrain_config(plan: Plan, variant: str, setting: Setting,
+                    fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
+                    ) -> ml_collections.ConfigDict:
+  """`configs/pretrain.py:<variant>` on the study's pre-training data with the
+  setting's front end and `extra` overrides; without the test part of `fold` =
+  (repeat, fold), or on everything when `fold` is None (transductive)."""
+  pretrain_cfgs, _ = config_modules()
+  options = ",".join(o for o in (plan.pretrain_option, "runlocal" * plan.runlocal) if o)
+  config = pretrain_cfgs.get_config(variant + ("," + options if options else ""))
+  apply_overrides(config, plan.pretrain_data + setting.front_end + tuple(extra))
+  if fold is not None:
+    repeat, k = fold
+    config.data.folds = str(plan.folds_path)
+    config.data.fold_repeat, config.data.fold = repeat, k
+    config.seed = plan.seed + repeat * plan.k + k
+  apply_overrides(config, plan.pretrain_set)
+  return config
+
+
+def _tag(overrides: Sequence[str]) -> str:
+  """'features.normalise=gain' -> 'normalise_gain' (a folder name part)."""
+  return "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in overrides)
+
+
+def pretrain_workdir(plan: Plan, variant: str, setting: Setting,
+                     fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
+                     ) -> pathlib.Path:
+  name = "-".join([variant] + [_tag(o) for o in (setting.front_end, extra) if o])
+  return (plan.workdir / "pretrain" / name
+          / ("all" if fold is None else f"r{fold[0]}f{fold[1]}"))
+
+
+def _cp_branches(config) -> list:
+  return [config[k] for k in ("encoder_a", "encoder_b")
+          if config[k].name and config[k].init == "cp"]
+
+
+# --- units --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One piece of a study's work, done in (and published as) its own folder.
+
+  A row unit has `row` set (a downstream training or a baseline's fit on fold
+  `fold` of repeat `repeat`); a pre-training unit has `row` None and pre-trains
+  `variant` with `extra` overrides, on the data without the test part of fold
+  (`repeat`, `fold`), or on all of it when `fold` is None.
+  """
+  plan: Plan
+  setting: Setting
+  row: Optional[Row]
+  repeat: int
+  fold: Optional[int]
+  variant: str = ""
+  extra: tuple[str, ...] = ()
+
+  @property
+  def is_pretraining(self) -> bool:
+    return self.row is None
+
+  @property
+  def folder(self) -> pathlib.Path:
+    if self.row is None:
+      where = None if self.fold is None else (self.repeat, self.fold)
+      return pretrain_workdir(self.plan, self.variant, self.setting, where, self.extra)
+    return self.plan.unit_folder(self.setting, self.row, self.repeat, self.fold)
+
+  @property
+  def name(self) -> str:
+    """The folder relative to the workdir (what logs and --dry_run show)."""
+    return str(self.folder.relative_to(self.plan.workdir))
+
+  def _with_pretrainings(self) -> tuple[ml_collections.ConfigDict, list[Unit]]:
+    """A row unit's config with each -CP branch that names no checkpoint pointed at
+    the folder of its pre-training unit, and those units (one per branch)."""
+    config = downstream_config(self.plan, self.setting, self.row, self.repeat, self.fold)
+    inductive = self.row.pretraining == INDUCTIVE
+    needs = []
+    for branch in _cp_branches(config):
+      if not branch.checkpoint:
+        needs.append(Unit(self.plan, self.setting, None, self.repeat if inductive else 0,
+                          self.fold if inductive else None, branch.pretrain,
+                          self.row.pretrain_overrides))
+        branch.checkpoint = str(needs[-1].folder)
+    return config, needs
+
+  @property
+  def needs(self) -> tuple[Unit, ...]:
+    """The pre-training units this unit loads, each once (none for baselines and
+    pre-trainings)."""
+    if self.row is None or self.row.is_baseline:
+      return ()
+    return tuple({u.folder: u for u in self._with_pretrainings()[1]}.values())
+
+  def config(self) -> ml_collections.ConfigDict:
+    """The unit's config, the same wherever it is computed."""
+    if self.row is None:
+      where = None if self.fold is None else (self.repeat, self.fold)
+      return pretrain_config(self.plan, self.variant, self.setting, where, self.extra)
+    return self._with_pretrainings()[0]
+
+
+def units_of(plan: Plan) -> list[Unit]:
+  """Every unit of `plan`, each once, in the order they should run: each setting's
+  first row, then each one's second, ... (a study whose settings list their rows by
+  importance has the important ones everywhere first), a unit's pre-trainings just
+  before it. Pre-trainings shared by several rows or settings (same variant, front
+  end, overrides and fold) appear once."""
+  out: dict[pathlib.Path, Unit] = {}
+  for position in range(max(len(s.rows) for s in plan.settings)):
+    for setting in (s for s in plan.settings if position < len(s.rows)):
+      row = plan.row(setting.rows[position])
+      for repeat in range(plan.repeats_of(row)):
+        for fold in range(plan.k):
+          unit = Unit(plan, setting, row, repeat, fold)
+          for need in unit.needs:
+            out.setdefault(need.folder, need)
+          out[unit.folder] = unit
+  return list(out.values())
