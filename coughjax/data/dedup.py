@@ -40,12 +40,9 @@ Recordings without features (too short, undecodable: the feature cache's skips) 
 not compared, and are counted in the log line. Recordings of different sources of a
 multi-source config are not compared with each other.
 
-On the covid19_cough release (`benchmarks/README.md`: its 970 recordings with features
-and 140 re-encoded copies of them, 299k comparable pairs) unrelated pairs score at most
-0.52 (0.34-0.41 at the 99.9th percentile); the 14 pairs of copies the release holds
-0.76-0.98 (their waveforms correlate 0.96-1.0: they are copies), and the copies made
-(resampled to 8-44.1 kHz, gain 0.5-1.3, trimmed by up to 0.5 s, MP3, Vorbis, FLAC or
-WAV) >= 0.95. `threshold` sits in the gap.
+`threshold` sits in the gap between the scores of unrelated recordings and those of
+copies (re-encoded, resampled, re-gained or trimmed); `python benchmarks/dedup.py`
+measures that gap on covid19_cough, and benchmarks/README.md gives its latest figures.
 """
 
 from __future__ import annotations
@@ -230,7 +227,7 @@ def search(prints: Sequence[tuple[np.ndarray, np.ndarray]], params: Params = Par
   candidates = collections.defaultdict(list)
   copies = []
   # The matrix products are many small ones, for which BLAS threads cost more than
-  # they bring (measured 7x slower with 2 threads than with 1 on a loaded 2-core CPU).
+  # they bring (synchronisation per product outweighs the work it splits).
   with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
     for i, j, _, _ in all_pairs([c for _, c in prints], coarse_lag, params.shortlist):
       candidates[i].append(j)

@@ -110,7 +110,7 @@ def abstract_params(embedding_dim: int = 128) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _abstract_params(embedding_dim: int) -> dict[str, Any]:
-  # Tracing the initialisers of 72M parameters takes ~0.3 s; conversions and
+  # Tracing the initialisers of 72M parameters is not free, and conversions and
   # checkpoint loads ask for these shapes repeatedly.
   model = VGGish(embedding_dim=embedding_dim)
   x = jax.ShapeDtypeStruct((1, CLIP_FRAMES, NUM_MELS), jnp.float32)
