@@ -6,10 +6,12 @@ r"""coughjax entry point: pre-training or downstream training from a config file
 
 Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or set
 COUGHJAX_COORDINATOR / COUGHJAX_NUM_PROCESSES / COUGHJAX_PROCESS_ID) to call
-`jax.distributed.initialize`; each process then feeds its shard of the global batch.
+`jax.distributed.initialize`; each process then feeds its rows of the global batch,
+and process 0 writes the files.
 
-Ctrl-C stops at the next training step, checkpoints it and exits with status 130;
-rerunning the same command resumes.
+Ctrl-C (SIGINT) or SIGTERM on any process stops every process at the next training
+step, which is checkpointed; they exit with status 130 (SIGINT) or 143 (SIGTERM).
+Rerunning the same command resumes.
 """
 
 import os
@@ -38,6 +40,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
   from coughjax.train import run  # pylint: disable=g-import-not-at-top
+  from coughjax.train import stopping  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
     run.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
@@ -47,8 +50,11 @@ def main(argv):
                jax.devices()[0].platform, workdir)
   try:
     run.run(config, workdir)
-  except KeyboardInterrupt as e:  # trainer.Interrupted says at which step
-    print(str(e) or "interrupted; rerun the same command to resume", file=sys.stderr)
+  except stopping.Interrupted as e:  # says at which step
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+    print("interrupted; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
 
 

@@ -67,15 +67,21 @@ TABLE_HEADER = ("| model | ROC-AUC | Precision | Recall | Accuracy | Avg F1 |\n"
                 "|---|---|---|---|---|---|")
 
 
+def results_of(variant: str, runs: list[dict], dataset: str) -> dict:
+  """What results.json holds: the runs and their recording- and clip-level summary."""
+  levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
+  return {"variant": variant, "dataset": dataset, "num_runs": len(runs),
+          "summary": levels, "runs": runs}
+
+
 def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
                  dataset: str, paper: Optional[dict[str, float]] = None,
                  paper_source: str = "") -> dict:
   """Writes results.json and results.md (recording- and clip-level tables); `paper`
   is the paper's row (`coughjax.paper.reference`), `paper_source` says which."""
   workdir = pathlib.Path(workdir)
-  levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
-  results = {"variant": variant, "dataset": dataset, "num_runs": len(runs),
-             "summary": levels, "runs": runs}
+  results = results_of(variant, runs, dataset)
+  levels = results["summary"]
   (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
   lines = [f"# {variant}: test set, mean (std) over {len(runs)} runs", "",
            f"Dataset: {dataset}. Threshold 0.5; Avg F1 from average precision and recall.",
