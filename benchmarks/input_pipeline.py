@@ -16,7 +16,7 @@ subprocesses of their own, in this order:
 * loader: contrastive pairs per second from `ContrastiveBatches.batch` alone (one
   thread, B = `--batch`, over the packed, memory-mapped train split);
 * pretrain: a pre-training process as `trainer.fit` runs it (`pretrain.make_task`:
-  load_splits over the packs, batches, the pmapped B = `--batch` step; batches through
+  load_splits over the packs, batches, the B = `--batch` train step; batches through
   `pipeline.prefetch` and `mesh.prefetch`) for `--steps` steps after a
   warm-up step: its peak RSS (ru_maxrss, imports and compilation included) and the
   step's consumption rate (pairs per second = B / median step time);

@@ -89,7 +89,7 @@ _MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.2, "each repeat calls a fun
 _MAX_TIMED_S = flags.DEFINE_float("max_timed_s", 30.0, "fewer repeats (at least 1) where "
                                   "the timed repeats of a row at a batch size would last "
                                   "longer than this (VGGish at batch 1024: ~25 s a call)")
-_PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's pmapped "
+_PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's own "
                           "predict step (the coughjax pmap column)")
 _TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
                                     "whose program is identical to an earlier row's")

@@ -1,6 +1,6 @@
 """Pre-training step and encoder inference time on this machine, with ablations.
 
-Prints a markdown table: median and min wall time over --repeats of the pmapped
+Prints a markdown table: median and min wall time over --repeats of the
 pre-training step (B pairs = 2B clips, one device), of the eval step (forward and
 loss over the same 2B clips) and of the Transformer encoder alone over B clips, with
 the achieved GFLOP/s from an analytic FLOP count; then the same train step with

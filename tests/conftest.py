@@ -2,7 +2,7 @@
 
 The test session itself runs on one CPU device, as users do. Multi-device tests run
 their JAX code in a subprocess with `--xla_force_host_platform_device_count=4`
-(`run_script`): with more fake devices than cores, XLA:CPU can deadlock pmapped
+(`run_script`): with more fake devices than cores, XLA:CPU can deadlock the
 collectives of heavy programs (VGGish) waiting for a device thread that never gets
 scheduled, so fake devices are confined to the tests that need them.
 """
