@@ -6,10 +6,12 @@ r"""coughjax entry point: pre-training or downstream training from a config file
 
 Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or set
 COUGHJAX_COORDINATOR / COUGHJAX_NUM_PROCESSES / COUGHJAX_PROCESS_ID) to call
-`jax.distributed.initialize`; each process then feeds its shard of the global batch.
+`jax.distributed.initialize`; each process then feeds its rows of the global batch,
+and process 0 writes the files.
 
-Ctrl-C stops at the next training step, checkpoints it and exits with status 130;
-rerunning the same command resumes.
+Ctrl-C (SIGINT) or SIGTERM on any process stops every process at the next training
+step, which is checkpointed; they exit with status 130 (SIGINT) or 143 (SIGTERM).
+Rerunning the same command resumes.
 """
 
 import os
@@ -47,7 +49,7 @@ def main(argv):
       "runs", config.variant + ("_runlocal" if config.runlocal else ""))
   logging.info("%s on %d device(s) (%s), workdir %s", config.variant, jax.device_count(),
                jax.devices()[0].platform, workdir)
-  run.run(config, workdir)  # Ctrl-C: trainer.Interrupted says at which step
+  run.run(config, workdir)  # a signal: stopping.Interrupted says at which step
 
 
 if __name__ == "__main__":

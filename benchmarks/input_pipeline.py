@@ -16,8 +16,8 @@ subprocesses of their own, in this order:
 * loader: contrastive pairs per second from `ContrastiveBatches.batch` alone (one
   thread, B = `--batch`, over the packed, memory-mapped train split);
 * pretrain: a pre-training process as `trainer.fit` runs it (`pretrain.make_task`:
-  load_splits over the packs, batches, the pmapped B = `--batch` step; batches through
-  `pipeline.prefetch` and `trainer.prefetch_to_devices`) for `--steps` steps after a
+  load_splits over the packs, batches, the B = `--batch` train step; batches through
+  `pipeline.prefetch` and `mesh.prefetch`) for `--steps` steps after a
   warm-up step: its peak RSS (ru_maxrss, imports and compilation included) and the
   step's consumption rate (pairs per second = B / median step time);
 * embed: `python -m coughjax.embed` over the corpus's coughs (the same participants,
@@ -123,20 +123,20 @@ def loader_worker(spec):
 def pretrain_worker(spec):
   import jax  # pylint: disable=g-import-not-at-top
   from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
-  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
   config = make_config(spec)
   task = pretrain.make_task(config)
-  p_state = trainer.replicate(task.init_state(jax.random.key(0)))
-  key = trainer.replicate(jax.random.key(1))
+  state = mesh_lib.put_replicated(task.mesh, task.init_state(jax.random.key(0)))
+  key = mesh_lib.put_replicated(task.mesh, jax.random.key(1))
   times, losses = [], []
-  batches = trainer.prefetch_to_devices(pipeline.prefetch(task.batches(0, 0)))
+  batches = mesh_lib.prefetch(pipeline.prefetch(task.batches(0, 0)), task.mesh)
   for _, batch in zip(range(spec["steps"] + 1), batches):
     start = time.perf_counter()
-    p_state, metrics = task.train_step(p_state, batch, key)
-    jax.block_until_ready((p_state, metrics))
+    state, metrics = task.train_step(state, batch, key)
+    jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
-    losses.append(float(metrics["loss"][0]))
+    losses.append(float(metrics["loss"]))
   step_s = float(np.median(times[1:]))
   return {"step_s": step_s, "pairs_per_s": spec["batch"] / step_s, "losses": losses,
           "peak_rss": harness.peak_rss_bytes()}

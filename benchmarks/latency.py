@@ -26,8 +26,9 @@ Implementations, timed in the same process, interleaved repeat by repeat:
   included. Compile time (first call minus a steady call) is excluded and shown
   apart.
 * coughjax pmap (only with `--pmap`): the downstream trainer's own
-  `Setup.predict_step` (the same computation under `jax.pmap`, as the evaluation loop
-  calls it), to show what the pmap dispatch adds.
+  `Setup.predict_step` (the same computation as the evaluation loop calls it: a
+  shard_map over the device mesh that gathers every row's probability), to show what
+  that dispatch adds.
 * coughjax GPU: an empty column, no GPU having been available to the published runs.
 * torch paper-style: the twin (benchmarks/torch_twins.py, the same weights) in plain
   eager mode under `torch.no_grad()`, whole batch at once, masks from the paper's
@@ -77,7 +78,7 @@ from coughjax import infer
 from coughjax import paper
 from coughjax.models import vggish as vggish_lib
 from coughjax.train import downstream
-from coughjax.train import trainer
+from coughjax.train import mesh as mesh_lib
 import torch_twins
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "1024"], "batch sizes to time")
@@ -88,7 +89,7 @@ _MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.2, "each repeat calls a fun
 _MAX_TIMED_S = flags.DEFINE_float("max_timed_s", 30.0, "fewer repeats (at least 1) where "
                                   "the timed repeats of a row at a batch size would last "
                                   "longer than this (VGGish at batch 1024: ~25 s a call)")
-_PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's pmapped "
+_PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's own "
                           "predict step (the coughjax pmap column)")
 _TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
                                     "whose program is identical to an earlier row's")
@@ -309,7 +310,7 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
   params = init_params(config, setup)
   predict = coughjax_predict(config, setup)
   shape = (config.features.clip_frames, config.features.nfilt)
-  p_state = trainer.replicate(ParamsOnly(params)) if opts.pmap else None
+  p_state = mesh_lib.put_replicated(setup.mesh, ParamsOnly(params)) if opts.pmap else None
 
   host_params = jax.device_get(params)
   paper_twin = classifier_twin(config, host_params, "loop", row.ds_masking)
@@ -334,8 +335,7 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
 
     fns = {"coughjax": lambda: predict(params, x_jax, *ids).block_until_ready()}
     if opts.pmap:
-      x_pmap = jax.device_put(x_np[None])  # [devices = 1, batch, T, mel]
-      ids_pmap = [jax.device_put(a[None]) for a in clip_ids(batch)]
+      x_pmap, *ids_pmap = mesh_lib.global_batch(setup.mesh, (x_np, *clip_ids(batch)))
       fns["coughjax pmap"] = (
           lambda: setup.predict_step(p_state, x_pmap, *ids_pmap).block_until_ready())
 

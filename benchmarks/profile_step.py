@@ -1,6 +1,6 @@
 """Pre-training step and encoder inference time on this machine, with ablations.
 
-Prints a markdown table: median and min wall time over --repeats of the pmapped
+Prints a markdown table: median and min wall time over --repeats of the
 pre-training step (B pairs = 2B clips, one device), of the eval step (forward and
 loss over the same 2B clips) and of the Transformer encoder alone over B clips, with
 the achieved GFLOP/s from an analytic FLOP count; then the same train step with
@@ -33,8 +33,8 @@ import harness  # puts the checkout on sys.path  # pylint: disable=g-bad-import-
 from configs import pretrain as pretrain_configs
 from coughjax import models
 from coughjax.models import chunking
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import pretrain
-from coughjax.train import trainer
 
 _CONFIG = flags.DEFINE_string("config", "transformer_m50", "configs/pretrain.py variant")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "pairs per step (2x clips)")
@@ -66,13 +66,14 @@ def _config(**model_overrides):
 
 
 def _step_fns(cfg, views):
-  """(train, eval) closures over a replicated state on one device."""
-  devices = jax.local_devices()[:1]
+  """(train, eval) closures over a state on one device."""
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
   model = pretrain.build_model(cfg.model)
-  train_step, eval_step = pretrain.make_steps(model, cfg, 1, devices=devices)
-  holder = {"state": trainer.replicate(
-      pretrain.init_state(model, cfg, jax.random.PRNGKey(0)), devices)}
-  rng = trainer.replicate(jax.random.PRNGKey(1), devices)
+  train_step, eval_step = pretrain.make_steps(model, cfg, mesh)
+  holder = {"state": mesh_lib.put_replicated(
+      mesh, pretrain.init_state(model, cfg, jax.random.PRNGKey(0)))}
+  rng = mesh_lib.put_replicated(mesh, jax.random.PRNGKey(1))
+  views = mesh_lib.global_batch(mesh, views)
 
   def train():
     holder["state"], metrics = train_step(holder["state"], views, rng)
@@ -107,7 +108,7 @@ def main(argv):
   b = cfg.batch_size
   rng = np.random.default_rng(0)
   shape = (cfg.features.clip_frames, cfg.features.nfilt)
-  views = rng.normal(size=(1, 2, b) + shape).astype(np.float32)  # [devices, 2, B, T, M]
+  views = rng.normal(size=(b, 2) + shape).astype(np.float32)  # [B, 2, T, M]
   clips = jax.numpy.asarray(rng.normal(size=(b,) + shape).astype(np.float32))
   fwd = encoder_flops(cfg)
 

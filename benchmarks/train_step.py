@@ -11,8 +11,8 @@ default transformer_m50: the paper's best, 50 % random key masking, dropout 0.2;
 `--variant=gru` times the GRU's step against a stock nn.GRU twin, which masks
 nothing, so its paper-style and whole-batch modes are the same step).
 
-* coughjax: the real `coughjax.train.pretrain.make_steps` train step (pmapped,
-  encoder in chunks of `config.model.chunk_size` clips with remat -- their CPU
+* coughjax: the real `coughjax.train.pretrain.make_steps` train step (a shard_map
+  over the device mesh, jitted; encoder in chunks of `config.model.chunk_size` clips with remat -- their CPU
   defaults, "auto": 16 clips with remat for the Transformer, the whole batch for
   the GRU -- state donated),
   on 1 device and on 2 and 4 fake CPU devices
@@ -87,8 +87,8 @@ def random_views(batch: int, time_steps: int, mel: int) -> np.ndarray:
 def coughjax_worker(spec: dict[str, Any]) -> dict[str, Any]:
   """Times the real pre-training step on jax.local_device_count() devices."""
   import jax  # pylint: disable=g-import-not-at-top
+  from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
-  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
 
   if not spec["compilation_cache"]:
     jax.config.update("jax_enable_compilation_cache", False)  # compile time is real
@@ -96,21 +96,22 @@ def coughjax_worker(spec: dict[str, Any]) -> dict[str, Any]:
   if devices != spec["devices"]:
     raise RuntimeError(f"asked for {spec['devices']} devices, jax has {devices}")
   config = pretrain_config(spec["variant"], spec["batch"])
+  mesh = mesh_lib.data_mesh()
   model = pretrain.build_model(config.model)
-  train_step, _ = pretrain.make_steps(model, config, devices)
-  p_state = trainer.replicate(pretrain.init_state(model, config, jax.random.PRNGKey(0)))
+  train_step, _ = pretrain.make_steps(model, config, mesh)
+  state = mesh_lib.put_replicated(mesh, pretrain.init_state(model, config,
+                                                            jax.random.PRNGKey(0)))
   views = random_views(spec["batch"], config.features.clip_frames, config.features.nfilt)
-  # [devices, 2, B / devices, T, M] placed on the devices once, as torch's input is.
-  shards = jax.pmap(lambda v: v)(views.reshape((2, devices, -1) + views.shape[2:])
-                                 .swapaxes(0, 1))
-  key = trainer.replicate(jax.random.key(1))  # the step folds its number in
+  # [B, 2, T, M] split over the devices once, as torch's input is placed once.
+  views = mesh_lib.global_batch(mesh, views.swapaxes(0, 1))
+  key = mesh_lib.put_replicated(mesh, jax.random.key(1))  # the step folds its number in
   times, losses = [], []
   for _ in range(spec["steps"] + 1):
     start = time.perf_counter()
-    p_state, metrics = train_step(p_state, shards, key)
-    jax.block_until_ready((p_state, metrics))
+    state, metrics = train_step(state, views, key)
+    jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
-    losses.append(float(metrics["loss"][0]))
+    losses.append(float(metrics["loss"]))
   return {"times": times, "losses": losses}
 
 
@@ -128,6 +129,7 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from coughjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from coughjax.data.manifest import Recording  # pylint: disable=g-import-not-at-top
+  from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
   from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
 
@@ -135,8 +137,9 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
   window = spec["steps"]
   config.num_epochs, config.log_every_steps = 1, window
   config.checkpoint_every_steps = 10 * window
+  mesh = mesh_lib.data_mesh()
   model = pretrain.build_model(config.model)
-  train_step, _ = pretrain.make_steps(model, config, 1)
+  train_step, _ = pretrain.make_steps(model, config, mesh)
   rng = np.random.default_rng(0)
   n = spec["batch"]
   records = [Recording(path=f"p{i}.wav", participant_id=f"p{i}", sound="cough-heavy")
@@ -144,31 +147,30 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
   feats = [rng.standard_normal((int(rng.integers(150, 400)), config.features.nfilt),
                                np.float32) for _ in range(n)]
   store = pipeline.ClipStore(records, feats, config.features.clip_frames)
-  batches = pipeline.ContrastiveBatches(store, n, 0, pipeline.DeviceLayout(),
-                                        passes=2 * window)
-  key = trainer.replicate(jax.random.key(1))
-  p_state = trainer.replicate(pretrain.init_state(model, config, jax.random.key(0)))
-  on_device = next(trainer.prefetch_to_devices(iter([batches.batch(0, 0)])))
+  batches = pipeline.ContrastiveBatches(store, n, 0, passes=2 * window)
+  key = mesh_lib.put_replicated(mesh, jax.random.key(1))
+  state = mesh_lib.put_replicated(mesh, pretrain.init_state(model, config, jax.random.key(0)))
+  on_device = mesh_lib.global_batch(mesh, batches.batch(0, 0))
 
-  def bare(p_state):
+  def bare(state):
     times = []
     for _ in range(window + 1):
       start = time.perf_counter()
-      p_state, metrics = train_step(p_state, on_device, key)
-      jax.block_until_ready((p_state, metrics))
+      state, metrics = train_step(state, on_device, key)
+      jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - start)
-    return p_state, times[1:]
+    return state, times[1:]
 
-  p_state, before = bare(p_state)
+  state, before = bare(state)
   task = trainer.Task(
       name="loop", init_state=lambda k: pretrain.init_state(model, config, k),
       train_step=train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
-      evaluate=lambda _: {"loss": 0.0})
+      evaluate=lambda _: {"loss": 0.0}, mesh=mesh)
   with tempfile.TemporaryDirectory() as workdir:
     trainer.fit(task, config, workdir)
     rates = [l["steps_per_sec"] for l in trainer.read_metrics(workdir)
              if l["split"] == "train"]
-  _, after = bare(p_state)
+  _, after = bare(state)
   return {"bare_times": before + after, "loop_step_s": 1.0 / rates[1],
           "times": before + after, "losses": []}
 

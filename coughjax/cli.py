@@ -55,11 +55,11 @@ def user_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]
   def guarded(argv):
     try:
       return main(argv)
-    except KeyboardInterrupt as e:  # trainer.Interrupted says at which step
+    except KeyboardInterrupt as e:  # stopping.Interrupted says at which step
       if _verbose():
         raise
       print(_one_line(str(e) or "interrupted"), file=sys.stderr)
-      sys.exit(EXIT_INTERRUPTED)
+      sys.exit(getattr(e, "exit_code", EXIT_INTERRUPTED))  # 143 for SIGTERM
     except USER_ERRORS as e:
       if _verbose():
         raise

@@ -69,17 +69,21 @@ TABLE_HEADER = ("| model | ROC-AUC | Precision | Recall | Accuracy | Avg F1 |\n"
                 "|---|---|---|---|---|---|")
 
 
+def results_of(variant: str, runs: list[dict], dataset: str) -> dict:
+  """What results.json holds: the runs and their recording- and clip-level summary."""
+  levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
+  return {"variant": variant, "dataset": dataset, "num_runs": len(runs),
+          "summary": levels, "runs": runs}
+
+
 def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
                  dataset: str, paper: Optional[dict[str, float]] = None,
                  paper_source: str = "") -> dict:
   """Writes results.json and results.md (recording- and clip-level tables); `paper`
   is the paper's row (`coughjax.paper.reference`), `paper_source` says which."""
   workdir = pathlib.Path(workdir)
-  levels = {level: summarize([r[level] for r in runs]) for level in ("recording", "clip")}
-  results = {"variant": variant, "dataset": dataset, "num_runs": len(runs),
-             "summary": levels, "runs": runs}
-  # results.json last: its presence marks a finished run (coughjax.reproduce).
-  text = json.dumps(results, indent=2) + "\n"
+  results = results_of(variant, runs, dataset)
+  levels = results["summary"]
   lines = [f"# {variant}: test set, mean (std) over {len(runs)} runs", "",
            f"Dataset: {dataset}. Threshold 0.5; Avg F1 from average precision and recall.",
            ""]
@@ -90,6 +94,8 @@ def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
     lines += [f"Paper (COVID-19 Sounds, Xue & Salim 2021{source}): "
               + ", ".join(f"{k} {v:.2f}" for k, v in paper.items()), ""]
   files.atomic_write(workdir / "results.md", lambda f: f.write("\n".join(lines).encode()))
+  # results.json last: its presence marks a finished run (coughjax.reproduce).
+  text = json.dumps(results, indent=2) + "\n"
   files.atomic_write(workdir / "results.json", lambda f: f.write(text.encode()))
   return results
 

@@ -174,8 +174,8 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
                   mask_rates: Optional[Sequence[Optional[float]]] = None) -> jax.Array:
   """P(positive) of every clip, in inference mode: the one inference path.
 
-  Used by the downstream evaluation (under pmap), `coughjax.predict` and
-  benchmarks/latency.py. Every row's output depends only on its own clip, key and
+  Used by the downstream evaluation (its per-device predict step), `coughjax.predict`
+  and benchmarks/latency.py. Every row's output depends only on its own clip, key and
   index, not on the batch (up to float round-off of batched matmuls).
 
   Args:

@@ -2,7 +2,7 @@
 
 The test session itself runs on one CPU device, as users do. Multi-device tests run
 their JAX code in a subprocess with `--xla_force_host_platform_device_count=4`
-(`run_script`): with more fake devices than cores, XLA:CPU can deadlock pmapped
+(`run_script`): with more fake devices than cores, XLA:CPU can deadlock the
 collectives of heavy programs (VGGish) waiting for a device thread that never gets
 scheduled, so fake devices are confined to the tests that need them.
 """
@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,36 @@ def run_script(script: str, *args: str, devices: int = 1, timeout: float = 600,
     raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                          f"{proc.stderr[-6000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(script: str, *args: str, num_processes: int = 2, devices: int = 1,
+                  timeout: float = 600) -> list[subprocess.CompletedProcess]:
+  """Runs `script` (a path under the repository) as `num_processes` processes of one
+  multi-process JAX run on loopback (gloo), each with `devices` fake CPU devices,
+  with `args` and --coordinator/--num_processes/--process_id; their results, in
+  process order (stdout and stderr together). A process still running at the
+  timeout (stuck waiting for another) is killed."""
+  port = free_port()
+  flags = (os.environ.get("XLA_FLAGS", "")
+           + f" --xla_force_host_platform_device_count={devices}").strip()
+  procs = [subprocess.Popen(
+      [sys.executable, str(REPO / script), *args, f"--coordinator=127.0.0.1:{port}",
+       f"--num_processes={num_processes}", f"--process_id={i}"],
+      cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+  try:
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [subprocess.CompletedProcess(p.args, p.returncode, out, "")
+          for p, out in zip(procs, outs)]
 
 
 @contextlib.contextmanager

@@ -31,18 +31,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from coughjax.train import downstream  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
-from coughjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CHUNKS = (0, 4, 16)
 DEVICES = (1, 4)
-
-
-def _shard(x, devices: int, axis: int):
-  """Splits the batch axis `axis` of x over `devices` (device-major, as the loader)."""
-  x = np.moveaxis(x, axis, 0)
-  x = x.reshape((devices, -1) + x.shape[1:])
-  return np.moveaxis(x, 1, axis + 1)
 
 
 def pretrain_step(chunk: int, devices: list):
@@ -52,10 +45,11 @@ def pretrain_step(chunk: int, devices: list):
   config.model.transformer.num_layers = 1  # compiles faster; 1 layer draws it all
   model = pretrain.build_model(config.model)
   views = np.random.default_rng(0).normal(
-      size=(2, config.batch_size, 96, 64)).astype(np.float32)
-  train_step, _ = pretrain.make_steps(model, config, len(devices), devices=devices)
+      size=(config.batch_size, 2, 96, 64)).astype(np.float32)
+  mesh = mesh_lib.data_mesh(devices)
+  train_step, _ = pretrain.make_steps(model, config, mesh)
   state = pretrain.init_state(model, config, jax.random.key(0))
-  return _step(train_step, state, _shard(views, len(devices), 1), devices)
+  return _step(train_step, state, views, mesh)
 
 
 def downstream_step(chunk: int, devices: list):
@@ -70,23 +64,24 @@ def downstream_step(chunk: int, devices: list):
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(config.batch_size, 96, 64)).astype(np.float32),
            "y": (np.arange(config.batch_size) % 2).astype(np.float32)}
-  setup = downstream.Setup.create(config)
+  mesh = mesh_lib.data_mesh(devices)
+  setup = downstream.Setup.create(config, mesh)
   state = setup.init_state(config, jax.random.key(0))
-  shards = {k: _shard(v, len(devices), 0) for k, v in batch.items()}
-  return _step(setup.train_step, state, shards, devices)
+  return _step(setup.train_step, state, batch, mesh)
 
 
-def _step(train_step, state, batch, devices):
+def _step(train_step, state, batch, mesh):
   """(loss, Adam's first moment) after one step: mu = (1 - b1) * the (clipped) pmean
   gradient, which is compared rather than the parameters (Adam's first update,
   lr * g / (|g| + eps), turns round-off in a near-zero gradient into a step of lr)."""
-  p_state, metrics = train_step(trainer.replicate(state, devices), batch,
-                                trainer.replicate(jax.random.key(7), devices))
-  opt_state = jax.device_get(trainer.unreplicate(p_state.opt_state))
+  state, metrics = train_step(mesh_lib.put_replicated(mesh, state),
+                              mesh_lib.global_batch(mesh, batch),
+                              mesh_lib.put_replicated(mesh, jax.random.key(7)))
+  opt_state = jax.device_get(state.opt_state)
   mu = [s.mu for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, "mu"))
         if hasattr(s, "mu")]
   assert mu, "no Adam state found"
-  return float(metrics["loss"][0]), mu
+  return float(metrics["loss"]), mu
 
 
 def main():

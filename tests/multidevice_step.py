@@ -20,20 +20,19 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
-from coughjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def one_step(config, views, devices):
-  """Loss and parameters after one pmapped step over `devices` from the same init."""
+  """Loss and parameters after one train step over `devices` from the same init."""
+  mesh = mesh_lib.data_mesh(devices)
   model = pretrain.build_model(config.model)
-  train_step, _ = pretrain.make_steps(model, config, len(devices), devices=devices)
-  state = pretrain.init_state(model, config, jax.random.key(0))
-  p_state = trainer.replicate(state, devices)
-  rng = trainer.replicate(jax.random.key(7), devices)
-  shards = views.reshape((2, len(devices), -1) + views.shape[2:]).swapaxes(0, 1)
-  p_state, metrics = train_step(p_state, shards, rng)
-  return float(metrics["loss"][0]), jax.device_get(trainer.unreplicate(p_state.params))
+  train_step, _ = pretrain.make_steps(model, config, mesh)
+  state = mesh_lib.put_replicated(mesh, pretrain.init_state(model, config, jax.random.key(0)))
+  key = mesh_lib.put_replicated(mesh, jax.random.key(7))
+  state, metrics = train_step(state, mesh_lib.global_batch(mesh, views), key)
+  return float(metrics["loss"]), jax.device_get(state.params)
 
 
 GRAD_FLOOR = 1e-6
@@ -41,27 +40,27 @@ GRAD_FLOOR = 1e-6
 
 def grads(config, views, devices):
   """pmean-ed gradients of the train loss over `devices` (as the train step takes)."""
+  mesh = mesh_lib.data_mesh(devices)
   model = pretrain.build_model(config.model)
   state = pretrain.init_state(model, config, jax.random.key(0))
 
   def grad_fn(params, shard, rng):
     g = jax.grad(lambda p: pretrain.contrastive_loss_fn(
-        model, p, shard, rng, train=True, chunk_size=config.model.chunk_size,
-        num_devices=len(devices))[0])(params)
+        model, p, shard, rng, train=True, chunk_size=config.model.chunk_size)[0])(params)
     return jax.lax.pmean(g, pretrain.AXIS)
 
-  shards = views.reshape((2, len(devices), -1) + views.shape[2:]).swapaxes(0, 1)
-  out = jax.pmap(grad_fn, axis_name=pretrain.AXIS, devices=devices)(
-      trainer.replicate(state.params, devices), shards,
-      trainer.replicate(jax.random.key(7), devices))
-  return jax.device_get(trainer.unreplicate(out))
+  P = jax.sharding.PartitionSpec
+  step = mesh_lib.per_device(grad_fn, mesh, (P(), P(pretrain.AXIS), P()), P())
+  return jax.device_get(step(mesh_lib.put_replicated(mesh, state.params),
+                             mesh_lib.global_batch(mesh, views),
+                             mesh_lib.put_replicated(mesh, jax.random.key(7))))
 
 
 def main():
   assert jax.local_device_count() >= 4, "run with 4 fake devices"
   config = pretrain_configs.get_config("transformer_m50")
   batch = config.batch_size
-  views = np.random.default_rng(0).normal(size=(2, batch, 96, 64)).astype(np.float32)
+  views = np.random.default_rng(0).normal(size=(batch, 2, 96, 64)).astype(np.float32)
   loss1, params1 = one_step(config, views, jax.local_devices()[:1])
   loss4, params4 = one_step(config, views, jax.local_devices()[:4])
   g1 = jax.tree.leaves(grads(config, views, jax.local_devices()[:1]))

@@ -327,14 +327,14 @@ def test_contrastive_batches_distinct_participants_and_pairs():
   store = _store()
   batches = pipeline.ContrastiveBatches(store, 8, seed=0)
   x = batches.batch(epoch=0, step=0)
-  assert x.shape == (1, 2, 8, 96, 64)
+  assert x.shape == (8, 2, 96, 64)
   # Each crop is a real window of one of the participant's recordings.
   owner = {}
   for i, r in enumerate(store.records):
     f = store.frames[store.offsets[i]:store.offsets[i] + store.lengths[i]]
     for s in range(f.shape[0] - 95):
       owner[f[s:s + 96].tobytes()] = r.participant_id
-  pairs = [(owner[x[0, 0, i].tobytes()], owner[x[0, 1, i].tobytes()]) for i in range(8)]
+  pairs = [(owner[x[i, 0].tobytes()], owner[x[i, 1].tobytes()]) for i in range(8)]
   assert all(a == b for a, b in pairs)
   assert len({a for a, _ in pairs}) == 8
   # Deterministic per (seed, epoch, step); reshuffled across epochs.
@@ -345,33 +345,28 @@ def test_contrastive_batches_distinct_participants_and_pairs():
     pipeline.ContrastiveBatches(store, 13)
 
 
-def test_contrastive_layout_independent_of_devices():
+def test_contrastive_rows_are_slices_of_the_global_batch():
   store = _store()
   one = pipeline.ContrastiveBatches(store, 8).batch(2, 0)
-  four = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(4, 4, 0))
-  x4 = four.batch(2, 0)
-  assert x4.shape == (4, 2, 2, 96, 64)
-  np.testing.assert_array_equal(x4.swapaxes(0, 1).reshape(one.shape[1:]), one[0])
-  # Process 1 of 2 (2 devices each) holds the second half of the global batch.
-  p1 = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(2, 4, 2))
-  np.testing.assert_array_equal(p1.batch(2, 0), x4[2:])
+  # Process 1 of 2 holds the second half of the global batch.
+  p1 = pipeline.ContrastiveBatches(store, 8, rows=slice(4, 8))
+  np.testing.assert_array_equal(p1.batch(2, 0), one[4:])
 
 
 def test_contrastive_batch_1024_from_synthetic():
   store = _store(1030, sounds=("cough-shallow",))
-  batches = pipeline.ContrastiveBatches(store, 1024, seed=0,
-                                        layout=pipeline.DeviceLayout(4, 4, 0))
+  batches = pipeline.ContrastiveBatches(store, 1024, seed=0)
   assert batches.steps_per_epoch == 1
   x = batches.batch(0, 0)
-  assert x.shape == (4, 2, 256, 96, 64) and x.dtype == np.float32
+  assert x.shape == (1024, 2, 96, 64) and x.dtype == np.float32
 
 
 def test_contrastive_on_real_coswara(coswara_ci):
   recs = coswara.manifest(coswara_ci)
   kept, feats, _ = features.FeatureCache().load(recs, progress=False)
   store = pipeline.ClipStore(kept, feats)
-  x = pipeline.ContrastiveBatches(store, 16, layout=pipeline.DeviceLayout(2, 2, 0)).batch(0, 0)
-  assert x.shape == (2, 2, 8, 96, 64) and np.isfinite(x).all()
+  x = pipeline.ContrastiveBatches(store, 16).batch(0, 0)
+  assert x.shape == (16, 2, 96, 64) and np.isfinite(x).all()
   with pytest.raises(ValueError, match=r"batch size 64 is larger than the number of "
                      r"participants \(47\)"):
     pipeline.ContrastiveBatches(store, 64)
@@ -383,11 +378,12 @@ def test_supervised_and_eval_batches(caplog):
     sup = pipeline.SupervisedBatches(store, 8, hop=48)
   assert "class balance" in caplog.text
   b = sup.batch(0, 0)
-  assert b["x"].shape == (1, 8, 96, 64) and b["y"].shape == (1, 8)
+  assert b["x"].shape == (8, 96, 64) and b["y"].shape == (8,)
   starts, rec = store.clip_starts(96)
   seen = np.zeros(len(store), int)
-  for eb in pipeline.eval_batches(store, 16, layout=pipeline.DeviceLayout(4, 4, 0)):
-    assert eb["x"].shape == (4, 4, 96, 64)
+  for eb in pipeline.eval_batches(store, 16):
+    assert all(v.shape == (16,) for v in eb.values())
+    np.testing.assert_array_equal(eb["clip"], (eb["start"] - store.offsets[eb["rec"]]) // 96)
     np.add.at(seen, eb["rec"][eb["valid"]], 1)
   # Every clip exactly once: per recording as many as audio.clips cuts.
   for i in range(len(store)):
@@ -497,18 +493,18 @@ def test_supervised_batches_each_clip_once_per_epoch_and_resume(monkeypatch):
   batches = pipeline.SupervisedBatches(store, 8, hop=8, seed=3)
   epoch = list(batches.epoch(2))
   assert len(epoch) == batches.steps_per_epoch == len(starts) // 8
-  seen = np.concatenate([b["x"][0, :, 0, 0] for b in epoch]).astype(int)
+  seen = np.concatenate([b["x"][:, 0, 0] for b in epoch]).astype(int)
   assert len(set(seen.tolist())) == len(seen) == len(epoch) * 8
   assert set(seen.tolist()) <= set(starts.tolist())
   owner = dict(zip(starts.tolist(), rec.tolist()))
-  np.testing.assert_array_equal(np.concatenate([b["y"][0] for b in epoch]),
+  np.testing.assert_array_equal(np.concatenate([b["y"] for b in epoch]),
                                 store.labels[[owner[s] for s in seen.tolist()]])
   order = np.random.default_rng([3, 2]).permutation(len(starts))
   np.testing.assert_array_equal(seen, starts[order[:len(seen)]])  # as before
   resumed = list(pipeline.SupervisedBatches(store, 8, hop=8, seed=3).epoch(2, 5))
   for a, b in zip(resumed, epoch[5:], strict=True):
     np.testing.assert_array_equal(a["x"], b["x"])
-  other = np.concatenate([b["x"][0, :, 0, 0] for b in batches.epoch(3)])
+  other = np.concatenate([b["x"][:, 0, 0] for b in batches.epoch(3)])
   assert not np.array_equal(other, seen)
   draws = []
   real = np.random.default_rng
@@ -517,23 +513,20 @@ def test_supervised_batches_each_clip_once_per_epoch_and_resume(monkeypatch):
   for step in range(batches.steps_per_epoch):
     fresh.batch(4, step)
   assert len(draws) == 1
-  # A four-device layout holds the same global batch.
-  four = pipeline.SupervisedBatches(store, 8, hop=8, seed=3,
-                                    layout=pipeline.DeviceLayout(4, 4, 0)).batch(2, 1)
-  np.testing.assert_array_equal(four["x"].reshape(epoch[1]["x"].shape), epoch[1]["x"])
+  # A process's rows are its slice of the same global batch.
+  half = pipeline.SupervisedBatches(store, 8, hop=8, seed=3, rows=slice(4, 8)).batch(2, 1)
+  np.testing.assert_array_equal(half["x"], epoch[1]["x"][4:])
 
 
 def test_each_process_gathers_only_its_rows():
-  """Multi-host: process 1 of 2 (2 of 4 devices) reads only its half of the batch."""
+  """Multi-host: process 1 of 2 reads only its half of the batch."""
   store = _store()
   read = []
   real_gather = store.gather
   store.gather = lambda s: read.append(np.array(s)) or real_gather(s)
-  full = pipeline.ContrastiveBatches(store, 8).batch(3, 0)  # [1, 2, 8, T, M]
-  mine = pipeline.ContrastiveBatches(store, 8, layout=pipeline.DeviceLayout(2, 4, 2)
-                                     ).batch(3, 0)
+  full = pipeline.ContrastiveBatches(store, 8).batch(3, 0)  # [8, 2, T, M]
+  mine = pipeline.ContrastiveBatches(store, 8, rows=slice(4, 8)).batch(3, 0)
   all_starts, my_starts = read
-  # Views [a_0..a_7, b_0..b_7] of the global batch; process 1 holds pairs 4..7.
-  np.testing.assert_array_equal(my_starts, all_starts.reshape(2, 8)[:, 4:].reshape(-1))
-  np.testing.assert_array_equal(
-      mine, full[0][:, 4:].reshape(2, 2, 2, 96, 64).swapaxes(0, 1))
+  # Pairs (a_i, b_i) of the global batch; process 1 holds pairs 4..7.
+  np.testing.assert_array_equal(my_starts, all_starts.reshape(8, 2)[4:].reshape(-1))
+  np.testing.assert_array_equal(mine, full[4:])

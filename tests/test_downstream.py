@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+import conftest
 from configs import downstream as downstream_configs
 from configs import pretrain as pretrain_configs
 from coughjax import audio
@@ -381,10 +382,9 @@ def test_clip_probability_does_not_depend_on_the_batch(trained):
     assert float(alone[0]) == pytest.approx(float(whole[i]), abs=1e-5)
   # The evaluation loop at other batch sizes gives the same clip probabilities.
   predict_step = downstream.make_steps(model, run_cfg)[1]
-  p_state = trainer.replicate(ParamsOnly(params))
   for batch_size in (16, 5):
     run_cfg.eval_batch_size = batch_size
-    p, rec = downstream.predict_clips(predict_step, p_state, store, run_cfg)
+    p, rec = downstream.predict_clips(predict_step, ParamsOnly(params), store, run_cfg)
     np.testing.assert_array_equal(rec, np.repeat(np.arange(len(store)), np.bincount(rec)))
     np.testing.assert_allclose(p, whole, atol=1e-5)
   # ... and the masks matter: other recording keys give other probabilities.
@@ -491,3 +491,29 @@ def test_resuming_another_models_checkpoint_is_a_clear_error(workspace, tmp_path
   config.lock()
   with pytest.raises(ValueError, match="does not fit this config's model"):
     run.run(config, str(workspace / "runs" / "gru_cosine_runlocal"))
+
+
+def test_two_processes_score_every_recording_as_one(tmp_path):
+  """`launch.py` of a downstream run on 2 processes x 1 device (gloo): validation and
+  test see every recording (the predict step gathers them), both processes take the
+  same decisions, and process 0 writes the test predictions of 1 process."""
+  flags = ["--config=configs/downstream.py:transformer,runlocal", "--config.num_runs=1"]
+  one = subprocess.run([sys.executable, "launch.py", *flags, f"--workdir={tmp_path / 'one'}"],
+                       cwd=conftest.REPO, capture_output=True, text=True, timeout=600,
+                       check=False)
+  assert one.returncode == 0, one.stderr[-3000:]
+  two = conftest.run_processes("launch.py", *flags, f"--workdir={tmp_path / 'two'}")
+  for p in two:
+    assert p.returncode == 0, p.stdout[-3000:]
+  want = downstream.read_predictions(tmp_path / "one" / "run_0" / downstream.PREDICTIONS_FILE)
+  got = downstream.read_predictions(tmp_path / "two" / "run_0" / downstream.PREDICTIONS_FILE)
+  assert [r["path"] for r in got] == [r["path"] for r in want]
+  np.testing.assert_allclose([r["probability"] for r in got],
+                             [r["probability"] for r in want], atol=1e-5, rtol=0)
+  for name in ("results.json", "results.md", "roc.png", "curves.png", "encoders.json"):
+    assert (tmp_path / "two" / name).is_file(), name
+  assert not list((tmp_path / "two").rglob("*.tmp"))
+  # Validation chose the same best checkpoint from the same (gathered) scores.
+  assert json.loads((tmp_path / "two" / "results.json").read_text())["runs"][0][
+      "best_step"] == json.loads((tmp_path / "one" / "results.json").read_text())["runs"][0][
+          "best_step"]

@@ -18,8 +18,8 @@ from coughjax.models import gru as gru_lib
 from coughjax.models import platform
 from coughjax.models import transformer
 from coughjax.train import downstream
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import pretrain
-from coughjax.train import trainer
 
 
 @pytest.fixture
@@ -97,21 +97,21 @@ def _count_dot_product_attention(monkeypatch) -> list[int]:
 
 
 def _views(config, seed=0):
-  shape = (1, 2, config.batch_size, config.features.clip_frames, config.features.nfilt)
+  shape = (config.batch_size, 2, config.features.clip_frames, config.features.nfilt)
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 def _pretrain_step(config, views):
   """(eval loss, train loss, step) of one eval and one train step from init."""
-  devices = jax.local_devices()[:1]
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
   model = pretrain.build_model(config.model)
-  train_step, eval_step = pretrain.make_steps(model, config, 1, devices=devices)
-  state = trainer.replicate(pretrain.init_state(model, config, jax.random.PRNGKey(0)),
-                            devices)
-  rng = trainer.replicate(jax.random.PRNGKey(1), devices)
-  eval_loss = float(eval_step(state, views, rng)["loss"][0])
+  train_step, eval_step = pretrain.make_steps(model, config, mesh)
+  state = mesh_lib.put_replicated(mesh, pretrain.init_state(model, config,
+                                                            jax.random.PRNGKey(0)))
+  rng = mesh_lib.put_replicated(mesh, jax.random.PRNGKey(1))
+  eval_loss = float(eval_step(state, views, rng)["loss"])
   state, metrics = train_step(state, views, rng)
-  return eval_loss, float(metrics["loss"][0]), int(state.step[0])
+  return eval_loss, float(metrics["loss"]), int(state.step)
 
 
 def test_pretrain_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
@@ -145,20 +145,21 @@ def test_downstream_runlocal_step_on_cpu_and_accelerator_paths(monkeypatch):
     config.model.chunk_size = chunk_size
     config.lock()
     if x is None:
-      x = _views(config)[:, 0]  # [1, b, T, mel]
-      y = jnp.asarray(np.arange(config.batch_size) % 2, jnp.float32)[None]
+      x = _views(config)[:, 0]  # [b, T, mel]
+      y = jnp.asarray(np.arange(config.batch_size) % 2, jnp.float32)
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
     calls[0] = 0
     setup = downstream.Setup.create(config)
-    state = trainer.replicate(setup.init_state(config, jax.random.PRNGKey(0)))
-    rng = trainer.replicate(jax.random.PRNGKey(1))
+    state = mesh_lib.put_replicated(setup.mesh,
+                                    setup.init_state(config, jax.random.PRNGKey(0)))
+    rng = mesh_lib.put_replicated(setup.mesh, jax.random.PRNGKey(1))
     b = config.batch_size
-    rec_keys = np.zeros((1, b, 2), np.uint32)
-    rec_keys[..., 0] = np.arange(b)
-    probs = np.asarray(setup.predict_step(state, x, rec_keys, np.zeros((1, b), np.int32)))
+    rec_keys = np.zeros((b, 2), np.uint32)
+    rec_keys[:, 0] = np.arange(b)
+    probs = np.asarray(setup.predict_step(state, x, rec_keys, np.zeros(b, np.int32)))
     state, metrics = setup.train_step(state, {"x": x, "y": y}, rng)
-    assert probs.shape == (1, config.batch_size) and np.all((probs > 0) & (probs < 1))
-    assert np.isfinite(float(metrics["loss"][0])) and int(state.step[0]) == 1
+    assert probs.shape == (config.batch_size,) and np.all((probs > 0) & (probs < 1))
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
     assert (calls[0] > 0) == (backend != "cpu")
     all_probs.append(probs)
   for probs in all_probs[1:]:

@@ -2,11 +2,7 @@
 NaN stop (kill -9 and Ctrl-C: tests/test_trainer.py)."""
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,11 +10,10 @@ import pytest
 
 import conftest
 from configs import pretrain as pretrain_configs
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import pretrain
 from coughjax.train import run
 from coughjax.train import trainer
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg="transformer_m50,runlocal", **overrides):
@@ -129,13 +124,14 @@ def test_pretraining_lowers_the_contrastive_loss(tmp_path):
   assert val[-1] < val[0] - 0.05 and val[-1] < chance - 0.1, val
 
 
-def test_replicate_typed_keys():
+def test_put_replicated_keeps_typed_keys_and_strong_types():
+  mesh = mesh_lib.data_mesh()
   key = jax.random.key(3)
-  p_key = trainer.replicate(key)
-  assert p_key.shape == (jax.local_device_count(),)
-  assert jax.dtypes.issubdtype(p_key.dtype, jax.dtypes.prng_key)
-  np.testing.assert_array_equal(jax.random.key_data(trainer.unreplicate(p_key)),
-                                jax.random.key_data(key))
+  tree = mesh_lib.put_replicated(mesh, {"key": key, "step": 0})
+  assert tree["key"].shape == () and tree["key"].sharding == mesh_lib.replicated(mesh)
+  assert jax.dtypes.issubdtype(tree["key"].dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(tree["key"]), jax.random.key_data(key))
+  assert tree["step"].dtype == np.int32 and not tree["step"].weak_type
 
 
 def test_one_vs_four_devices_equal_at_batch_1024():
@@ -157,28 +153,16 @@ def test_nan_loss_stops_with_step(tmp_path):
     run.run(config, str(tmp_path))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_on_loopback_agree_with_one(tmp_path):
   """2 processes x 1 CPU device (gloo collectives) vs 1 process x 2 devices."""
   reference = conftest.run_script("multihost_step.py", f"--out={tmp_path / 'one'}",
                                   devices=2)
   assert reference["devices"] == 2
-  port = _free_port()
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
-  procs = [subprocess.Popen(
-      [sys.executable, str(REPO / "tests" / "multihost_step.py"), f"--out={tmp_path / 'two'}",
-       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
-  reports = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+  procs = conftest.run_processes("tests/multihost_step.py", f"--out={tmp_path / 'two'}",
+                                 timeout=300)
+  for p in procs:
+    assert p.returncode == 0, p.stdout[-4000:]
+  reports = [json.loads(p.stdout.strip().splitlines()[-1]) for p in procs]
   assert [(r["process"], r["processes"], r["devices"]) for r in reports] == [(0, 2, 2),
                                                                               (1, 2, 2)]
   one = np.load(tmp_path / "one" / "result.npz")
@@ -194,20 +178,11 @@ def test_two_processes_resume_from_the_same_intact_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   run.run(_config(num_epochs=2, keep_checkpoints=2), str(workdir))  # checkpoints 3, 4
   assert _corrupt(workdir / "checkpoints" / "4") > 0
-  port = _free_port()
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
-  procs = [subprocess.Popen(
-      [sys.executable, str(REPO / "launch.py"),
-       "--config=configs/pretrain.py:transformer_m50,runlocal", f"--workdir={workdir}",
-       "--config.num_epochs=3", "--config.keep_checkpoints=2",
-       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:  # a process stuck waiting for the other
-      p.kill()
+  procs = conftest.run_processes(
+      "launch.py", "--config=configs/pretrain.py:transformer_m50,runlocal",
+      f"--workdir={workdir}", "--config.num_epochs=3", "--config.keep_checkpoints=2",
+      timeout=300)
+  outs = [p.stdout for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
     assert f"resumed from {workdir / 'checkpoints'} at step 3 (epoch 1)" in out, out[-4000:]

@@ -140,10 +140,10 @@ def test_whole_batch_is_one_encoder_call(chunk_size, b, scans):
   model = pretrain.build_model(config.model)
   params = jax.eval_shape(lambda k: pretrain.init_state(model, config, k).params,
                           jax.random.key(0))
-  views = jax.ShapeDtypeStruct((2, b, 96, 64), jnp.float32)
+  views = jax.ShapeDtypeStruct((b, 2, 96, 64), jnp.float32)
   jaxpr = jax.make_jaxpr(lambda p, v: pretrain.contrastive_loss_fn(
-      model, p, v, jax.random.key(0), train=True, chunk_size=chunk_size, num_devices=1,
-      axis_name=None, remat=False))(params, views)
+      model, p, v, jax.random.key(0), train=True, chunk_size=chunk_size, axis_name=None,
+      remat=False))(params, views)
   assert str(jaxpr).count("scan[") == scans
 
 

@@ -1,7 +1,9 @@
-"""The trainer loop: kill -9 and Ctrl-C at chosen moments, refused checkpoints, and no
+"""The trainer loop: kill -9 and Ctrl-C at chosen moments, SIGTERM and Ctrl-C on one of
+two processes, resuming on another number of devices, refused checkpoints, and no
 deprecated JAX API on the way of a tiny pre-training and downstream run."""
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+import conftest
 from configs import pretrain as pretrain_configs
 from coughjax.train import pretrain
 from coughjax.train import run
@@ -196,3 +199,72 @@ def test_no_deprecated_jax_api_in_coughjax(tmp_path):
   proc = subprocess.run([sys.executable, "-c", _TINY_RUNS, str(REPO), str(tmp_path)],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), proc.stderr[-4000:]
+
+
+def _losses(workdir) -> dict[tuple[int, str], float]:
+  lines = trainer.read_metrics(workdir)
+  keys = [(l["step"], l["split"]) for l in lines]
+  assert len(keys) == len(set(keys)), keys
+  return {(l["step"], l["split"]): l["loss"] for l in lines}
+
+
+def _assert_same_run(workdir, reference, atol=1e-5):
+  """metrics.jsonl of `workdir` logs each (step, split) of `reference` once, with its
+  loss up to float round-off (other device counts add in another order)."""
+  got, want = _losses(workdir), _losses(reference)
+  assert sorted(got) == sorted(want)
+  for k, v in want.items():
+    assert abs(got[k] - v) <= atol, (k, got[k], v)
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """SIGTERM to process 1, then Ctrl-C to process 0, of a 2-process run (gloo): both
+  processes stop after the same step with one checkpoint of it and exit 143, then
+  130; the same command then finishes the run of one uninterrupted process."""
+  run.run(_config(), str(tmp_path / "reference"))
+  work = tmp_path / "work"
+  launch = [f"--config=configs/pretrain.py:{VARIANT}", f"--workdir={work}",
+            *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+  for at, sig, process, step, code in (("metrics:3:train", "TERM", 1, 3, 143),
+                                       ("metrics:5:train", "INT", 0, 5, 130)):
+    procs = conftest.run_processes("tests/interrupted_run.py", f"--at={at}",
+                                   f"--signal={sig}", f"--only_process={process}", *launch,
+                                   timeout=300)
+    for p in procs:
+      assert p.returncode == code, p.stdout[-3000:]
+      assert "Traceback" not in p.stdout
+    verb = "interrupted" if sig == "INT" else "stopped by SIGTERM"
+    assert procs[0].stdout.strip().splitlines()[-1] == (
+        f"{verb} at step {step}; rerun the same command to resume")
+    assert not _tmp_folders(work)
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == step, steps
+  final = conftest.run_processes("launch.py", *launch, timeout=300)
+  for p in final:
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "resumed from" in p.stdout and "at step 5" in p.stdout
+  _assert_same_run(work, tmp_path / "reference")
+
+
+def test_a_run_resumes_on_another_number_of_devices(tmp_path):
+  """Epoch 1 on 1 device, epoch 2 on 4 (fake) devices, epoch 3 on 1 again: each
+  resumes from the checkpoint of the last (the replicated state restored onto the
+  other mesh), and the run logs the losses of one uninterrupted 1-device run."""
+  reference = run.run(_config(), str(tmp_path / "reference"))
+  work = tmp_path / "work"
+  run.run(_config(num_epochs=1), str(work))
+  four = subprocess.run(
+      [sys.executable, "launch.py", f"--config=configs/pretrain.py:{VARIANT}",
+       f"--workdir={work}", "--config.num_epochs=2",
+       f"--config.checkpoint_every_steps={OVERRIDES['checkpoint_every_steps']}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+      env={**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " "
+                                       "--xla_force_host_platform_device_count=4")})
+  assert four.returncode == 0, four.stderr[-3000:]
+  assert "on 4 device(s)" in four.stderr and "resumed from" in four.stderr
+  assert "at step 2 (epoch 1)" in four.stderr
+  state = run.run(_config(), str(work))
+  assert int(state.step) == 6
+  _assert_same_run(work, tmp_path / "reference")
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference.params)):
+    assert x.sharding == y.sharding  # back on this process's one-device mesh

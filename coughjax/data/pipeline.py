@@ -1,4 +1,4 @@
-"""Batches for training and evaluation, shaped for the device layout, prefetched.
+"""Batches for training and evaluation, this process's rows of each, prefetched.
 
 All recordings' features live in one `ClipStore` (a single [frames, mel] array with
 per-recording offsets), so a batch is one gather of whole clips. The array is a
@@ -14,16 +14,16 @@ grow with the corpus; in-memory arrays work the same (tests, benchmarks).
   epoch; `eval_batches` visits every clip of every recording once (padded last batch
   with a `valid` mask) so recording scores can average their clips.
 
-Batches are numpy arrays with a leading [devices, per_device, ...] layout for pmap;
-in multi-process runs each process builds, and reads from disk, only the rows of
-its own devices (the random draws cover the global batch, so that they do not
-depend on the layout; only the gather is restricted to the process's rows).
+Batches are numpy arrays whose first axis is the batch. In multi-process runs each
+process builds, and reads from disk, only its own `rows` of every global batch (the
+rows its devices hold, `coughjax.train.mesh.process_rows`); the random draws cover
+the global batch, so that they do not depend on the devices or processes: only the
+gather is restricted to the process's rows.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import os
 import queue
@@ -35,36 +35,6 @@ import numpy as np
 
 from coughjax import audio
 from coughjax.data.manifest import Recording
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceLayout:
-  """Where this process's rows of a global batch go.
-
-  `local_devices` devices of this process take device slots
-  [first_device, first_device + local_devices) of `total_devices`.
-  """
-  local_devices: int = 1
-  total_devices: int = 1
-  first_device: int = 0
-
-  @classmethod
-  def current(cls) -> "DeviceLayout":
-    import jax  # pylint: disable=g-import-not-at-top
-    local = jax.local_device_count()
-    return cls(local, jax.device_count(), jax.process_index() * local)
-
-  def rows(self, global_batch: int) -> slice:
-    """The slice of a global batch that belongs to this process."""
-    if global_batch % self.total_devices:
-      raise ValueError(f"batch size {global_batch} is not divisible by the "
-                       f"{self.total_devices} devices")
-    per = global_batch // self.total_devices
-    return slice(self.first_device * per, (self.first_device + self.local_devices) * per)
-
-  def shard(self, x: np.ndarray) -> np.ndarray:
-    """[local rows, ...] -> [local devices, rows per device, ...]."""
-    return x.reshape((self.local_devices, -1) + x.shape[1:])
 
 
 class ClipStore:
@@ -182,7 +152,7 @@ class ContrastiveBatches:
   """
 
   def __init__(self, store: ClipStore, batch_size: int, seed: int = 0,
-               layout: DeviceLayout = DeviceLayout(), passes: int = 1):
+               rows: slice = slice(None), passes: int = 1):
     by_participant = collections.defaultdict(list)
     for i, r in enumerate(store.records):
       by_participant[r.participant_id].append(i)
@@ -202,9 +172,8 @@ class ContrastiveBatches:
     self.store = store
     self.batch_size = batch_size
     self.seed = seed
-    self.layout = layout
+    self.rows = rows
     self.passes = passes
-    self._rows = layout.rows(batch_size)
     # [participants, max files] recording indices, padded by repetition.
     width = max(len(v) for v in by_participant.values())
     self._files = np.array([(v * width)[:width] for v in
@@ -227,19 +196,18 @@ class ContrastiveBatches:
     return self.passes * self.steps_per_pass
 
   def batch(self, epoch: int, step: int) -> np.ndarray:
-    """Batch `step` of `epoch`: [local devices, 2, per device, clip, mel]; [:, 0] and
-    [:, 1] are the two views, row i of both from the same participant."""
+    """This process's rows of batch `step` of `epoch`: [rows, 2, clip, mel]; row i
+    holds one participant's two views."""
     pass_index, k = divmod(step, self.steps_per_pass)
     who = self._order(epoch, pass_index)[k * self.batch_size:(k + 1) * self.batch_size]
     rng = np.random.default_rng([self.seed, epoch, step])
-    # Draws cover the global batch so that they do not depend on the device layout.
+    # Draws cover the global batch so that they do not depend on the devices.
     pick = rng.integers(0, self._num_files[who][:, None], size=(self.batch_size, 2))
     rec = self._files[who[:, None], pick]
     room = self.store.lengths[rec] - self.store.clip_frames + 1
     starts = self.store.offsets[rec] + rng.integers(0, room)  # [B, 2]
-    clips = self.store.gather(starts[self._rows].T.reshape(-1))  # [2 * rows, T, M]
-    clips = clips.reshape((2, self.layout.local_devices, -1) + clips.shape[1:])
-    return clips.swapaxes(0, 1)
+    clips = self.store.gather(starts[self.rows].reshape(-1))  # [rows * 2, T, M]
+    return clips.reshape((-1, 2) + clips.shape[1:])
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[np.ndarray]:
     for step in range(start_step, self.steps_per_epoch):
@@ -256,15 +224,14 @@ class SupervisedBatches:
   """
 
   def __init__(self, store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
-               seed: int = 0, layout: DeviceLayout = DeviceLayout(), name: str = "train"):
+               seed: int = 0, rows: slice = slice(None), name: str = "train"):
     if np.any(store.labels < 0):
       raise ValueError(f"{name}: {np.sum(store.labels < 0)} recordings have no label")
-    self.store, self.batch_size, self.seed, self.layout = store, batch_size, seed, layout
+    self.store, self.batch_size, self.seed, self.rows = store, batch_size, seed, rows
     self.starts, self.rec = store.clip_starts(hop)
     if len(self.starts) < batch_size:
       raise ValueError(f"{name}: {len(self.starts)} clips, fewer than the batch size "
                        f"{batch_size}")
-    self._rows = layout.rows(batch_size)
     self._order = functools.lru_cache(maxsize=2)(self._permutation)
     y = store.labels[self.rec]
     logging.info("%s: %d clips from %d recordings; class balance: %d positive (%.1f%%), "
@@ -279,34 +246,33 @@ class SupervisedBatches:
     return np.random.default_rng([self.seed, epoch]).permutation(len(self.starts))
 
   def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of batch `step` of `epoch`: {"x": [rows, clip, mel],
+    "y": [rows] float32 labels}."""
     idx = self._order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-    idx = idx[self._rows]
-    return {"x": self.layout.shard(self.store.gather(self.starts[idx])),
-            "y": self.layout.shard(self.store.labels[self.rec[idx]].astype(np.float32))}
+    idx = idx[self.rows]
+    return {"x": self.store.gather(self.starts[idx]),
+            "y": self.store.labels[self.rec[idx]].astype(np.float32)}
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(epoch, step)
 
 
-def eval_batches(store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES,
-                 layout: DeviceLayout = DeviceLayout()) -> Iterator[dict[str, np.ndarray]]:
-  """Every clip of every recording once: {"x", "y", "rec", "clip", "valid"} in device
-  layout ("clip": the clip's index within its recording); the last batch is padded
-  (valid=False). In multi-process runs each process sees its own rows of each global
-  batch."""
+def eval_batches(store: ClipStore, batch_size: int, hop: int = audio.CLIP_FRAMES
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Every clip of every recording once, in global batches of `batch_size` (the last
+  padded with copies of clip 0, valid=False): {"start": frame offsets, "rec":
+  recording index, "clip": the clip's index within its recording, "valid"}, each
+  [batch_size]. No features: each process gathers those of its own rows
+  (`ClipStore.gather(batch["start"][rows])`), while every process knows the whole
+  batch's recordings, to file the gathered scores under."""
   starts, rec = store.clip_starts(hop)
   clip = (starts - store.offsets[rec]) // hop
-  rows = layout.rows(batch_size)
   for begin in range(0, len(starts), batch_size):
     idx = np.arange(begin, begin + batch_size)
     valid = idx < len(starts)
-    idx = np.where(valid, idx, 0)[rows]
-    yield {"x": layout.shard(store.gather(starts[idx])),
-           "y": layout.shard(store.labels[rec[idx]].astype(np.float32)),
-           "rec": layout.shard(rec[idx]),
-           "clip": layout.shard(clip[idx]),
-           "valid": layout.shard(valid[rows])}
+    idx = np.where(valid, idx, 0)
+    yield {"start": starts[idx], "rec": rec[idx], "clip": clip[idx], "valid": valid}
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

@@ -6,7 +6,7 @@ einsum attention, hash-based dropout bits; see `chunking`, `cpu_kernels` and
 `randomness`) would serialise a GPU or TPU step into many small calls and recompute
 each of them. Settings that depend on the platform therefore default to "auto" and
 are resolved at trace time for the platform being compiled for:
-`jax.default_backend()`, the platform `jax.jit` and `jax.pmap` compile for, unless a
+`jax.default_backend()`, the platform `jax.jit` compiles for, unless a
 `target` context names another (what `coughjax.export` does to lower for its
 `--platforms`, or for ONNX). An explicit value in the config pins a setting on every
 platform.

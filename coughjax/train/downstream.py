@@ -7,6 +7,12 @@ best checkpoint is scored on the test participants. `run` writes results.json,
 results.md, roc.png, curves.png and encoders.json into the workdir; run i lives in
 workdir/run_i, with its per-recording test scores in run_i/test_predictions.csv.
 Every score comes from `coughjax.infer.probabilities`, as in `coughjax.predict`.
+
+Steps are per-device programs over the "data" mesh (`coughjax.train.mesh`): the
+paper's pmapped step, written as JAX writes it now (shard_map over a Mesh). The
+predict step gathers every row's probability onto every device, so with several
+processes each sees every recording's score, computes the same metrics and takes
+the same decisions; process 0 alone writes the files.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import csv
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 from typing import Any, Callable, Optional
 
@@ -34,10 +41,12 @@ from coughjax.models import chunking
 from coughjax.models import classifier as classifier_lib
 from coughjax.models import vggish_convert
 from coughjax.train import augment as augment_lib
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import optim
 from coughjax.train import trainer
 
-AXIS = trainer.AXIS
+AXIS = mesh_lib.AXIS
+P = jax.sharding.PartitionSpec
 BRANCHES = ("encoder_a", "encoder_b")
 # Fields that fix an encoder's parameter shapes: a CP branch takes them from the
 # pre-training run, so its checkpoint fits.
@@ -128,17 +137,19 @@ def _check_shapes(key, loaded, fresh):
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What every run of a variant shares, built (and compiled) once: the model, its
-  jitted init, the optimiser and the pmapped steps. Reusing the same optimiser
-  object matters: it is static data of the TrainState, so a new one per run would
-  recompile the step."""
+  jitted init, the optimiser, the mesh and the steps over it. Reusing the same
+  optimiser object matters: it is static data of the TrainState, so a new one per
+  run would recompile the step."""
   model: classifier_lib.Classifier
   init: Callable[..., Any]
   tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
   train_step: Callable[..., Any]
   predict_step: Callable[..., Any]
 
   @classmethod
-  def create(cls, config) -> "Setup":
+  def create(cls, config, mesh: Optional[jax.sharding.Mesh] = None) -> "Setup":
+    """`mesh`: default every device of every process."""
     model = build_classifier(config)
     init = jax.jit(functools.partial(model.init, train=False))
     x = jax.ShapeDtypeStruct((2, config.features.clip_frames, config.features.nfilt),
@@ -151,7 +162,8 @@ class Setup:
         name = classifier_lib.encoder_param_name(i)
         trainable[name] = jax.tree.map(lambda _: False, shapes[name])
     tx = optim.make_optimizer(config.optim, trainable_mask=trainable)
-    return cls(model, init, tx, *make_steps(model, config))
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
+    return cls(model, init, tx, mesh, *make_steps(model, config, mesh))
 
   def init_state(self, config, rng: jax.Array) -> trainer.TrainState:
     """Random init with the pre-trained encoders copied in."""
@@ -167,12 +179,18 @@ class Setup:
     return trainer.TrainState.create(apply_fn=self.model.apply, params=params, tx=self.tx)
 
 
-def make_steps(model: classifier_lib.Classifier, config):
-  """(pmapped train_step, pmapped predict_step).
+def make_steps(model: classifier_lib.Classifier, config,
+               mesh: Optional[jax.sharding.Mesh] = None):
+  """(train_step, predict_step): per-device programs over `mesh`'s "data" axis
+  (default: every device of every process), jitted (`mesh.per_device`).
 
-  predict_step(state, x [b, T, mel], rec_keys [b, 2], clip_index [b]) -> [b]
-  probabilities by `coughjax.infer.probabilities` (per-clip DS masks).
+  train_step(state, {"x": [B, T, mel], "y": [B]}, key) -> (state, metrics) donates
+  the state. predict_step(state, x [B, T, mel], rec_keys [B, 2], clip_index [B]) ->
+  [B] probabilities by `coughjax.infer.probabilities` (per-clip DS masks), gathered:
+  replicated, every row on every device. State and key replicated, the batch split
+  over the devices.
   """
+  mesh = mesh_lib.data_mesh() if mesh is None else mesh
   chunk_size = config.model.chunk_size
   augment = augment_lib.Augment.from_config(config)
 
@@ -199,35 +217,42 @@ def make_steps(model: classifier_lib.Classifier, config):
     return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
 
   def predict_step(state, x, rec_keys, clip_index):
-    return infer.probabilities(model, state.params, x, rec_keys, clip_index,
-                               chunk_size=config.model.eval_chunk_size)
+    p = infer.probabilities(model, state.params, x, rec_keys, clip_index,
+                            chunk_size=config.model.eval_chunk_size)
+    return jax.lax.all_gather(p, AXIS, tiled=True)  # [B]: every device's rows
 
-  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)),
-          jax.pmap(predict_step, axis_name=AXIS))
+  return (mesh_lib.per_device(train_step, mesh, (P(), P(AXIS), P()), P(),
+                              donate_argnums=(0,)),
+          mesh_lib.per_device(predict_step, mesh, (P(), P(AXIS), P(AXIS), P(AXIS)), P()))
 
 
-def predict_clips(predict_step, p_state, store: pipeline.ClipStore, config
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """P(positive) of every clip of every recording: (probs [n], recording index [n]).
+def predict_clips(predict_step, state, store: pipeline.ClipStore, config,
+                  mesh: Optional[jax.sharding.Mesh] = None) -> tuple[np.ndarray, np.ndarray]:
+  """P(positive) of every clip of every recording: (probs [n], recording index [n]),
+  the same on every process (each reads only its rows' features).
 
-  DS masks are keyed by recording and clip index (`coughjax.infer`), so a clip's
-  probability does not depend on the batch it falls in.
+  `predict_step` runs over `mesh` (default: every device of every process). DS masks
+  are keyed by recording and clip index (`coughjax.infer`), so a clip's probability
+  does not depend on the batch it falls in.
   """
-  layout = pipeline.DeviceLayout.current()
+  mesh = mesh_lib.data_mesh() if mesh is None else mesh
+  rows = mesh_lib.process_rows(mesh, config.eval_batch_size)
   rec_keys = infer.store_recording_keys(store)  # [recordings, 2]
   probs, recs = [], []
   for batch in pipeline.eval_batches(store, config.eval_batch_size,
-                                     config.features.eval_hop, layout):
-    p = np.asarray(predict_step(p_state, batch["x"], rec_keys[batch["rec"]],
-                                batch["clip"]))
+                                     config.features.eval_hop):
+    rec = batch["rec"][rows]
+    inputs = (store.gather(batch["start"][rows]), rec_keys[rec], batch["clip"][rows])
+    p = np.asarray(predict_step(state, *mesh_lib.global_batch(mesh, inputs)))
     probs.append(p[batch["valid"]])
     recs.append(batch["rec"][batch["valid"]])
   return np.concatenate(probs), np.concatenate(recs)
 
 
-def score(predict_step, p_state, store, config) -> dict[str, Any]:
+def score(predict_step, state, store, config,
+          mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, Any]:
   """Recording- and clip-level metrics (and the scores behind the ROC curve)."""
-  probs, rec = predict_clips(predict_step, p_state, store, config)
+  probs, rec = predict_clips(predict_step, state, store, config, mesh)
   rec_scores = evaluate.recording_scores(probs, rec, len(store))
   eps = 1e-7
   clip_labels = store.labels[rec]
@@ -250,26 +275,27 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
   """Trains run `run_index` and scores its best checkpoint on the test split."""
   cfg = _run_config(config, run_index)
   stores = data.load_splits(cfg, ("train", "val", "test"), labelled=True)
+  mesh = setup.mesh
   batches = pipeline.SupervisedBatches(stores["train"], cfg.batch_size,
                                        cfg.features.train_hop, cfg.seed,
-                                       pipeline.DeviceLayout.current())
-  predict_step = setup.predict_step
+                                       rows=mesh_lib.process_rows(mesh, cfg.batch_size))
 
-  def validate(p_state):
-    s = score(predict_step, p_state, stores["val"], cfg)
+  def validate(state):
+    s = score(setup.predict_step, state, stores["val"], cfg, mesh)
     return {"loss": s["loss"], **{k: s["recording"][k] for k in evaluate.METRICS}}
 
   task = trainer.Task(
       name=f"{cfg.variant}/run_{run_index}",
       init_state=functools.partial(setup.init_state, cfg),
       train_step=setup.train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
-      evaluate=validate, monitor="auc", monitor_mode="max")
+      evaluate=validate, mesh=mesh, monitor="auc", monitor_mode="max")
   run_dir = workdir / f"run_{run_index}"
   final = trainer.fit(task, cfg, run_dir)
   # Score the best checkpoint (by validation AUC), not the last.
   best, _ = trainer.restore(run_dir / "best", final)
-  result = score(predict_step, trainer.replicate(best), stores["test"], cfg)
-  write_predictions(run_dir / PREDICTIONS_FILE, stores["test"], result["scores"])
+  result = score(setup.predict_step, best, stores["test"], cfg, mesh)
+  if jax.process_index() == 0:
+    write_predictions(run_dir / PREDICTIONS_FILE, stores["test"], result["scores"])
   result.update(run=run_index, seed=cfg.seed, split_seed=cfg.data.split_seed,
                 best_step=int(best.step))
   logging.info("%s run %d test (recording level): %s", cfg.variant, run_index,
@@ -285,14 +311,17 @@ def build_data(config) -> None:
 
 def write_predictions(path: pathlib.Path, store: pipeline.ClipStore,
                       scores: list[float]) -> None:
-  """One row per recording: path, label, probability (the mean over its clips)."""
+  """One row per recording: path, label, probability (the mean over its clips).
+  Written whole or not at all (a temporary file renamed into place)."""
   if len(scores) != len(store):
     raise ValueError(f"{path}: {len(scores)} scores for {len(store)} recordings")
-  with open(path, "w", newline="") as f:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["path", "label", "probability"])
     for record, label, p in zip(store.records, store.labels, scores):
       writer.writerow([record.path, int(label), repr(float(p))])
+  os.replace(tmp, path)
 
 
 def read_predictions(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -303,18 +332,23 @@ def read_predictions(path: str | pathlib.Path) -> list[dict[str, Any]]:
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  """All runs, then results.json / results.md / roc.png / curves.png in `workdir`."""
+  """All runs, then results.json / results.md / roc.png / curves.png in `workdir`
+  (written by process 0; every process returns the results)."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   trainer.save_config(config, workdir)
   setup = Setup.create(config)
-  # The resolved encoder configs and head dropout, so that coughjax.predict can
-  # rebuild the model without the pre-training workdirs.
-  (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
+  writes = jax.process_index() == 0
+  if writes:
+    # The resolved encoder configs and head dropout, so that coughjax.predict can
+    # rebuild the model without the pre-training workdirs.
+    (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
   runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
   ref, source = paper.reference(config.variant) or (None, "")
+  if not writes:
+    return evaluate.results_of(config.variant, runs, dataset)
   results = evaluate.write_report(workdir, config.variant, runs, dataset, ref, source)
   evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
   evaluate.plot_curves([trainer.read_metrics(workdir / f"run_{i}")

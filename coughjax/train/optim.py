@@ -96,4 +96,4 @@ def scale_updates(updates, scale: jax.Array):
 
 def learning_rate(cfg, state: PlateauState) -> float:
   """The learning rate in force with plateau `state` (host float)."""
-  return cfg.learning_rate * float(jnp.ravel(jnp.asarray(state.scale))[0])
+  return cfg.learning_rate * float(jax.device_get(state.scale))

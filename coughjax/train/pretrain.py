@@ -1,11 +1,12 @@
-"""Contrastive pre-training (paper §4.1): pmapped step with a global-batch loss.
+"""Contrastive pre-training (paper §4.1): the per-device step with a global-batch loss.
 
-Every device encodes its shard of the 2B clips (in chunks, see
-`coughjax.models.chunking`), the projections are `all_gather`-ed along the "batch"
-axis, each device scores its own rows against all 2B clips (eq. 5), and gradients
-are `pmean`-ed: the update equals that of one device holding the whole batch. Each
-clip's mask and dropout are keyed by its place in the global batch (`clip_ids`), so
-they do not depend on the devices, the hosts or the chunking either.
+The paper's pmapped step, written as JAX writes it now (shard_map over a Mesh,
+`coughjax.train.mesh`): every device encodes its shard of the 2B clips (in chunks,
+see `coughjax.models.chunking`), the projections are `all_gather`-ed along the
+"data" axis, each device scores its own rows against all 2B clips (eq. 5), and
+gradients are `pmean`-ed: the update equals that of one device holding the whole
+batch. Each clip's mask and dropout are keyed by its place in the global batch
+(`clip_ids`), so they do not depend on the devices, the hosts or the chunking either.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from coughjax import data
 from coughjax.data import pipeline
 from coughjax.models import chunking
 from coughjax.models import heads
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import optim
 from coughjax.train import trainer
 
-AXIS = trainer.AXIS
+AXIS = mesh_lib.AXIS
+P = jax.sharding.PartitionSpec
 
 
 def encoder_config(model_cfg) -> dict[str, Any]:
@@ -54,30 +57,30 @@ def clip_ids(b: int, num_devices: int, device) -> jax.Array:
 
 def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
                         rng: jax.Array, *, train: bool, chunk_size: int | str,
-                        num_devices: int, axis_name: Optional[str] = AXIS,
-                        remat: bool | str = "auto"):
+                        axis_name: Optional[str] = AXIS, remat: bool | str = "auto"):
   """Eq. 5 over the global batch for this device's shard.
 
   Args:
     model: the contrastive model.
     params: its parameters.
-    views: [2, b, T, M] this device's pairs (views[0][i] and views[1][i] are one
+    views: [b, 2, T, M] this device's pairs (views[i][0] and views[i][1] are one
       participant's two clips).
     rng: step key (identical on every device).
     train: dropout / masking on.
     chunk_size: encoder chunk rows, or "auto" (`chunking.resolve_chunk_size`, which
       asks the encoder).
-    num_devices: devices along `axis_name` (1 and axis_name=None: no collectives).
-    axis_name: pmap axis to gather over.
+    axis_name: mesh axis to gather over (None: one device, no collectives).
     remat: recompute each chunk in the backward pass of a train step, or "auto"
       (`chunking.resolve_remat`, which asks the encoder).
 
   Returns:
     (loss, metrics) for this device's rows; their pmean is the global result.
   """
-  _, b = views.shape[:2]
+  b = views.shape[0]
   device = jax.lax.axis_index(axis_name) if axis_name else 0
-  x = views.reshape((2 * b,) + views.shape[2:])  # [a_0..a_{b-1}, b_0..b_{b-1}]
+  num_devices = jax.lax.axis_size(axis_name) if axis_name else 1
+  # [a_0..a_{b-1}, b_0..b_{b-1}]
+  x = views.swapaxes(0, 1).reshape((2 * b,) + views.shape[2:])
   # One chunk covers both views when the chunk size allows: one encoder call.
   chunk = chunking.chunk_size_for(2 * b, chunk_size, (model.encoder,))
   ids = clip_ids(b, num_devices, device)
@@ -94,14 +97,17 @@ def contrastive_loss_fn(model: heads.ContrastiveModel, params, views: jax.Array,
   return losses.contrastive_loss(logits, self_idx, pos_idx)
 
 
-def make_steps(model: heads.ContrastiveModel, config, num_devices: int, devices=None):
-  """(pmapped train_step, pmapped eval_step) over the "batch" axis.
+def make_steps(model: heads.ContrastiveModel, config, mesh: Optional[jax.sharding.Mesh] = None):
+  """(train_step, eval_step): per-device programs over `mesh`'s "data" axis
+  (default: every device of every process), jitted (`mesh.per_device`).
 
-  `num_devices` is the global number of devices along the axis; `devices` restricts
-  the pmap to some local devices (default: all).
+  train_step(state, views [B, 2, T, M], key) -> (state, metrics) donates the state;
+  eval_step(state, views, key) -> metrics. The state and key are replicated, the
+  views split over the devices; the metrics are averaged over them.
   """
+  mesh = mesh_lib.data_mesh() if mesh is None else mesh
   loss_fn = functools.partial(contrastive_loss_fn, model, chunk_size=config.model.chunk_size,
-                              remat=config.model.remat, num_devices=num_devices)
+                              remat=config.model.remat)
 
   def train_step(state: trainer.TrainState, views, key):
     rng = jax.random.fold_in(key, state.step)
@@ -114,8 +120,9 @@ def make_steps(model: heads.ContrastiveModel, config, num_devices: int, devices=
     _, metrics = loss_fn(state.params, views, rng, train=False)
     return jax.lax.pmean(metrics, AXIS)
 
-  return (jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices),
-          jax.pmap(eval_step, axis_name=AXIS, devices=devices))
+  specs = (P(), P(AXIS), P())
+  return (mesh_lib.per_device(train_step, mesh, specs, P(), donate_argnums=(0,)),
+          mesh_lib.per_device(eval_step, mesh, specs, P()))
 
 
 def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer.TrainState:
@@ -126,35 +133,36 @@ def init_state(model: heads.ContrastiveModel, config, rng: jax.Array) -> trainer
 
 
 def make_task(config) -> trainer.Task:
-  layout = pipeline.DeviceLayout.current()
+  mesh = mesh_lib.data_mesh()
   stores = data.load_splits(config)
-  train = pipeline.ContrastiveBatches(stores["train"], config.batch_size, config.seed,
-                                      layout, passes=config.passes_per_epoch)
+  train = pipeline.ContrastiveBatches(
+      stores["train"], config.batch_size, config.seed,
+      rows=mesh_lib.process_rows(mesh, config.batch_size), passes=config.passes_per_epoch)
   val_participants = len({r.participant_id for r in stores["val"].records})
   eval_batch = min(config.eval_batch_size, val_participants)
-  eval_batch -= eval_batch % layout.total_devices
-  val = pipeline.ContrastiveBatches(stores["val"], eval_batch, config.seed + 1, layout)
+  eval_batch -= eval_batch % mesh.size
+  val = pipeline.ContrastiveBatches(stores["val"], eval_batch, config.seed + 1,
+                                    rows=mesh_lib.process_rows(mesh, eval_batch))
   logging.info("pre-training: %d train participants (%d steps of %d pairs per epoch), "
                "%d validation participants (%d steps of %d pairs)",
                len(train.participants), train.steps_per_epoch, config.batch_size,
                val_participants, val.steps_per_epoch, eval_batch)
   model = build_model(config.model)
-  train_step, eval_step = make_steps(model, config, layout.total_devices)
-  eval_rng = jax.random.key(config.seed + 2)
+  train_step, eval_step = make_steps(model, config, mesh)
+  eval_key = mesh_lib.put_replicated(mesh, jax.random.key(config.seed + 2))
 
-  def evaluate(p_state) -> dict[str, float]:
+  def evaluate(state) -> dict[str, float]:
     """Contrastive loss/accuracy on held-out participants (a fixed set of batches)."""
-    rngs = trainer.replicate(eval_rng)
     totals: dict[str, float] = {}
     for views in val.epoch(0):
-      for k, v in eval_step(p_state, views, rngs).items():
-        totals[k] = totals.get(k, 0.0) + float(v[0])
+      for k, v in eval_step(state, mesh_lib.global_batch(mesh, views), eval_key).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
     return {k: v / val.steps_per_epoch for k, v in totals.items()}
 
   return trainer.Task(
       name="pretrain", init_state=functools.partial(init_state, model, config),
       train_step=train_step, batches=train.epoch, steps_per_epoch=train.steps_per_epoch,
-      evaluate=evaluate, monitor="loss", monitor_mode="min")
+      evaluate=evaluate, mesh=mesh, monitor="loss", monitor_mode="min")
 
 
 def build_data(config) -> None:

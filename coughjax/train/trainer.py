@@ -1,7 +1,8 @@
 """The trainer loop shared by every task: epochs, logging, checkpoints, resume.
 
 A task (contrastive pre-training, downstream classification) supplies its state,
-its pmapped step, its batches and its validation; `fit` does the rest:
+its step (a per-device program over a mesh, `coughjax.train.mesh`), its batches and
+its validation; `fit` does the rest:
 
 * absl progress lines (step, loss, lr, steps/s, ETA) and one JSON line per log step
   and per validation in `workdir/metrics.jsonl`;
@@ -9,7 +10,9 @@ its pmapped step, its batches and its validation; `fit` does the rest:
   epoch; the monitored metric keeps the best checkpoint (`workdir/best`) and drives
   optional early stopping;
 * Orbax checkpoints in `workdir/checkpoints` (last k), every `checkpoint_every_steps`
-  and at each epoch end, so rerunning the same command resumes where it stopped and
+  and at each epoch end, saved from the devices as they are (the state is replicated
+  over the mesh, so a checkpoint restores onto any number of devices), so rerunning
+  the same command resumes where it stopped and
   reaches the same parameters as an uninterrupted run (batches and random keys are
   functions of (seed, epoch, step), never of wall-clock or history). Whether a run
   is finished is decided from the current config (epochs done, early stopping), so
@@ -21,26 +24,28 @@ its pmapped step, its batches and its validation; `fit` does the rest:
 * a non-finite loss stops training with the step number; the checkpoints already
   written are left as they are. A checkpoint with non-finite parameters, or one
   written by a coughjax with another `WORKDIR_FORMAT`, is refused with the reason;
-* Ctrl-C (SIGINT) stops at the next step: the step is checkpointed, checkpoints in
-  flight are finished, and `Interrupted` says where it stopped (a second Ctrl-C
+* Ctrl-C (SIGINT) or SIGTERM on any process stops every process after the same
+  step (`coughjax.train.stopping`): the step is checkpointed, checkpoints in flight
+  are finished, and `stopping.Interrupted` says where it stopped (a second signal
   aborts at once).
 
-The loop keeps the host off the critical path: the step folds the step number into
-the run's key itself, batches are put on the devices ahead of use, and metrics stay
-on the devices until a log step (or a checkpoint) reads them all at once.
+The state and batches are global arrays: every process runs this same loop, and
+validation sees every prediction, so every process takes the same decisions (best
+checkpoint, learning rate, early stopping); files other than checkpoints are written
+by process 0 alone. The loop keeps the host off the critical path: the step folds
+the step number into the run's key itself, batches are put on the devices ahead of
+use, and metrics stay on the devices until a log step (or a checkpoint) reads them
+all at once.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
 import math
 import os
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -55,7 +60,9 @@ import orbax.checkpoint as ocp
 
 import coughjax
 from coughjax.data import pipeline
+from coughjax.train import mesh as mesh_lib
 from coughjax.train import optim
+from coughjax.train import stopping
 
 # What a workdir's checkpoints hold: bump it when a change makes older checkpoints
 # unfit to resume or reuse (parameter layouts, random keys, the checkpoint's items).
@@ -90,13 +97,18 @@ class Task:
 
   Attributes:
     name: for logs.
-    init_state: key -> (unreplicated) TrainState.
-    train_step: pmapped (state, batch, key) -> (state, metrics). `key` is the run's
-      training key, the same at every step: the step folds `state.step` into it.
-      Metrics are device-averaged scalars including "loss".
-    batches: (epoch, start_step) -> iterator of device-layout batches.
+    init_state: key -> TrainState (on the host or one device; `fit` replicates it
+      over `mesh`).
+    train_step: (state, batch, key) -> (state, metrics), over `mesh`: state and key
+      replicated, the batch global arrays split along their first axis. `key` is the
+      run's training key, the same at every step: the step folds `state.step` into
+      it. Metrics are replicated scalars (device averages) including "loss".
+    batches: (epoch, start_step) -> iterator of this process's rows of each batch
+      (numpy trees, `mesh.process_rows`).
     steps_per_epoch: batches per epoch.
-    evaluate: replicated state -> validation metrics, including "loss".
+    evaluate: state (replicated) -> validation metrics, including "loss"; the same
+      on every process.
+    mesh: the devices the step runs on (default: all of every process).
     monitor: validation metric choosing the best checkpoint (and early stopping).
     monitor_mode: "min" or "max".
   """
@@ -106,63 +118,9 @@ class Task:
   batches: Callable[[int, int], Iterator[Any]]
   steps_per_epoch: int
   evaluate: Callable[[TrainState], dict[str, float]]
+  mesh: jax.sharding.Mesh = dataclasses.field(default_factory=mesh_lib.data_mesh)
   monitor: str = "loss"
   monitor_mode: str = "min"
-
-
-AXIS = "batch"  # the pmap axis of every step
-
-
-def _device_sharding(devices) -> jax.sharding.Sharding:
-  """[devices, ...] arrays split along their first axis: pmap's own layout."""
-  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                    jax.sharding.PartitionSpec(AXIS))
-
-
-def replicate(tree, devices=None):
-  """One copy of `tree` per local device, laid out exactly as a pmap over AXIS lays
-  out its outputs, so that feeding outputs back does not recompile the step.
-
-  Leaves go through host numpy first: strongly typed, so a weakly typed scalar (a
-  fresh step counter, say) cannot change the step's signature either. Typed keys
-  (`jax.random.key`) are replicated through their key data.
-  """
-  devices = jax.local_devices() if devices is None else devices
-  sharding = _device_sharding(devices)
-
-  def put(x):
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
-    x = np.asarray(jax.device_get(x))
-    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
-
-  return jax.tree.map(put, tree)
-
-
-def unreplicate(tree):
-  return jax.tree.map(lambda x: x[0], tree)
-
-
-def prefetch_to_devices(iterator: Iterator[Any], size: int = 2,
-                        devices=None) -> Iterator[Any]:
-  """Puts batches ([local devices, ...] numpy trees) on the devices `size` ahead.
-
-  Each leaf is split along its first axis over the local devices (the layout pmap
-  expects), so the copy of the next batches overlaps the current step.
-  """
-  sharding = _device_sharding(jax.local_devices() if devices is None else devices)
-  ahead = collections.deque()
-
-  def put(batch):
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-
-  for batch in iterator:
-    ahead.append(put(batch))
-    if len(ahead) > size:
-      yield ahead.popleft()
-  while ahead:
-    yield ahead.popleft()
 
 
 def _better(mode: str, new: float, old: Optional[float]) -> bool:
@@ -255,7 +213,7 @@ def _save(mgr: ocp.CheckpointManager, step: int, state: TrainState, meta: dict) 
     # one, say); the resumed run recomputes it with the same batches and keys.
     mgr.delete(step)
   mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(jax.device_get(state)),
+      state=ocp.args.StandardSave(state),
       meta=ocp.args.JsonSave(dict(meta, format=WORKDIR_FORMAT,
                                   coughjax=coughjax.__version__))), force=True)
 
@@ -312,8 +270,17 @@ def _leaf_shapes(tree) -> list[tuple[int, ...]]:
                 for x in jax.tree.leaves(tree))
 
 
+def _abstract(x):
+  """What Orbax restores a leaf of a target as: a global array onto its sharding (of
+  any device count: the state is replicated), anything else to host numpy."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return np.asarray(x)
+
+
 def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict]:
-  """Restores checkpoint `step` into the structure of `target`.
+  """Restores checkpoint `step` into the structure of `target`: global arrays onto
+  their shardings, host arrays to the host (`_abstract`).
 
   Raises:
     WorkdirFormatError: the checkpoint has another workdir format.
@@ -321,7 +288,6 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
     CorruptCheckpointError: its metadata or data files cannot be read.
     NonFiniteCheckpointError: its parameters hold NaN or inf.
   """
-  target = jax.device_get(target)
   path = pathlib.Path(mgr.directory) / str(step)
   try:
     saved = mgr.item_metadata(step)["state"]
@@ -342,7 +308,7 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
         f"expected {extra}")
   try:
     state = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target))).state
+        state=ocp.args.StandardRestore(jax.tree.map(_abstract, target)))).state
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
   _check_finite(path, step, state.params)
@@ -389,7 +355,8 @@ def _restore_newest_intact(mgr, target: TrainState,
   through a manager of its own whose barriers wait for nobody, and moves the
   unreadable ones; it broadcasts the step it found, and every process restores that
   step, so all resume from the same one. Process 0 reads that step twice: Orbax's
-  restore is collective, so it takes part in the common one too.
+  restore is collective, so it takes part in the common one too (its own reading
+  goes to the host: the target's arrays span devices of every process).
   """
   if jax.process_count() == 1:
     return _find_newest_intact(mgr, target, set_aside)
@@ -397,7 +364,7 @@ def _restore_newest_intact(mgr, target: TrainState,
   if jax.process_index() == 0:
     own = _checkpoint_manager(pathlib.Path(mgr.directory), processes={0})
     try:
-      found = _find_newest_intact(own, target, set_aside)
+      found = _find_newest_intact(own, jax.device_get(target), set_aside)
     except Exception as e:  # pylint: disable=broad-except
       error = e  # raised after the broadcast, so that the others do not wait forever
     finally:
@@ -433,7 +400,7 @@ def restore(directory: str | os.PathLike, target: TrainState,
 
 def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
   """(params as nested dicts of numpy arrays, step) of the latest checkpoint in
-  `directory`, without needing the model that wrote them."""
+  `directory`, without needing the model (or the devices) that wrote them."""
   mgr = _checkpoint_manager(pathlib.Path(directory))
   try:
     step = mgr.latest_step()
@@ -441,7 +408,11 @@ def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
     path = pathlib.Path(mgr.directory) / str(step)
     try:
-      out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+      # Host arrays of the saved shapes: without a target, Orbax would rebuild the
+      # saved sharding, on devices this process may not have.
+      host = jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
+                          mgr.item_metadata(step)["state"])
+      out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host),
                                                       meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
@@ -475,7 +446,7 @@ class _Metrics:
   def flush(self, last_good_checkpoint) -> None:
     """Reads the pending metrics; raises at the first step with a non-finite loss."""
     for step, metrics in jax.device_get(self.pending):
-      values = {k: float(np.ravel(v)[0]) for k, v in metrics.items()}
+      values = {k: float(v) for k, v in metrics.items()}
       if not math.isfinite(values["loss"]):
         raise FloatingPointError(
             f"{self.task_name}: loss is {values['loss']} at step {step}; stopped. Last "
@@ -491,74 +462,41 @@ class _Metrics:
     return avg
 
 
-class Interrupted(KeyboardInterrupt):
-  """Ctrl-C stopped `fit` at a step, which is checkpointed: rerunning resumes there."""
-
-  def __init__(self, step: int):
-    super().__init__(f"interrupted at step {step}; rerun the same command to resume")
-    self.step = step
-
-
-class _StopOnInterrupt:
-  """While active, the first Ctrl-C (SIGINT) only sets `requested`, for the loop to
-  stop at its next step; a second one raises KeyboardInterrupt at once.
-
-  A KeyboardInterrupt raised wherever Python happens to be (an XLA compilation, an
-  Orbax save) leaves threads running and checkpoints half-written. Signals reach the
-  main thread only, so elsewhere this does nothing.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    if self.requested:
-      raise KeyboardInterrupt
-    self.requested = True
-    logging.warning("Ctrl-C: stopping after this step, once it is checkpointed "
-                    "(Ctrl-C again stops at once)")
-
-  def __enter__(self) -> "_StopOnInterrupt":
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
-
-
 def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
   """Trains `task` per `config` in `workdir`, resuming from its checkpoints.
 
+  Returns:
+    The state it stopped with, replicated over `task.mesh`.
+
   Raises:
-    Interrupted: Ctrl-C stopped training (at a checkpointed step).
+    stopping.Interrupted: SIGINT or SIGTERM (on any process) stopped training at a
+      checkpointed step.
     FloatingPointError: a non-finite loss.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints, write=True)
   best_mgr = _checkpoint_manager(workdir / "best", write=True)
-  with _StopOnInterrupt() as interrupt:
+  with stopping.StopSignal(task.mesh) as signals:
     try:
-      state = _train(task, config, workdir, mgr, best_mgr, interrupt)
+      state = _train(task, config, workdir, mgr, best_mgr, signals)
     finally:
       # Lets the saves in flight finish: no temporary checkpoint folder is left.
       mgr.close()
       best_mgr.close()
-  if interrupt.requested:
-    raise Interrupted(int(state.step))
+    signum = signals.agreed()  # also a signal after the last step (validation, say)
+  if signum:
+    raise stopping.Interrupted(int(state.step), signum)
   return state
 
 
 def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager,
-           best_mgr: ocp.CheckpointManager, interrupt: _StopOnInterrupt) -> TrainState:
+           best_mgr: ocp.CheckpointManager, signals: stopping.StopSignal) -> TrainState:
   """`fit`'s resume and loop; returns the state it stopped with."""
   writer = MetricsWriter(workdir)
+  mesh = task.mesh
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = task.init_state(init_key)
+  state = mesh_lib.put_replicated(mesh, task.init_state(init_key))
   meta = {"epochs_done": 0, "best": None, "bad_epochs": 0}
   found = _restore_newest_intact(mgr, state, set_aside=workdir / "corrupted_checkpoints")
   if found is not None:
@@ -576,21 +514,21 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
   total = config.num_epochs * spe
   step = int(state.step)
   lr = optim.learning_rate(config.optim, state.plateau)
-  p_state = replicate(state)
-  p_key = replicate(train_key)
+  key = mesh_lib.put_replicated(mesh, train_key)
   metrics = _Metrics(task.name)
 
   def last_good():
     return f"step {mgr.latest_step()} in {mgr.directory}"
 
   t_last, s_last, t_start, s_start = time.time(), step, time.time(), step
+  stop = 0  # the signal every process stops for (`StopSignal.agreed`)
   for epoch in range(meta["epochs_done"], config.num_epochs):
-    if interrupt.requested:  # before any step of this epoch: nothing new to save
+    if stop:  # before any step of this epoch: nothing new to save
       break
     batches = task.batches(epoch, step - epoch * spe)
-    with contextlib.closing(prefetch_to_devices(pipeline.prefetch(batches))) as ahead:
+    with contextlib.closing(mesh_lib.prefetch(pipeline.prefetch(batches), mesh)) as ahead:
       for batch in ahead:
-        p_state, step_metrics = task.train_step(p_state, batch, p_key)
+        state, step_metrics = task.train_step(state, batch, key)
         step += 1
         metrics.add(step, step_metrics)
         if step % config.log_every_steps == 0 or step == total:
@@ -606,22 +544,23 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
           writer.write(step=step, epoch=epoch, split="train", lr=lr, steps_per_sec=rate,
                        **avg)
           t_last, s_last = now, step
+        stop = signals.agreed()
         # An epoch's last step goes on to validation and its checkpoint.
-        stop = interrupt.requested and step % spe != 0
-        if step % config.checkpoint_every_steps == 0 and step % spe or stop:
+        inside = stop and step % spe != 0
+        if step % config.checkpoint_every_steps == 0 and step % spe or inside:
           metrics.flush(last_good)  # never checkpoint past a non-finite loss
-          _save(mgr, step, unreplicate(p_state), meta)
-        if stop:
+          _save(mgr, step, state, meta)
+        if inside:
           break
-    if interrupt.requested and step % spe:  # stopped inside the epoch
+    if stop and step % spe:  # stopped inside the epoch
       break
     metrics.flush(last_good)
 
     # End of epoch: validate, adjust the learning rate, keep the best, checkpoint.
-    val = task.evaluate(p_state)
-    state = unreplicate(p_state)
-    state = state.replace(plateau=optim.plateau_update(config.optim, state.plateau,
-                                                       val["loss"]))
+    # `val` holds the same numbers on every process, so all decide alike.
+    val = task.evaluate(state)
+    plateau = optim.plateau_update(config.optim, jax.device_get(state.plateau), val["loss"])
+    state = state.replace(plateau=mesh_lib.put_replicated(mesh, plateau))
     lr = optim.learning_rate(config.optim, state.plateau)
     score = val[task.monitor]
     improved = _better(task.monitor_mode, score, meta["best"])
@@ -635,10 +574,9 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
     if improved:
       _save(best_mgr, step, state, meta)
     _save(mgr, step, state, meta)
-    p_state = replicate(state)
     if is_finished(meta, config):
       if epoch + 1 < config.num_epochs:
         logging.info("%s: early stopping after epoch %d (%s has not improved for %d "
                      "epochs)", task.name, epoch, task.monitor, meta["bad_epochs"])
       break
-  return unreplicate(p_state)
+  return state
