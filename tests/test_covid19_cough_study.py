@@ -42,7 +42,7 @@ def release_slice(covid19_cough, tmp_path_factory):
 def done(release_slice, tmp_path_factory):
   work = tmp_path_factory.mktemp("study")
   plan = study.make_plan(release_slice, "", work, k=2, repeats=1, baseline_repeats=2,
-                         deep_rows=("transformer", study.BEST),
+                         secondary_repeats=1, deep_rows=("transformer", study.BEST),
                          setting_names=(study.CC, study.POOLED), runlocal=True)
   results = runs.run_plan(plan)
   text = study.format_report(plan, results, release_slice, "python -m ... (test)")
