@@ -130,10 +130,8 @@ def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int
 
 def _root(paths: Iterable[str]) -> str:
   """The longest folder common to `paths` (how an error names where they are)."""
-  try:
-    return os.path.commonpath(list(paths)) or "/"
-  except ValueError:  # none, or absolute and relative mixed
-    return "(no common folder)"
+  prefix = os.path.commonprefix(list(paths))
+  return prefix[:prefix.rfind("/") + 1] or "(no common folder)"
 
 
 def from_config(records: Sequence[Recording], cfg, require_all: bool = False
