@@ -24,9 +24,21 @@ comparisons), with the confound controls beside every setting:
 * baselines: log-mel statistics + logistic regression, the 64 band means alone,
   loudness alone (mean log-mel energy), duration alone, and pooled, the channel
   alone;
-* -CP rows pre-train inductively: per fold, on Coswara + covid19_cough without that
-  fold's test recordings; one row pre-trains on everything (transductive) to
-  measure what seeing the test audio is worth;
+* -CP rows pre-train once per repeat (own seed) on a pool disjoint from the
+  evaluated source, serving every fold (`runs.POOL`): Coswara + covid19_cough's
+  Telegram recordings when the call centre (raw, gain-normalised, verified) is
+  evaluated, Coswara + the call centre when Telegram is (`CC_POOL`, `TG_POOL`;
+  checked before any run to hold no evaluated recording, by path and by content).
+  Pooled has no disjoint pool worth the name: there they pre-train per fold,
+  inductively (Coswara + covid19_cough without the fold's test recordings). Two
+  reference rows in the call centre: per-fold inductive pre-training
+  (`PER_FOLD_BEST`, finding ix: pool against per fold) and pre-training on
+  everything (transductive, finding vi: what seeing the test audio is worth);
+* repeats: the primary family (the paper's best model, log-mel + LR) and every
+  baseline run 5 repeats of 3-fold CV (`--repeats`, `--baseline_repeats`), the other
+  deep rows 2 (`--secondary_repeats`); each repeat draws its own folds and its own
+  seeds for everything, pre-training included, and comparisons use the repeats
+  both rows ran;
 * every deep row trains up to 40 epochs with early stopping (patience 10) on its
   fold's validation AUC and is scored from its best validation checkpoint;
 * attempts at making the paper's best model win, beside the loudness-normalised
@@ -35,8 +47,23 @@ comparisons), with the confound controls beside every setting:
 
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
-written from what is there. Its Cost section sums the units' wall time: 13.1 h for
-the committed report. 6.7 h of it ran on 2026-12-04/05 with 2-3 study processes,
+written from what is there.
+
+Cost in units (`--dry_run` lists them). The primary family alone at 5 repeats is 180
+units: 75 baseline fits, 75 deep trainings and 30 pre-trainings, with the pools as
+without them: per-fold pre-training on the same data is shared by every setting
+with one front end (15 for the raw front end, 15 for the gain-normalised one), and
+the pools take 5 per (front end, pool) (call centre raw and verified share one,
+gain-normalised, Telegram) plus pooled's 15 per fold. So the pools save no units
+here; what they buy is pre-training that has seen no audio of the evaluated source
+at all, one per repeat for every fold, and each of them is cheaper (Coswara + one
+source, against Coswara + two thirds of both for a per-fold one). The whole
+default study (attempts included) is 653 units: 390 baseline fits, 219 deep
+trainings, 44 pre-trainings (677 units with every -CP row pre-trained per fold;
+574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
+pre-trainings, for the committed report's 1 repeat per fold).
+
+The committed report's Cost section sums the units' wall time: 13.1 h for it. 6.7 h of it ran on 2026-12-04/05 with 2-3 study processes,
 tests and benchmarks sharing 2 cores (so those units ran slower than alone); the
 other 6.4 h (the GRU, frozen, Table 4, DS 25/75/100 % and Table 3 25/75/100 % rows,
 the attempts) took 2 h 1 min of wall time with 2 processes on an otherwise idle
