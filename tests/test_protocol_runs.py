@@ -478,8 +478,9 @@ def test_a_pool_pretrains_once_per_repeat_for_every_fold(tmp_path, capsys):
 
 
 def test_a_pool_holding_an_evaluated_recording_is_refused(tmp_path, monkeypatch):
-  with pytest.raises(app.UsageError, match=r"setting all: its pool \(data.seed=1\) holds "
-                     r"24 of the recordings it evaluates \(same path: e.g. synthetic://1/"):
+  with pytest.raises(app.UsageError, match=r"setting all: its pool \(data.seed=1\) "
+                     r"holds 24 of the recordings it evaluates \(same path: e.g. "
+                     r"synthetic://1/"):
     _dry_run(_pool_plan(tmp_path / "a", pool=("data.seed=1",)))
   # The same audio under another name: a digest without the generator seed makes
   # synthetic://7/p/... the same content as synthetic://1/p/....

@@ -14,8 +14,10 @@ Seeds: unit (r, f) (a row's, or its inductive pre-training's) has seed
 `seed + r * k + f` for its model and for its train / validation split; a
 pre-training once per repeat has fold 0's. So every repeat draws its own folds
 and its own seeds for everything (initialisation, dropout, masks, shuffles,
-pre-training), and no two units of one row share a seed. Everything here is a frozen dataclass or a pure function of
-one, so a unit pickles to a Dask worker as it is and gives the same config there.
+pre-training), and no two units of one row share a seed.
+
+Everything here is a frozen dataclass or a pure function of one, so a unit pickles
+to a Dask worker as it is and gives the same config there.
 
 Layout of `<workdir>`:
 

@@ -63,8 +63,9 @@ trainings, 44 pre-trainings (677 units with every -CP row pre-trained per fold;
 574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
 pre-trainings, for the committed report's 1 repeat per fold).
 
-The committed report's Cost section sums the units' wall time: 13.1 h for it. 6.7 h of it ran on 2026-12-04/05 with 2-3 study processes,
-tests and benchmarks sharing 2 cores (so those units ran slower than alone); the
+The committed report's Cost section sums the units' wall time: 13.1 h for it.
+6.7 h of it ran on 2026-12-04/05 with 2-3 study processes, tests and benchmarks
+sharing 2 cores (so those units ran slower than alone); the
 other 6.4 h (the GRU, frozen, Table 4, DS 25/75/100 % and Table 3 25/75/100 % rows,
 the attempts) took 2 h 1 min of wall time with 2 processes on an otherwise idle
 2-core machine. From scratch on such a machine the whole report should take about
@@ -449,11 +450,12 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       f"- {plan.k}-fold cross-validation over participants (near-duplicate copies are "
       f"one participant), stratified by source × label: {plan.repeats} repeat(s) for "
       f"the paper's best model, {plan.baseline_repeats} for the baselines (log-mel + "
-      f"LR among them: the primary family), {plan.row('transformer').repeats} for the "
-      f"other deep rows (seed {plan.seed}); each repeat draws its own folds and its own "
-      "seeds for everything (initialisation, dropout, masks, shuffles, pre-training); the "
-      "folds are drawn once over all labelled recordings, so every setting's folds are "
-      "the same recordings' folds. In each fold the remaining recordings are split "
+      f"LR among them: the primary family), "
+      f"{plan.repeats_of(plan.row('transformer'))} for the other deep rows (seed "
+      f"{plan.seed}); each repeat draws its own folds and its own seeds for everything "
+      "(initialisation, dropout, masks, shuffles, pre-training); the folds are drawn "
+      "once over all labelled recordings, so every setting's folds are the same "
+      "recordings' folds. In each fold the remaining recordings are split "
       "7 : 1 into training and validation (stratified); every recording gets one "
       "out-of-fold score per repeat.",
       "- Deep rows: up to 40 epochs, early stopping after 10 epochs without a better "
