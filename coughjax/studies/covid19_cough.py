@@ -40,7 +40,8 @@ comparisons), with the confound controls beside every setting:
   seeds for everything, pre-training included, and comparisons use the repeats
   both rows ran;
 * every deep row trains up to 40 epochs with early stopping (patience 10) on its
-  fold's validation AUC and is scored from its best validation checkpoint;
+  fold's validation monitor (`configs/downstream.py`'s `monitor`) and is scored from
+  its best validation checkpoint;
 * attempts at making the paper's best model win, beside the loudness-normalised
   setting (`--noattempts` leaves them out): pre-training twice as long, and
   training augmentation (`ATTEMPTS`).
@@ -390,6 +391,9 @@ def confound_lines(results, titles) -> list[str]:
                   "counts.", ""] + words
 
 
+# How the report names `configs/downstream.py`'s `monitor`.
+MONITOR_WORDS = {"auc": "validation ROC-AUC",
+                 "loss": "validation loss (clip-level cross-entropy)"}
 RELIABILITY_FILE = "reliability.png"
 # The rows whose AUC the symptom and loudness breakdowns show.
 BREAKDOWN_ROWS = (BEST, "logmel_logreg", "loudness_only", "level_dynamics")
@@ -430,6 +434,8 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
   if pretrain_minutes is None:
     pretrain_minutes = rep.pretrain_minutes(plan.workdir)
   titles = _titles(plan)
+  monitor = runs.downstream_config(plan, Setting("all", (), ()),
+                                   Row("x", "transformer")).monitor
   ran = {r for s in plan.settings for r in s.rows}
   not_run = [r for r in _DEEP if r not in ran]
   primary = rep.judge(PRIMARY, results)
@@ -459,9 +465,9 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "7 : 1 into training and validation (stratified); every recording gets one "
       "out-of-fold score per repeat.",
       "- Deep rows: up to 40 epochs, early stopping after 10 epochs without a better "
-      "validation ROC-AUC, scored from the best validation checkpoint (the epochs each "
-      "row used are in its table). -CP rows start from contrastive pre-training on "
-      "Coswara (breathing and coughs) + covid19_cough (labels unused) at its full "
+      f"{MONITOR_WORDS[monitor]}, scored from the best validation checkpoint (the "
+      "epochs each row used are in its table). -CP rows start from contrastive "
+      "pre-training on Coswara (breathing and coughs) + covid19_cough (labels unused) at its full "
       "schedule (`configs/pretrain.py:<variant>,real`, 40 epochs) on a **pool "
       "disjoint from the evaluated source**, once per repeat (serving its folds): "
       "Coswara + Telegram where the call centre is evaluated (raw, gain-normalised, "
