@@ -111,10 +111,8 @@ def get_config(arg: str = "ensemble"):
   config.early_stopping_patience = 10  # epochs without a better validation monitor
   # The validation metric that keeps the best checkpoint and stops training early:
   # "auc" (recording-level ROC-AUC, higher is better) or "loss" (clip-level
-  # cross-entropy, lower is better). On covid19_cough's call centre (3-fold, 47
-  # validation recordings a fold) the validation AUC has a DeLong SE of 7 points, and
-  # choosing among models by it loses more test AUC than choosing by the validation
-  # loss (issue 26; numbers in its closing note).
+  # cross-entropy, lower is better: on a small validation part it ranks models by
+  # every score, not by their order alone).
   config.monitor = "auc"
   config.num_runs = 5                  # seeds: own split and init each; mean (std)
   config.threshold = 0.5
