@@ -155,14 +155,16 @@ def check_pools(todo: Sequence[Unit]) -> None:
       if not need.pool or (unit.setting.name, need.folder) in checked:
         continue
       checked.add((unit.setting.name, need.folder))
+      config = unit.config()
       pool = data.get_manifest(need.config().data)
-      evaluated = data.get_manifest(unit.config().data)
+      evaluated = data.get_manifest(config.data)
       cache = features_lib.FeatureCache(
-          features_lib.FeatureParams.from_config(unit.config().features))
+          features_lib.FeatureParams.from_config(config.features))
       for what, key in (("path", lambda r: folds_lib.recording_key(r.path)),
                         ("content", cache.content_key)):
+        mine = {key(r): r.path for r in pool}
         theirs = {key(r): r.path for r in evaluated}
-        shared = [(r.path, theirs[key(r)]) for r in pool if key(r) in theirs]
+        shared = sorted((mine[k], theirs[k]) for k in mine.keys() & theirs.keys())
         if shared:
           raise ValueError(
               f"setting {unit.setting.name}: its pool ({', '.join(unit.setting.pool)}) "

@@ -200,8 +200,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, dict[str, Scores]], dict, d
         keys=keys, labels=np.array([c[1] for c in first]),
         strata=[c[3] for c in first],
         scores=np.array([[cells[r, k][2] for k in keys] for r in range(repeats)]),
-        units=units["units"][setting][row], folds=folds, validation=validation,
-        perturbed={})
+        units=units["units"][setting][row], folds=folds, validation=validation)
   for (setting, row, part), cells in perturbed.items():
     sc = results.get(setting, {}).get(row)
     want = {(r, k) for r in range(sc.repeats) for k in sc.keys} if sc else set()

@@ -468,33 +468,32 @@ def score_again(config, workdir: pathlib.Path, trained: dict[str, float],
   raw = features_lib.FeatureCache(dataclasses.replace(params, normalise=""))
   classifier = predict.load_classifier(workdir)
 
-  def scores(kept, feats, db):
+  def load(part):  # (paths, labels, raw features) of a part's usable recordings
+    kept, feats, _ = raw.load(parts[part], name=f"{config.data.name}/{part}",
+                              workers=config.data.workers, progress=False)
+    return [r.path for r in kept], [r.label for r in kept], feats
+
+  def scores(paths, feats, db):
     shifted = [features_lib.normalise(f + np.float32(gain_offset(db)), params.normalise)
                for f in feats]
     unshifted = [features_lib.normalise(f, params.normalise) for f in feats]
-    return classifier.predict_features(shifted, [r.path for r in kept], unshifted)
+    return classifier.predict_features(shifted, paths, unshifted)
 
-  out = {}
-  for part in ("val", "test"):
-    kept, feats, _ = raw.load(parts[part], name=f"{config.data.name}/{part}",
-                              workers=config.data.workers, progress=False)
-    labels = [r.label for r in kept]
-    paths = [r.path for r in kept]
-    if part == "val":
-      _write_predictions(workdir / VAL_PREDICTIONS_FILE, paths, labels,
-                         scores(kept, feats, 0.0))
-      continue
-    again = dict(zip(paths, scores(kept, feats, 0.0)))
-    if set(again) != set(trained):
-      raise RuntimeError(f"{workdir}: the serving path scored other test recordings "
-                         f"({len(again)}) than the trainer ({len(trained)})")
-    out["serving_max_diff"] = max(abs(again[k] - v) for k, v in trained.items())
-    if out["serving_max_diff"] > SERVING_TOLERANCE:
-      raise RuntimeError(f"{workdir}: the serving path's test scores differ from the "
-                         f"trainer's by up to {out['serving_max_diff']:.3g}: its "
-                         "validation and perturbed scores would not be the same model's")
-    for db in gains_db:
-      _write_predictions(workdir / gain_file(db), paths, labels, scores(kept, feats, db))
+  paths, labels, feats = load("val")
+  _write_predictions(workdir / VAL_PREDICTIONS_FILE, paths, labels,
+                     scores(paths, feats, 0.0))
+  paths, labels, feats = load("test")
+  again = dict(zip(paths, scores(paths, feats, 0.0)))
+  if set(again) != set(trained):
+    raise RuntimeError(f"{workdir}: the serving path scored other test recordings "
+                       f"({len(again)}) than the trainer ({len(trained)})")
+  out = {"serving_max_diff": max(abs(again[k] - v) for k, v in trained.items())}
+  if out["serving_max_diff"] > SERVING_TOLERANCE:
+    raise RuntimeError(f"{workdir}: the serving path's test scores differ from the "
+                       f"trainer's by up to {out['serving_max_diff']:.3g}: its "
+                       "validation and perturbed scores would not be the same model's")
+  for db in gains_db:
+    _write_predictions(workdir / gain_file(db), paths, labels, scores(paths, feats, db))
   return out
 
 
