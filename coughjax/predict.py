@@ -118,15 +118,30 @@ class Classifier:
     return inputs.run(self._fn, clips)
 
   def predict_features(self, features: Sequence[np.ndarray],
-                       names: Optional[Sequence[str]] = None) -> np.ndarray:
+                       names: Optional[Sequence[str]] = None,
+                       mask_features: Optional[Sequence[np.ndarray]] = None
+                       ) -> np.ndarray:
     """[recordings] float64: the mean P(positive) over each recording's clips, from
     its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them).
+
+    `mask_features` (one per recording): the features whose digest keys each
+    recording's DS masks (`infer.recording_key`) instead of `features`' own, so a
+    perturbed copy of a recording (e.g. another gain) is scored under the masks of
+    the original, and its score moves by what the perturbation does alone.
 
     Raises:
       FloatingPointError naming the first recording whose output is not finite.
     """
     names = inputs.recording_names(names, len(features))
-    out = inputs.run_named(self._fn, inputs.cut(features, self.spec, names), names)
+    clips = inputs.cut(features, self.spec, names)
+    if mask_features is not None:
+      if len(mask_features) != len(features):
+        raise ValueError(f"mask_features has {len(mask_features)} recordings, features "
+                         f"{len(features)}")
+      keys = np.stack([infer.recording_key(f, self.spec.clip_frames)
+                       for f in mask_features])
+      clips.rec_keys = keys[clips.recording]
+    out = inputs.run_named(self._fn, clips, names)
     if out.errors:
       raise FloatingPointError(f"{out.errors[0][0]}: {out.errors[0][1]}")
     return inputs.recording_means(out.outputs, out.recording, len(features))

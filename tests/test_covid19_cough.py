@@ -19,6 +19,7 @@ from coughjax.data import features
 from coughjax.data import manifest
 from coughjax.data import splits
 from coughjax.data import synthetic
+from coughjax.protocol import folds as folds_lib
 
 # (source, covid19, verified) -> how many real files the small copy takes.
 SLICE = {("call-center", True, True): 4, ("call-center", True, False): 2,
@@ -270,7 +271,7 @@ def test_asymptomatic_flags_are_read_per_recording(tmp_path):
       {"filename": "b.mp3", "covid19": True, "source": "telegram", "asymptomatic": False},
       {"filename": "c.mp3", "covid19": False, "source": "telegram"}]))
   flags = covid19_cough.asymptomatic(tmp_path)
-  key = lambda name: splits.recording_key(str(tmp_path / "raw" / name))
+  key = lambda name: folds_lib.recording_key(str(tmp_path / "raw" / name))
   assert flags == {key("a.mp3"): True, key("b.mp3"): False}
   (tmp_path / "metadata.json").write_text(json.dumps([
       {"filename": "a.mp3", "covid19": True, "source": "telegram", "asymptomatic": "yes"}]))

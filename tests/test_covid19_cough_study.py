@@ -42,7 +42,7 @@ def release_slice(covid19_cough, tmp_path_factory):
 def done(release_slice, tmp_path_factory):
   work = tmp_path_factory.mktemp("study")
   plan = study.make_plan(release_slice, "", work, k=2, repeats=1, baseline_repeats=2,
-                         deep_rows=("transformer", study.BEST),
+                         secondary_repeats=1, deep_rows=("transformer", study.BEST),
                          setting_names=(study.CC, study.POOLED), runlocal=True)
   results = runs.run_plan(plan)
   text = study.format_report(plan, results, release_slice, "python -m ... (test)")
@@ -130,14 +130,38 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   assert "| *reference: all positive* |" in text
 
 
-def test_inductive_units_pretrain_per_fold(done):
-  plan, _, _ = done
+def test_cp_rows_pretrain_on_a_disjoint_pool_or_per_fold(done):
+  """In the call centre the paper's best model pre-trains once per repeat on the
+  pool (covid19_cough's Telegram here: no Coswara given), serving both folds; pooled
+  has no pool, so per fold there, as the per-fold reference row is everywhere."""
+  plan, results, text = done
   pre = plan.workdir / "pretrain" / "transformer_m50"
-  assert sorted(p.name for p in pre.iterdir() if p.is_dir()) == ["all", "r0f0", "r0f1"]
+  assert sorted(p.name for p in pre.iterdir() if p.is_dir()) == [
+      "r0all", "r0f0", "r0f1", "r0pool-source_filter_telegram"]
   for fold in (0, 1):
     cfg = json.loads((pre / f"r0f{fold}" / "config.json").read_text())
     assert cfg["data"]["folds"] == str(plan.folds_path) and cfg["data"]["fold"] == fold
-  assert json.loads((pre / "all" / "config.json").read_text())["data"]["folds"] == ""
+  cfg = json.loads((pre / "r0pool-source_filter_telegram" / "config.json").read_text())
+  assert (cfg["data"]["folds"], cfg["data"]["source_filter"]) == ("", "telegram")
+  for unit in runs.units_of(plan):
+    if unit.row and unit.row.name == study.BEST:
+      (need,) = unit.needs
+      assert need.folder.name == ("r0pool-source_filter_telegram"
+                                  if unit.setting.name == study.CC else f"r0f{unit.fold}")
+  assert "pool disjoint from the evaluated source" in text
+
+
+def test_deep_rows_have_validation_thresholds_and_gain_shifts(done):
+  plan, results, text = done
+  cc = text.split(f"## {study.CC}:", 1)[1].split("\n## ", 1)[0]
+  for name in ("transformer", study.BEST):
+    scores = results[study.CC][name]
+    assert all(v is not None for per in scores.validation for v in per)
+    assert sorted(scores.perturbed) == ["gain+10", "gain-10"]
+    assert all(u["serving_max_diff"] <= 1e-6 for per in scores.units for u in per)
+    line = next(l for l in cc.splitlines() if l.startswith(f"| {plan.row(name).title} |"))
+    assert "no val scores" not in line
+  assert "Test-time gain" in cc and "| AUC moves at -10 dB | AUC moves at +10 dB |" in cc
 
 
 def test_command_line_rejects_unknown_rows():

@@ -26,6 +26,7 @@ from coughjax.data.manifest import Recording
 from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
+from coughjax.protocol import stats
 from coughjax.protocol import units
 from coughjax.protocol import __main__ as cli
 from conftest import REPO
@@ -285,6 +286,16 @@ def test_a_study_runs_on_two_worker_processes(study):
   assert results["transformer"].keys == results["duration_only"].keys
   unit = results["transformer"].units[0][0]
   assert unit["epochs"] == 2 and 1 <= unit["best_epoch"] <= 2
+  # Its validation part and its test part at +-10 dB, scored by coughjax.predict from
+  # the checkpoint that scored the test part: the trainer's test scores reproduced.
+  for fold in range(study.k):
+    record = results["transformer"].units[0][fold]
+    assert record["serving_max_diff"] <= 1e-6
+    val = results["transformer"].validation[0][fold]
+    assert val is not None and len(val[0]) > 0
+  assert sorted(results["transformer"].perturbed) == ["gain+10", "gain-10"]
+  assert not results["duration_only"].perturbed
+  assert rep.perturbation_table(results, {})[2].startswith("| transformer | ")
   text = cli.format_report(study, {"all": results},
                            rep.judge(cli.comparisons(study), {"all": results}), "cmd")
   assert "| transformer |" in text and "Commit: `" in text
@@ -372,7 +383,7 @@ def test_inductive_pretraining_never_sees_its_fold(tmp_path):
   setting = plan.settings[0]
   folds = folds_lib.read_folds(plan.folds_path)
   for fold in range(plan.k):
-    config = runs.pretrain_config(plan, "transformer_m0", setting, (0, fold))
+    config = runs.pretrain_config(plan, "transformer_m0", setting, 0, fold)
     records = data.get_manifest(config.data)
     parts = splits.from_config(records, config.data)
     seen = {folds_lib.recording_key(r.path) for p in ("train", "val") for r in parts[p]}
@@ -381,9 +392,9 @@ def test_inductive_pretraining_never_sees_its_fold(tmp_path):
     who = lambda keys: {k.split("/")[3] for k in keys}  # synthetic://seed/participant/..
     assert tested and who(tested) & who(folds_lib.recording_key(r.path) for r in records)
     assert not who(seen) & who(tested)
-    assert runs.pretrain_workdir(plan, "transformer_m0", setting, (0, fold)).name == \
+    assert runs.pretrain_workdir(plan, "transformer_m0", setting, 0, fold).name == \
         f"r0f{fold}"
-  assert runs.pretrain_workdir(plan, "transformer_m0", setting, None).name == "all"
+  assert runs.pretrain_workdir(plan, "transformer_m0", setting, 0, None).name == "r0all"
   # Each downstream unit loads the pre-training of its own fold.
   for unit in runs.units_of(plan):
     if unit.row:
@@ -392,6 +403,149 @@ def test_inductive_pretraining_never_sees_its_fold(tmp_path):
       assert need.folder.name == f"r0f{unit.fold}"
 
 
+
+
+def test_pretraining_that_holds_out_no_test_recording_is_an_error(tmp_path):
+  # The default pre-training data here is another synthetic set (data.seed 0, not
+  # the downstream's 1): none of a fold's test recordings is in it.
+  plan = _plan(tmp_path, ["transformer_cp_ft"])
+  runs.prepare(plan)
+  (need,) = runs.units_of(plan)[1].needs
+  config = need.config()
+  with pytest.raises(ValueError, match=r"fold 0 of repeat 0: none of these 48 recordings "
+                     r"\(under synthetic://0/\) is one of its 24 test recordings \(under "
+                     r"synthetic://1/\)"):
+    splits.from_config(data.get_manifest(config.data), config.data)
+
+
+def _seeds(config, prefix=""):
+  """{field: value} of every seed of a config but the synthetic generator's
+  (data.seed names the data, not a draw)."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_seeds(value, f"{prefix}{key}."))
+    elif "seed" in key and f"{prefix}{key}" != "data.seed":
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _pool_plan(workdir, pool=("data.seed=7",), **kwargs):
+  """transformer_cp_ft pre-training on the setting's pool (another synthetic set)."""
+  plan = _plan(workdir, ["transformer_cp_ft"], **kwargs)
+  return dataclasses.replace(
+      plan, rows=(dataclasses.replace(plan.rows[0], pretraining=runs.POOL),),
+      settings=(dataclasses.replace(plan.settings[0], pool=pool),))
+
+
+@pytest.mark.parametrize("pretraining", [runs.INDUCTIVE, runs.TRANSDUCTIVE, runs.POOL])
+def test_every_repeat_draws_its_own_seeds(tmp_path, pretraining):
+  plan = _pool_plan(tmp_path, repeats=2)
+  plan = dataclasses.replace(plan, rows=(dataclasses.replace(plan.rows[0],
+                                                             pretraining=pretraining),))
+  todo = runs.units_of(plan)
+  for fold in range(plan.k):
+    a, b = (next(u for u in todo if u.row and (u.repeat, u.fold) == (r, fold))
+            for r in (0, 1))
+    for one, other in [(a, b)] + list(zip(a.needs, b.needs)):
+      seeds, others = _seeds(one.config()), _seeds(other.config())
+      assert {"seed", "data.split_seed"} <= set(seeds)
+      assert all(seeds[k] != others[k] for k in seeds), (one.name, seeds, others)
+  # Within a repeat, no two units of a row share a seed either.
+  rows = [u for u in todo if u.row]
+  assert len({u.config().seed for u in rows}) == len(rows)
+
+
+def test_a_pool_pretrains_once_per_repeat_for_every_fold(tmp_path, capsys):
+  plan = _pool_plan(tmp_path / "work", repeats=2)
+  todo = runs.units_of(plan)
+  pretrainings = [u for u in todo if u.is_pretraining]
+  assert [u.name for u in pretrainings] == [
+      f"pretrain/transformer_m0/r{r}pool-seed_7" for r in (0, 1)]
+  for unit in (u for u in todo if u.row):
+    (need,) = unit.needs
+    assert need.folder == pretrainings[unit.repeat].folder
+    assert unit.config().encoder_a.checkpoint == str(need.folder)
+  config = pretrainings[0].config()
+  assert (config.data.seed, config.data.folds) == (7, "")  # the pool, all of it
+  _dry_run(plan)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 + 2 * 2
+  # Without a pool, a pool row pre-trains per fold.
+  plan = _pool_plan(tmp_path / "work", pool=())
+  assert [u.name for u in runs.units_of(plan) if u.is_pretraining] == [
+      "pretrain/transformer_m0/r0f0", "pretrain/transformer_m0/r0f1"]
+
+
+def test_a_pool_holding_an_evaluated_recording_is_refused(tmp_path, monkeypatch):
+  with pytest.raises(app.UsageError, match=r"setting all: its pool \(data.seed=1\) "
+                     r"holds 24 of the recordings it evaluates \(same path: e.g. "
+                     r"synthetic://1/"):
+    _dry_run(_pool_plan(tmp_path / "a", pool=("data.seed=1",)))
+  # The same audio under another name: a digest without the generator seed makes
+  # synthetic://7/p/... the same content as synthetic://1/p/....
+  monkeypatch.setattr(features_lib.FeatureCache, "content_key",
+                      lambda self, r: r.path.split("/", 3)[3])
+  with pytest.raises(app.UsageError, match=r"its pool \(data.seed=7\) holds 24 of the "
+                     r"recordings it evaluates \(same content: e.g. synthetic://7/"):
+    _dry_run(_pool_plan(tmp_path / "b"))
+
+
+class _LoudnessModel:
+  """A stand-in for a trained model that reads loudness alone and saturates: the
+  mean log-mel energy of a recording's features, clipped to [lo, hi]."""
+
+  def __init__(self, lo, hi):
+    self.lo, self.hi, self.calls = lo, hi, []
+
+  def __call__(self, feats):
+    return float(np.clip(feats.mean(dtype=np.float64), self.lo, self.hi))
+
+  def predict_features(self, features, names, mask_features):
+    self.calls.append((features, mask_features))
+    return np.array([self(f) for f in features])
+
+
+@pytest.mark.parametrize("normalise", ["", "gain"])
+def test_a_gain_moves_a_raw_models_auc_and_not_a_gain_normalised_ones(
+    tmp_path, monkeypatch, normalise):
+  """Scores at +-10 dB: the gain goes on the raw features, before the front end's
+  normalisation, which takes it off again; DS masks stay those of the unshifted
+  features. The labels here are loudness (above the median: positive), which the
+  model reads."""
+  plan = _plan(tmp_path, ["transformer"])
+  plan = dataclasses.replace(plan, settings=(dataclasses.replace(
+      plan.settings[0], overrides=(f"features.normalise={normalise}",)),))
+  runs.prepare(plan)
+  config = runs.units_of(plan)[0].config()
+  test = baselines.load_split_features(
+      runs.downstream_config(plan, runs.Setting("raw", (), ()), plan.rows[0]))["test"]
+  loud = {r.path: f.mean(dtype=np.float64) for r, f in zip(test.records, test.features)}
+  model = _LoudnessModel(*np.quantile(list(loud.values()), [0.25, 0.75]))
+  trained = {r.path: model(features_lib.normalise(f, normalise))
+             for r, f in zip(test.records, test.features)}
+  from coughjax import predict  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(predict, "load_classifier", lambda workdir: model)
+  assert units.score_again(config, tmp_path, trained) == {"serving_max_diff": 0.0}
+  val = units.read_predictions(tmp_path, units.VAL_PREDICTIONS_FILE)
+  assert len(val) > 0 and not set(val) & {folds_lib.recording_key(p) for p in loud}
+  median = np.median(list(loud.values()))
+  y = np.array([loud[p] > median for p in trained])
+  auc = {}
+  for db in (0.0,) + units.GAINS_DB:
+    name = units.gain_file(db) if db else None
+    got = (units.read_predictions(tmp_path, name) if name else
+           {folds_lib.recording_key(p): (0, s) for p, s in trained.items()})
+    auc[db] = stats.auc(y, [got[folds_lib.recording_key(p)][1] for p in trained])
+  for (features, masks), db in zip(model.calls[2:], units.GAINS_DB):
+    for f, m, r in zip(features, masks, test.features):
+      np.testing.assert_array_equal(m, features_lib.normalise(r, normalise))
+      np.testing.assert_allclose(
+          f, features_lib.normalise(r + db * np.log(10) / 10, normalise), atol=1e-5)
+  if normalise:  # the level is gone, whatever the gain
+    assert auc == {db: auc[0.0] for db in auc}
+  else:  # louder, the loud half saturates at hi and ties; quieter, the quiet one
+    assert auc[0.0] == 1.0 and max(auc[-10.0], auc[10.0]) < 0.9, auc
 
 
 # --- checked before any work ----------------------------------------------------------

@@ -108,7 +108,12 @@ def get_config(arg: str = "ensemble"):
   config.batch_size = 128
   config.eval_batch_size = 128
   config.num_epochs = 40
-  config.early_stopping_patience = 10  # epochs without a better validation AUC
+  config.early_stopping_patience = 10  # epochs without a better validation monitor
+  # The validation metric that keeps the best checkpoint and stops training early:
+  # "auc" (recording-level ROC-AUC, higher is better) or "loss" (clip-level
+  # cross-entropy, lower is better: on a small validation part it ranks models by
+  # every score, not by their order alone).
+  config.monitor = "auc"
   config.num_runs = 5                  # seeds: own split and init each; mean (std)
   config.threshold = 0.5
   config.log_every_steps = 20

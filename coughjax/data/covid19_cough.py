@@ -62,7 +62,7 @@ from typing import Optional, Sequence
 from absl import logging
 
 from coughjax.data import manifest as manifest_lib
-from coughjax.data import splits as splits_lib
+from coughjax.protocol import folds as folds_lib
 from coughjax.data.manifest import Recording
 
 LABELS = ("covid19",)
@@ -190,7 +190,7 @@ def manifest(root: str | pathlib.Path, *, label: str = "covid19", source_filter:
 
 
 def asymptomatic(root: str | pathlib.Path) -> dict[str, bool]:
-  """{recording key (`splits.recording_key` of its path): the release's
+  """{recording key (`coughjax.protocol.folds.recording_key` of its path): the release's
   `asymptomatic` flag} for every record that has one (in the December 2020 release,
   positives only: true = no symptoms reported). Copies of one recording share the
   flag of the first in metadata order, the one the manifest keeps.
@@ -207,7 +207,7 @@ def asymptomatic(root: str | pathlib.Path) -> dict[str, bool]:
     if not isinstance(flag, bool):
       raise ValueError(f"{root / METADATA}: record {i} ({rec['filename']}): asymptomatic "
                        f"must be true, false or null, got {flag!r}")
-    out.setdefault(splits_lib.recording_key(str(root / AUDIO_DIR / rec["filename"])),
+    out.setdefault(folds_lib.recording_key(str(root / AUDIO_DIR / rec["filename"])),
                    flag)
   return out
 

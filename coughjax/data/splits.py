@@ -10,7 +10,8 @@ writes and reads that file).
 from __future__ import annotations
 
 import collections
-from typing import Optional, Sequence
+import os
+from typing import Iterable, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -81,7 +82,9 @@ def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int
   `repeat`; the other participants are split into train and val in the proportions
   of `fractions[:2]` (its test fraction is ignored), stratified as `split` does.
   Recordings the file does not name (another source joined for pre-training, say)
-  are never test.
+  are never test; but records none of which is in the test part are an error: for
+  pre-training (records = its data) that would be a pre-training on every test
+  recording's audio, e.g. the same audio under another root than the folds'.
 
   Args:
     records: the recordings to split.
@@ -111,11 +114,24 @@ def fold_split(records: Sequence[Recording], folds: dict, fold: int, repeat: int
                      "be non-negative with a positive sum")
   parts = split(rest, (*(train_val / train_val.sum()), 0.0), seed)
   parts["test"] = [r for r in records if r.participant_id in test_ids]
+  if not parts["test"]:
+    tested = [k for k, f in table.items() if f[repeat] == fold]
+    raise ValueError(
+        f"{folds['path']}: fold {fold} of repeat {repeat}: none of these {len(records)} "
+        f"recordings (under {_root(r.path for r in records)}) is one of its "
+        f"{len(tested)} test recordings (under {_root(tested)}), so none would be held "
+        "out: give the data the folds were drawn over, at the same root")
   logging.info("fold %d of repeat %d (%s): %d train, %d val, %d test recordings%s", fold,
                repeat, folds["path"], len(parts["train"]), len(parts["val"]),
                len(parts["test"]),
                f"; {len(missing)} not in the file (never test)" if missing else "")
   return parts
+
+
+def _root(paths: Iterable[str]) -> str:
+  """The longest folder common to `paths` (how an error names where they are)."""
+  prefix = os.path.commonprefix(list(paths))
+  return prefix[:prefix.rfind("/") + 1] or "(no common folder)"
 
 
 def from_config(records: Sequence[Recording], cfg, require_all: bool = False

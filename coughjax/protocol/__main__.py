@@ -79,6 +79,10 @@ def format_report(plan: runs.Plan, results, judged, command: str) -> str:
     lines += [f"## {setting.name}" + (f" ({', '.join(setting.overrides)})"
                                       if setting.overrides else ""), "",
               *rep.rows_table(res, titles), ""]
+    shifts = rep.perturbation_table(res, titles)
+    if shifts:
+      lines += ["Test-time gain (AUC points the AUC moves; mean [range] over "
+                "repeats):", "", *shifts, ""]
     if len({s for r in res.values() for s in r.strata}) > 1:
       lines += ["By stratum:", "", *rep.strata_table(res, titles), ""]
   lines += ["## Comparisons", "", *rep.comparison_lines(judged, titles), "",

@@ -4,13 +4,28 @@ A *row* scores recordings: a downstream variant of `configs/downstream.py`, or a
 baseline of `coughjax.baselines`. A *setting* is a selection of the data (config
 overrides). A `Plan` runs rows in settings over k folds, repeated; it is made of
 *units* (`units_of`): one (setting, row, repeat, fold) each, and for -CP rows the
-pre-trainings they need. Everything here is a frozen dataclass or a pure function of
-one, so a unit pickles to a Dask worker as it is and gives the same config there.
+pre-trainings they need: per (repeat, fold) without the fold's test recordings
+(INDUCTIVE), once per repeat on all the data (TRANSDUCTIVE), or once per repeat on
+the setting's *pool* (POOL): pre-training data disjoint from every recording the
+setting evaluates (`Setting.pool`), which serves every fold of the repeat. In a
+setting without a pool, a POOL row pre-trains per fold, as an INDUCTIVE one.
+
+Seeds: unit (r, f) (a row's, or its inductive pre-training's) has seed
+`seed + r * k + f` for its model and for its train / validation split; a
+pre-training once per repeat has fold 0's. So every repeat draws its own folds
+and its own seeds for everything (initialisation, dropout, masks, shuffles,
+pre-training), and no two units of one row share a seed.
+
+Everything here is a frozen dataclass or a pure function of one, so a unit pickles
+to a Dask worker as it is and gives the same config there.
 
 Layout of `<workdir>`:
 
   folds.json
-  pretrain/<variant>[-<front end>]/{r<repeat>f<fold> | all}/   pre-training workdirs
+  pretrain/<variant>[-<front end>][-<extra>]/                  pre-training workdirs:
+      r<repeat>f<fold>/                                        inductive,
+      r<repeat>all/                                            transductive,
+      r<repeat>pool-<pool>/                                    on a pool
   <setting>/<row>/r<repeat>f<fold>/                            a downstream workdir,
       or a baseline's folder; both hold predictions.csv and unit.json
 
@@ -22,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Optional, Sequence
 
 import ml_collections
@@ -30,7 +46,8 @@ from coughjax import baselines
 from coughjax.overrides import apply_overrides
 from coughjax.overrides import config_modules
 
-INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"
+INDUCTIVE, TRANSDUCTIVE, POOL = "inductive", "transductive", "pool"
+PRETRAININGS = (INDUCTIVE, TRANSDUCTIVE, POOL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +59,13 @@ class Row:
     variant: a `configs/downstream.py` variant, or a `coughjax.baselines` name.
     label: how the report names it ("" = the name).
     overrides: "key=value" for this row's downstream config.
-    pretraining: for -CP branches: INDUCTIVE (per fold) or TRANSDUCTIVE (once).
+    pretraining: for -CP branches: INDUCTIVE (per fold), TRANSDUCTIVE (once per
+      repeat, on all the data) or POOL (once per repeat, on the setting's pool;
+      per fold where the setting has none).
     pretrain_overrides: "key=value" for its -CP branches' pre-training (e.g. a
       longer schedule); such pre-trainings get their own workdirs.
+    repeats: how many repeats of the folds it runs; 0 = the plan's (`repeats` for
+      deep rows, `baseline_repeats` for baselines).
   """
   name: str
   variant: str
@@ -52,11 +73,14 @@ class Row:
   overrides: tuple[str, ...] = ()
   pretraining: str = INDUCTIVE
   pretrain_overrides: tuple[str, ...] = ()
+  repeats: int = 0
 
   def __post_init__(self):
-    if self.pretraining not in (INDUCTIVE, TRANSDUCTIVE):
-      raise ValueError(f"row {self.name}: pretraining must be {INDUCTIVE!r} or "
-                       f"{TRANSDUCTIVE!r}, got {self.pretraining!r}")
+    if self.pretraining not in PRETRAININGS:
+      raise ValueError(f"row {self.name}: pretraining must be one of {PRETRAININGS}, "
+                       f"got {self.pretraining!r}")
+    if self.repeats < 0:
+      raise ValueError(f"row {self.name}: repeats must be >= 0, got {self.repeats}")
 
   @property
   def is_baseline(self) -> bool:
@@ -78,11 +102,16 @@ class Setting:
       the front end it will see).
     rows: the names of the rows run here.
     description: a sentence for the report.
+    pool: "key=value" overrides of the plan's pre-training data (`pretrain_data`)
+      that make POOL rows' pre-training data here: none of it may be a recording
+      this setting evaluates (`coughjax.protocol.runs.check_pools` checks, by path
+      and by content). () = no disjoint pool: POOL rows pre-train per fold.
   """
   name: str
   overrides: tuple[str, ...]
   rows: tuple[str, ...]
   description: str = ""
+  pool: tuple[str, ...] = ()
 
   @property
   def front_end(self) -> tuple[str, ...]:
@@ -146,7 +175,16 @@ class Plan:
     return next(r for r in self.rows if r.name == name)
 
   def repeats_of(self, row: Row) -> int:
-    return self.baseline_repeats if row.is_baseline else self.repeats
+    return row.repeats or (self.baseline_repeats if row.is_baseline else self.repeats)
+
+  @property
+  def most_repeats(self) -> int:
+    """The repeats the folds are drawn for: the most any row runs."""
+    return max([self.repeats, self.baseline_repeats] + [r.repeats for r in self.rows])
+
+  def seed_of(self, repeat: int, fold: int = 0) -> int:
+    """The seed of unit (`repeat`, `fold`): distinct for every unit of a row."""
+    return self.seed + repeat * self.k + fold
 
   @property
   def folds_path(self) -> pathlib.Path:
@@ -174,7 +212,7 @@ def downstream_config(plan: Plan, setting: Setting, row: Row, repeat: int = 0,
   variant = "transformer" if row.is_baseline else row.variant
   config = downstream_cfgs.get_config(variant + _suffix(plan))
   apply_overrides(config, plan.data + setting.overrides + row.overrides)
-  seed = plan.seed + repeat * plan.k + fold
+  seed = plan.seed_of(repeat, fold)
   config.data.folds = str(plan.folds_path)
   config.data.fold, config.data.fold_repeat = fold, repeat
   config.data.split_seed = seed
@@ -184,36 +222,42 @@ def downstream_config(plan: Plan, setting: Setting, row: Row, repeat: int = 0,
   return config
 
 
-def pretrain_config(plan: Plan, variant: str, setting: Setting,
-                    fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
-                    ) -> ml_collections.ConfigDict:
-  """`configs/pretrain.py:<variant>` on the study's pre-training data with the
-  setting's front end and `extra` overrides; without the test part of `fold` =
-  (repeat, fold), or on everything when `fold` is None (transductive)."""
+def pretrain_config(plan: Plan, variant: str, setting: Setting, repeat: int,
+                    fold: Optional[int], extra: Sequence[str] = (),
+                    pool: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`configs/pretrain.py:<variant>` on the study's pre-training data (with the
+  `pool` overrides, if any) with the setting's front end and `extra` overrides:
+  without the test part of fold (`repeat`, `fold`), or on all of it when `fold` is
+  None (transductive, or a pool). Its seeds are unit (`repeat`, `fold` or 0)'s."""
   pretrain_cfgs, _ = config_modules()
   options = ",".join(o for o in (plan.pretrain_option, "runlocal" * plan.runlocal) if o)
   config = pretrain_cfgs.get_config(variant + ("," + options if options else ""))
-  apply_overrides(config, plan.pretrain_data + setting.front_end + tuple(extra))
+  apply_overrides(config, plan.pretrain_data + tuple(pool) + setting.front_end
+                  + tuple(extra))
   if fold is not None:
-    repeat, k = fold
     config.data.folds = str(plan.folds_path)
-    config.data.fold_repeat, config.data.fold = repeat, k
-    config.seed = plan.seed + repeat * plan.k + k
+    config.data.fold_repeat, config.data.fold = repeat, fold
+  config.seed = config.data.split_seed = plan.seed_of(repeat, fold or 0)
   apply_overrides(config, plan.pretrain_set)
   return config
 
 
 def _tag(overrides: Sequence[str]) -> str:
   """'features.normalise=gain' -> 'normalise_gain' (a folder name part)."""
-  return "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in overrides)
+  return re.sub(r"[^\w.+=-]", "_", "-".join(o.rsplit(".", 1)[-1] for o in overrides)
+                ).replace("=", "_")
 
 
-def pretrain_workdir(plan: Plan, variant: str, setting: Setting,
-                     fold: Optional[tuple[int, int]], extra: Sequence[str] = ()
-                     ) -> pathlib.Path:
+def pretrain_workdir(plan: Plan, variant: str, setting: Setting, repeat: int,
+                     fold: Optional[int], extra: Sequence[str] = (),
+                     pool: Sequence[str] = ()) -> pathlib.Path:
+  """Where pre-training (`pretrain_config`'s arguments) goes: one folder per
+  variant, front end and extra overrides, then r<repeat>f<fold>, r<repeat>all or
+  r<repeat>pool-<pool's overrides>."""
   name = "-".join([variant] + [_tag(o) for o in (setting.front_end, extra) if o])
-  return (plan.workdir / "pretrain" / name
-          / ("all" if fold is None else f"r{fold[0]}f{fold[1]}"))
+  where = (f"f{fold}" if fold is not None else
+           f"pool-{_tag(pool)}" if pool else "all")
+  return plan.workdir / "pretrain" / name / f"r{repeat}{where}"
 
 
 def _cp_branches(config) -> list:
@@ -230,8 +274,9 @@ class Unit:
 
   A row unit has `row` set (a downstream training or a baseline's fit on fold
   `fold` of repeat `repeat`); a pre-training unit has `row` None and pre-trains
-  `variant` with `extra` overrides, on the data without the test part of fold
-  (`repeat`, `fold`), or on all of it when `fold` is None.
+  `variant` with `extra` overrides with repeat `repeat`'s seeds: on the data without
+  the test part of fold `fold`, or with `fold` None on all of it (transductive) or,
+  with `pool` set, on the pool those overrides make.
   """
   plan: Plan
   setting: Setting
@@ -240,6 +285,7 @@ class Unit:
   fold: Optional[int]
   variant: str = ""
   extra: tuple[str, ...] = ()
+  pool: tuple[str, ...] = ()
 
   @property
   def is_pretraining(self) -> bool:
@@ -248,8 +294,8 @@ class Unit:
   @property
   def folder(self) -> pathlib.Path:
     if self.row is None:
-      where = None if self.fold is None else (self.repeat, self.fold)
-      return pretrain_workdir(self.plan, self.variant, self.setting, where, self.extra)
+      return pretrain_workdir(self.plan, self.variant, self.setting, self.repeat,
+                              self.fold, self.extra, self.pool)
     return self.plan.unit_folder(self.setting, self.row, self.repeat, self.fold)
 
   @property
@@ -257,17 +303,23 @@ class Unit:
     """The folder relative to the workdir (what logs and --dry_run show)."""
     return str(self.folder.relative_to(self.plan.workdir))
 
+  def _pretraining(self, variant: str) -> Unit:
+    """The pre-training unit of this row unit's -CP branch `variant`."""
+    how = self.row.pretraining
+    if how == POOL and not self.setting.pool:
+      how = INDUCTIVE  # no disjoint pool here: per fold, without the test part
+    return Unit(self.plan, self.setting, None, self.repeat,
+                self.fold if how == INDUCTIVE else None, variant,
+                self.row.pretrain_overrides, self.setting.pool if how == POOL else ())
+
   def _with_pretrainings(self) -> tuple[ml_collections.ConfigDict, list[Unit]]:
     """A row unit's config with each -CP branch that names no checkpoint pointed at
     the folder of its pre-training unit, and those units (one per branch)."""
     config = downstream_config(self.plan, self.setting, self.row, self.repeat, self.fold)
-    inductive = self.row.pretraining == INDUCTIVE
     needs = []
     for branch in _cp_branches(config):
       if not branch.checkpoint:
-        needs.append(Unit(self.plan, self.setting, None, self.repeat if inductive else 0,
-                          self.fold if inductive else None, branch.pretrain,
-                          self.row.pretrain_overrides))
+        needs.append(self._pretraining(branch.pretrain))
         branch.checkpoint = str(needs[-1].folder)
     return config, needs
 
@@ -282,8 +334,8 @@ class Unit:
   def config(self) -> ml_collections.ConfigDict:
     """The unit's config, the same wherever it is computed."""
     if self.row is None:
-      where = None if self.fold is None else (self.repeat, self.fold)
-      return pretrain_config(self.plan, self.variant, self.setting, where, self.extra)
+      return pretrain_config(self.plan, self.variant, self.setting, self.repeat,
+                             self.fold, self.extra, self.pool)
     return self._with_pretrainings()[0]
 
 

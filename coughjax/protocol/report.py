@@ -459,3 +459,39 @@ def cost_minutes(plan, results: dict[str, dict[str, Scores]]) -> tuple[float, fl
   """(minutes of every row unit, minutes of every pre-training) this study took."""
   rows = sum(minutes(s) for res in results.values() for s in res.values())
   return rows, pretrain_minutes(plan.workdir)
+
+
+def perturbation_shift(scores: Scores, perturbation: str) -> np.ndarray:
+  """[repeats] how far each repeat's AUC moves under `perturbation` (e.g. "gain+10":
+  the same models scoring the test inputs so changed): AUC(perturbed) - AUC."""
+  return np.array([stats.auc(scores.labels, p) - stats.auc(scores.labels, s)
+                   for p, s in zip(scores.perturbed[perturbation], scores.scores)])
+
+
+def perturbation_table(results: dict[str, Scores], titles: dict[str, str]) -> list[str]:
+  """One line per row with perturbed scores (deep rows): its AUC, and how far it
+  moves under each perturbation, in AUC points: mean over its repeats [lowest,
+  highest repeat]. [] when no row has any."""
+  def order(p):  # "gain-10" -> ("gain", -10.0)
+    kind = p.rstrip("+-.0123456789")
+    return kind, float(p[len(kind):] or 0)
+
+  names = sorted({p for sc in results.values() for p in sc.perturbed}, key=order)
+  if not names:
+    return []
+  lines = ["| row | AUC | " + " | ".join(
+      f"AUC moves at {order(p)[1]:+g} dB" if order(p)[0] == "gain" else p
+      for p in names) + " |",
+           "|---|---|" + "---|" * len(names)]
+  for name, scores in results.items():
+    if not scores.perturbed:
+      continue
+    cells = [auc_cell(row_auc(scores))]
+    for p in names:
+      if p not in scores.perturbed:
+        cells.append("–")
+        continue
+      shift = 100 * perturbation_shift(scores, p)
+      cells.append(f"{shift.mean():+.1f} [{shift.min():+.1f}, {shift.max():+.1f}]")
+    lines.append(f"| {titles.get(name, name)} | " + " | ".join(cells) + " |")
+  return lines

@@ -17,8 +17,13 @@ its fold from there (`data.folds`).
 
 A -CP row's pre-training is *inductive* by default: one pre-training per (repeat,
 fold) on the pre-training data without that fold's test recordings (their audio is
-never seen before they are scored); `pretraining="transductive"` pre-trains once on
-all of it, as a reference for what seeing the test audio is worth.
+never seen before they are scored; pre-training data that holds none of them is an
+error, not a silent transductive run: `coughjax.data.splits.fold_split`);
+`pretraining="pool"` pre-trains once per repeat on the setting's *pool*, data that
+holds none of the setting's recordings (checked before any work, by path and by
+content: `check_pools`), which serves every fold; `pretraining="transductive"`
+pre-trains once per repeat on all of it, as a reference for what seeing the test
+audio is worth.
 
 The pieces: `plan` (rows, settings, units, configs, the workdir's layout), `units`
 (one unit, run once and resumably, published whole), `schedule` (the units as a
@@ -62,6 +67,7 @@ from coughjax.protocol import units as units_lib
 # What a study module builds its plan from (re-exported: `runs.Plan`, ...).
 from coughjax.protocol.plan import INDUCTIVE  # pylint: disable=unused-import
 from coughjax.protocol.plan import Plan
+from coughjax.protocol.plan import POOL  # pylint: disable=unused-import
 from coughjax.protocol.plan import pretrain_config  # pylint: disable=unused-import
 from coughjax.protocol.plan import pretrain_workdir  # pylint: disable=unused-import
 from coughjax.protocol.plan import Row
@@ -115,7 +121,7 @@ def ensure_folds(plan: Plan, records: Sequence[manifest_lib.Recording],
   """Draws the study's folds over `records` (groups = participants, strata =
   (stratum, label)) and writes them once; later calls (and other commands) check
   that the file fits the data. Without `write`, only an existing file is checked."""
-  repeats = max(plan.repeats, plan.baseline_repeats)
+  repeats = plan.most_repeats
   keys = [folds_lib.recording_key(r.path) for r in records]
   path = plan.folds_path
   if not path.is_file():
@@ -137,12 +143,42 @@ def ensure_folds(plan: Plan, records: Sequence[manifest_lib.Recording],
                      f"repeats={repeats}, {len(keys)} recordings): use a new workdir")
 
 
+def check_pools(todo: Sequence[Unit]) -> None:
+  """Every pool pre-training of `todo` holds none of the recordings of the settings
+  whose rows load it: no recording by path (`folds.recording_key`), none by content
+  (the feature cache's digest of the file: the same audio under another root or
+  name). Raises a one-line ValueError naming the setting, the pool and a recording."""
+  from coughjax.data import features as features_lib  # pylint: disable=g-import-not-at-top
+  checked = set()
+  for unit in todo:
+    for need in unit.needs:
+      if not need.pool or (unit.setting.name, need.folder) in checked:
+        continue
+      checked.add((unit.setting.name, need.folder))
+      config = unit.config()
+      pool = data.get_manifest(need.config().data)
+      evaluated = data.get_manifest(config.data)
+      cache = features_lib.FeatureCache(
+          features_lib.FeatureParams.from_config(config.features))
+      for what, key in (("path", lambda r: folds_lib.recording_key(r.path)),
+                        ("content", cache.content_key)):
+        mine = {key(r): r.path for r in pool}
+        theirs = {key(r): r.path for r in evaluated}
+        shared = sorted((mine[k], theirs[k]) for k in mine.keys() & theirs.keys())
+        if shared:
+          raise ValueError(
+              f"setting {unit.setting.name}: its pool ({', '.join(unit.setting.pool)}) "
+              f"holds {len(shared)} of the recordings it evaluates (same {what}: e.g. "
+              f"{shared[0][0]} is {shared[0][1]}): a pool must be disjoint from them")
+
+
 def prepare(plan: Plan, write: bool = True) -> list[Unit]:
-  """Every check made before any work (the data, the folds, the units already done
-  were made with today's configs), and the folds drawn (with `write`); the plan's
-  units in the order they run."""
+  """Every check made before any work (the data, the folds, the pools, the units
+  already done were made with today's configs), and the folds drawn (with
+  `write`); the plan's units in the order they run."""
   ensure_folds(plan, check_data(plan), write)
   todo = units_of(plan)
+  check_pools(todo)
   for unit in todo:
     if units_lib.read_unit(unit.folder) is not None:
       units_lib.check_same(unit.folder, unit.config())
@@ -169,6 +205,7 @@ def run_units(plan: Plan, todo: Sequence[Unit], runner: Callable = default_runne
 def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str]) -> Scores:
   """`row`'s out-of-fold scores in `setting`, repeat by repeat, from its units."""
   per_repeat, units, fold_of, validation = [], [], [], []
+  perturbed = {db: [] for db in units_lib.GAINS_DB}
   for repeat in range(plan.repeats_of(row)):
     merged: dict[str, tuple[int, float]] = {}
     units.append([])
@@ -191,6 +228,11 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str]) -> S
              if (folder / units_lib.VAL_PREDICTIONS_FILE).is_file() else None)
       validation[-1].append(None if val is None else tuple(
           np.array(v) for v in zip(*val.values())))
+      for db, found in perturbed.items():
+        if found is not None and (folder / units_lib.gain_file(db)).is_file():
+          found.append(units_lib.read_predictions(folder, units_lib.gain_file(db)))
+        else:
+          perturbed[db] = None  # a row has a perturbation where every unit does
     per_repeat.append(merged)
   keys = sorted(per_repeat[0])
   for r, merged in enumerate(per_repeat[1:], 1):
@@ -203,7 +245,16 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str]) -> S
                 scores=np.array([[m[k][1] for k in keys] for m in per_repeat]),
                 units=units,
                 folds=np.array([[f[k] for k in keys] for f in fold_of]),
-                validation=validation)
+                validation=validation,
+                perturbed={units_lib.perturbation(db): _out_of_fold(parts, keys, plan.k)
+                           for db, parts in perturbed.items() if parts})
+
+
+def _out_of_fold(parts: list[dict], keys: Sequence[str], k: int) -> np.ndarray:
+  """[repeats, n]: the scores of `keys` from each repeat's k units' files (`parts`,
+  repeat by repeat), in the order of `keys`."""
+  merged = [dict(collections.ChainMap(*parts[r:r + k])) for r in range(0, len(parts), k)]
+  return np.array([[m[key][1] for key in keys] for m in merged])
 
 
 def collect(plan: Plan) -> dict[str, dict[str, Scores]]:

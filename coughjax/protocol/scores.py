@@ -26,7 +26,9 @@ SCORES_FILE = "scores.csv.gz"
 # The columns of `scores.csv.gz`, one line per (setting, row, repeat, recording, part):
 # part "test" is the out-of-fold score (fold = the fold whose test part holds the
 # recording), part "val" a score of the validation part of fold `fold`'s model (what
-# a threshold is chosen on; only units that wrote `val_predictions.csv`).
+# a threshold is chosen on; only units that wrote `val_predictions.csv`), any other
+# part (e.g. "gain+10") the out-of-fold score of a perturbation of the test inputs
+# (`Scores.perturbed`; recording and fold as in part "test").
 # Then the recording's stratum and any attributes a study attaches (e.g. a symptom
 # flag), the same on every line of a recording. Scores are written with repr(), so
 # they read back bit for bit.
@@ -52,6 +54,9 @@ class Scores:
       repeat (None where unknown: then no per-fold statistic can be computed).
     validation: per repeat, per fold, (labels [m], scores [m]) of that fold's model
       on its validation part, or None where the unit wrote none.
+    perturbed: {perturbation (e.g. "gain+10"): [repeats, n] out-of-fold scores of
+      the same models with the test inputs so changed}, for the perturbations every
+      unit of the row wrote (deep rows: `coughjax.protocol.units.GAINS_DB`).
   """
   keys: list[str]
   labels: np.ndarray
@@ -60,6 +65,7 @@ class Scores:
   units: list[list[dict]]
   folds: Optional[np.ndarray] = None
   validation: Optional[list[list[Optional[tuple[np.ndarray, np.ndarray]]]]] = None
+  perturbed: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def repeats(self) -> int:
@@ -72,7 +78,8 @@ class Scores:
     return dataclasses.replace(
         self, scores=self.scores[:repeats], units=self.units[:repeats],
         folds=None if self.folds is None else self.folds[:repeats],
-        validation=None if self.validation is None else self.validation[:repeats])
+        validation=None if self.validation is None else self.validation[:repeats],
+        perturbed={k: v[:repeats] for k, v in self.perturbed.items()})
 
   def subset(self, keep: np.ndarray) -> "Scores":
     """These scores on the recordings where `keep` [n] (bool) is set."""
@@ -80,7 +87,8 @@ class Scores:
     return dataclasses.replace(
         self, keys=[k for k, m in zip(self.keys, keep) if m], labels=self.labels[keep],
         strata=[s for s, m in zip(self.strata, keep) if m], scores=self.scores[:, keep],
-        folds=None if self.folds is None else self.folds[:, keep])
+        folds=None if self.folds is None else self.folds[:, keep],
+        perturbed={k: v[:, keep] for k, v in self.perturbed.items()})
 
 
 def _relative(key: str, root: Optional[str]) -> str:
@@ -124,6 +132,11 @@ def write(folder: str | os.PathLike, results: dict[str, dict[str, Scores]], *,
           out.writerow([setting, row, r, int(sc.folds[r, i]), _relative(key, root),
                         int(sc.labels[i]), repr(float(sc.scores[r, i])), TEST,
                         sc.strata[i], *(json.dumps(attrs.get(n)) for n in names)])
+        for part, perturbed in sorted(sc.perturbed.items()):
+          for i, key in enumerate(sc.keys):
+            out.writerow([setting, row, r, int(sc.folds[r, i]), _relative(key, root),
+                          int(sc.labels[i]), repr(float(perturbed[r, i])), part, "",
+                          *([""] * len(names))])
         for f, val in enumerate((sc.validation or [[]] * sc.repeats)[r]):
           if val is not None:
             for y, v in zip(*val):
@@ -154,6 +167,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, dict[str, Scores]], dict, d
   names = lines[0][len(COLUMNS):]
   test = collections.defaultdict(dict)   # (setting, row) -> {(repeat, key): line}
   val = collections.defaultdict(list)    # (setting, row, repeat, fold) -> [(y, s)]
+  perturbed = collections.defaultdict(dict)  # (setting, row, part) -> {(repeat, key): s}
   attributes = {}
   for n, line in enumerate(lines[1:], 2):
     if len(line) != len(lines[0]):
@@ -164,8 +178,10 @@ def read(path: str | os.PathLike) -> tuple[dict[str, dict[str, Scores]], dict, d
       attributes[key] = {a: json.loads(v) for a, v in zip(names, attrs)}
     elif part == VAL:
       val[setting, row, int(repeat), int(fold)].append((int(label), float(score)))
+    elif part:
+      perturbed[setting, row, part][int(repeat), key] = float(score)
     else:
-      raise ValueError(f"{path}: line {n}: part must be {TEST!r} or {VAL!r}, got {part!r}")
+      raise ValueError(f"{path}: line {n}: no part (test, val or a perturbation)")
   units = json.loads((path.parent / UNITS_FILE).read_text())
   results: dict[str, dict[str, Scores]] = {}
   for (setting, row), cells in test.items():
@@ -185,4 +201,12 @@ def read(path: str | os.PathLike) -> tuple[dict[str, dict[str, Scores]], dict, d
         strata=[c[3] for c in first],
         scores=np.array([[cells[r, k][2] for k in keys] for r in range(repeats)]),
         units=units["units"][setting][row], folds=folds, validation=validation)
+  for (setting, row, part), cells in perturbed.items():
+    sc = results.get(setting, {}).get(row)
+    want = {(r, k) for r in range(sc.repeats) for k in sc.keys} if sc else set()
+    if set(cells) != want:
+      raise ValueError(f"{path}: {setting} / {row}: part {part!r} does not score the "
+                       "recordings and repeats of its part 'test'")
+    sc.perturbed[part] = np.array([[cells[r, k] for k in sc.keys]
+                                   for r in range(sc.repeats)])
   return results, attributes, units["extra"]

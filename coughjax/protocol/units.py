@@ -47,8 +47,10 @@ see each other's owners as dead: give containers their own hostnames.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -58,9 +60,14 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
+import numpy as np
 
 from coughjax import baselines
+from coughjax import data
 from coughjax import files
+from coughjax.data import features as features_lib
+from coughjax.data import manifest as manifest_lib
+from coughjax.data import splits as splits_lib
 from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import plan as plan_lib
 
@@ -70,9 +77,26 @@ PREDICTIONS_FILE = "predictions.csv"
 # A unit's scores of its validation part (columns as predictions.csv), where the
 # row writes them: thresholds are chosen on these, never on the test part.
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
+# A deep row's test part scored again with every input's level shifted by these
+# gains (dB), in `gain_file(db)`: how far a model's AUC moves with loudness alone.
+GAINS_DB = (-10.0, 10.0)
+# The largest difference allowed between the trainer's test scores and the serving
+# path's (`coughjax.predict`) from the unit's checkpoint: more means another
+# checkpoint or another input pipeline scored the validation and perturbed parts.
+SERVING_TOLERANCE = 1e-4
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
 POLL_S = 2.0
+
+
+def perturbation(db: float) -> str:
+  """How scores and reports name a gain: "gain-10", "gain+10", ..."""
+  return f"gain{db:+g}"
+
+
+def gain_file(db: float) -> str:
+  """predictions_gain-10.csv, predictions_gain+10.csv, ..."""
+  return f"predictions_{perturbation(db)}.csv"
 
 
 def attempts_folder(folder: pathlib.Path) -> pathlib.Path:
@@ -354,9 +378,19 @@ def _adopt(side: pathlib.Path, n: int, scratch: pathlib.Path) -> Optional[int]:
 # --- the work of a unit -------------------------------------------------------------
 
 
-def default_runner(config, workdir: str) -> Any:
+def default_runner(config, workdir: str) -> Optional[dict]:
+  """Trains `config` in `workdir`; a downstream unit's model then scores its
+  validation part and its test part at other gains (`score_again`), whose record
+  is returned (the unit record gets it)."""
+  from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
   from coughjax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  return run_lib.run(config, workdir)
+  run_lib.run(config, workdir)
+  if config.task != "downstream":
+    return None
+  rows = downstream.read_predictions(
+      pathlib.Path(workdir) / "run_0" / downstream.PREDICTIONS_FILE)
+  return score_again(config, pathlib.Path(workdir),
+                     {r["path"]: float(r["probability"]) for r in rows})
 
 
 def _epochs_used(run_dir: pathlib.Path) -> dict[str, int]:
@@ -386,16 +420,86 @@ def _work(unit: plan_lib.Unit, runner: Callable, scratch: pathlib.Path) -> dict:
     return {"info": info}
   logging.info("%s in %s", unit.name, scratch)
   config.lock()
-  runner(config, str(scratch))
+  scored_again = runner(config, str(scratch))
   run_dir = scratch / "run_0"
   from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
   rows = downstream.read_predictions(run_dir / downstream.PREDICTIONS_FILE)
   _write_predictions(scratch / PREDICTIONS_FILE, [r["path"] for r in rows],
                      [r["label"] for r in rows], [r["probability"] for r in rows])
-  return _epochs_used(run_dir)
+  return {**_epochs_used(run_dir), **(scored_again or {})}
+
+
+def gain_offset(db: float) -> float:
+  """A gain of `db` dB in the log-mel domain (natural log of filterbank energies):
+  a constant added to every frame and band, as `coughjax.train.augment` applies its
+  random gain."""
+  return db * math.log(10.0) / 10.0
+
+
+def score_again(config, workdir: pathlib.Path, trained: dict[str, float],
+                gains_db: Sequence[float] = GAINS_DB) -> dict:
+  """Scores a trained downstream unit's validation part (`VAL_PREDICTIONS_FILE`)
+  and its test part with every input shifted by each of `gains_db`
+  (`gain_file(db)`), from the checkpoint that scored its test part, through the
+  serving path (`coughjax.predict`); writes them into `workdir`.
+
+  The parts are the trainer's (`config.data`: the same manifest, labelled filter and
+  fold). A gain is applied to the raw log-mel features, before the front end's
+  `features.normalise` (which removes it again where it is "gain" or "cmn"), and a
+  recording keeps the DS masks of its unshifted features, so a score moves by what
+  the level does alone.
+
+  Args:
+    config: the unit's downstream config.
+    workdir: the unit's trained workdir (run_0 and its best checkpoint).
+    trained: {path: score} the trainer wrote for the test part.
+
+  Returns:
+    {"serving_max_diff": the largest difference between `trained` and the serving
+    path's scores of the unshifted test part}.
+
+  Raises:
+    RuntimeError: that difference is above `SERVING_TOLERANCE`.
+  """
+  from coughjax import predict  # pylint: disable=g-import-not-at-top
+  records = manifest_lib.select(data.get_manifest(config.data), labelled=True)
+  parts = splits_lib.from_config(records, config.data, require_all=True)
+  params = features_lib.FeatureParams.from_config(config.features)
+  raw = features_lib.FeatureCache(dataclasses.replace(params, normalise=""))
+  classifier = predict.load_classifier(workdir)
+
+  def load(part):  # (paths, labels, raw features) of a part's usable recordings
+    kept, feats, _ = raw.load(parts[part], name=f"{config.data.name}/{part}",
+                              workers=config.data.workers, progress=False)
+    return [r.path for r in kept], [r.label for r in kept], feats
+
+  def scores(paths, feats, db):
+    shifted = [features_lib.normalise(f + np.float32(gain_offset(db)), params.normalise)
+               for f in feats]
+    unshifted = [features_lib.normalise(f, params.normalise) for f in feats]
+    return classifier.predict_features(shifted, paths, unshifted)
+
+  paths, labels, feats = load("val")
+  _write_predictions(workdir / VAL_PREDICTIONS_FILE, paths, labels,
+                     scores(paths, feats, 0.0))
+  paths, labels, feats = load("test")
+  again = dict(zip(paths, scores(paths, feats, 0.0)))
+  if set(again) != set(trained):
+    raise RuntimeError(f"{workdir}: the serving path scored other test recordings "
+                       f"({len(again)}) than the trainer ({len(trained)})")
+  out = {"serving_max_diff": max(abs(again[k] - v) for k, v in trained.items())}
+  if out["serving_max_diff"] > SERVING_TOLERANCE:
+    raise RuntimeError(f"{workdir}: the serving path's test scores differ from the "
+                       f"trainer's by up to {out['serving_max_diff']:.3g}: its "
+                       "validation and perturbed scores would not be the same model's")
+  for db in gains_db:
+    _write_predictions(workdir / gain_file(db), paths, labels, scores(paths, feats, db))
+  return out
 
 
 def run(unit: plan_lib.Unit, runner: Callable = default_runner) -> dict:
   """Runs, resumes or finds done one unit (`run_once`); its unit record. `runner`
-  (config, workdir) trains; a module-level function, so that it pickles."""
+  (config, workdir) trains (writing run_0/test_predictions.csv for a downstream
+  config) and may return a dict for the unit record; a module-level function, so
+  that it pickles."""
   return run_once(unit.folder, lambda scratch: _work(unit, runner, scratch))

@@ -24,20 +24,49 @@ comparisons), with the confound controls beside every setting:
 * baselines: log-mel statistics + logistic regression, the 64 band means alone,
   loudness alone (mean log-mel energy), duration alone, and pooled, the channel
   alone;
-* -CP rows pre-train inductively: per fold, on Coswara + covid19_cough without that
-  fold's test recordings; one row pre-trains on everything (transductive) to
-  measure what seeing the test audio is worth;
+* -CP rows pre-train once per repeat (own seed) on a pool disjoint from the
+  evaluated source, serving every fold (`runs.POOL`): Coswara + covid19_cough's
+  Telegram recordings when the call centre (raw, gain-normalised, verified) is
+  evaluated, Coswara + the call centre when Telegram is (`CC_POOL`, `TG_POOL`;
+  checked before any run to hold no evaluated recording, by path and by content).
+  Pooled has no disjoint pool worth the name: there they pre-train per fold,
+  inductively (Coswara + covid19_cough without the fold's test recordings). Two
+  reference rows in the call centre: per-fold inductive pre-training
+  (`PER_FOLD_BEST`, finding ix: pool against per fold) and pre-training on
+  everything (transductive, finding vi: what seeing the test audio is worth);
+* repeats: the primary family (the paper's best model, log-mel + LR) and every
+  baseline run 5 repeats of 3-fold CV (`--repeats`, `--baseline_repeats`), the other
+  deep rows 2 (`--secondary_repeats`); each repeat draws its own folds and its own
+  seeds for everything, pre-training included, and comparisons use the repeats
+  both rows ran;
 * every deep row trains up to 40 epochs with early stopping (patience 10) on its
-  fold's validation AUC and is scored from its best validation checkpoint;
+  fold's validation monitor (`configs/downstream.py`'s `monitor`) and is scored from
+  its best validation checkpoint;
 * attempts at making the paper's best model win, beside the loudness-normalised
   setting (`--noattempts` leaves them out): pre-training twice as long, and
   training augmentation (`ATTEMPTS`).
 
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
-written from what is there. Its Cost section sums the units' wall time: 13.1 h for
-the committed report. 6.7 h of it ran on 2026-12-04/05 with 2-3 study processes,
-tests and benchmarks sharing 2 cores (so those units ran slower than alone); the
+written from what is there.
+
+Cost in units (`--dry_run` lists them). The primary family alone at 5 repeats is 180
+units: 75 baseline fits, 75 deep trainings and 30 pre-trainings, with the pools as
+without them: per-fold pre-training on the same data is shared by every setting
+with one front end (15 for the raw front end, 15 for the gain-normalised one), and
+the pools take 5 per (front end, pool) (call centre raw and verified share one,
+gain-normalised, Telegram) plus pooled's 15 per fold. So the pools save no units
+here; what they buy is pre-training that has seen no audio of the evaluated source
+at all, one per repeat for every fold, and each of them is cheaper (Coswara + one
+source, against Coswara + two thirds of both for a per-fold one). The whole
+default study (attempts included) is 653 units: 390 baseline fits, 219 deep
+trainings, 44 pre-trainings (677 units with every -CP row pre-trained per fold;
+574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
+pre-trainings, for the committed report's 1 repeat per fold).
+
+The committed report's Cost section sums the units' wall time: 13.1 h for it.
+6.7 h of it ran on 2026-12-04/05 with 2-3 study processes, tests and benchmarks
+sharing 2 cores (so those units ran slower than alone); the
 other 6.4 h (the GRU, frozen, Table 4, DS 25/75/100 % and Table 3 25/75/100 % rows,
 the attempts) took 2 h 1 min of wall time with 2 processes on an otherwise idle
 2-core machine. From scratch on such a machine the whole report should take about
@@ -66,8 +95,8 @@ from coughjax import paper
 from coughjax.data import covid19_cough
 from coughjax.data import features as features_lib
 from coughjax.data import manifest as manifest_lib
-from coughjax.data import splits as splits_lib
 from coughjax.overrides import config_modules
+from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
 from coughjax.protocol import scores as scores_lib
@@ -77,6 +106,10 @@ from coughjax.protocol.runs import Row, Setting
 MODULE = "coughjax.studies.covid19_cough"
 BEST = "ens_transformer_cp_ds50"  # the paper's best model (Table 5)
 TRANSDUCTIVE_BEST = BEST + "_transductive"
+# The paper's best model pre-trained per fold (inductive) where the others pre-train
+# once per repeat on a pool disjoint from the evaluated source: what the pool costs
+# or gains.
+PER_FOLD_BEST = BEST + "_per_fold"
 # Attempts at making the method win honestly (besides the loudness-normalised
 # setting), settled before any of them ran: pre-training twice as long (still
 # inductive), and training augmentation (coughjax/train/augment.py): a random gain of
@@ -118,6 +151,7 @@ NICE = {
     "level_dynamics": "*confound: level and dynamics*",
     "channel_only": "*confound: channel only*",
     TRANSDUCTIVE_BEST: "Transformer-CP x2, DS 50 %, transductive pre-training",
+    PER_FOLD_BEST: "Transformer-CP x2, DS 50 %, per-fold inductive pre-training",
     LONG_BEST: f"Transformer-CP x2, DS 50 %, pre-training {LONG_EPOCHS} epochs",
     AUGMENTED_BEST: "Transformer-CP x2, DS 50 %, augmented training",
 }
@@ -130,6 +164,12 @@ SAME_AS = {"transformer_cp_m0_ft": "transformer_cp_ft"}
 
 CC, TG, POOLED, GAIN, VERIFIED = ("call-center", "telegram", "pooled",
                                   "call-center-gain", "call-center-verified")
+# The pre-training pools, disjoint from the evaluated source (`runs.POOL`): the
+# pre-training data (Coswara + covid19_cough) with covid19_cough's other source only.
+# Pooled has none worth the name (its test recordings are both sources): there the
+# -CP rows pre-train per fold, without the fold's test recordings.
+CC_POOL = ("data.source_filter=telegram",)
+TG_POOL = ("data.source_filter=call-center",)
 # The rows of the secondary settings: the paper's best, the Transformer from scratch
 # and what they are measured against.
 _CORE = ("transformer", BEST)
@@ -141,31 +181,49 @@ def settings(deep_rows: Sequence[str], attempts: bool = False) -> tuple[Setting,
   cc = [r for r in _DEEP if r in deep_rows]
   if BEST in cc:  # right after it
     at = cc.index(BEST) + 1
-    cc[at:at] = [TRANSDUCTIVE_BEST] + (list(ATTEMPTS) if attempts else [])
+    cc[at:at] = ([PER_FOLD_BEST, TRANSDUCTIVE_BEST]
+                 + (list(ATTEMPTS) if attempts else []))
+  # The primary family's rows first (the paper's best model and log-mel + LR), in
+  # every setting, so a cut-short run has them everywhere.
+  first = ("logmel_logreg", BEST)
+  def ordered(names):
+    return tuple(n for n in first if n in names) + tuple(
+        n for n in names if n not in first)
   return (
-      Setting(CC, ("data.source_filter=call-center",), BASELINE_ROWS[:-1] + tuple(cc),
-              "within the call centre: the paper's tables"),
+      Setting(CC, ("data.source_filter=call-center",),
+              ordered(BASELINE_ROWS[:-1] + tuple(cc)),
+              "within the call centre: the paper's tables", pool=CC_POOL),
       Setting(GAIN, ("data.source_filter=call-center", "features.normalise=gain"),
-              BASELINE_ROWS[:-1] + _CORE,
+              ordered(BASELINE_ROWS[:-1] + _CORE),
               "call centre, every recording gain-normalised (mean log-mel energy "
-              "removed) for deep rows, pre-training and baselines alike"),
+              "removed) for deep rows, pre-training and baselines alike", pool=CC_POOL),
       Setting(VERIFIED, ("data.source_filter=call-center", "data.verified_only=True"),
-              BASELINE_ROWS[:-1] + _CORE,
-              "call centre, positives only where PCR-verified (negatives all kept)"),
-      Setting(POOLED, (), BASELINE_ROWS + _CORE, "both sources pooled"),
-      Setting(TG, ("data.source_filter=telegram",), BASELINE_ROWS[:-1] + _CORE,
-              "within Telegram"),
+              ordered(BASELINE_ROWS[:-1] + _CORE),
+              "call centre, positives only where PCR-verified (negatives all kept)",
+              pool=CC_POOL),
+      Setting(POOLED, (), ordered(BASELINE_ROWS + _CORE), "both sources pooled"),
+      Setting(TG, ("data.source_filter=telegram",), ordered(BASELINE_ROWS[:-1] + _CORE),
+              "within Telegram", pool=TG_POOL),
   )
 
 
-def rows() -> tuple[Row, ...]:
-  return (tuple(Row(v, v, NICE.get(v, v)) for v in _DEEP)
-          + (Row(TRANSDUCTIVE_BEST, BEST, NICE[TRANSDUCTIVE_BEST],
-                 pretraining=runs.TRANSDUCTIVE),
+def rows(secondary_repeats: int = 0) -> tuple[Row, ...]:
+  """Every row of the study. -CP rows pre-train on the setting's pool (per fold
+  where it has none), but for the per-fold and transductive references. The primary
+  family's rows (the paper's best model, log-mel + LR) and the other baselines run
+  the plan's repeats; the other deep rows `secondary_repeats` (0: the plan's)."""
+  fewer = dict(repeats=secondary_repeats, pretraining=runs.POOL)
+  return (tuple(Row(v, v, NICE.get(v, v), **(dict(pretraining=runs.POOL) if v == BEST
+                                              else fewer)) for v in _DEEP)
+          + (Row(PER_FOLD_BEST, BEST, NICE[PER_FOLD_BEST], pretraining=runs.INDUCTIVE,
+                 repeats=secondary_repeats),
+             Row(TRANSDUCTIVE_BEST, BEST, NICE[TRANSDUCTIVE_BEST],
+                 pretraining=runs.TRANSDUCTIVE, repeats=secondary_repeats),
              Row(LONG_BEST, BEST, NICE[LONG_BEST],
-                 pretrain_overrides=(f"num_epochs={LONG_EPOCHS}",)),
+                 pretrain_overrides=(f"num_epochs={LONG_EPOCHS}",), **fewer),
              Row(AUGMENTED_BEST, BEST, NICE[AUGMENTED_BEST],
-                 overrides=tuple(f"augment.{k}={v}" for k, v in AUGMENTATION.items())))
+                 overrides=tuple(f"augment.{k}={v}" for k, v in AUGMENTATION.items()),
+                 **fewer))
           + tuple(Row(b, b, NICE[b]) for b in BASELINE_ROWS))
 
 
@@ -206,15 +264,19 @@ def findings() -> list[tuple[str, str, list[Comparison]]]:
       ("v", "the paper's best model beats the Transformer from scratch",
        comparisons("v", [(s, BEST, "transformer") for s in SETTINGS])),
       ("vi", "pre-training on the test recordings' audio (transductive) scores higher "
-       "than inductive pre-training",
-       comparisons("vi", [(CC, TRANSDUCTIVE_BEST, BEST)])),
-      ("vii", f"pre-training twice as long ({LONG_EPOCHS} epochs, inductive) improves "
+       "than per-fold inductive pre-training",
+       comparisons("vi", [(CC, TRANSDUCTIVE_BEST, PER_FOLD_BEST)])),
+      ("vii", f"pre-training twice as long ({LONG_EPOCHS} epochs, on the pool) improves "
        "the paper's best model, enough to beat the log-mel baseline",
        comparisons("vii", [(CC, LONG_BEST, b) for b in (BEST, "logmel_logreg")])),
       ("viii", "training augmentation (random gain, SpecAugment masks) improves the "
        "paper's best model, enough to beat the log-mel baseline and loudness",
        comparisons("viii", [(CC, AUGMENTED_BEST, b)
                             for b in (BEST, "logmel_logreg", "loudness_only")])),
+      ("ix", "pre-training once per repeat on a pool without the call centre "
+       "(Coswara + Telegram) scores higher than per-fold inductive pre-training "
+       "(on everything but the fold's test recordings)",
+       comparisons("ix", [(CC, BEST, PER_FOLD_BEST)])),
   ]
 
 
@@ -266,7 +328,7 @@ def recording_attributes(plan: runs.Plan, root: pathlib.Path) -> dict[str, dict]
   cache = features_lib.FeatureCache(features_lib.FeatureParams.from_config(config.features))
   kept, feats, _ = cache.load(records, name="covid19_cough", progress=False)
   symptom_free = covid19_cough.asymptomatic(root)
-  keys = [splits_lib.recording_key(r.path) for r in kept]
+  keys = [folds_lib.recording_key(r.path) for r in kept]
   return {k: {"asymptomatic": symptom_free.get(k), "loudness": baselines.loudness(f)}
           for k, f in zip(keys, feats)}
 
@@ -329,6 +391,9 @@ def confound_lines(results, titles) -> list[str]:
                   "counts.", ""] + words
 
 
+# How the report names `configs/downstream.py`'s `monitor`.
+MONITOR_WORDS = {"auc": "validation ROC-AUC",
+                 "loss": "validation loss (clip-level cross-entropy)"}
 RELIABILITY_FILE = "reliability.png"
 # The rows whose AUC the symptom and loudness breakdowns show.
 BREAKDOWN_ROWS = (BEST, "logmel_logreg", "loudness_only", "level_dynamics")
@@ -369,6 +434,8 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
   if pretrain_minutes is None:
     pretrain_minutes = rep.pretrain_minutes(plan.workdir)
   titles = _titles(plan)
+  monitor = runs.downstream_config(plan, Setting("all", (), ()),
+                                   Row("x", "transformer")).monitor
   ran = {r for s in plan.settings for r in s.rows}
   not_run = [r for r in _DEEP if r not in ran]
   primary = rep.judge(PRIMARY, results)
@@ -387,19 +454,36 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "## Data", "", *data_lines(root, plan), "",
       "## Protocol", "",
       f"- {plan.k}-fold cross-validation over participants (near-duplicate copies are "
-      f"one participant), stratified by source × label, {plan.repeats} repeat(s) for "
-      f"deep rows and {plan.baseline_repeats} for baselines (seed {plan.seed}); the "
-      "folds are drawn once over all labelled recordings, so every setting's folds are "
-      "the same recordings' folds. In each fold the remaining recordings are split "
+      f"one participant), stratified by source × label: {plan.repeats} repeat(s) for "
+      f"the paper's best model, {plan.baseline_repeats} for the baselines (log-mel + "
+      f"LR among them: the primary family), "
+      f"{plan.repeats_of(plan.row('transformer'))} for the other deep rows (seed "
+      f"{plan.seed}); each repeat draws its own folds and its own seeds for everything "
+      "(initialisation, dropout, masks, shuffles, pre-training); the folds are drawn "
+      "once over all labelled recordings, so every setting's folds are the same "
+      "recordings' folds. In each fold the remaining recordings are split "
       "7 : 1 into training and validation (stratified); every recording gets one "
       "out-of-fold score per repeat.",
       "- Deep rows: up to 40 epochs, early stopping after 10 epochs without a better "
-      "validation ROC-AUC, scored from the best validation checkpoint (the epochs each "
-      "row used are in its table). -CP rows start from contrastive pre-training on "
-      "Coswara (breathing and coughs) + covid19_cough (labels unused) at its full "
-      "schedule (`configs/pretrain.py:<variant>,real`, 40 epochs), **inductive**: one "
-      "pre-training per fold, without that fold's test recordings; one row "
-      "(transductive) pre-trains on all the audio to measure what that is worth.",
+      f"{MONITOR_WORDS[monitor]}, scored from the best validation checkpoint (the "
+      "epochs each row used are in its table). -CP rows start from contrastive "
+      "pre-training on Coswara (breathing and coughs) + covid19_cough (labels unused) at its full "
+      "schedule (`configs/pretrain.py:<variant>,real`, 40 epochs) on a **pool "
+      "disjoint from the evaluated source**, once per repeat (serving its folds): "
+      "Coswara + Telegram where the call centre is evaluated (raw, gain-normalised, "
+      "verified), Coswara + call centre where Telegram is; checked before any run to "
+      "hold none of the evaluated recordings, by path and by file content (near-"
+      "duplicates across the two sources are not checked). Pooled has no disjoint "
+      "pool worth the name: there they pre-train **per fold, inductively** (without "
+      "the fold's test recordings; pre-training data that would hold out none of them "
+      "is an error). Two references in the call centre: the per-fold inductive "
+      "pre-training (finding ix compares it with the pool) and a transductive one on "
+      "all the audio (finding vi: what seeing the test audio is worth).",
+      "- Test-time gain: every deep row's test part is scored again by the same "
+      "models with every input 10 dB quieter and 10 dB louder (a constant ±ln(10) "
+      "added to the raw log-mel features, before any normalisation, with each "
+      "recording's DS masks kept); each setting's table shows how far the AUC moves. "
+      "A gain-normalised front end removes such a shift, so its rows cannot move.",
       "- AUC: recording level, per repeat over all out-of-fold scores, with DeLong's "
       "variance; over repeats, the mean AUC and the mean variance, which is never too "
       "small *conditional on the fitted models* but leaves out training variance; "
@@ -473,6 +557,11 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
               *rep.rows_table(res, titles, paper_auc if setting.name == CC else None), "",
               "Operating points (bootstrap intervals over recordings, fitted models "
               "held fixed) and calibration:", "", *rep.operating_table(res, titles), ""]
+    shifts = rep.perturbation_table(res, titles)
+    if shifts:
+      lines += ["Test-time gain: how far each deep row's AUC moves (AUC points) when "
+                "every test input is 10 dB quieter or louder; mean over its repeats "
+                "[lowest, highest repeat]:", "", *shifts, ""]
     if len({s for r in res.values() for s in r.strata}) > 1:
       lines += ["By source (AUC of the pooled out-of-fold scores within each source):",
                 "", *rep.strata_table(res, titles), ""]
@@ -529,6 +618,7 @@ def define_flags() -> None:
   a process may import define some of the same names)."""
   global _ROOT, _COSWARA, _WORKDIR, _REPORT, _FOLDS, _REPEATS, _BASELINE_REPEATS
   global _SEED, _ROWS, _SETTINGS, _ATTEMPTS, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
+  global _SECONDARY_REPEATS
   global _SCORES_DIR, _FROM_SCORES
   _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
                               "$COUGHJAX_COVID19_COUGH or ../shared/data/covid19_cough)")
@@ -544,8 +634,12 @@ def define_flags() -> None:
       "from_scores", None, f"regenerate the report from this {scores_lib.SCORES_FILE} "
       "(and the units.json beside it) without running anything")
   _FOLDS = flags.DEFINE_integer("folds", 3, "k of the k-fold")
-  _REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold for deep rows")
+  _REPEATS = flags.DEFINE_integer("repeats", 5, "repeats of the k-fold for the primary "
+                                  "family's deep row (the paper's best model)")
   _BASELINE_REPEATS = flags.DEFINE_integer("baseline_repeats", 5, "repeats for baselines")
+  _SECONDARY_REPEATS = flags.DEFINE_integer(
+      "secondary_repeats", 2, "repeats for the other deep rows (compared on the repeats "
+      "both rows ran)")
   _SEED = flags.DEFINE_integer("seed", 0, "seed of the folds and of every unit")
   _ROWS = flags.DEFINE_list("rows", list(_DEEP), "deep rows run in the call centre "
                             "(default: all)")
@@ -567,7 +661,8 @@ def default_root() -> pathlib.Path:
 
 
 def make_plan(root: pathlib.Path, coswara_root: str, workdir: pathlib.Path, *,
-              k: int = 3, repeats: int = 1, baseline_repeats: int = 5, seed: int = 0,
+              k: int = 3, repeats: int = 5, baseline_repeats: int = 5,
+              secondary_repeats: int = 2, seed: int = 0,
               deep_rows: Sequence[str] = _DEEP, setting_names: Sequence[str] = (
                   CC, GAIN, VERIFIED, POOLED, TG), attempts: bool = False,
               runlocal: bool = False, downstream_set=(), pretrain_set=()) -> runs.Plan:
@@ -585,7 +680,8 @@ def make_plan(root: pathlib.Path, coswara_root: str, workdir: pathlib.Path, *,
   else:
     pretrain_data = ("data.name=covid19_cough", f"data.root={root}", "data.roots=")
   return runs.Plan(
-      workdir=workdir, rows=rows(), settings=tuple(chosen), k=k, repeats=repeats,
+      workdir=workdir, rows=rows(secondary_repeats), settings=tuple(chosen), k=k,
+      repeats=repeats,
       baseline_repeats=baseline_repeats, seed=seed,
       data=("data.name=covid19_cough", f"data.root={root}", "data.label=covid19"),
       pretrain_data=pretrain_data, pretrain_option="real", runlocal=runlocal,
@@ -596,6 +692,7 @@ def _plan_fields(plan: runs.Plan) -> dict:
   """What `make_plan` needs to rebuild the plan's report (`from_scores`)."""
   cc = next((s for s in plan.settings if s.name == CC), None)
   return dict(k=plan.k, repeats=plan.repeats, baseline_repeats=plan.baseline_repeats,
+              secondary_repeats=plan.row("transformer").repeats,
               seed=plan.seed, setting_names=[s.name for s in plan.settings],
               deep_rows=[r for r in (cc.rows if cc else ()) if r in _DEEP],
               attempts=bool(cc and set(ATTEMPTS) <= set(cc.rows)))
@@ -627,7 +724,11 @@ def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
   `units.json` beside it) without running anything; `root` (the release) is read for
   the Data section only."""
   results, attributes, extra = scores_lib.read(path)
-  plan = make_plan(root, "", pathlib.Path(extra["workdir"]), **extra["plan"])
+  fields = dict(extra["plan"])
+  # Files written before secondary rows had their own repeats: every deep row ran
+  # `repeats`.
+  fields.setdefault("secondary_repeats", fields["repeats"])
+  plan = make_plan(root, "", pathlib.Path(extra["workdir"]), **fields)
   return plan, results, format_report(plan, results, root, command, attributes,
                                       extra["pretrain_minutes"])
 
@@ -644,6 +745,7 @@ def main(argv):
   try:
     plan = make_plan(root, coswara, pathlib.Path(_WORKDIR.value), k=_FOLDS.value,
                      repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
+                     secondary_repeats=_SECONDARY_REPEATS.value,
                      seed=_SEED.value, deep_rows=_ROWS.value,
                      setting_names=_SETTINGS.value, attempts=_ATTEMPTS.value,
                      runlocal=_RUNLOCAL.value, downstream_set=_DOWNSTREAM_SET.value,
