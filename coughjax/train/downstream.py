@@ -288,10 +288,11 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
       name=f"{cfg.variant}/run_{run_index}",
       init_state=functools.partial(setup.init_state, cfg),
       train_step=setup.train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
-      evaluate=validate, mesh=mesh, monitor="auc", monitor_mode="max")
+      evaluate=validate, mesh=mesh, monitor=cfg.monitor,
+      monitor_mode="min" if cfg.monitor == "loss" else "max")
   run_dir = workdir / f"run_{run_index}"
   final = trainer.fit(task, cfg, run_dir)
-  # Score the best checkpoint (by validation AUC), not the last.
+  # Score the best checkpoint (by the validation monitor), not the last.
   best, _ = trainer.restore(run_dir / "best", final)
   result = score(setup.predict_step, best, stores["test"], cfg, mesh)
   if jax.process_index() == 0:
