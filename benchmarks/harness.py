@@ -186,7 +186,7 @@ class LoadMonitor:
     if shared:
       note = (f"WARNING: another job shared the cores ({note}, so a load above "
               f"{self.threads + self.MARGIN:.1f} during it or above {self.IDLE:.1f} before "
-              "it is someone else's): the times and ratios below cannot be trusted; "
+              "it is someone else's): the times and ratios of this run cannot be trusted; "
               "rerun on a quiet machine")
     return {"before": round(self.before, 2), "max": round(peak, 2),
             "after": round(self.after, 2), "threads": self.threads, "shared": shared,
