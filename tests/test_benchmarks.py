@@ -253,7 +253,8 @@ def test_latency_quick_has_every_table6_row(tmp_path):
     assert r["ratio_best"] == pytest.approx(
         r["coughjax"]["median_us"] / r["torch_best"]["median_us"])
   flatness = report["ds_flatness"]["1"]
-  assert set(flatness) == {"0%", "25%", "50%", "75%", "100%", "max_over_min", "loadavg_1min"}
+  assert set(flatness) == {"0%", "25%", "50%", "75%", "100%", "max_over_min",
+                           "loadavg_1min"}
   assert flatness["max_over_min"] == pytest.approx(
       max(v for k, v in flatness.items() if k.endswith("%"))
       / min(v for k, v in flatness.items() if k.endswith("%")))

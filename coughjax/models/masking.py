@@ -133,14 +133,15 @@ def key_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
   """
   if masked.ndim != 2:
     raise ValueError(f"masked must be [batch, time], got shape {masked.shape}")
-  return jnp.where(masked, jnp.asarray(MASKED_LOGIT, dtype), jnp.zeros((), dtype))[:, None, None]
+  bias = jnp.where(masked, jnp.asarray(MASKED_LOGIT, dtype), jnp.zeros((), dtype))
+  return bias[:, None, None]
 
 
 def attention_bias(keys: jax.Array) -> jax.Array:
   """A `key_bias` spread over the queries: `attention_mask` as an additive logit bias.
 
-  A product with a constant off-diagonal matrix rather than a select, which XLA:CPU's
-  fused attention kernel (YNNPACK) computes itself, as it does not a select.
+  A product with a constant off-diagonal matrix rather than a select: XLA:CPU's fused
+  attention kernel (YNNPACK) computes a product itself, but takes no select.
 
   Args:
     keys: [batch, 1, 1, time], a `key_bias`.
