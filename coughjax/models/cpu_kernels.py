@@ -33,20 +33,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Args:
     q, k, v: [B, H, T, Dh] queries, keys and values.
-    key_bias: [B, 1, 1, T] `masking.key_bias` (0 for a kept key, a large negative
-      logit for a masked one, which only its own query still sees), or None.
+    key_bias: [B, 1, 1, T] `masking.key_bias` (0 for a kept key, -inf for a masked
+      one, which only its own query still sees), or None.
 
   Returns:
     [B, T, H, Dh] attention output, ready to be flattened to [B, T, H * Dh].
   """
   if key_bias is not None:
     # XLA:CPU runs both einsums and the softmax as one fused kernel (YNNPACK), which
-    # also spreads the [B, 1, 1, T] key bias over the queries and heads itself
-    # (`masking.attention_bias`), unless that bias has other users: XLA merges the
-    # layers' identical biases into one, which its producer then writes out at
-    # [B, H, T, T] (2.4 MB per 16-clip chunk, read back by every layer: most of
-    # what a non-empty DS mask cost, benchmarks/README.md). Tied to this call's
-    # queries by a barrier, each layer's bias stays its own.
+    # broadcasts a [B, 1, T, T] bias over the heads itself, unless that broadcast
+    # has other users: XLA merges the layers' identical broadcasts of one shared
+    # bias into one, which its producer then writes out at [B, H, T, T] (2.4 MB
+    # per 16-clip chunk, read back by every layer: most of what a non-empty DS
+    # mask cost, benchmarks/README.md). Tied to this call's queries by a barrier,
+    # each layer's bias stays its own. (Spreading the key bias by a product with a
+    # constant, which the kernel also fuses, missed the cache more: same README.)
     key_bias, q = jax.lax.optimization_barrier((key_bias.astype(jnp.float32), q))
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * (q.shape[-1] ** -0.5), k)
   # The softmax runs in float32 even when computing in bf16.

@@ -113,12 +113,6 @@ def attention_mask(masked: jax.Array) -> jax.Array:
   return jnp.logical_or(keep_key, itself)
 
 
-# The logit bias of a masked key: finite, so that `attention_bias` can spread it with a
-# product (-inf * 0 would be NaN), and so negative that exp(logit + MASKED_LOGIT - row
-# max) is exactly 0 for any logit a model computes, as exp(-inf) is.
-MASKED_LOGIT = -1e30
-
-
 def key_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
   """Masked time steps as an additive bias on the attention logits of their keys.
 
@@ -127,29 +121,25 @@ def key_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
     dtype: of the bias (the logits' dtype, float32 in `cpu_kernels.attend`).
 
   Returns:
-    [batch, 1, 1, time]: 0 for a kept key, `MASKED_LOGIT` for a masked one. It
-    applies to every query but the key's own position (`attention_bias`), so a
-    softmax row always keeps an entry.
+    [batch, 1, 1, time]: 0 for a kept key, -inf for a masked one. It applies to every
+    query but the key's own position (`attention_bias`), so a softmax row is never
+    all -inf.
   """
   if masked.ndim != 2:
     raise ValueError(f"masked must be [batch, time], got shape {masked.shape}")
-  bias = jnp.where(masked, jnp.asarray(MASKED_LOGIT, dtype), jnp.zeros((), dtype))
+  bias = jnp.where(masked, jnp.asarray(-jnp.inf, dtype), jnp.zeros((), dtype))
   return bias[:, None, None]
 
 
 def attention_bias(keys: jax.Array) -> jax.Array:
   """A `key_bias` spread over the queries: `attention_mask` as an additive logit bias.
 
-  A product with a constant off-diagonal matrix rather than a select: XLA:CPU's fused
-  attention kernel (YNNPACK) computes a product itself, but takes no select.
-
   Args:
     keys: [batch, 1, 1, time], a `key_bias`.
 
   Returns:
-    [batch, 1, time, time]: 0 where query q may attend to key k, `MASKED_LOGIT`
-    elsewhere; the diagonal stays 0 (a masked step still sees itself).
+    [batch, 1, time, time]: 0 where query q may attend to key k, -inf elsewhere; the
+    diagonal stays 0 (a masked step still sees itself).
   """
-  time = keys.shape[-1]
-  others = 1 - np.eye(time, dtype=np.dtype(keys.dtype))  # a constant, as in attention_mask
-  return keys * others
+  itself = np.eye(keys.shape[-1], dtype=bool)  # a constant, as in `attention_mask`
+  return jnp.where(itself, jnp.zeros((), keys.dtype), keys)
