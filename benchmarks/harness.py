@@ -3,6 +3,8 @@
 * `time_interleaved` runs every implementation once per repeat, in turn, so that load
   from other processes on a shared machine hits them alike, and reports the median
   and the interquartile range.
+* `LoadMonitor` records the load average before, during and after a run and says when
+  another job shared the cores (then even interleaved ratios cannot be trusted).
 * `peak_matmul_flops` measures this machine's fp32 peak the way a model would reach
   it: a large square matmul (jax and torch, best of a few).
 * `transformer_flops`, `gru_flops`, `vggish_flops` count the multiply-adds of an
@@ -18,6 +20,7 @@ import pathlib
 import platform
 import resource
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -126,6 +129,68 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
         fn()
       samples[name].append((time.perf_counter() - start) / n)
   return {name: Timing(s, first[name]) for name, s in samples.items()}
+
+
+class LoadMonitor:
+  """The 1-minute load average (`os.getloadavg`) before, during and after a run.
+
+  A benchmark that keeps `threads` threads busy raises the load average to about
+  `threads` by itself; more means another job competed for the cores, which slows
+  whatever runs beside it unevenly (a memory-bound kernel more than a compute-bound
+  one, a long call more than a short one), so even interleaved ratios move. The
+  load is sampled every `interval_s` seconds in a daemon thread while the monitor
+  is entered. `shared` is True when the load exceeded `threads` + `MARGIN` during
+  the run, or `IDLE` before it (the average then still held another job's work).
+
+  Usage: `with LoadMonitor(threads) as load: ...`, then `load.summary()`.
+  """
+
+  MARGIN = 0.5  # a lone benchmark measured up to ~threads + 0.4 (benchmarks/README.md)
+  IDLE = 1.0  # before the run: the benchmark's own imports barely register
+
+  def __init__(self, threads: int, interval_s: float = 5.0):
+    self.threads = threads
+    self.interval_s = interval_s
+    self.before = self.after = None
+    self.samples: list[float] = []
+    self._stop = threading.Event()
+    self._thread = None
+
+  def now(self) -> float:
+    """The current 1-minute load average (also kept as a sample)."""
+    load = os.getloadavg()[0]
+    self.samples.append(load)
+    return load
+
+  def _sample(self) -> None:
+    while not self._stop.wait(self.interval_s):
+      self.now()
+
+  def __enter__(self) -> "LoadMonitor":
+    self.before = self.now()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    self._thread.join()
+    self.after = self.now()
+
+  def summary(self) -> dict[str, Any]:
+    """{before, max, after, threads, shared, note}: what a report prints with its ratios."""
+    peak = max(self.samples)
+    shared = peak > self.threads + self.MARGIN or self.before > self.IDLE
+    note = (f"1-minute load average {self.before:.2f} before, up to {peak:.2f} during, "
+            f"{self.after:.2f} after the run; the benchmark keeps {self.threads} threads busy")
+    if shared:
+      note = (f"WARNING: another job shared the cores ({note}, so a load above "
+              f"{self.threads + self.MARGIN:.1f} during it or above {self.IDLE:.1f} before "
+              "it is someone else's): the times and ratios of this run cannot be trusted; "
+              "rerun on a quiet machine")
+    return {"before": round(self.before, 2), "max": round(peak, 2),
+            "after": round(self.after, 2), "threads": self.threads, "shared": shared,
+            "note": note}
 
 
 def peak_matmul_flops(size: int = 4096, repeats: int = 3) -> dict[str, float]:

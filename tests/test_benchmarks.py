@@ -243,9 +243,9 @@ def test_latency_quick_has_every_table6_row(tmp_path):
   labels = [re.sub(r" \(timed as .*\)$", "", r[0]) for r in rows if not r[0].isdigit()]
   assert labels == list(paper.TABLE6_US)  # 14 rows, in the paper's order
   assert sum("(timed as" in r[0] for r in rows) == 4  # the -CP and pre-trained twins
-  # The five DS-masked ensembles like for like: batch, 5 rates, max/min.
+  # The five DS-masked ensembles like for like: batch, 5 rates, max/min, load.
   (flat,) = [r for r in rows if r[0].isdigit()]
-  assert flat[0] == "1" and len(flat) == 7 and float(flat[-1]) >= 1.0
+  assert flat[0] == "1" and len(flat) == 8 and float(flat[-2]) >= 1.0
   report = json.loads((tmp_path / "l.json").read_text())
   assert [r["label"] for r in report["results"]] == list(paper.TABLE6_US)
   for r in report["results"]:
@@ -253,10 +253,37 @@ def test_latency_quick_has_every_table6_row(tmp_path):
     assert r["ratio_best"] == pytest.approx(
         r["coughjax"]["median_us"] / r["torch_best"]["median_us"])
   flatness = report["ds_flatness"]["1"]
-  assert set(flatness) == {"0%", "25%", "50%", "75%", "100%", "max_over_min"}
+  assert set(flatness) == {"0%", "25%", "50%", "75%", "100%", "max_over_min",
+                           "loadavg_1min"}
   assert flatness["max_over_min"] == pytest.approx(
       max(v for k, v in flatness.items() if k.endswith("%"))
       / min(v for k, v in flatness.items() if k.endswith("%")))
+  # The load average before, during and after, and per row: whether to trust the run.
+  load = report["load"]
+  assert load["threads"] == os.cpu_count() and load["max"] >= 0
+  assert load["note"] in out and ("WARNING" in load["note"]) == load["shared"]
+  assert all(r["loadavg_1min"] >= 0 for r in report["results"])
+
+
+def test_load_monitor_warns_when_another_job_shares_the_cores(monkeypatch):
+  import harness  # pylint: disable=g-import-not-at-top
+  loads = iter([0.3, 1.8, 2.2, 1.9])
+  monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+    load.now()  # 1.8
+    load.now()  # 2.2: the benchmark's own 2 threads, and a little more
+  quiet = load.summary()
+  assert (quiet["before"], quiet["max"], quiet["after"]) == (0.3, 2.2, 1.9)
+  assert not quiet["shared"] and "WARNING" not in quiet["note"]
+  loads = iter([0.3, 4.1, 2.0])
+  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+    load.now()  # 4.1: another job
+  busy = load.summary()
+  assert busy["shared"] and busy["note"].startswith("WARNING: another job shared the cores")
+  loads = iter([1.7, 2.0])  # busy before the run started
+  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+    pass
+  assert load.summary()["shared"]
 
 
 def test_train_step_quick_has_the_expected_rows():

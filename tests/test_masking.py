@@ -72,7 +72,10 @@ def test_lowest_masks_the_smallest_keys_exactly(rate):
 
 def test_attention_bias_is_the_mask_as_logits():
   masked = jnp.asarray(np.random.default_rng(4).random((3, 12)) < 0.4)
-  bias = np.asarray(masking.attention_bias(masked))
+  keys = np.asarray(masking.key_bias(masked))
+  assert keys.shape == (3, 1, 1, 12) and keys.dtype == np.float32
+  np.testing.assert_array_equal(np.isneginf(keys[:, 0, 0]), masked)
+  bias = np.asarray(masking.attention_bias(jnp.asarray(keys)))
   allowed = np.asarray(masking.attention_mask(masked))
   assert bias.shape == (3, 1, 12, 12) and bias.dtype == np.float32
   np.testing.assert_array_equal(bias == 0, allowed)

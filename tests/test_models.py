@@ -104,17 +104,15 @@ def test_encoder_layer_matches_pytorch_twin(attention_impl):
   torch = pytest.importorskip("torch")
   d, heads, mlp, time = 16, 2, 32, 12
   x = np.random.default_rng(0).normal(size=(3, time, d)).astype(np.float32)
-  masked = np.asarray(coughjax.models.masking.random_key_mask(
-      jax.random.key(0), 3, time, 0.5))
-  allowed = coughjax.models.masking.attention_mask(jnp.asarray(masked))  # [3, 1, T, T]
-  bias = coughjax.models.masking.attention_bias(jnp.asarray(masked))
+  masked = coughjax.models.masking.random_key_mask(jax.random.key(0), 3, time, 0.5)
+  bias = coughjax.models.masking.attention_bias(coughjax.models.masking.key_bias(masked))
   layer = transformer.EncoderLayer(heads, mlp, dropout=0.2, attention_impl=attention_impl)
   shapes = jax.eval_shape(
-      lambda x, m: layer.init(jax.random.key(0), x, m, train=False), x, allowed)
+      lambda x, m: layer.init(jax.random.key(0), x, m, train=False), x, masked)
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype),
                         shapes)
-  h = jax.jit(lambda p, x, m: layer.apply(p, x, m, train=False))(params, x, allowed)
+  h = jax.jit(lambda p, x, m: layer.apply(p, x, m, train=False))(params, x, masked)
 
   p = jax.tree.map(lambda a: torch.tensor(np.asarray(a)), params["params"])
   twin = torch.nn.TransformerEncoderLayer(d, heads, mlp, dropout=0.2, batch_first=True)

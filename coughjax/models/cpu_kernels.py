@@ -18,9 +18,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from coughjax.models import masking
+
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array,
-           bias: Optional[jax.Array]) -> jax.Array:
+           key_bias: Optional[jax.Array]) -> jax.Array:
   """Softmax attention of every head: [B, H, T, Dh] q, k, v -> [B, T, H, Dh].
 
   Plain einsums in heads-major layout, faster on CPU at T = 96, Dh = 16 (forward and
@@ -31,17 +33,27 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Args:
     q, k, v: [B, H, T, Dh] queries, keys and values.
-    bias: [B, 1, T, T] added to the logits (0, or -inf for a masked key; every row
-      must keep a finite entry), or None.
+    key_bias: [B, 1, 1, T] `masking.key_bias` (0 for a kept key, -inf for a masked
+      one, which only its own query still sees), or None.
 
   Returns:
     [B, T, H, Dh] attention output, ready to be flattened to [B, T, H * Dh].
   """
+  if key_bias is not None:
+    # XLA:CPU runs both einsums and the softmax as one fused kernel (YNNPACK), which
+    # broadcasts a [B, 1, T, T] bias over the heads itself, unless that broadcast
+    # has other users: XLA merges the layers' identical broadcasts of one shared
+    # bias into one, which its producer then writes out at [B, H, T, T] (2.4 MB
+    # per 16-clip chunk, read back by every layer: most of what a non-empty DS
+    # mask cost, benchmarks/README.md). Tied to this call's queries by a barrier,
+    # each layer's bias stays its own. (Spreading the key bias by a product with a
+    # constant, which the kernel also fuses, missed the cache more: same README.)
+    key_bias, q = jax.lax.optimization_barrier((key_bias.astype(jnp.float32), q))
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * (q.shape[-1] ** -0.5), k)
   # The softmax runs in float32 even when computing in bf16.
   logits = logits.astype(jnp.float32)
-  if bias is not None:
-    logits = logits + bias
+  if key_bias is not None:
+    logits = logits + masking.attention_bias(key_bias)
   # m = the row max keeps exp in range; it cancels out, so no gradient flows to it.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(logits - row_max)  # [B, H, T, T], unnormalised

@@ -113,16 +113,33 @@ def attention_mask(masked: jax.Array) -> jax.Array:
   return jnp.logical_or(keep_key, itself)
 
 
-def attention_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """`attention_mask` as an additive logit bias: 0 where allowed, -inf elsewhere.
+def key_bias(masked: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """Masked time steps as an additive bias on the attention logits of their keys.
 
   Args:
     masked: [batch, time] bool, True = masked step.
-    dtype: of the bias (the logits' dtype; float32 in `transformer.attend`).
+    dtype: of the bias (the logits' dtype, float32 in `cpu_kernels.attend`).
 
   Returns:
-    [batch, 1, time, time]. Every row keeps its diagonal at 0, so a softmax over a
-    biased row is never all -inf.
+    [batch, 1, 1, time]: 0 for a kept key, -inf for a masked one. It applies to every
+    query but the key's own position (`attention_bias`), so a softmax row is never
+    all -inf.
   """
-  allowed = attention_mask(masked)
-  return jnp.where(allowed, jnp.zeros((), dtype), jnp.asarray(-jnp.inf, dtype))
+  if masked.ndim != 2:
+    raise ValueError(f"masked must be [batch, time], got shape {masked.shape}")
+  bias = jnp.where(masked, jnp.asarray(-jnp.inf, dtype), jnp.zeros((), dtype))
+  return bias[:, None, None]
+
+
+def attention_bias(keys: jax.Array) -> jax.Array:
+  """A `key_bias` spread over the queries: `attention_mask` as an additive logit bias.
+
+  Args:
+    keys: [batch, 1, 1, time], a `key_bias`.
+
+  Returns:
+    [batch, 1, time, time]: 0 where query q may attend to key k, -inf elsewhere; the
+    diagonal stays 0 (a masked step still sees itself).
+  """
+  itself = np.eye(keys.shape[-1], dtype=bool)  # a constant, as in `attention_mask`
+  return jnp.where(itself, jnp.zeros((), keys.dtype), keys)

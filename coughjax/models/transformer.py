@@ -134,8 +134,8 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
-    """x: [B, T, d]; mask: [B, 1, T, T] bool (True = query may attend to key) or None."""
+  def __call__(self, x: jax.Array, masked: Optional[jax.Array]) -> jax.Array:
+    """x: [B, T, d]; masked: [B, T] bool (True = masked key, `masking`) or None."""
     batch, time, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"num_heads {self.num_heads} does not divide d_model {d}")
@@ -144,11 +144,12 @@ class SelfAttention(nn.Module):
     qkv = qkv.reshape(batch, time, 3, self.num_heads, d // self.num_heads)
     if impl == "einsum":
       q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, Dh]
-      # [B, 1, T, T], 1/H the size of the logits; the kernel adds it in float32.
-      bias = None if mask is None else jnp.where(mask, 0.0, -jnp.inf).astype(jnp.float32)
+      # [B, 1, 1, T] per clip; the kernel spreads it over the queries.
+      bias = None if masked is None else masking.key_bias(masked)
       out = cpu_kernels.attend(q, k, v, bias)  # [B, T, H, Dh]
     else:
       q, k, v = (qkv[:, :, i] for i in range(3))  # [B, T, H, Dh]
+      mask = None if masked is None else masking.attention_mask(masked)  # [B, 1, T, T]
       # implementation=None: jax's choice, its XLA implementation in JAX 0.10 (on
       # GPU too); its softmax also runs in float32.
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
@@ -169,10 +170,10 @@ class EncoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, attn_mask: Optional[jax.Array], *,
+  def __call__(self, x: jax.Array, masked: Optional[jax.Array], *,
                train: bool, clip_ids: Optional[jax.Array] = None) -> jax.Array:
-    """x: [B, T, d]; attn_mask: [B, 1, T, T] bool (True = query may attend to key),
-    or None; clip_ids: [B] global clip ids keying the dropout (default 0..B-1)."""
+    """x: [B, T, d]; masked: [B, T] bool (True = masked key, `masking`) or None;
+    clip_ids: [B] global clip ids keying the dropout (default 0..B-1)."""
     d = x.shape[-1]
     dropout_impl = resolve_dropout_impl(self.dropout_impl)
 
@@ -183,7 +184,7 @@ class EncoderLayer(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPS, dtype=self.dtype)
     attn = SelfAttention(self.num_heads, self.attention_impl, dtype=self.dtype,
                          name="attention")
-    x = norm(name="attention_norm")(x + drop(attn(x, attn_mask)))
+    x = norm(name="attention_norm")(x + drop(attn(x, masked)))
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(x)
     y = drop(nn.relu(y))
     y = nn.Dense(d, dtype=self.dtype, name="mlp_out")(y)
@@ -256,12 +257,13 @@ class Transformer(nn.Module):
                                      clip_ids)
     if mask is not None and mask.shape != (batch, time):
       raise ValueError(f"mask shape {mask.shape} does not match clips [{batch}, {time}]")
-    attn_mask = None if mask is None else masking.attention_mask(mask.astype(bool))
+    if mask is not None:
+      mask = mask.astype(bool)
 
     h = nn.Dense(self.d_model, dtype=self.dtype, name="embed")(x)  # [B, T, d]
     h = h + jnp.asarray(sinusoidal_positions(time, self.d_model), h.dtype)
     for i in range(self.num_layers):
       h = EncoderLayer(self.num_heads, self.mlp_dim, self.dropout, self.attention_impl,
                        self.dropout_impl, self.dtype, name=f"layer_{i}")(
-                           h, attn_mask, train=train, clip_ids=clip_ids)
+                           h, mask, train=train, clip_ids=clip_ids)
     return pool(h, self.pooling)  # [B, d]
