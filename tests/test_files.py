@@ -38,9 +38,11 @@ def test_atomic_write_follows_the_umask(tmp_path, mask):
 def test_a_report_and_an_export_are_0644_under_umask_022(tmp_path, monkeypatch):
   # A study's report, written by the protocol's command (the runs themselves stubbed).
   plan = runs.Plan(tmp_path / "study", data=(), rows=(), settings=())
-  monkeypatch.setattr(runs, "run_plan_in_processes", lambda *args: {"all": {}})
+  monkeypatch.setattr(runs, "prepare", lambda *args, **kwargs: [])
+  monkeypatch.setattr(runs, "run_units", lambda *args, **kwargs: None)
+  monkeypatch.setattr(runs, "collect", lambda *args: {"all": {}})
   with umask(0o022):
-    runs.command_main(plan, "coughjax.protocol", helper=False, processes=1,
+    runs.command_main(plan, "coughjax.protocol", processes=1, scheduler="", dry_run=False,
                       report=tmp_path / "report.md",
                       format_report=lambda results, command: "# report\n")
     out = export.export_encoder("transformer_m50_real", tmp_path / "export", batch=2)

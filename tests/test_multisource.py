@@ -123,7 +123,7 @@ def test_one_recording_participants_pair_two_crops_of_it(slices):
   kept, feats, _ = features.FeatureCache().load(recs, workers=1, progress=False)
   store = pipeline.ClipStore(kept, feats)
   batches = pipeline.ContrastiveBatches(store, 8)
-  x = batches.batch(0, 0)[0]  # [2, 8, T, M]
+  x = batches.batch(0, 0).swapaxes(0, 1)  # [8, 2, T, M] -> [2, 8, T, M]
   rec_of = np.repeat(np.arange(len(store)), store.lengths)
   moved = 0
   for i in range(8):
