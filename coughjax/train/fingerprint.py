@@ -47,6 +47,7 @@ EXTENDABLE = (
 
 
 _ABSENT = object()
+_SHOWN = 6  # differing keys shown with both values (the others by name)
 
 
 class WorkdirConfigError(ValueError):
@@ -109,13 +110,14 @@ def check(config, workdir: str | pathlib.Path) -> None:
   if not differ:
     return
   shown = "; ".join(f"{k} is {_show(want, k)} here, {_show(saved, k)} there"
-                    for k in differ[:8])
-  more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
+                    for k in differ[:_SHOWN])
+  more = f"; and {', '.join(differ[_SHOWN:])}" if len(differ) > _SHOWN else ""
   raise WorkdirConfigError(
       f"{workdir} holds the training of another config: {shown}{more}. A workdir "
-      f"belongs to one config (only {', '.join(EXTENDABLE)} may change between its "
-      "runs); train this config in a new --workdir, or rerun with the workdir's "
-      f"config ({workdir / CONFIG_FILE}).")
+      "belongs to one config (a rerun may change only num_epochs, early stopping, "
+      "logging, checkpointing and chunking: coughjax.train.fingerprint.EXTENDABLE); "
+      "train this config in a new --workdir, or rerun with the workdir's config "
+      f"({workdir / CONFIG_FILE}).")
 
 
 def _show(flat: dict[str, Any], key: str) -> str:

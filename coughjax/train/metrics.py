@@ -24,6 +24,7 @@ import json
 import numbers
 import os
 import pathlib
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -45,7 +46,10 @@ def _event_writer(workdir: pathlib.Path, step: int) -> Optional[Any]:
         "are written (metrics.jsonl has every metric); pip install "
         "'coughjax[tensorboard]' for them", 1)
     return None
-  return tensorboardX.SummaryWriter(str(workdir), purge_step=step + 1)
+  # The name holds the time in seconds; the suffix orders (and keeps apart) two files
+  # opened within one second, which would otherwise share a name.
+  return tensorboardX.SummaryWriter(str(workdir), purge_step=step + 1,
+                                    filename_suffix=f".{time.time_ns()}")
 
 
 class MetricsWriter:
