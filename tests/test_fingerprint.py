@@ -14,6 +14,7 @@ from configs import downstream as downstream_configs
 from configs import pretrain as pretrain_configs
 from coughjax.train import fingerprint
 from coughjax.train import run
+from tests import test_pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANT = "transformer_m50,runlocal"
@@ -21,16 +22,8 @@ VARIANT = "transformer_m50,runlocal"
 
 def _config(**changes):
   """The runlocal config of one epoch with `changes` (a__b for the key a.b)."""
-  config = pretrain_configs.get_config(VARIANT)
-  config.num_epochs = 1
-  for key, value in changes.items():
-    *parents, name = key.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
-  config.lock()
-  return config
+  return test_pretrain._config(**{"num_epochs": 1,  # pylint: disable=protected-access
+                                  **{k.replace("__", "."): v for k, v in changes.items()}})
 
 
 @pytest.fixture(scope="module")
