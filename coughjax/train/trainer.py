@@ -363,8 +363,10 @@ def _restore_newest_intact(mgr, target: TrainState,
     own = _checkpoint_manager(pathlib.Path(mgr.directory), processes={0})
     try:
       found = _find_newest_intact(own, jax.device_get(target), set_aside)
-    except Exception as e:  # pylint: disable=broad-except
-      error = e  # raised after the broadcast, so that the others do not wait forever
+    except BaseException as e:  # pylint: disable=broad-except
+      # Raised after the broadcast (a transient error and Ctrl-C too), so that the
+      # others do not wait forever.
+      error = e
     finally:
       own.close()
   code = _FAILED if error else _NO_CHECKPOINT if found is None else found[0]
