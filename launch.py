@@ -12,6 +12,12 @@ and process 0 writes the files.
 Ctrl-C (SIGINT) or SIGTERM on any process stops every process at the next training
 step, which is checkpointed; they exit with status 130 (SIGINT) or 143 (SIGTERM).
 Rerunning the same command resumes.
+
+A workdir belongs to one config (`coughjax.train.fingerprint`): the default workdir
+ignores overrides, so a rerun there with another value (say
+--config.model.mask_rate=0.75) is refused, naming the keys; give it its own
+--workdir. Only `num_epochs` (which extends a finished run), early stopping, logging,
+checkpointing and chunking may change between runs in one workdir.
 """
 
 import os

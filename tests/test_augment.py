@@ -68,6 +68,12 @@ def test_a_clip_is_augmented_by_its_id_alone():
   assert np.abs(np.asarray(aug(x, jax.random.key(4), ids)) - whole).max() > 0.1
 
 
-def test_mask_wider_than_the_clip_is_an_error():
-  with pytest.raises(ValueError, match="exceed the clips' 96 x 64"):
-    augment_lib.Augment(freq_masks=1, freq_mask_width=65)(_clips(2), KEY, jnp.arange(2))
+def test_masks_that_could_blank_the_whole_clip_are_an_error():
+  with pytest.raises(ValueError, match="on clips of 96 x 64: a mask of 64 bands could blank "
+                                       "all 64 bands of a clip"):
+    augment_lib.Augment(freq_masks=1, freq_mask_width=64)(_clips(2), KEY, jnp.arange(2))
+  # Together: 4 spans of up to 24 frames could cover all 96.
+  with pytest.raises(ValueError, match="4 masks of up to 24 frames could blank all 96"):
+    augment_lib.Augment(time_masks=4, time_mask_width=24)(_clips(2), KEY, jnp.arange(2))
+  assert augment_lib.mask_problem(4, 23, 96, "frames") is None  # 92 frames at most
+  assert augment_lib.mask_problem(0, 96, 96, "frames")  # a width that fills the axis

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from typing import Any, NamedTuple
@@ -37,8 +38,10 @@ from coughjax.models import randomness
 from coughjax.models import vggish
 from coughjax.models import vggish_convert
 from coughjax.train import downstream
+from coughjax.train import fingerprint
 from coughjax.train import run
 from coughjax.train import trainer
+from coughjax.train import validate
 
 PAPER_ROWS = [
     "vggish", "vggish_frozen", "vggish_ft", "gru", "transformer", "gru_cp_frozen",
@@ -61,8 +64,9 @@ def test_every_paper_row_has_a_variant():
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
   """A folder with runlocal pre-training runs for every CP variant (two real runs,
-  transformer and gru; the others are links: only encoder weights are loaded) and a
-  converted VGGish 'AudioSet' checkpoint."""
+  transformer and gru; the others are copies of them recorded under their own
+  config, `fingerprint.record`: only encoder weights are loaded) and a converted
+  VGGish 'AudioSet' checkpoint."""
   root = tmp_path_factory.mktemp("workspace")
   runs = root / "runs"
   for arch, variants in {"transformer_m0": ("transformer_m25", "transformer_m50",
@@ -74,7 +78,10 @@ def workspace(tmp_path_factory):
     config.lock()
     run.run(config, str(runs / f"{arch}_runlocal"))
     for v in variants:
-      os.symlink(runs / f"{arch}_runlocal", runs / f"{v}_runlocal")
+      shutil.copytree(runs / f"{arch}_runlocal", runs / f"{v}_runlocal")
+      config = pretrain_configs.get_config(f"{v},runlocal")
+      config.num_epochs = 1
+      fingerprint.record(config, runs / f"{v}_runlocal")
   # Zero weights compress to almost nothing on disk; real ones come from a .pth file.
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), vggish.abstract_params())
   vggish_convert.save_flax_params(zeros, root / "vggish_audioset")
@@ -482,6 +489,26 @@ def test_gru_cp_is_compared_with_the_bilinear_row(tmp_path):
   assert "†" in gru_row and "| 87.25 |" in gru_row and "87.08" not in gru_row
   assert "| 83.20 |" in [l for l in table.splitlines() if l.startswith("| gru_cp_frozen")][0]
   assert "gru_cp_ft: paper numbers from Table 2" in table
+
+
+def test_a_one_class_validation_split_stops_before_any_training(tmp_path, monkeypatch):
+  """Run 1's validation split holds negatives only: the command stops, naming it,
+  before run 0 trains (every run's splits are checked first)."""
+  config = downstream_configs.get_config("transformer,runlocal")
+  config.lock()
+  load = data.load_splits
+
+  def negatives_only_in_run_1(cfg, needed, labelled=False):
+    stores = load(cfg, needed, labelled)
+    if cfg.data.split_seed == config.data.split_seed + 1:
+      stores["val"].labels = np.zeros_like(stores["val"].labels)
+    return stores
+
+  monkeypatch.setattr(data, "load_splits", negatives_only_in_run_1)
+  with pytest.raises(validate.ConfigError, match=r"transformer/run_1: the validation split "
+                                                 r"has 0 positive and \d+ negative recordings"):
+    run.run(config, str(tmp_path))
+  assert not list(tmp_path.glob("run_*"))
 
 
 def test_resuming_another_models_checkpoint_is_a_clear_error(workspace, tmp_path):

@@ -2,7 +2,10 @@
 two processes, resuming on another number of devices, refused checkpoints, and no
 deprecated JAX API on the way of a tiny pre-training and downstream run."""
 
+import dataclasses
+import errno
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -11,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import conftest
@@ -268,3 +272,87 @@ def test_a_run_resumes_on_another_number_of_devices(tmp_path):
   _assert_same_run(work, tmp_path / "reference")
   for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference.params)):
     assert x.sharding == y.sharding  # back on this process's one-device mesh
+
+
+def test_a_nan_monitor_is_the_worst_value_never_the_best(tmp_path):
+  """Validation AUCs NaN (a one-class split), 0.6, 0.7: epochs 1 and 2 improve on
+  it, and the best checkpoint is epoch 2's."""
+  # pylint: disable=protected-access
+  assert not trainer._better("max", math.nan, None)
+  assert trainer._better("max", 0.1, math.nan) and trainer._better("min", 9.0, math.nan)
+  assert not trainer._better("min", math.nan, 1.0)
+  # pylint: enable=protected-access
+  config = _config()
+  task = pretrain.make_task(config)
+  aucs = iter([math.nan, 0.6, 0.7])
+  validate = task.evaluate
+  task = dataclasses.replace(task, evaluate=lambda s: dict(validate(s), auc=next(aucs)),
+                             monitor="auc", monitor_mode="max")
+  final = trainer.fit(task, config, tmp_path)
+  val = [l for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  assert [l["best"] for l in val] == [False, True, True]
+  best, meta = trainer.restore(tmp_path / "best", final)
+  assert int(best.step) == 6 and meta["best"] == 0.7 and meta["bad_epochs"] == 0
+
+
+@pytest.fixture(scope="module")
+def _one_epoch(tmp_path_factory) -> tuple[pathlib.Path, trainer.TrainState]:
+  workdir = tmp_path_factory.mktemp("one_epoch") / "run"
+  return workdir, run.run(_config(num_epochs=1), str(workdir))
+
+
+def _one_checkpoint(one_epoch, tmp_path) -> tuple[pathlib.Path, trainer.TrainState]:
+  """A copy of a workdir with one checkpoint (step 2), and a state of its model."""
+  workdir = tmp_path / "run"
+  shutil.copytree(one_epoch[0], workdir)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+  return workdir, one_epoch[1]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.EIO, "Input/output error"),
+    OSError(errno.ENOSPC, "No space left on device"),
+    PermissionError(errno.EACCES, "Permission denied"),
+    # What TensorStore (Orbax's reader) raises for EIO:
+    ValueError('UNAVAILABLE: Error reading local file "x/state/d/0": [OS error 5]'),
+    KeyboardInterrupt(),
+], ids=["EIO", "ENOSPC", "EACCES", "tensorstore-EIO", "Ctrl-C"])
+def test_a_transient_read_error_is_raised_and_no_checkpoint_is_moved(_one_epoch, tmp_path,
+                                                                    monkeypatch, error):
+  workdir, state = _one_checkpoint(_one_epoch, tmp_path)
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", fail)
+  with pytest.raises(type(error)) as e:
+    if isinstance(error, OSError) and error.errno == errno.EIO:
+      run.run(_config(num_epochs=2), str(workdir))  # the trainer's own resume
+    else:
+      mgr = trainer._checkpoint_manager(workdir / "checkpoints")  # pylint: disable=protected-access
+      trainer._restore_newest_intact(  # pylint: disable=protected-access
+          mgr, state, set_aside=workdir / "corrupted_checkpoints")
+  assert e.value is error
+  assert not (workdir / "corrupted_checkpoints").exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+
+
+@pytest.mark.parametrize("error", [
+    FileNotFoundError(errno.ENOENT, "No such file or directory"),
+    ValueError('NOT_FOUND: Error opening "zarr" driver: Metadata at "step/.zarray" does '
+               "not exist"),
+    ValueError("DATA_LOSS: Error reading local file: checksum mismatch"),
+], ids=["missing file", "tensorstore-missing", "tensorstore-damaged"])
+def test_a_checkpoint_unreadable_of_its_own_is_set_aside(_one_epoch, tmp_path, monkeypatch,
+                                                         error):
+  workdir, state = _one_checkpoint(_one_epoch, tmp_path)
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", fail)
+  mgr = trainer._checkpoint_manager(workdir / "checkpoints")  # pylint: disable=protected-access
+  with pytest.raises(trainer.CorruptCheckpointError, match=r"no checkpoint can be read back"):
+    trainer._restore_newest_intact(  # pylint: disable=protected-access
+        mgr, state, set_aside=workdir / "corrupted_checkpoints")
+  assert [p.name.split(".")[0] for p in (workdir / "corrupted_checkpoints").iterdir()] == ["2"]

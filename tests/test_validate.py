@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import downstream as downstream_configs
@@ -123,17 +124,44 @@ def test_front_end_folds_and_dedup_are_checked_early(tmp_path):
 
 def test_augmentation_is_checked_early():
   config = downstream_configs.get_config("transformer,runlocal")
-  config.augment.update(gain_db=-3.0, time_masks=-1, time_mask_width=97, freq_mask_width=-2)
+  config.augment.update(gain_db=-3.0, time_masks=-1, time_mask_width=97, freq_masks=-2,
+                        freq_mask_width=-2)
   with config.augment.unlocked():
     config.augment.mixup = 0.2
   with pytest.raises(validate.ConfigError) as e:
     validate.check(config)
   for want in ("config.augment.gain_db=-3.0: must be a finite number in [0, inf)",
                "config.augment.time_masks=-1: must be an integer >= 0",
-               "config.augment.time_mask_width=97: must be at most features.clip_frames=96",
+               "config.augment.time_mask_width=97: a mask of 97 frames could blank all 96 "
+               "frames of a clip",
+               "(features.clip_frames=96)",
                "config.augment.freq_mask_width=-2: must be an integer >= 0",
                "config.augment.mixup=0.2: unknown field"):
     assert want in str(e.value)
+
+
+def test_masks_that_together_could_blank_a_clip_are_checked_early():
+  """The rule is augment's (`augment.mask_problem`), checked before any data."""
+  config = downstream_configs.get_config("transformer,runlocal")
+  config.augment.update(time_masks=2, time_mask_width=48, freq_masks=3, freq_mask_width=21)
+  with pytest.raises(validate.ConfigError) as e:
+    validate.check(config)
+  assert ("config.augment.time_mask_width=48: 2 masks of up to 48 frames could blank all "
+          "96 frames of a clip") in str(e.value)
+  assert "freq_mask_width" not in str(e.value)  # 63 of 64 bands at most
+  config.augment.time_mask_width = 47
+  validate.check(config)
+
+
+def test_a_validation_split_without_both_classes_is_an_error():
+  config = downstream_configs.get_config("transformer,runlocal")
+  validate.check_classes(np.array([0, 1, 0]), "validation", config)
+  with pytest.raises(validate.ConfigError,
+                     match=r"ensemble/run_1: the validation split has 0 positive and 3 "
+                           r"negative recordings \(data.name='synthetic', data.split=\(0.7, "
+                           r"0.1, 0.2\), data.split_seed=0\); its ROC-AUC, which picks the "
+                           r"best checkpoint, needs both classes. .*data.split"):
+    validate.check_classes(np.zeros(3), "validation", config, "ensemble/run_1")
 
 
 def test_zero_epochs_builds_the_data_only(tmp_path, monkeypatch):

@@ -35,6 +35,23 @@ from coughjax.models import randomness
 _STREAM = 0x61756730  # "aug0"
 
 
+def mask_problem(masks: int, width: int, size: int, unit: str) -> str | None:
+  """Why `masks` spans of up to `width` along an axis of `size` (frames or bands)
+  are refused, or None.
+
+  Spans that together could cover the whole axis could blank a whole clip (every
+  value set to its mean): a training example with a label and no sound. So
+  max(masks, 1) * width must stay below `size` (a single span too: a width that
+  fills the axis is a mistake even while `masks` is 0).
+  """
+  cover = max(masks, 1) * width
+  if cover < size:
+    return None
+  spans = f"{masks} masks of up to {width} {unit}" if masks > 1 else f"a mask of {width} {unit}"
+  return (f"{spans} could blank all {size} {unit} of a clip; the masks must cover fewer "
+          f"than {size} {unit} together (count x width < {size})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """`config.augment`; see the module docstring."""
@@ -61,9 +78,11 @@ class Augment:
     if not self.active:
       return x
     b, t, m = x.shape
-    if self.time_mask_width > t or self.freq_mask_width > m:
-      raise ValueError(f"augment mask widths ({self.time_mask_width} frames, "
-                       f"{self.freq_mask_width} bands) exceed the clips' {t} x {m}")
+    problems = [p for p in (mask_problem(self.time_masks, self.time_mask_width, t, "frames"),
+                            mask_problem(self.freq_masks, self.freq_mask_width, m, "bands"))
+                if p]
+    if problems:
+      raise ValueError(f"augment on clips of {t} x {m}: {'; '.join(problems)}")
     spans = ((self.time_masks, self.time_mask_width, t, 1),
              (self.freq_masks, self.freq_mask_width, m, 2))
     draws = 1 + 2 * (self.time_masks + self.freq_masks)

@@ -41,9 +41,11 @@ from coughjax.models import chunking
 from coughjax.models import classifier as classifier_lib
 from coughjax.models import vggish_convert
 from coughjax.train import augment as augment_lib
+from coughjax.train import fingerprint
 from coughjax.train import mesh as mesh_lib
 from coughjax.train import optim
 from coughjax.train import trainer
+from coughjax.train import validate as validate_lib
 
 AXIS = mesh_lib.AXIS
 P = jax.sharding.PartitionSpec
@@ -270,11 +272,23 @@ def _run_config(config, i: int):
   return run_cfg
 
 
-def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
-              ) -> dict[str, Any]:
-  """Trains run `run_index` and scores its best checkpoint on the test split."""
+def load_run_splits(config, run_index: int) -> dict[str, pipeline.ClipStore]:
+  """Run `run_index`'s train/val/test stores, its validation split checked for
+  both classes (`validate.check_classes`)."""
   cfg = _run_config(config, run_index)
   stores = data.load_splits(cfg, ("train", "val", "test"), labelled=True)
+  validate_lib.check_classes(stores["val"].labels, "validation", cfg,
+                             f"{cfg.variant}/run_{run_index}")
+  return stores
+
+
+def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup,
+              stores: Optional[dict[str, pipeline.ClipStore]] = None) -> dict[str, Any]:
+  """Trains run `run_index` and scores its best checkpoint on the test split.
+  `stores`: its `load_run_splits` (loaded here if not given)."""
+  cfg = _run_config(config, run_index)
+  stores = load_run_splits(config, run_index) if stores is None else stores
+  name = f"{cfg.variant}/run_{run_index}"
   mesh = setup.mesh
   batches = pipeline.SupervisedBatches(stores["train"], cfg.batch_size,
                                        cfg.features.train_hop, cfg.seed,
@@ -285,7 +299,7 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup
     return {"loss": s["loss"], **{k: s["recording"][k] for k in evaluate.METRICS}}
 
   task = trainer.Task(
-      name=f"{cfg.variant}/run_{run_index}",
+      name=name,
       init_state=functools.partial(setup.init_state, cfg),
       train_step=setup.train_step, batches=batches.epoch, steps_per_epoch=batches.steps_per_epoch,
       evaluate=validate, mesh=mesh, monitor=cfg.monitor,
@@ -336,15 +350,19 @@ def run(config, workdir: str) -> dict[str, Any]:
   """All runs, then results.json / results.md / roc.png / curves.png in `workdir`
   (written by process 0; every process returns the results)."""
   workdir = pathlib.Path(workdir)
+  fingerprint.check(config, workdir)  # before any work: a refused workdir is left as it was
   workdir.mkdir(parents=True, exist_ok=True)
-  trainer.save_config(config, workdir)
+  fingerprint.record(config, workdir)
   setup = Setup.create(config)
   writes = jax.process_index() == 0
   if writes:
     # The resolved encoder configs and head dropout, so that coughjax.predict can
     # rebuild the model without the pre-training workdirs.
     (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
-  runs = [train_one(config, workdir, i, setup) for i in range(config.num_runs)]
+  # Every run's splits first (views of one cached pack): a split that cannot be
+  # used stops the command before any training.
+  splits = [load_run_splits(config, i) for i in range(config.num_runs)]
+  runs = [train_one(config, workdir, i, setup, stores) for i, stores in enumerate(splits)]
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
   ref, source = paper.reference(config.variant) or (None, "")

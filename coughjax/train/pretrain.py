@@ -24,6 +24,7 @@ from coughjax import data
 from coughjax.data import pipeline
 from coughjax.models import chunking
 from coughjax.models import heads
+from coughjax.train import fingerprint
 from coughjax.train import mesh as mesh_lib
 from coughjax.train import optim
 from coughjax.train import trainer
@@ -172,4 +173,5 @@ def build_data(config) -> None:
 
 def train_and_evaluate(config, workdir: str) -> trainer.TrainState:
   """Runs contrastive pre-training per `config`; checkpoints and metrics in `workdir`."""
+  fingerprint.check(config, workdir)  # before the data is loaded (`fit` checks again)
   return trainer.fit(make_task(config), config, workdir)

@@ -5,10 +5,11 @@ its step (a per-device program over a mesh, `coughjax.train.mesh`), its batches 
 its validation; `fit` does the rest:
 
 * absl progress lines (step, loss, lr, steps/s, ETA) and one JSON line per log step
-  and per validation in `workdir/metrics.jsonl`;
+  and per validation in `workdir/metrics.jsonl`, with TensorBoard event files
+  beside it (`coughjax.train.metrics`);
 * the validation loss feeds ReduceLROnPlateau (PyTorch's rule, `optim`) once per
   epoch; the monitored metric keeps the best checkpoint (`workdir/best`) and drives
-  optional early stopping;
+  optional early stopping (a NaN counts as its worst value);
 * Orbax checkpoints in `workdir/checkpoints` (last k), every `checkpoint_every_steps`
   and at each epoch end, saved from the devices as they are (the state is replicated
   over the mesh, so a checkpoint restores onto any number of devices), so rerunning
@@ -16,9 +17,13 @@ its validation; `fit` does the rest:
   reaches the same parameters as an uninterrupted run (batches and random keys are
   functions of (seed, epoch, step), never of wall-clock or history). Whether a run
   is finished is decided from the current config (epochs done, early stopping), so
-  a larger `num_epochs` extends a finished run; a checkpoint that cannot be read is
-  set aside, with a warning, for the newest intact one (nothing is deleted; with
-  several processes, process 0 decides and every process resumes from its step);
+  a larger `num_epochs` extends a finished run; a workdir holding the training of
+  another config is refused before any work (`coughjax.train.fingerprint`); a
+  checkpoint that cannot be read for a reason of its own (missing or damaged files,
+  bad data) is set aside, with a warning, for the newest intact one (nothing is
+  deleted; with several processes, process 0 decides and every process resumes
+  from its step), while a transient error (EIO, a full disk, a permission, Ctrl-C)
+  is raised with every checkpoint left in place;
 * `metrics.jsonl` holds each (step, split) once however a run was stopped: a
   resumed run drops the lines logged after its checkpoint;
 * a non-finite loss stops training with the step number; the checkpoints already
@@ -42,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -60,9 +64,14 @@ import orbax.checkpoint as ocp
 
 import coughjax
 from coughjax.data import pipeline
+from coughjax.train import fingerprint
 from coughjax.train import mesh as mesh_lib
+from coughjax.train import metrics as metrics_lib
 from coughjax.train import optim
 from coughjax.train import stopping
+
+MetricsWriter = metrics_lib.MetricsWriter  # what callers of the trainer used to find here
+read_metrics = metrics_lib.read_metrics
 
 # What a workdir's checkpoints hold: bump it when a change makes older checkpoints
 # unfit to resume or reuse (parameter layouts, random keys, the checkpoint's items).
@@ -124,7 +133,11 @@ class Task:
 
 
 def _better(mode: str, new: float, old: Optional[float]) -> bool:
-  if old is None:
+  """Whether monitor value `new` beats `old` (None: no value yet). NaN (an AUC of a
+  one-class split, say) is the worst value: never better, beaten by any number."""
+  if math.isnan(new):
+    return False
+  if old is None or math.isnan(old):
     return True
   return new < old if mode == "min" else new > old
 
@@ -132,57 +145,6 @@ def _better(mode: str, new: float, old: Optional[float]) -> bool:
 def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class MetricsWriter:
-  """Appends JSON lines to workdir/metrics.jsonl (from process 0 only)."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.path = workdir / "metrics.jsonl"
-    self.enabled = jax.process_index() == 0
-
-  def truncate_after(self, step: int) -> None:
-    """Drops the lines logged after `step`, the step a run resumes from (0 for a
-    fresh start): a run that died before its next checkpoint logs them again.
-
-    The file is replaced in one rename, so a crash here loses nothing; a last line
-    cut short by a crash while it was written is dropped as well.
-    """
-    if not (self.enabled and self.path.exists()):
-      return
-    lines = self.path.read_text().splitlines()
-    kept = []
-    for i, line in enumerate(lines):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        if i == len(lines) - 1:
-          logging.warning("%s: dropping its last line, cut short (%s)", self.path, e)
-          continue
-        raise ValueError(f"{self.path}, line {i + 1}: not JSON ({e}); fix or remove "
-                         "the line, then rerun") from e
-      if record["step"] <= step:
-        kept.append(line + "\n")
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, self.path)
-
-  def write(self, **record) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-
-def save_config(config, workdir: pathlib.Path) -> None:
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
 def _checkpoint_manager(directory: pathlib.Path, keep: int = 1, *, write: bool = False,
@@ -228,6 +190,46 @@ class WorkdirFormatError(ValueError):
 
 class NonFiniteCheckpointError(ValueError):
   """A checkpoint whose parameters hold NaN or infinity."""
+
+
+# Orbax reads through TensorStore, which reports an OS error as a ValueError whose
+# message starts with the errno's absl status code (absl::ErrnoToStatusCode). These
+# codes say that the disk, the file system or the machine failed (EIO, ENOSPC,
+# EACCES, a time-out), not the checkpoint; NOT_FOUND (a missing file) and
+# DATA_LOSS / INVALID_ARGUMENT (bad contents) are the checkpoint's own.
+_TRANSIENT_STATUS = ("UNAVAILABLE:", "RESOURCE_EXHAUSTED:", "PERMISSION_DENIED:",
+                     "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:")
+# OSErrors about the checkpoint's own files: one is missing, or a file stands where
+# a folder should (or the reverse). Any other OSError (EIO, ENOSPC, EACCES, ...) is not.
+_OWN_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _is_transient(error: BaseException) -> bool:
+  """Whether reading a checkpoint failed for a reason outside it (anywhere in the
+  chain of causes): rereading later may well succeed."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and not isinstance(error, _OWN_OS_ERRORS):
+      return True
+    if isinstance(error, MemoryError) or str(error).startswith(_TRANSIENT_STATUS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def _reading(path: pathlib.Path, what: str):
+  """Reads checkpoint `path` in the block: an error of the checkpoint's own (missing
+  or damaged files, bad data) becomes CorruptCheckpointError(`what`), so that the
+  caller may set the checkpoint aside; a transient one (`_is_transient`, Ctrl-C) is
+  raised as it is, and the checkpoint left where it is."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_transient(e):
+      raise
+    raise CorruptCheckpointError(f"{path}: {what} ({e})") from e
 
 
 def _check_format(path: pathlib.Path, meta: dict) -> None:
@@ -289,11 +291,9 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
     NonFiniteCheckpointError: its parameters hold NaN or inf.
   """
   path = pathlib.Path(mgr.directory) / str(step)
-  try:
+  with _reading(path, "unreadable metadata"):
     saved = mgr.item_metadata(step)["state"]
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  except Exception as e:  # pylint: disable=broad-except
-    raise CorruptCheckpointError(f"{path}: unreadable metadata ({e})") from e
   if saved is None or not isinstance(meta, dict):
     raise CorruptCheckpointError(f"{path}: no state metadata or meta")
   _check_format(path, meta)
@@ -306,11 +306,9 @@ def _restore_state(mgr, step: int, target: TrainState) -> tuple[TrainState, dict
         f"config in the same workdir? use a new --workdir): {len(got)} arrays saved, "
         f"{len(want)} expected; shapes expected but not saved {missing}, saved but not "
         f"expected {extra}")
-  try:
+  with _reading(path, "cannot be read back"):
     state = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(jax.tree.map(_abstract, target)))).state
-  except Exception as e:  # pylint: disable=broad-except
-    raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
   _check_finite(path, step, state.params)
   return state, meta
 
@@ -365,8 +363,10 @@ def _restore_newest_intact(mgr, target: TrainState,
     own = _checkpoint_manager(pathlib.Path(mgr.directory), processes={0})
     try:
       found = _find_newest_intact(own, jax.device_get(target), set_aside)
-    except Exception as e:  # pylint: disable=broad-except
-      error = e  # raised after the broadcast, so that the others do not wait forever
+    except BaseException as e:  # pylint: disable=broad-except
+      # Raised after the broadcast (a transient error and Ctrl-C too), so that the
+      # others do not wait forever.
+      error = e
     finally:
       own.close()
   code = _FAILED if error else _NO_CHECKPOINT if found is None else found[0]
@@ -407,15 +407,13 @@ def restore_params(directory: str | os.PathLike) -> tuple[dict, int]:
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint found")
     path = pathlib.Path(mgr.directory) / str(step)
-    try:
+    with _reading(path, "cannot be read back"):
       # Host arrays of the saved shapes: without a target, Orbax would rebuild the
       # saved sharding, on devices this process may not have.
       host = jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
                           mgr.item_metadata(step)["state"])
       out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host),
                                                       meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"{path}: cannot be read back ({e})") from e
     _check_format(path, out.meta)
     _check_finite(path, step, out.state["params"])
     return out.state["params"], step
@@ -472,18 +470,22 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
     stopping.Interrupted: SIGINT or SIGTERM (on any process) stopped training at a
       checkpointed step.
     FloatingPointError: a non-finite loss.
+    fingerprint.WorkdirConfigError: `workdir` holds the training of another config.
   """
   workdir = pathlib.Path(workdir)
+  fingerprint.check(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mgr = _checkpoint_manager(workdir / "checkpoints", config.keep_checkpoints, write=True)
   best_mgr = _checkpoint_manager(workdir / "best", write=True)
+  writer = MetricsWriter(workdir)
   with stopping.StopSignal(task.mesh) as signals:
     try:
-      state = _train(task, config, workdir, mgr, best_mgr, signals)
+      state = _train(task, config, workdir, mgr, best_mgr, signals, writer)
     finally:
       # Lets the saves in flight finish: no temporary checkpoint folder is left.
       mgr.close()
       best_mgr.close()
+      writer.close()
     signum = signals.agreed()  # also a signal after the last step (validation, say)
   if signum:
     raise stopping.Interrupted(int(state.step), signum)
@@ -491,9 +493,9 @@ def fit(task: Task, config, workdir: str | os.PathLike) -> TrainState:
 
 
 def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager,
-           best_mgr: ocp.CheckpointManager, signals: stopping.StopSignal) -> TrainState:
+           best_mgr: ocp.CheckpointManager, signals: stopping.StopSignal,
+           writer: MetricsWriter) -> TrainState:
   """`fit`'s resume and loop; returns the state it stopped with."""
-  writer = MetricsWriter(workdir)
   mesh = task.mesh
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = mesh_lib.put_replicated(mesh, task.init_state(init_key))
@@ -503,8 +505,8 @@ def _train(task: Task, config, workdir: pathlib.Path, mgr: ocp.CheckpointManager
     _, state, meta = found
     logging.info("%s: resumed from %s at step %d (epoch %d)", task.name, mgr.directory,
                  int(state.step), meta["epochs_done"])
-  save_config(config, workdir)  # not before: a refused workdir is left as it was
-  writer.truncate_after(int(state.step))
+  fingerprint.record(config, workdir)  # not before: a refused workdir is left as it was
+  writer.start(int(state.step))
   if is_finished(meta, config):
     logging.info("%s: already finished in %s (%d of %d epochs); nothing to do",
                  task.name, workdir, meta["epochs_done"], config.num_epochs)

@@ -244,12 +244,14 @@ def _augment(c: _Checker) -> None:
   for key in sorted(set(section) - fields):
     c.fail(f"augment.{key}", f"unknown field; augment has {', '.join(sorted(fields))}")
   c.number("augment.gain_db", 0)
-  for count, width, size in (("time_masks", "time_mask_width", "clip_frames"),
-                             ("freq_masks", "freq_mask_width", "nfilt")):
-    c.integer(f"augment.{count}", 0)
-    value, limit = c.integer(f"augment.{width}", 0), c.get(f"features.{size}")
-    if value is not None and isinstance(limit, int) and value > limit:
-      c.fail(f"augment.{width}", f"must be at most features.{size}={limit}")
+  for count, width, size, unit in (("time_masks", "time_mask_width", "clip_frames", "frames"),
+                                   ("freq_masks", "freq_mask_width", "nfilt", "bands")):
+    masks, value = c.integer(f"augment.{count}", 0), c.integer(f"augment.{width}", 0)
+    limit = c.get(f"features.{size}")
+    if value is not None and isinstance(limit, int):
+      problem = augment.mask_problem(masks or 0, value, limit, unit)
+      if problem:
+        c.fail(f"augment.{width}", f"{problem} (features.{size}={limit})")
 
 
 def _data(c: _Checker) -> None:
@@ -306,3 +308,31 @@ def _data(c: _Checker) -> None:
     c.choice("data.source_filter", ("",) + covid19_cough.SOURCES)
   if "covid19_sounds" in names:
     c.choice("data.task", tuple(covid19_sounds.TASKS))
+
+
+def check_classes(labels: np.ndarray, split: str, config, where: str = "") -> None:
+  """Refuses a downstream split without both classes, once its data is loaded and
+  before any training: the validation split's ROC-AUC picks the best checkpoint and
+  drives early stopping, and with one class it is NaN.
+
+  Args:
+    labels: [recordings] 0/1 labels of the split.
+    split: its name ("val").
+    config: the run's config (its data keys are named in the message).
+    where: what runs it, for the message (e.g. "ensemble/run_1").
+
+  Raises:
+    ConfigError naming the split, its counts and what to change.
+  """
+  labels = np.asarray(labels)
+  pos, neg = int(np.sum(labels == 1)), int(np.sum(labels == 0))
+  if pos and neg:
+    return
+  d = config.data
+  fold = (f", data.fold={d.fold} of data.folds={d.folds}" if d.get("folds") else "")
+  raise ConfigError(
+      f"{where + ': ' if where else ''}the {split} split has {pos} positive and {neg} "
+      f"negative recordings (data.name={d.name!r}, data.split={tuple(d.split)}, "
+      f"data.split_seed={d.split_seed}{fold}); its ROC-AUC, which picks the best "
+      "checkpoint, needs both classes. Give it more participants: a larger validation "
+      "fraction in data.split, another data.split_seed, or more data.")
