@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from coughjax import cli
 from coughjax.models import vggish
 
 TORCH_EXTRA = "pip install 'coughjax[bench]' (or: pip install torch)"
@@ -204,6 +205,7 @@ def load_flax_params(directory: str | os.PathLike,
     return checkpointer.restore(directory, vggish.abstract_params(embedding_dim))
 
 
+@cli.user_errors
 def main(argv: Optional[Sequence[str]] = None) -> None:
   # argparse rather than absl flags: flags defined at import time would clash with
   # those of any program that imports this module.
@@ -226,4 +228,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  main(None)

@@ -32,8 +32,10 @@ import pathlib
 from absl import app
 from absl import flags
 
+from coughjax import cli
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
+
 
 def parse_setting(text: str) -> runs.Setting:
   name, *overrides = text.split(":")
@@ -122,6 +124,7 @@ def define_flags() -> None:
   _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
