@@ -158,9 +158,9 @@ def test_a_validation_split_without_both_classes_is_an_error():
   validate.check_classes(np.array([0, 1, 0]), "validation", config)
   with pytest.raises(validate.ConfigError,
                      match=r"ensemble/run_1: the validation split has 0 positive and 3 "
-                           r"negative recordings \(data.name='synthetic', data.split=\(0.7, "
-                           r"0.1, 0.2\), data.split_seed=0\); its ROC-AUC, which picks the "
-                           r"best checkpoint, needs both classes. .*data.split"):
+                           r"negative recordings \(data.name='synthetic', data.split=\(0.6, "
+                           r"0.2, 0.2\), data.split_seed=0\); its ROC-AUC needs both "
+                           r"classes. .*data.split"):
     validate.check_classes(np.zeros(3), "validation", config, "ensemble/run_1")
 
 

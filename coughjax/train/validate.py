@@ -312,8 +312,9 @@ def _data(c: _Checker) -> None:
 
 def check_classes(labels: np.ndarray, split: str, config, where: str = "") -> None:
   """Refuses a downstream split without both classes, once its data is loaded and
-  before any training: the validation split's ROC-AUC picks the best checkpoint and
-  drives early stopping, and with one class it is NaN.
+  before any training: the validation split's ROC-AUC (logged every epoch, the
+  monitor with `config.monitor="auc"`) and the thresholds chosen on it are undefined
+  with one class.
 
   Args:
     labels: [recordings] 0/1 labels of the split.
@@ -333,6 +334,6 @@ def check_classes(labels: np.ndarray, split: str, config, where: str = "") -> No
   raise ConfigError(
       f"{where + ': ' if where else ''}the {split} split has {pos} positive and {neg} "
       f"negative recordings (data.name={d.name!r}, data.split={tuple(d.split)}, "
-      f"data.split_seed={d.split_seed}{fold}); its ROC-AUC, which picks the best "
-      "checkpoint, needs both classes. Give it more participants: a larger validation "
+      f"data.split_seed={d.split_seed}{fold}); its ROC-AUC needs both classes. Give "
+      "it more participants: a larger validation "
       "fraction in data.split, another data.split_seed, or more data.")
