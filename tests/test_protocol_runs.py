@@ -356,16 +356,21 @@ def _fake_trainer(config, workdir):
 
 def test_two_commands_on_one_workdir_do_not_double_a_unit(tmp_path):
   plan = _plan(tmp_path / "work", baseline_repeats=2)
-  results = [None, None]
+  results, errors = [None, None], []
 
   def command(i):
-    results[i] = runs.run_plan(plan, runner=_fake_trainer)  # each its own cluster
+    try:
+      results[i] = runs.run_plan(plan, runner=_fake_trainer)  # each its own cluster
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
 
   threads = [threading.Thread(target=command, args=(i,)) for i in range(2)]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
+  if errors:
+    raise errors[0]
   trained = (plan.workdir / "trained.log").read_text().splitlines()
   units_trained = sorted(pathlib.Path(w).parent.name for w in trained)
   assert units_trained == [".r0f0.attempts", ".r0f1.attempts"]  # each once
