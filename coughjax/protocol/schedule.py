@@ -36,6 +36,7 @@ import logging as std_logging
 import multiprocessing
 import os
 import pathlib
+import threading
 import traceback
 from typing import Callable, Iterator, Sequence
 
@@ -49,6 +50,12 @@ ALLOWED_FAILURES = 3
 # computes features in a pool of processes of its own, which a daemon cannot start.
 CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                   "distributed.worker.daemon": False}
+
+
+# Clusters started at once from several threads of one process race in distributed's
+# lazy import of its dashboard (seen: "module 'distributed.dashboard' has no
+# attribute 'scheduler'"): one start at a time.
+_START = threading.Lock()
 
 
 class ClusterError(Exception):
@@ -89,10 +96,12 @@ def connect(scheduler: str = "", processes: int = 1) -> Iterator["distributed.Cl
     raise ClusterError(f"--processes must be >= 1, got {processes}")
   # For the cluster's whole life: the nanny reads `daemon` whenever it (re)starts a
   # worker.
-  with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
-      n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
-      dashboard_address=":0", env=worker_env(processes)) as cluster, \
-      distributed.Client(cluster) as client:
+  with dask.config.set(CLUSTER_CONFIG), contextlib.ExitStack() as stack:
+    with _START:
+      cluster = stack.enter_context(distributed.LocalCluster(
+          n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
+          dashboard_address=":0", env=worker_env(processes)))
+      client = stack.enter_context(distributed.Client(cluster))
     logging.info("Dask cluster of %d worker processes; dashboard %s", processes,
                  client.dashboard_link)
     yield client
