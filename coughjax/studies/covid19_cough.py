@@ -12,8 +12,8 @@ Every score behind the report goes to `--scores_dir` (`scores.csv.gz`, with
 the report from them alone (the release is read for the Data section only).
 
 The paper's Tables 1/3/4/5 (VGGish rows aside: no AudioSet weights here, and from
-scratch they cost ~15x a Transformer) on covid19_cough's induced coughs, through the
-evaluation protocol of `coughjax.protocol` (repeated stratified k-fold over
+scratch each costs many Transformer rows) on covid19_cough's induced coughs, through
+the evaluation protocol of `coughjax.protocol` (repeated stratified k-fold over
 participants, out-of-fold scores, DeLong intervals, Holm-corrected paired
 comparisons), with the confound controls beside every setting:
 
@@ -62,15 +62,9 @@ source, against Coswara + two thirds of both for a per-fold one). The whole
 default study (attempts included) is 653 units: 390 baseline fits, 219 deep
 trainings, 44 pre-trainings (677 units with every -CP row pre-trained per fold;
 574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
-pre-trainings, for the committed report's 1 repeat per fold).
-
-The committed report's Cost section sums the units' wall time: 13.1 h for it.
-6.7 h of it ran on 2026-12-04/05 with 2-3 study processes, tests and benchmarks
-sharing 2 cores (so those units ran slower than alone); the
-other 6.4 h (the GRU, frozen, Table 4, DS 25/75/100 % and Table 3 25/75/100 % rows,
-the attempts) took 2 h 1 min of wall time with 2 processes on an otherwise idle
-2-core machine. From scratch on such a machine the whole report should take about
-4 h (an estimate from those two runs, not measured).
+pre-trainings, for the committed report's 1 repeat per fold). The report's Cost
+section sums the units' wall time; benchmarks/README.md says what the committed
+report took.
 """
 
 from __future__ import annotations
