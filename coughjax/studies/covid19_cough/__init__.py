@@ -1,15 +1,9 @@
-r"""Does the paper's method detect COVID-19 in real coughs? The covid19_cough study.
+"""Does the paper's method detect COVID-19 in real coughs? The covid19_cough study.
 
-  python -m coughjax.studies.covid19_cough            # the committed report
-  python -m coughjax.studies.covid19_cough --rows=transformer,ens_transformer_cp_ds50 \
-      --noattempts                                    # fewer rows, same protocol
-  python -m coughjax.studies.covid19_cough --runlocal --folds=2 --workdir=/tmp/s
-  python -m coughjax.studies.covid19_cough \
-      --from_scores=docs/covid19_cough/scores.csv.gz   # the report again, no training
-
-The study's rooms: `design` (its rows, settings, pools and families of comparisons,
-declared before anything runs, and its plan), `report` (the report and the files
-behind it) and `__main__` (the command).
+`python -m coughjax.studies.covid19_cough` writes the committed report
+(`__main__` shows the command's other uses). The study's rooms: `design` (its rows,
+settings, pools and families of comparisons, declared before anything runs, and its
+plan), `report` (the report and the files behind it) and `__main__` (the command).
 
 Every score behind the report goes to `--scores_dir` (`scores.csv.gz`, with
 `units.json` and the reliability plot beside it), and `--from_scores` regenerates
