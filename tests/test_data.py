@@ -446,7 +446,6 @@ def test_load_splits_maps_a_pack_written_once(tmp_path, monkeypatch):
   and reopened after, and batch exactly as in-memory stores of the same features."""
   monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path))  # packs of earlier tests aside
   from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
-  from coughjax.data import mask_key  # pylint: disable=g-import-not-at-top
   from coughjax.data import packed  # pylint: disable=g-import-not-at-top
   config = pretrain_configs.get_config("transformer_m50,runlocal")
   stores = data.load_splits(config)

@@ -167,8 +167,8 @@ def judge(comparisons: Sequence[Comparison],
 def validation_predictions(scores: Scores, **criterion) -> Optional[np.ndarray]:
   """[repeats, n] bool: each recording predicted positive where its out-of-fold score
   reaches the threshold chosen on its fold model's validation part
-  (`thresholds.threshold_for(**criterion)`); None where a unit wrote no validation scores
-  (or the folds are unknown)."""
+  (`thresholds.threshold_for(**criterion)`); None where a unit wrote no validation
+  scores (or the folds are unknown)."""
   if scores.folds is None or scores.validation is None:
     return None
   pred = np.zeros(scores.scores.shape, bool)
@@ -212,7 +212,7 @@ def operating_cells(scores: Scores, n_boot: int = 1000) -> list[str]:
   test sensitivity (and specificity) at each fold's threshold where its validation
   part reaches 95 % specificity; Brier score and ECE (mean over repeats)."""
   ops = thresholds.operating_intervals(scores.labels, scores.scores, n_boot=n_boot,
-                                  specificity=SPECIFICITY, sensitivity=SENSITIVITY)
+                                       specificity=SPECIFICITY, sensitivity=SENSITIVITY)
   cells = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
            for v, lo, hi in (ops["sensitivity"], ops["specificity"])]
   pred = validation_predictions(scores, specificity=SPECIFICITY)
@@ -258,8 +258,8 @@ def reliability_plot(panels: dict[str, dict[str, Scores]], titles: dict[str, str
   for ax, (panel, rows) in zip(axes[0], panels.items()):
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     for name, scores in rows.items():
-      mean, rate, _ = thresholds.calibration_bins(np.tile(scores.labels, scores.repeats),
-                                             scores.scores.ravel(), bins)
+      mean, rate, _ = thresholds.calibration_bins(
+          np.tile(scores.labels, scores.repeats), scores.scores.ravel(), bins)
       full = ~np.isnan(mean)
       ax.plot(mean[full], rate[full], marker="o", ms=3,
               label=titles.get(name, name).strip("*"))
