@@ -2,13 +2,14 @@
 
 The feature recipe is python_speech_features' `logfbank` (pre-emphasis, rectangular
 25 ms frames every 10 ms, power spectrum, triangular mel filterbank, natural log),
-re-implemented vectorised so that it matches psf to float64 round-off at about 4x
-psf's speed (benchmarks/features.py; the float64 FFT alone, which no exact version
-can skip, runs at 10-13x psf on the same machine):
+re-implemented vectorised so that it matches psf to float64 round-off, several times
+faster than psf (`benchmarks/features.py` measures both; benchmarks/README.md has the
+figures, and why the float64 FFT, which no exact version can skip, bounds the rest):
 
 * the mel filterbank is built without Python loops and cached per parameter set;
 * frames are cut with a strided view straight into the zero-padded FFT buffer;
-* the real FFT is ducc0's (the vectorised FFT XLA itself uses on CPU), ~2x numpy's;
+* the real FFT is ducc0's (the vectorised FFT XLA itself uses on CPU), faster than
+  numpy's;
 * power and mel projection are fused into one GEMM on the interleaved
   (re, im) view of the spectrum, over the FFT bins the filters actually touch.
 

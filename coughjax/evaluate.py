@@ -1,10 +1,14 @@
-"""Downstream evaluation: metrics, mean (std) over runs, report, ROC and curve plots.
+"""One `launch.py` downstream run's report: metrics over its seeds, results.md, plots.
 
-Metrics (scikit-learn) are computed per recording — a recording's score is the mean
-of its clips' probabilities — and per clip: ROC-AUC, and precision, recall and
-accuracy at a 0.5 threshold. Over runs, every metric is reported as mean (std), plus
-the paper's "Average F1": the harmonic mean of the *average* precision and the
-*average* recall.
+A downstream config trains `num_runs` seeds on one split (`train/downstream.py`);
+this module reports them the way the paper reports a row: metrics per recording — a
+recording's score is the mean of its clips' probabilities — and per clip: ROC-AUC,
+and precision, recall and accuracy at a fixed threshold (the protocol's own
+definitions: `coughjax.protocol.stats.auc`, `thresholds.threshold_metrics`), each as
+mean (std) over the seeds, plus the paper's "Average F1": the harmonic mean of the
+*average* precision and the *average* recall. Intervals, folds and comparisons
+between rows are the evaluation protocol's (`coughjax.protocol`, and
+`coughjax.reproduce` for the paper's tables).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 from coughjax import files
+from coughjax.protocol import stats
+from coughjax.protocol import thresholds
 
 METRICS = ("auc", "precision", "recall", "accuracy")
 
@@ -34,15 +40,16 @@ def recording_scores(clip_probs: np.ndarray, clip_rec: np.ndarray,
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray,
                    threshold: float = 0.5) -> dict[str, float]:
-  """ROC-AUC, precision, recall and accuracy (at `threshold`) in %, and counts."""
+  """ROC-AUC (NaN where the labels hold one class), precision, recall and accuracy
+  (at `threshold`; precision 0 where nothing is predicted positive) in %, and counts."""
   labels = np.asarray(labels).astype(int)
-  pred = (np.asarray(scores) >= threshold).astype(int)
+  at = thresholds.threshold_metrics(labels, scores, threshold)
   both = len(np.unique(labels)) == 2
   return {
-      "auc": 100 * skm.roc_auc_score(labels, scores) if both else float("nan"),
-      "precision": 100 * skm.precision_score(labels, pred, zero_division=0),
-      "recall": 100 * skm.recall_score(labels, pred, zero_division=0),
-      "accuracy": 100 * skm.accuracy_score(labels, pred),
+      "auc": 100 * stats.auc(labels, scores) if both else float("nan"),
+      "precision": 100 * at.precision,
+      "recall": 100 * at.recall,
+      "accuracy": 100 * at.accuracy,
       "positives": int(labels.sum()),
       "negatives": int((1 - labels).sum()),
   }
@@ -94,7 +101,7 @@ def write_report(workdir: str | os.PathLike, variant: str, runs: list[dict],
     lines += [f"Paper (COVID-19 Sounds, Xue & Salim 2021{source}): "
               + ", ".join(f"{k} {v:.2f}" for k, v in paper.items()), ""]
   files.atomic_write(workdir / "results.md", lambda f: f.write("\n".join(lines).encode()))
-  # results.json last: its presence marks a finished run (coughjax.reproduce).
+  # results.json last: its presence marks a finished report.
   text = json.dumps(results, indent=2) + "\n"
   files.atomic_write(workdir / "results.json", lambda f: f.write(text.encode()))
   return results

@@ -37,7 +37,7 @@ Inputs: x [b, clip_frames, nfilt] float32 log-mel clips; the batch b is symbolic
 size) unless `batch` fixes it.
 
 DS masks: a classifier is exported on its keyed path, `coughjax.infer.probabilities`,
-with two more inputs per row: rec_keys [b, 2] uint32, the `infer.recording_key`
+with two more inputs per row: rec_keys [b, 2] uint32, the `mask_key.recording_key`
 of the clip's recording (64 bits of BLAKE2b over its features' shape and
 little-endian float32 bytes; its entry in "inputs" says how), and clip_index [b]
 int32, the clip's index in its recording. The program derives each clip's masks
@@ -94,7 +94,7 @@ PROGRAM, SIDECAR, ONNX_FILE = "model.jax", "model.json", "model.onnx"
 MASK_KEY_DOC = ("rec_keys[i] = numpy.frombuffer(blake2b(int64 little-endian shape [T, nfilt] "
                 "+ float32 little-endian bytes of the recording's [T, nfilt] log-mel "
                 "features, repeated (tiled) to clip_frames rows if shorter; digest_size=8)"
-                ".digest(), '<u4') (coughjax.infer.recording_key)")
+                ".digest(), '<u4') (coughjax.data.mask_key.recording_key)")
 # "auto" settings of an ONNX file are those of this platform.
 ONNX_PLATFORM = "cpu"
 # The exported ONNX file must give the JAX function's outputs on sample inputs to

@@ -13,25 +13,16 @@ uint32 arithmetic, no `jax.random`):
   noise[t] = fmix32(fmix32(t + MASK_SEED) ^ seed),  t = 0 .. T-1
 
 The mask is the round(rate * T) smallest entries of the noise (`masking.lowest`), and
-(r0, r1) = `recording_key(features)`: 64 bits of a BLAKE2b digest of the recording's
-log-mel features. Masks are handed to the encoders through their `mask=` argument,
-so nothing depends on the batch.
-
-Why the features: they are the recording as the model sees it, computed by the same
-deterministic numpy code (`coughjax.audio.logfbank`, float32) from the decoded audio
-in training, evaluation and `predict`, so they are bit-identical however the file is
-named, where it lies or in which order it is scored, while a file's path is not
-(and Python's `hash` is salted per process). Their bytes are hashed with an explicit
-little-endian float32 layout and the shape, so the seed does not depend on the
-platform's byte order either. A recording whose features change (other feature
-parameters, a re-encoded file) gets other masks — as it gets another score anyway.
+(r0, r1) = `mask_key.recording_key(features)`: 64 bits of a BLAKE2b digest of the
+recording's log-mel features (`coughjax.data.mask_key` says why the features).
+Masks are handed to the encoders through their `mask=` argument, so nothing
+depends on the batch.
 
 Training draws its masks from the step's 'mask' stream instead (fresh every step).
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -39,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coughjax import audio
+from coughjax.data import mask_key
 from coughjax.models import chunking
 from coughjax.models import masking
 from coughjax.models import randomness
@@ -49,38 +40,19 @@ from coughjax.models import randomness
 MASK_SEED = 0
 
 
-def recording_key(features: np.ndarray, clip_frames: int) -> np.ndarray:
-  """The mask key of one recording: [2] uint32 from a digest of its features.
-
-  Args:
-    features: [T, mel] log-mel features of the whole recording (as computed by
-      `audio.logfbank`; padded or not to one clip: the same key either way).
-    clip_frames: frames per clip.
-
-  Returns:
-    [2] uint32, 64 bits of BLAKE2b over the shape and the little-endian float32
-    bytes of `audio.pad_to_clip(features)` (repeat-padded to one clip).
-  """
-  feats = np.ascontiguousarray(audio.pad_to_clip(np.asarray(features), clip_frames),
-                               dtype="<f4")
-  digest = hashlib.blake2b(digest_size=8)
-  digest.update(np.asarray(feats.shape, "<i8").tobytes())
-  digest.update(feats.tobytes())
-  return np.frombuffer(digest.digest(), "<u4").astype(np.uint32)
-
-
 def store_recording_keys(store) -> np.ndarray:
-  """`recording_key` of every recording of a `pipeline.ClipStore`: [n, 2] uint32.
+  """`mask_key.recording_key` of every recording of a `pipeline.ClipStore`:
+  [n, 2] uint32.
 
   A store from a pack has them already (computed as the pack was written): they are
   read, not recomputed through the memory map, after the first recording's is
-  checked against `recording_key` (a pack written under another definition fails
-  here instead of keying masks differently). Others are computed once and kept on
-  the store.
+  checked against `mask_key.recording_key` (a pack written under another definition
+  fails here instead of keying masks differently). Others are computed once and kept
+  on the store.
   """
   def key(i):
     o, n = store.offsets[i], store.lengths[i]
-    return recording_key(store.frames[o:o + n], store.clip_frames)
+    return mask_key.recording_key(store.frames[o:o + n], store.clip_frames)
 
   keys = store.recording_keys
   if keys is None:
@@ -182,7 +154,7 @@ def probabilities(model: nn.Module, params: Any, x: jax.Array, rec_keys: jax.Arr
     model: a `coughjax.models.classifier.Classifier`.
     params: its parameters.
     x: [n, T, mel] clips.
-    rec_keys: [n, 2] uint32, each row's `recording_key` (padding rows: anything).
+    rec_keys: [n, 2] uint32, each row's `mask_key.recording_key` (padding rows: anything).
     clip_index: [n] int, each row's clip index within its recording.
     chunk_size: run the model over chunks of this many rows (`chunking.chunk_size_for`;
       0 = all at once; "auto": `chunking.inference_chunk_size`, e.g. a config's
@@ -220,7 +192,7 @@ def embeddings(encoder: nn.Module, params: Any, x: jax.Array,
     encoder: a registered encoder (`coughjax.models.build_encoder`).
     params: its parameters.
     x: [n, T, mel] clips.
-    rec_keys: [n, 2] uint32 `recording_key` of each row's recording, or None.
+    rec_keys: [n, 2] uint32 `mask_key.recording_key` of each row's recording, or None.
     clip_index: [n] int clip index within its recording, or None.
     branch: the branch index hashed into the mask seeds.
     chunk_size: as in `probabilities`.

@@ -22,8 +22,8 @@ import numpy as np
 import tqdm
 
 from coughjax import audio
-from coughjax import infer
 from coughjax.data import features as features_lib
+from coughjax.data import mask_key
 
 # Rows per compiled call: the smallest padded batch, and the largest (powers of two).
 MIN_BATCH = 8
@@ -83,7 +83,7 @@ class Clips:
     x: [n, clip_frames, nfilt] float32.
     recording: [n] index of each row's recording (0 .. recordings - 1).
     clip: [n] index of each row within its recording.
-    rec_keys: [n, 2] uint32 mask key of each row's recording (`infer.recording_key`).
+    rec_keys: [n, 2] uint32 mask key of each row's recording (`mask_key.recording_key`).
   """
   x: np.ndarray
   recording: np.ndarray
@@ -112,7 +112,7 @@ def _cut_one(feats: np.ndarray, spec: ClipSpec, name: str) -> Clips:
   c = np.asarray(audio.clips(feats, spec.clip_frames, spec.hop,
                              min_frames=spec.features.min_frames, name=name), np.float32)
   return Clips(c, np.zeros(len(c), int), np.arange(len(c)),
-               np.broadcast_to(infer.recording_key(feats, spec.clip_frames), (len(c), 2)))
+               np.broadcast_to(mask_key.recording_key(feats, spec.clip_frames), (len(c), 2)))
 
 
 def _concat(parts: Sequence[Clips], spec: ClipSpec) -> Clips:

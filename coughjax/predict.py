@@ -44,6 +44,7 @@ from coughjax import files
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
+from coughjax.data import mask_key
 from coughjax.models import classifier as classifier_lib
 from coughjax.train import trainer
 
@@ -125,7 +126,7 @@ class Classifier:
     its [T, nfilt] features (as `audio.logfbank` with `spec.features` makes them).
 
     `mask_features` (one per recording): the features whose digest keys each
-    recording's DS masks (`infer.recording_key`) instead of `features`' own, so a
+    recording's DS masks (`mask_key.recording_key`) instead of `features`' own, so a
     perturbed copy of a recording (e.g. another gain) is scored under the masks of
     the original, and its score moves by what the perturbation does alone.
 
@@ -138,7 +139,7 @@ class Classifier:
       if len(mask_features) != len(features):
         raise ValueError(f"mask_features has {len(mask_features)} recordings, features "
                          f"{len(features)}")
-      keys = np.stack([infer.recording_key(f, self.spec.clip_frames)
+      keys = np.stack([mask_key.recording_key(f, self.spec.clip_frames)
                        for f in mask_features])
       clips.rec_keys = keys[clips.recording]
     out = inputs.run_named(self._fn, clips, names)

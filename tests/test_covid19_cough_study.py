@@ -16,7 +16,8 @@ import pytest
 import conftest
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
-from coughjax.studies import covid19_cough as study
+from coughjax.studies.covid19_cough import design as study
+from coughjax.studies.covid19_cough import report as study_report
 
 REPO = conftest.REPO
 
@@ -45,7 +46,7 @@ def done(release_slice, tmp_path_factory):
                          secondary_repeats=1, deep_rows=("transformer", study.BEST),
                          setting_names=(study.CC, study.POOLED), runlocal=True)
   results = runs.run_plan(plan)
-  text = study.format_report(plan, results, release_slice, "python -m ... (test)")
+  text = study_report.format_report(plan, results, release_slice, "python -m ... (test)")
   return plan, results, text
 
 
@@ -110,8 +111,8 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   report from the units."""
   plan, results, _ = done
   root = pathlib.Path(plan.data[1].split("=", 1)[1])
-  text = study.publish(plan, results, root, "cmd", tmp_path)
-  assert (tmp_path / study.RELIABILITY_FILE).stat().st_size > 0
+  text = study_report.publish(plan, results, root, "cmd", tmp_path)
+  assert (tmp_path / study_report.RELIABILITY_FILE).stat().st_size > 0
   with gzip.open(tmp_path / "scores.csv.gz", "rt") as f:
     lines = list(csv.DictReader(f))
   assert list(lines[0])[:7] == ["setting", "row", "repeat", "fold", "recording", "label",
@@ -121,7 +122,7 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   n = sum(s.repeats * len(s.keys) for res in results.values() for s in res.values())
   assert len(test) == n
   assert any(l["part"] == "val" and l["row"] == "logmel_logreg" for l in lines)
-  _, again, regenerated = study.from_scores(tmp_path / "scores.csv.gz", root, "cmd")
+  _, again, regenerated = study_report.from_scores(tmp_path / "scores.csv.gz", root, "cmd")
   drop = lambda t: [l for l in t.splitlines() if not l.startswith("Generated ")]
   assert drop(regenerated) == drop(text)
   # The baselines' validation scores choose thresholds: numbers, not "no val scores".

@@ -1,7 +1,10 @@
 """Data sources, feature cache, splits and batches."""
 
+import ast
 import json
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -20,6 +23,40 @@ from coughjax.data import manifest
 from coughjax.data import pipeline
 from coughjax.data import splits
 from coughjax.data import synthetic
+
+
+# What the input pipeline must not import: inference, training, serving, the models.
+_ABOVE_DATA = ("coughjax.infer", "coughjax.train", "coughjax.models", "coughjax.predict",
+               "coughjax.embed", "coughjax.export", "coughjax.probe", "flax")
+
+
+def _imported(tree: ast.AST) -> set[str]:
+  """Every module an `import` anywhere in `tree` names (function-level ones too),
+  `from coughjax import infer` as coughjax.infer."""
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      out.update([node.module] + [f"{node.module}.{a.name}" for a in node.names])
+  return out
+
+
+def test_the_input_pipeline_imports_nothing_above_it():
+  below = lambda m: not any(m == a or m.startswith(a + ".") for a in _ABOVE_DATA)
+  for path in sorted((conftest.REPO / "coughjax" / "data").glob("*.py")):
+    bad = sorted(m for m in _imported(ast.parse(path.read_text())) if not below(m))
+    assert not bad, f"{path.name} imports {bad}"
+  # And at run time, through everything coughjax.data imports in turn.
+  code = ("import importlib, pkgutil, sys, coughjax.data as d\n"
+          "for m in pkgutil.iter_modules(d.__path__):\n"
+          "  importlib.import_module('coughjax.data.' + m.name)\n"
+          "print(' '.join(sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=conftest.REPO, check=True,
+                        capture_output=True, text=True)
+  loaded = proc.stdout.split()
+  assert "coughjax.data.packed" in loaded and "coughjax.data.mask_key" in loaded
+  assert not [m for m in loaded if not below(m)]
 
 
 def _data_cfg(**kw):
@@ -432,10 +469,11 @@ def test_load_splits_maps_a_pack_written_once(tmp_path, monkeypatch):
 def test_split_seeds_share_one_pack_with_its_digests(tmp_path, monkeypatch):
   """Five downstream seeds (split seeds 0..4) write one pack; every split's store is
   a view of it holding what a store of that split's own features holds, and its
-  recording keys are `infer.recording_key` of those features, read, not rehashed."""
+  recording keys are `mask_key.recording_key` of those features, read, not rehashed."""
   monkeypatch.setenv("COUGHJAX_CACHE", str(tmp_path))
   from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top
   from coughjax import infer  # pylint: disable=g-import-not-at-top
+  from coughjax.data import mask_key  # pylint: disable=g-import-not-at-top
   from coughjax.data import packed  # pylint: disable=g-import-not-at-top
   config = downstream_configs.get_config("transformer,runlocal")
   cache = features.FeatureCache()
@@ -458,7 +496,7 @@ def test_split_seeds_share_one_pack_with_its_digests(tmp_path, monkeypatch):
             store.frames[store.offsets[i]:store.offsets[i] + store.lengths[i]],
             own.frames[own.offsets[i]:own.offsets[i] + own.lengths[i]])
       np.testing.assert_array_equal(store.recording_keys, np.stack(
-          [infer.recording_key(f, store.clip_frames) for f in feats]))
+          [mask_key.recording_key(f, store.clip_frames) for f in feats]))
       if name == "train":
         for a, b in zip(pipeline.SupervisedBatches(store, 8, hop=48).epoch(1),
                         pipeline.SupervisedBatches(own, 8, hop=48).epoch(1)):
@@ -467,8 +505,8 @@ def test_split_seeds_share_one_pack_with_its_digests(tmp_path, monkeypatch):
   # Validation reads the stored keys: one recording hashed (the check), not all.
   val = stores[2]["val"]
   calls = []
-  real = infer.recording_key
-  monkeypatch.setattr(infer, "recording_key", lambda *a: calls.append(1) or real(*a))
+  real = mask_key.recording_key
+  monkeypatch.setattr(mask_key, "recording_key", lambda *a: calls.append(1) or real(*a))
   np.testing.assert_array_equal(infer.store_recording_keys(val), val.recording_keys)
   assert len(calls) == 1
   val.recording_keys = val.recording_keys.copy()

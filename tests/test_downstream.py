@@ -29,9 +29,7 @@ from coughjax import evaluate
 from coughjax import infer
 from coughjax import inputs
 from coughjax import models
-from coughjax import paper
 from coughjax import predict
-from coughjax import reproduce
 from coughjax.data import synthetic
 from coughjax.models import classifier as classifier_lib
 from coughjax.models import randomness
@@ -442,53 +440,6 @@ def test_predict_cli_scores_files_and_names_bad_ones(trained, tmp_path):
   assert path == good and float(prob) == pytest.approx(expected, abs=1e-6)
   assert str(short) in proc.stderr and "1 of 2 files could not be scored" in proc.stderr
   assert not re.search(r"^I\d{4} ", proc.stderr, re.M)  # no INFO logs unless --verbosity
-
-
-def test_reproduce_writes_ours_beside_the_paper(workspace):
-  # Table 3's rows fine-tune Transformer-CP encoders pre-trained at 0-100 % masking;
-  # their runlocal pre-training runs are in the workspace already (finished, reused).
-  report = reproduce.run_table(3, workspace / "runs", runlocal=True)
-  rows = [line for line in report.splitlines() if line.startswith("| ")][1:]
-  assert [r.split("|")[1].strip() for r in rows] == list(paper.TABLES[3])
-  for variant, r in zip(paper.TABLES[3], rows):
-    # Ours, the mean (std) of that row's results.json, beside the paper's numbers.
-    s = json.loads((workspace / "runs" / f"{variant}_runlocal" / "results.json")
-                   .read_text())["summary"]["recording"]
-    cells = [c.strip() for c in r.split("|")[2:-1]]
-    ref = paper.TABLES[3][variant]
-    assert cells[0] == f"{s['auc_mean']:.2f} ({s['auc_std']:.2f})", r
-    assert cells[1] == f"{ref['auc']:.2f}" and cells[7] == f"{ref['accuracy']:.2f}", r
-    assert cells[6] == f"{s['accuracy_mean']:.2f} ({s['accuracy_std']:.2f})", r
-  assert "synthetic" in report and "†" not in report
-
-
-def test_gru_cp_is_compared_with_the_bilinear_row(tmp_path):
-  # Table 1's GRU-CP fine-tuned row repeats Table 2's cosine row; ours is bilinear.
-  assert paper.TABLE1["gru_cp_ft"]["auc"] == paper.TABLE2["gru_cp_cosine_ft"]["auc"]
-  row = paper.row_for_variant("gru_cp_ft")
-  assert (row["auc"], row["accuracy"]) == (87.25, 83.65)
-  ref, source = paper.reference("gru_cp_ft")
-  assert ref == row and source.startswith("Table 2") and "bilinear" in source
-  assert paper.reference("gru_cp_cosine_ft") == (paper.TABLE2["gru_cp_cosine_ft"],
-                                                 "Table 2")
-  assert paper.reference("transformer_cp_ft") == (paper.TABLE1["transformer_cp_ft"],
-                                                  "Table 1")
-  assert paper.row_for_variant("ensemble") == paper.TABLE5["ens_transformer_cp_ds50"]
-  assert paper.reference("no_such_variant") is None
-  # The per-variant report says where its paper numbers come from ...
-  run_result = {k: dict(auc=80.0, precision=70.0, recall=60.0, accuracy=75.0)
-                for k in ("recording", "clip")}
-  evaluate.write_report(tmp_path, "gru_cp_ft", [run_result], "synthetic", ref, source)
-  md = (tmp_path / "results.md").read_text()
-  assert "Table 2" in md and "bilinear" in md and "auc 87.25" in md and "87.08" in md
-  # ... and so does Table 1's reproduction: 87.25 beside ours, marked and explained.
-  summary = {"recording": evaluate.summarize([run_result["recording"]])}
-  table = reproduce.format_table(1, {"gru_cp_ft": {"summary": summary, "dataset": "x"},
-                                     "gru_cp_frozen": {"summary": summary, "dataset": "x"}})
-  (gru_row,) = [l for l in table.splitlines() if l.startswith("| gru_cp_ft")]
-  assert "†" in gru_row and "| 87.25 |" in gru_row and "87.08" not in gru_row
-  assert "| 83.20 |" in [l for l in table.splitlines() if l.startswith("| gru_cp_frozen")][0]
-  assert "gru_cp_ft: paper numbers from Table 2" in table
 
 
 def test_a_one_class_validation_split_stops_before_any_training(tmp_path, monkeypatch):

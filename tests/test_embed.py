@@ -26,6 +26,7 @@ from coughjax import inputs
 from coughjax import models
 from coughjax import predict
 from coughjax import probe
+from coughjax.data import mask_key
 from coughjax.data import synthetic
 from coughjax.models import transformer
 from coughjax.train import run
@@ -608,7 +609,7 @@ def test_documented_onnx_front_end_makes_the_model_input(onnx_encoders, real_fil
     powered = x > -20
     np.testing.assert_allclose(out["x"][powered], x[powered], atol=1e-3, rtol=0)
     np.testing.assert_array_equal(out["rec_keys"],
-                                  np.tile(infer.recording_key(out["feats"], 96), (len(x), 1)))
+                                  np.tile(mask_key.recording_key(out["feats"], 96), (len(x), 1)))
     np.testing.assert_array_equal(out["clip_index"], np.arange(len(x)))
     live = np.asarray(infer.embeddings(encoder.module, encoder.params, out["x"]))
     np.testing.assert_allclose(out["h"], live, atol=1e-5, rtol=0)

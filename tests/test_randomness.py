@@ -13,6 +13,7 @@ import conftest
 from configs import pretrain as pretrain_configs
 from coughjax import infer
 from coughjax import models
+from coughjax.data import mask_key
 from coughjax.models import chunking
 from coughjax.models import masking
 from coughjax.models import randomness
@@ -175,7 +176,7 @@ def test_ds_masks_do_not_depend_on_jax_prng_settings():
   encoder = models.build_encoder({"name": "transformer", "mask_rate": 0.5,
                                   "mask_at_eval": True})
   feats = np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32)
-  rec = infer.recording_key(feats, 96)
+  rec = mask_key.recording_key(feats, 96)
   # The digest itself is plain BLAKE2b of the documented bytes.
   digest = hashlib.blake2b(np.asarray([300, 64], "<i8").tobytes() + feats.astype("<f4")
                            .tobytes(), digest_size=8).digest()

@@ -18,11 +18,7 @@ on every real recording beside the repository at once, `data.name =
 covid19_cough=B`. Its workdir is runs/<variant>_real (a downstream -CP variant reads
 it with `--config.encoder_a.checkpoint=runs/transformer_m50_real`). On the shared
 copies: 814 training participants (38 Coswara, 776 covid19_cough), 203 validation;
-B = 256, 40 epochs of 15 steps. Measured on a 2-core CPU shared with other jobs
-(load average 4-6): features 4 s once (then cached); the first 8 epochs (120 steps,
-8 validations, start-up and compilation) in 1 min 53 s, 0.8-1.1 s per step, so
-the whole run (600 steps) takes about 10 minutes. Validation pair accuracy was
-0.47 after those 120 steps (chance: 1/405).
+B = 256, 40 epochs of 15 steps (what a run of it costs: benchmarks/README.md).
 """
 
 import os

@@ -24,7 +24,7 @@ packs anew (`python -m coughjax.cache prune` removes what is no longer used); an
 unchanged corpus is packed once. A TFDS build is packed once too, keyed by its
 folder and files (`tfds_source`).
 
-Each row's `infer.recording_key` (the digest that keys its DS masks) is computed as
+Each row's `mask_key.recording_key` (the digest that keys its DS masks) is computed as
 the row is written and stored in the index, so evaluation and embedding read it
 instead of hashing every recording's features again (through the memory map).
 
@@ -64,6 +64,7 @@ import numpy as np
 
 from coughjax import audio
 from coughjax.data import features as features_lib
+from coughjax.data import mask_key
 from coughjax.data import pipeline
 from coughjax.data.manifest import Recording
 
@@ -101,7 +102,7 @@ class Packed:
     frames: [total frames, mel] read-only memory map.
     offsets: [n] first frame of each row (recording).
     lengths: [n] its frames (>= clip_frames).
-    digests: [n, 2] uint32, each row's `infer.recording_key`.
+    digests: [n, 2] uint32, each row's `mask_key.recording_key`.
     clip_frames: the clip length it was padded for.
     names: each row's content key (packs of the feature cache), else None.
     records: each row's recording (TFDS builds), else None.
@@ -268,8 +269,6 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
     records: each row's recording, read once `arrays` is drained.
     meta: what the pack is for (JSON), shown by `coughjax.cache list`.
   """
-  # The DS mask key's one definition; imported here, since it pulls in JAX.
-  from coughjax import infer  # pylint: disable=g-import-not-at-top
   data, index = paths(key)
   with features_lib.writing(data.parents[1]):
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +287,7 @@ def write_pack(key: str, arrays: Iterable[np.ndarray], clip_frames: int, *,
       a = audio.pad_to_clip(a, clip_frames)
       f.write(np.ascontiguousarray(a).data)
       lengths.append(a.shape[0])
-      digests.append(infer.recording_key(a, clip_frames))
+      digests.append(mask_key.recording_key(a, clip_frames))
     if not lengths:
       raise ValueError(f"pack {key}: no arrays to pack")
     for what, given in (("names", names), ("records", records)):

@@ -16,7 +16,7 @@ grow with the corpus; in-memory arrays work the same (tests, benchmarks).
 
 Batches are numpy arrays whose first axis is the batch. In multi-process runs each
 process builds, and reads from disk, only its own `rows` of every global batch (the
-rows its devices hold, `coughjax.train.mesh.process_rows`); the random draws cover
+rows its devices hold: the trainer's `mesh.process_rows`); the random draws cover
 the global batch, so that they do not depend on the devices or processes: only the
 gather is restricted to the process's rows.
 """
@@ -50,7 +50,7 @@ class ClipStore:
       need not be adjacent or in order: split stores can share one pack).
     labels: [n] int, -1 where unlabelled.
     clip_frames: frames per clip.
-    recording_keys: [n, 2] uint32, each recording's `infer.recording_key` when
+    recording_keys: [n, 2] uint32, each recording's `mask_key.recording_key` when
       known (a pack stores them), else None (`infer.store_recording_keys` computes
       and keeps them).
   """
@@ -73,7 +73,7 @@ class ClipStore:
                   recording_keys: Optional[np.ndarray] = None) -> "ClipStore":
     """A store over frames already packed (e.g. `packed.Packed.frames`, a memory
     map): recording i is frames[offsets[i]:offsets[i] + lengths[i]], lengths >=
-    clip_frames, its `infer.recording_key` recording_keys[i] where given. Nothing
+    clip_frames, its `mask_key.recording_key` recording_keys[i] where given. Nothing
     is copied."""
     if not records:
       raise ValueError("no recordings with usable features")

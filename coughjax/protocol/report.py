@@ -39,6 +39,7 @@ import numpy as np
 
 from coughjax import files
 from coughjax.protocol import stats
+from coughjax.protocol import thresholds
 from coughjax.protocol.scores import Scores
 
 ALPHA = 0.05
@@ -166,8 +167,8 @@ def judge(comparisons: Sequence[Comparison],
 def validation_predictions(scores: Scores, **criterion) -> Optional[np.ndarray]:
   """[repeats, n] bool: each recording predicted positive where its out-of-fold score
   reaches the threshold chosen on its fold model's validation part
-  (`stats.threshold_for(**criterion)`); None where a unit wrote no validation scores
-  (or the folds are unknown)."""
+  (`thresholds.threshold_for(**criterion)`); None where a unit wrote no validation
+  scores (or the folds are unknown)."""
   if scores.folds is None or scores.validation is None:
     return None
   pred = np.zeros(scores.scores.shape, bool)
@@ -176,7 +177,7 @@ def validation_predictions(scores: Scores, **criterion) -> Optional[np.ndarray]:
       if val is None or len(np.unique(val[0])) < 2:
         return None
       test = scores.folds[r] == f
-      pred[r, test] = scores.scores[r, test] >= stats.threshold_for(*val, **criterion)
+      pred[r, test] = scores.scores[r, test] >= thresholds.threshold_for(*val, **criterion)
   return pred
 
 
@@ -188,7 +189,7 @@ def threshold_cells(scores: Scores) -> dict[str, str]:
   pred = validation_predictions(scores)
   if pred is None:
     return {k: "no val scores" for k in THRESHOLD_METRICS}
-  per = [stats.threshold_metrics(scores.labels, p.astype(float)) for p in pred]
+  per = [thresholds.threshold_metrics(scores.labels, p.astype(float)) for p in pred]
   if any(m.degenerate for m in per):
     return {k: "one class" for k in THRESHOLD_METRICS}
   return {k: f"{100 * np.mean([getattr(m, k) for m in per]):.1f}"
@@ -198,7 +199,7 @@ def threshold_cells(scores: Scores) -> dict[str, str]:
 def all_positive_cells(labels: np.ndarray) -> dict[str, str]:
   """The threshold metrics (%) of calling every recording positive: the reference a
   threshold metric must beat (its F1 is 2p / (1 + p) at prevalence p)."""
-  m = stats.threshold_metrics(labels, np.ones(len(labels)))
+  m = thresholds.threshold_metrics(labels, np.ones(len(labels)))
   return {k: f"{100 * getattr(m, k):.1f}" for k in THRESHOLD_METRICS}
 
 
@@ -210,8 +211,8 @@ def operating_cells(scores: Scores, n_boot: int = 1000) -> list[str]:
   ROC curve (mean over repeats, [95 % percentile bootstrap over recordings]); the
   test sensitivity (and specificity) at each fold's threshold where its validation
   part reaches 95 % specificity; Brier score and ECE (mean over repeats)."""
-  ops = stats.operating_intervals(scores.labels, scores.scores, n_boot=n_boot,
-                                  specificity=SPECIFICITY, sensitivity=SENSITIVITY)
+  ops = thresholds.operating_intervals(scores.labels, scores.scores, n_boot=n_boot,
+                                       specificity=SPECIFICITY, sensitivity=SENSITIVITY)
   cells = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
            for v, lo, hi in (ops["sensitivity"], ops["specificity"])]
   pred = validation_predictions(scores, specificity=SPECIFICITY)
@@ -220,8 +221,8 @@ def operating_cells(scores: Scores, n_boot: int = 1000) -> list[str]:
   else:
     y = scores.labels.astype(bool)
     cells.append(f"{100 * np.mean(pred[:, y]):.1f} ({100 * np.mean(~pred[:, ~y]):.1f})")
-  cells += [f"{np.mean([stats.brier(scores.labels, s) for s in scores.scores]):.3f}",
-            f"{np.mean([stats.ece(scores.labels, s) for s in scores.scores]):.3f}"]
+  cells += [f"{np.mean([thresholds.brier(scores.labels, s) for s in scores.scores]):.3f}",
+            f"{np.mean([thresholds.ece(scores.labels, s) for s in scores.scores]):.3f}"]
   return cells
 
 
@@ -257,8 +258,8 @@ def reliability_plot(panels: dict[str, dict[str, Scores]], titles: dict[str, str
   for ax, (panel, rows) in zip(axes[0], panels.items()):
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     for name, scores in rows.items():
-      mean, rate, _ = stats.calibration_bins(np.tile(scores.labels, scores.repeats),
-                                             scores.scores.ravel(), bins)
+      mean, rate, _ = thresholds.calibration_bins(
+          np.tile(scores.labels, scores.repeats), scores.scores.ravel(), bins)
       full = ~np.isnan(mean)
       ax.plot(mean[full], rate[full], marker="o", ms=3,
               label=titles.get(name, name).strip("*"))

@@ -1,6 +1,7 @@
 """ROC-AUC statistics for the evaluation protocol: DeLong variances and intervals,
-paired comparisons, combination over repeats, a paired bootstrap, Holm correction,
-verdicts and threshold metrics.
+paired comparisons, combination over repeats, a paired bootstrap, the corrected
+resampled t-test, Holm correction and verdicts. Metrics at a threshold, operating
+points and calibration are `coughjax.protocol.thresholds`'.
 
 Labels are 0/1 (or bool), 1 = positive; a higher score means "more positive". AUC
 counts tied (positive, negative) pairs as 1/2 (the Mann-Whitney statistic).
@@ -47,7 +48,7 @@ class Estimate:
             f"{self.high * scale:.{digits}f}]")
 
 
-def _labels(y) -> np.ndarray:
+def check_labels(y) -> np.ndarray:
   """y as a bool array [n]; an error unless it is 1-D and holds only 0/1."""
   y = np.asarray(y)
   if y.ndim != 1:
@@ -61,7 +62,7 @@ def _labels(y) -> np.ndarray:
   return y
 
 
-def _scores(s, n: int, what: str = "scores", *, rows: bool = False) -> np.ndarray:
+def check_scores(s, n: int, what: str = "scores", *, rows: bool = False) -> np.ndarray:
   """s as float64 [n], or with rows [R, n] (from [n] or [R, n]); an error unless its
   shape fits and every value is finite."""
   s = np.asarray(s, dtype=np.float64)
@@ -73,7 +74,7 @@ def _scores(s, n: int, what: str = "scores", *, rows: bool = False) -> np.ndarra
   return np.atleast_2d(s) if rows else s
 
 
-def _check_classes(y: np.ndarray, at_least: int) -> None:
+def check_classes(y: np.ndarray, at_least: int) -> None:
   pos, neg = int(y.sum()), int((~y).sum())
   if pos < at_least or neg < at_least:
     raise ValueError(f"needs at least {at_least} positive and {at_least} negative "
@@ -102,7 +103,7 @@ def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _delong_cov(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """AUCs [k] and their DeLong covariance matrix [k, k] for scores s [k, n]."""
-  _check_classes(y, 2)
+  check_classes(y, 2)
   v10, v01 = _placements(y, s)
   cov = (np.atleast_2d(np.cov(v10)) / v10.shape[1]
          + np.atleast_2d(np.cov(v01)) / v01.shape[1])
@@ -111,25 +112,25 @@ def _delong_cov(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def auc(y, s) -> float:
   """ROC-AUC of scores s [n] for labels y [n] (ties count 1/2)."""
-  y = _labels(y)
-  s = _scores(s, len(y))
-  _check_classes(y, 1)
+  y = check_labels(y)
+  s = check_scores(s, len(y))
+  check_classes(y, 1)
   return float(_placements(y, s[None])[0].mean())
 
 
 def delong(y, s) -> tuple[float, float]:
   """(AUC, DeLong variance of the AUC) for scores s [n]; needs >= 2 of each class."""
-  y = _labels(y)
-  aucs, cov = _delong_cov(y, _scores(s, len(y))[None])
+  y = check_labels(y)
+  aucs, cov = _delong_cov(y, check_scores(s, len(y))[None])
   return float(aucs[0]), float(cov[0, 0])
 
 
 def delong_paired(y, s_a, s_b) -> tuple[float, float]:
   """(AUC_a - AUC_b, its DeLong variance) for two scorings of the same items:
   var_a + var_b - 2 cov_ab."""
-  y = _labels(y)
-  aucs, cov = _delong_cov(y, np.stack([_scores(s_a, len(y), "s_a"),
-                                       _scores(s_b, len(y), "s_b")]))
+  y = check_labels(y)
+  aucs, cov = _delong_cov(y, np.stack([check_scores(s_a, len(y), "s_a"),
+                                       check_scores(s_b, len(y), "s_b")]))
   return float(aucs[0] - aucs[1]), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
 
 
@@ -237,12 +238,12 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
     per-repeat estimates), se = the replicates' standard deviation, and the normal
     interval, z and p from them (as for DeLong, so the two are comparable).
   """
-  y = _labels(y)
+  y = check_labels(y)
   n = len(y)
-  a = _scores(scores_a, n, "scores_a", rows=True)
+  a = check_scores(scores_a, n, "scores_a", rows=True)
   signs, runs = [1.0], [a]
   if scores_b is not None:
-    b = _scores(scores_b, n, "scores_b", rows=True)
+    b = check_scores(scores_b, n, "scores_b", rows=True)
     if b.shape != a.shape:
       raise ValueError(f"scores_a and scores_b must have one shape, got {a.shape} and "
                        f"{b.shape}")
@@ -250,7 +251,7 @@ def paired_bootstrap(y, scores_a, scores_b=None, *, n_boot: int, seed: int,
     runs.append(b)
   if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
     raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
-  _check_classes(y, 1)
+  check_classes(y, 1)
   if strata is not None and len(strata) != n:
     raise ValueError(f"strata must have one entry per item ({n}), got {len(strata)}")
   by_cell = {}
@@ -306,10 +307,10 @@ def fold_differences(y, s_a, s_b, folds, *, min_class: int = 5
     n_test / (n - n_test), the recordings the fold's model was fitted and selected on
     being every recording outside its test part (training and validation parts).
   """
-  y = _labels(y)
+  y = check_labels(y)
   n = len(y)
-  a = _scores(s_a, n, "s_a", rows=True)
-  b = _scores(s_b, n, "s_b", rows=True)
+  a = check_scores(s_a, n, "s_a", rows=True)
+  b = check_scores(s_b, n, "s_b", rows=True)
   folds = np.atleast_2d(np.asarray(folds))
   if not (a.shape == b.shape == folds.shape):
     raise ValueError(f"s_a, s_b and folds must have one shape [R, n], got {a.shape}, "
@@ -432,135 +433,3 @@ def verdict(estimate: Estimate, p_adjusted: float, *, alpha: float = 0.05) -> st
   if p_adjusted < alpha and estimate.z < 0:
     return "does not hold"
   return "cannot tell"
-
-
-@dataclasses.dataclass(frozen=True)
-class ThresholdMetrics:
-  """Precision, recall, accuracy and F1 (fractions) at a threshold.
-
-  degenerate: the scorer predicts a single class on these items, so precision,
-  recall and F1 describe that constant answer rather than the scorer and are not
-  comparable with other rows' (precision of no positive predictions is 0).
-  """
-  precision: float
-  recall: float
-  accuracy: float
-  f1: float
-  degenerate: bool
-
-
-def threshold_metrics(y, s, threshold: float = 0.5) -> ThresholdMetrics:
-  """Metrics of predicting positive where s >= threshold."""
-  y = _labels(y)
-  s = _scores(s, len(y))
-  if not len(y):
-    raise ValueError("no items to score")
-  pred = s >= threshold
-  tp = int(np.sum(pred & y))
-  precision = tp / pred.sum() if pred.any() else 0.0
-  recall = tp / y.sum() if y.any() else 0.0
-  f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-  return ThresholdMetrics(precision=float(precision), recall=float(recall),
-                          accuracy=float(np.mean(pred == y)), f1=float(f1),
-                          degenerate=bool(pred.all() or not pred.any()))
-
-
-def _roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(tpr, fpr), each [thresholds + 1, B], of scores s [n] under item weights w [n, B]
-  (bootstrap counts; ones for the data as they are), at every distinct score taken as
-  the threshold ("positive where score >= threshold"), highest first, after (0, 0)."""
-  order = np.argsort(-s, kind="stable")
-  wo, yo = w[order], y[order]
-  cum_p = np.cumsum(wo * yo[:, None], axis=0)
-  cum_n = np.cumsum(wo * ~yo[:, None], axis=0)
-  last = np.r_[np.flatnonzero(np.diff(s[order]) != 0), len(s) - 1]   # end of each tie
-  zero = np.zeros((1, w.shape[1]))
-  return (np.concatenate([zero, cum_p[last] / cum_p[-1]]),
-          np.concatenate([zero, cum_n[last] / cum_n[-1]]))
-
-
-def operating_points(y, s, *, specificity: float = 0.95, sensitivity: float = 0.9,
-                     weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-  """(sensitivity at `specificity`, specificity at `sensitivity`), read off the ROC
-  curve of scores s [n]: the best sensitivity of any threshold whose specificity is
-  at least `specificity`, and the other way round. With weights [n, B] (bootstrap
-  counts) each is [B]; without, shape [1]."""
-  y = _labels(y)
-  s = _scores(s, len(y))
-  _check_classes(y, 1)
-  w = np.ones((len(y), 1)) if weights is None else np.asarray(weights, np.float64)
-  tpr, fpr = _roc(y, s, w)
-  sens = np.where(1 - fpr >= specificity - 1e-12, tpr, 0).max(axis=0)
-  spec = np.where(tpr >= sensitivity - 1e-12, 1 - fpr, 0).max(axis=0)
-  return sens, spec
-
-
-def operating_intervals(y, scores, *, n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95, specificity: float = 0.95,
-                        sensitivity: float = 0.9) -> dict[str, tuple[float, float, float]]:
-  """Sensitivity at `specificity` and specificity at `sensitivity` of scores
-  [R, n] (the mean over repeats), with percentile bootstrap intervals over
-  recordings (drawn within each label, the same draw for every repeat; the fitted
-  models are held fixed). Returns {"sensitivity": (value, low, high),
-  "specificity": (...)}."""
-  y = _labels(y)
-  runs = _scores(scores, len(y), rows=True)
-  _check_classes(y, 1)
-  rng = np.random.default_rng(seed)
-  w = np.zeros((len(y), n_boot))
-  for cell in (np.flatnonzero(y), np.flatnonzero(~y)):
-    drawn = rng.integers(0, len(cell), size=(n_boot, len(cell)))
-    np.add.at(w, (cell[drawn], np.arange(n_boot)[:, None]), 1)
-  kw = dict(specificity=specificity, sensitivity=sensitivity)
-  point = np.mean([operating_points(y, r, **kw) for r in runs], axis=0)[:, 0]
-  boot = np.mean([operating_points(y, r, weights=w, **kw) for r in runs], axis=0)
-  lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=1)
-  return {k: (float(point[i]), float(lo[i]), float(hi[i]))
-          for i, k in enumerate(("sensitivity", "specificity"))}
-
-
-def threshold_for(y, s, *, specificity: Optional[float] = None,
-                  sensitivity: Optional[float] = None) -> float:
-  """The threshold ("positive where score >= threshold") chosen on scores s [n] (a
-  validation part): the lowest whose specificity is at least `specificity`, or the
-  highest whose sensitivity is at least `sensitivity`, or, with neither, the one
-  maximising Youden's J = sensitivity + specificity - 1 (the highest among ties)."""
-  y = _labels(y)
-  s = _scores(s, len(y))
-  _check_classes(y, 1)
-  tpr, fpr = (a[1:, 0] for a in _roc(y, s, np.ones((len(y), 1))))
-  thresholds = np.unique(s)[::-1]          # highest first, as _roc's rows
-  if specificity is not None:
-    ok = np.flatnonzero(1 - fpr >= specificity - 1e-12)
-    return float(thresholds[ok[-1]]) if len(ok) else float(np.inf)
-  if sensitivity is not None:
-    return float(thresholds[np.flatnonzero(tpr >= sensitivity - 1e-12)[0]])
-  return float(thresholds[int(np.argmax(tpr - fpr))])
-
-
-def brier(y, s) -> float:
-  """The mean squared difference between score and label."""
-  y = _labels(y)
-  return float(np.mean((_scores(s, len(y)) - y) ** 2))
-
-
-def calibration_bins(y, s, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(mean score [bins], positive rate [bins], count [bins]) of scores in `bins`
-  equal-width bins of [0, 1] (the last one closed); NaN where a bin is empty."""
-  y = _labels(y)
-  s = _scores(s, len(y))
-  if ((s < 0) | (s > 1)).any():
-    raise ValueError("calibration needs probabilities in [0, 1]")
-  b = np.minimum((s * bins).astype(int), bins - 1)
-  count = np.bincount(b, minlength=bins).astype(float)
-  with np.errstate(invalid="ignore"):
-    return (np.bincount(b, s, bins) / count, np.bincount(b, y.astype(float), bins) / count,
-            count)
-
-
-def ece(y, s, bins: int = 10) -> float:
-  """Expected calibration error: sum over equal-width bins of
-  (bin count / n) * abs(positive rate - mean score)."""
-  mean, rate, count = calibration_bins(y, s, bins)
-  full = count > 0
-  return float(np.sum(count[full] * np.abs(rate[full] - mean[full])) / count.sum())
