@@ -32,6 +32,7 @@ import soundfile as sf
 import soxr
 
 from coughjax import audio
+from coughjax import audio_jax
 
 _DATA = flags.DEFINE_string("data", None, "coswara_ci folder (default: $COUGHJAX_COSWARA_CI "
                             "or ../shared/data/coswara_ci)")
@@ -86,7 +87,7 @@ def main(argv):
                                  signals),
       "coughjax numpy (float64)": (lambda x: audio.logfbank(x, rate), signals),
       f"coughjax jax jit ({jax.numpy.zeros(()).dtype})": (
-          lambda x: audio.logfbank_jax(x, rate).block_until_ready(), signals32),
+          lambda x: audio_jax.logfbank(x, rate).block_until_ready(), signals32),
   }
   passes = {k: (lambda fn=fn, xs=xs: [fn(x) for x in xs]) for k, (fn, xs) in impls.items()}
   passes[FFT_FLOOR] = _fft_floor(signals, rate, nfft)

@@ -13,8 +13,8 @@ figures, and why the float64 FFT, which no exact version can skip, bounds the re
 * power and mel projection are fused into one GEMM on the interleaved
   (re, im) view of the spectrum, over the FFT bins the filters actually touch.
 
-`logfbank_jax` is the same recipe as a jitted JAX function, for computing features on
-an accelerator; it computes in the default JAX float precision.
+`coughjax.audio_jax.logfbank` is the same recipe as a jitted JAX function (kept
+apart so that the input pipeline does not import JAX).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from typing import Optional
 
 from absl import logging
 import ducc0
-import jax
-import jax.numpy as jnp
 import numpy as np
 import soundfile as sf
 import soxr
@@ -41,7 +39,7 @@ WINLEN = 0.025  # seconds
 WINSTEP = 0.01  # seconds
 PREEMPH = 0.97
 # psf replaces exact zeros by this before the log (numpy.finfo(float).eps).
-_LOG_FLOOR = float(np.finfo(np.float64).eps)
+LOG_FLOOR = float(np.finfo(np.float64).eps)
 
 WEBM_EXTRA = "pip install 'coughjax[webm]'"
 _AV_SUFFIXES = (".webm", ".m4a", ".mp4", ".aac", ".opus")
@@ -405,48 +403,10 @@ def logfbank(
     np.square(reim[:m], out=reim[:m])  # re^2, im^2: summed by the weights below
     for f0, f1, lo, hi, weights in blocks:
       np.matmul(reim[:m, 2 * lo:2 * hi], weights, out=feat[:m, f0:f1])
-    np.copyto(feat[:m], _LOG_FLOOR, where=feat[:m] == 0)
+    np.copyto(feat[:m], LOG_FLOOR, where=feat[:m] == 0)
     np.log(feat[:m], out=feat[:m])
     out[start:start + m] = feat[:m]
   return out
-
-
-@functools.partial(jax.jit, static_argnames=("frames_n", "frame_len", "frame_step",
-                                             "nfft", "lo", "hi"))
-def _logfbank_padded(padded, weights, *, frames_n, frame_len, frame_step, nfft, lo, hi):
-  idx = (jnp.arange(frames_n)[:, None] * frame_step
-         + jnp.arange(min(frame_len, nfft))[None, :])
-  spec = jnp.fft.rfft(padded[idx], n=nfft)[:, lo:hi]
-  feat = (spec.real**2 + spec.imag**2) @ weights
-  return jnp.log(jnp.where(feat == 0, _LOG_FLOOR, feat))
-
-
-def logfbank_jax(
-    signal, sample_rate: int = SAMPLE_RATE, *, nfilt: int = NUM_MELS,
-    winlen: float = WINLEN, winstep: float = WINSTEP, nfft: Optional[int] = None,
-    lowfreq: float = 0.0, highfreq: Optional[float] = None, preemph: float = PREEMPH,
-) -> jax.Array:
-  """`logfbank` as a jitted JAX computation -> [num_frames, nfilt].
-
-  To bound recompilation the frame count is rounded up to a power of two (at least
-  128) and the result sliced. Precision follows `jax_enable_x64`: in float32 the
-  lowest-energy bands (e.g. above the Nyquist of upsampled audio) lose accuracy,
-  which `benchmarks/features.py` reports.
-  """
-  x = jnp.asarray(signal)
-  frame_len, frame_step, nfft = frame_params(sample_rate, winlen, winstep, nfft)
-  frames_n = num_frames(x.shape[0], sample_rate, winlen, winstep)
-  bucket = max(128, 1 << (frames_n - 1).bit_length())
-  padded_len = (bucket - 1) * frame_step + frame_len
-  x = jnp.concatenate([x[:1], x[1:] - preemph * x[:-1]])
-  x = jnp.pad(x, (0, padded_len - x.shape[0]))
-  bank = mel_filterbank(nfilt, nfft, sample_rate, lowfreq, highfreq)
-  used = np.flatnonzero(bank.any(axis=0))
-  lo, hi = int(used[0]), int(used[-1]) + 1
-  weights = jnp.asarray(bank[:, lo:hi].T / nfft, dtype=x.dtype)
-  out = _logfbank_padded(x, weights, frames_n=bucket, frame_len=frame_len,
-                         frame_step=frame_step, nfft=nfft, lo=lo, hi=hi)
-  return out[:frames_n]
 
 
 # --------------------------------------------------------------------------- clips

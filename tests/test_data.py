@@ -27,7 +27,7 @@ from coughjax.data import synthetic
 
 # What the input pipeline must not import: inference, training, serving, the models.
 _ABOVE_DATA = ("coughjax.infer", "coughjax.train", "coughjax.models", "coughjax.predict",
-               "coughjax.embed", "coughjax.export", "coughjax.probe", "flax")
+               "coughjax.embed", "coughjax.export", "coughjax.probe", "flax", "jax")
 
 
 def _imported(tree: ast.AST) -> set[str]:
