@@ -45,8 +45,8 @@ def compute(root: pathlib.Path) -> dict:
   """Runs both runlocal configs in `root` (a fresh folder); returns their numbers."""
   from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top
   from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
+  from coughjax import checkpoints  # pylint: disable=g-import-not-at-top
   from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
-  from coughjax.train import metrics  # pylint: disable=g-import-not-at-top
   from coughjax.train import run  # pylint: disable=g-import-not-at-top
 
   pre = pretrain_configs.get_config("transformer_m50,runlocal")
@@ -61,7 +61,7 @@ def compute(root: pathlib.Path) -> dict:
 
   def logged(workdir, split):
     return [{k: l[k] for k in ("step", "epoch", "loss", "accuracy") if k in l}
-            for l in metrics.read_metrics(workdir) if l["split"] == split]
+            for l in checkpoints.read_metrics(workdir) if l["split"] == split]
 
   runs = []
   for r in results["runs"]:
