@@ -6,8 +6,8 @@ record of their averages. A non-finite loss stops training there, with its step.
 
 `metrics.jsonl` holds one JSON object per log step and per validation (`step`,
 `epoch`, `split` and the metrics); it is the record that reports and plots read
-(`coughjax.checkpoints.read_metrics`). The same scalars go to TensorBoard event files in the workdir,
-tagged `<split>/<metric>` (`train/loss`, `val/auc`), so that
+(`coughjax.checkpoints.read_metrics`). The same scalars go to TensorBoard event
+files in the workdir, tagged `<split>/<metric>` (`train/loss`, `val/auc`), so that
 
   tensorboard --logdir runs/
 
