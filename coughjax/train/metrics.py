@@ -132,6 +132,7 @@ class TrainLog:
   Attributes:
     name: the task's, for the log lines and errors.
     total_steps: of the whole run, for the ETA.
+    start_step: the step the run starts (or resumes) at, for steps/s and the ETA.
     writer: where the records go.
     last_good: says where the newest checkpoint is, for the non-finite loss error.
   """
