@@ -131,6 +131,7 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
   from coughjax.data.manifest import Recording  # pylint: disable=g-import-not-at-top
   from coughjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from coughjax.train import pretrain  # pylint: disable=g-import-not-at-top
+  from coughjax import checkpoints  # pylint: disable=g-import-not-at-top
   from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
 
   config = pretrain_config(spec["variant"], spec["batch"])
@@ -168,7 +169,7 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
       evaluate=lambda _: {"loss": 0.0}, mesh=mesh)
   with tempfile.TemporaryDirectory() as workdir:
     trainer.fit(task, config, workdir)
-    rates = [l["steps_per_sec"] for l in trainer.read_metrics(workdir)
+    rates = [l["steps_per_sec"] for l in checkpoints.read_metrics(workdir)
              if l["split"] == "train"]
   _, after = bare(state)
   return {"bare_times": before + after, "loop_step_s": 1.0 / rates[1],

@@ -258,9 +258,9 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
   from coughjax import encoders  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(source)
   if path.is_dir():
+    from coughjax import checkpoints  # pylint: disable=g-import-not-at-top
     from coughjax import predict  # pylint: disable=g-import-not-at-top
     from coughjax.models import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-    from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
     config = _read_config(path)
     spec = inputs.ClipSpec.from_config(config.features)
     chunk = config.model.get("eval_chunk_size", "auto")
@@ -271,7 +271,7 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
         raise ValueError(f"{path}: branch {branch} out of range; this classifier has "
                          f"{len(branches)} encoder(s) (0..{len(branches) - 1})")
       run_dir = predict.best_run(path)
-      params, _ = trainer.restore_params(run_dir / "best")
+      params, _ = checkpoints.restore_params(run_dir / "best")
       return Encoder(branches[branch], params[classifier_lib.encoder_param_name(branch)],
                      spec, branch=branch, mask=mask, source=f"{run_dir} branch {branch}",
                      chunk_size=chunk)
@@ -281,7 +281,7 @@ def load_encoder(source: str | os.PathLike, *, branch: int = 0, mask: bool = Fal
                        f"{predict.ENCODERS_FILE})")
     if branch:
       raise ValueError(f"{path}: a pre-training workdir has one encoder; branch={branch}")
-    params, _ = trainer.restore_params(path / "best")
+    params, _ = checkpoints.restore_params(path / "best")
     return Encoder(pretrain_encoder_config(config.model), params["encoder"], spec,
                    mask=mask, source=str(path), chunk_size=chunk)
   if str(source) in encoders.names():

@@ -39,6 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from coughjax import checkpoints
 from coughjax import cli
 from coughjax import files
 from coughjax import infer
@@ -46,7 +47,6 @@ from coughjax import inputs
 from coughjax import models
 from coughjax.data import mask_key
 from coughjax.models import classifier as classifier_lib
-from coughjax.train import trainer
 
 ENCODERS_FILE = "encoders.json"
 
@@ -55,7 +55,7 @@ def best_run(workdir: pathlib.Path) -> pathlib.Path:
   """The run folder whose best validation AUC is highest (ties: the first)."""
   scores = {}
   for run_dir in sorted(workdir.glob("run_*")):
-    val = [l["auc"] for l in trainer.read_metrics(run_dir) if l["split"] == "val"]
+    val = [l["auc"] for l in checkpoints.read_metrics(run_dir) if l["split"] == "val"]
     if val and (run_dir / "best").is_dir():
       # A validation split with one class only has no AUC (NaN): such a run ranks last.
       scores[run_dir] = max((a for a in val if np.isfinite(a)), default=-np.inf)
@@ -90,7 +90,7 @@ def build_model(workdir: str | pathlib.Path) -> tuple[classifier_lib.Classifier,
       [models.build_encoder(c) for c in spec["encoders"]],
       tuple(spec["frozen"]), dropout=head_dropout)
   run_dir = best_run(workdir)
-  params, _ = trainer.restore_params(run_dir / "best")
+  params, _ = checkpoints.restore_params(run_dir / "best")
   return model, params, config, run_dir
 
 

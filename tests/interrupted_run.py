@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from coughjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coughjax.train import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _arm(at: str, signum: int, only_process: Optional[int]) -> None:
@@ -38,23 +39,23 @@ def _arm(at: str, signum: int, only_process: Optional[int]) -> None:
       os.kill(os.getpid(), signum)
 
   if kind == "metrics":
-    write = trainer.MetricsWriter.write
+    write = metrics.MetricsWriter.write
 
     def write_then_fire(self, **record):
       write(self, **record)
       if (record["step"], record["split"]) == (step, split[0]):
         fire()
 
-    trainer.MetricsWriter.write = write_then_fire
+    metrics.MetricsWriter.write = write_then_fire
   elif kind == "save":
-    save = trainer._save  # pylint: disable=protected-access
+    save = checkpointing.save
 
     def save_then_fire(mgr, at_step, state, meta):
       save(mgr, at_step, state, meta)
       if at_step == step and pathlib.Path(mgr.directory).name == "checkpoints":
         fire()
 
-    trainer._save = save_then_fire  # pylint: disable=protected-access
+    checkpointing.save = save_then_fire
   else:
     raise ValueError(f"--at={at}: expected metrics:STEP:SPLIT or save:STEP")
 

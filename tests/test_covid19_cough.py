@@ -120,8 +120,8 @@ def test_metadata_paths_leaving_the_root_are_skipped_unopened_in_training(
   device, and a fifo) pre-trains on the rest; those entries are counted, and
   nothing opens them."""
   from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
+  from coughjax import checkpoints  # pylint: disable=g-import-not-at-top
   from coughjax.train import run  # pylint: disable=g-import-not-at-top
-  from coughjax.train import trainer  # pylint: disable=g-import-not-at-top
   release, meta = small_copy
   root, outside = tmp_path / "copy", tmp_path / "outside"
   shutil.copytree(release, root)
@@ -147,7 +147,7 @@ def test_metadata_paths_leaving_the_root_are_skipped_unopened_in_training(
              str(root / "raw" / "pipe.mp3")}
   assert not targets & set(opened), sorted(targets & set(opened))
   assert any(p.startswith(str(root / "raw")) for p in opened)  # the good ones were read
-  assert [l["split"] for l in trainer.read_metrics(tmp_path / "run")][-1] == "val"
+  assert [l["split"] for l in checkpoints.read_metrics(tmp_path / "run")][-1] == "val"
 
 
 def _fake_release(root, records):

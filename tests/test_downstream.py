@@ -24,6 +24,7 @@ import conftest
 from configs import downstream as downstream_configs
 from configs import pretrain as pretrain_configs
 from coughjax import audio
+from coughjax import checkpoints
 from coughjax import data
 from coughjax import evaluate
 from coughjax import infer
@@ -38,7 +39,6 @@ from coughjax.models import vggish_convert
 from coughjax.train import downstream
 from coughjax.train import fingerprint
 from coughjax.train import run
-from coughjax.train import trainer
 from coughjax.train import validate
 
 PAPER_ROWS = [
@@ -87,7 +87,7 @@ def workspace(tmp_path_factory):
 
 
 def _params(path):
-  params, _ = trainer.restore_params(path)
+  params, _ = checkpoints.restore_params(path)
   return params
 
 
@@ -365,7 +365,7 @@ def _test_clips(trained):
   model = classifier_lib.Classifier(
       [models.build_encoder(c) for c in spec["encoders"]],
       tuple(spec["frozen"]), dropout=spec["head_dropout"])
-  params, _ = trainer.restore_params(best / "best")
+  params, _ = checkpoints.restore_params(best / "best")
   keys = infer.store_recording_keys(store)[rec]
   return model, params, store.gather(starts), keys, clip, store, run_cfg
 

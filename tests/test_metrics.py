@@ -9,6 +9,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import pretrain as pretrain_configs
+from coughjax import checkpoints
 from coughjax.train import metrics
 from coughjax.train import run
 
@@ -29,7 +30,7 @@ def test_a_run_writes_its_metrics_as_tensorboard_events(tmp_path):
   run.run(config, str(tmp_path))
   assert list(tmp_path.glob("events.out.tfevents.*"))
   want = {}
-  for record in metrics.read_metrics(tmp_path):
+  for record in checkpoints.read_metrics(tmp_path):
     for key, value in record.items():
       if key not in ("step", "epoch", "split") and not isinstance(value, bool):
         want.setdefault(f"{record['split']}/{key}", {})[record["step"]] = value
@@ -58,7 +59,7 @@ def test_a_resumed_log_holds_each_step_once(tmp_path):
   assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
   # The first file's steps 3 and 4 are hidden by the second's restart marker.
   assert _scalars(tmp_path) == {"train/loss": [(1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0)]}
-  assert [(r["step"], r["loss"]) for r in metrics.read_metrics(tmp_path)] == [
+  assert [(r["step"], r["loss"]) for r in checkpoints.read_metrics(tmp_path)] == [
       (1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0)]
 
 
@@ -72,7 +73,7 @@ def test_without_tensorboardx_one_warning_and_metrics_jsonl_alone(tmp_path, monk
       writer.start(0)
       writer.write(step=1, epoch=0, split="train", loss=1.0)
       writer.close()
-      assert metrics.read_metrics(tmp_path / name) == [
+      assert checkpoints.read_metrics(tmp_path / name) == [
           {"step": 1, "epoch": 0, "split": "train", "loss": 1.0}]
       assert not list((tmp_path / name).glob("events.*"))
   warnings = [r for r in caplog.records if "tensorboardX is not installed" in r.getMessage()]

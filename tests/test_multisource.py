@@ -12,11 +12,11 @@ import pytest
 import conftest
 from configs import common
 from configs import pretrain as pretrain_configs
+from coughjax import checkpoints
 from coughjax import data
 from coughjax.data import features
 from coughjax.data import pipeline
 from coughjax.train import run
-from coughjax.train import trainer
 
 COSWARA_PARTICIPANTS = 5
 # (source, covid19) -> files of the covid19_cough slice: 10 recordings.
@@ -159,7 +159,7 @@ def test_real_runlocal_pretraining_one_step(slices, tmp_path):
   config.num_epochs = 1
   config.lock()
   state = run.run(config, str(tmp_path))
-  lines = trainer.read_metrics(tmp_path)
+  lines = checkpoints.read_metrics(tmp_path)
   train = [l for l in lines if l["split"] == "train"]
   assert int(state.step) == 1 and len(train) == 1
   assert all(np.isfinite(l["loss"]) for l in lines)

@@ -10,9 +10,11 @@ import pytest
 
 import conftest
 from configs import pretrain as pretrain_configs
+from coughjax import checkpoints
 from coughjax.train import mesh as mesh_lib
 from coughjax.train import pretrain
 from coughjax.train import run
+from coughjax.train import stopping
 from coughjax.train import trainer
 
 
@@ -51,7 +53,7 @@ def test_every_variant_builds():
 def test_runlocal_end_to_end(tmp_path):
   config = _config()
   state = run.run(config, str(tmp_path))
-  lines = trainer.read_metrics(tmp_path)
+  lines = checkpoints.read_metrics(tmp_path)
   train = [l for l in lines if l["split"] == "train"]
   val = [l for l in lines if l["split"] == "val"]
   assert len(train) == 4 and len(val) == 2
@@ -65,7 +67,7 @@ def test_runlocal_end_to_end(tmp_path):
   again = run.run(config, str(tmp_path))
   np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
                                 jax.tree.leaves(state.params)[0])
-  assert len(trainer.read_metrics(tmp_path)) == len(lines)
+  assert len(checkpoints.read_metrics(tmp_path)) == len(lines)
 
 
 def test_finished_run_extends_with_more_epochs(tmp_path):
@@ -73,12 +75,12 @@ def test_finished_run_extends_with_more_epochs(tmp_path):
   run.run(_config(num_epochs=2), str(tmp_path))
   longer = run.run(_config(num_epochs=3), str(tmp_path))
   assert int(longer.step) == 6
-  val = [l for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  val = [l for l in checkpoints.read_metrics(tmp_path) if l["split"] == "val"]
   assert [l["epoch"] for l in val] == [0, 1, 2]
   # Early stopping's patience is the current config's too.
-  assert trainer.is_finished({"epochs_done": 3, "bad_epochs": 2},
+  assert stopping.is_finished({"epochs_done": 3, "bad_epochs": 2},
                              _config(num_epochs=9, early_stopping_patience=2))
-  assert not trainer.is_finished({"epochs_done": 3, "bad_epochs": 2},
+  assert not stopping.is_finished({"epochs_done": 3, "bad_epochs": 2},
                                  _config(num_epochs=9, early_stopping_patience=3))
 
 
@@ -110,7 +112,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   target = pretrain.init_state(model, other, jax.random.key(0))
   with pytest.raises(ValueError, match="does not fit this config's model") as e:
     trainer.restore(ckpts, target)
-  assert not isinstance(e.value, trainer.CorruptCheckpointError)
+  assert not isinstance(e.value, checkpoints.CorruptCheckpointError)
 
 
 def test_pretraining_lowers_the_contrastive_loss(tmp_path):
@@ -119,7 +121,7 @@ def test_pretraining_lowers_the_contrastive_loss(tmp_path):
   config = _config(num_epochs=6, passes_per_epoch=5, log_every_steps=10,
                    checkpoint_every_steps=1000)
   run.run(config, str(tmp_path))
-  val = [l["loss"] for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  val = [l["loss"] for l in checkpoints.read_metrics(tmp_path) if l["split"] == "val"]
   chance = np.log(2 * 8 - 1)  # validation batches hold 8 pairs
   assert val[-1] < val[0] - 0.05 and val[-1] < chance - 0.1, val
 
@@ -190,5 +192,5 @@ def test_two_processes_resume_from_the_same_intact_checkpoint(tmp_path):
   assert "corrupted checkpoint" not in outs[1]  # process 1 only learns the step
   assert [p.name.split(".")[0] for p in (workdir / "corrupted_checkpoints").iterdir()] == ["4"]
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [5, 6]
-  steps = [(l["step"], l["split"]) for l in trainer.read_metrics(workdir)]
+  steps = [(l["step"], l["split"]) for l in checkpoints.read_metrics(workdir)]
   assert len(steps) == len(set(steps)) and steps[-1] == (6, "val")

@@ -107,8 +107,8 @@ def test_pretraining_from_a_tfds_build_equals_reading_the_recordings(coswara_ci,
   recordings read (and featurised) directly."""
   # pylint: disable=g-import-not-at-top
   from configs import pretrain as pretrain_configs
+  from coughjax import checkpoints
   from coughjax.train import run
-  from coughjax.train import trainer
 
   data_dir = tmp_path / "tfds"
   _prepare(tfds_builders.Coswara(config="pretrain", data_dir=data_dir), coswara_ci)
@@ -119,7 +119,7 @@ def test_pretraining_from_a_tfds_build_equals_reading_the_recordings(coswara_ci,
     config.data.update(data_fields)  # a build holds the sounds of its own config
     config.lock()
     run.run(config, str(workdir))
-    lines = trainer.read_metrics(workdir)
+    lines = checkpoints.read_metrics(workdir)
     return [l["loss"] for l in lines if l["split"] == "train"][0], lines[-1]["loss"]
 
   direct = first_losses(tmp_path / "direct", name="coswara", root=str(coswara_ci),

@@ -19,8 +19,12 @@ import pytest
 
 import conftest
 from configs import pretrain as pretrain_configs
+from coughjax import checkpoints
+from coughjax.train import checkpointing
+from coughjax.train import metrics
 from coughjax.train import pretrain
 from coughjax.train import run
+from coughjax.train import stopping
 from coughjax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -80,11 +84,11 @@ def test_killed_or_interrupted_at_any_moment_resumes_to_the_same_run(tmp_path):
   assert "resumed from" in final.stderr and "at step 3" in final.stderr
   assert not _tmp_folders(work)
 
-  lines = trainer.read_metrics(work)
+  lines = checkpoints.read_metrics(work)
   keys = [(l["step"], l["split"]) for l in lines]
   assert len(keys) == len(set(keys)), keys
   expected = {(l["step"], l["split"]): l["loss"]
-              for l in trainer.read_metrics(tmp_path / "reference")}
+              for l in checkpoints.read_metrics(tmp_path / "reference")}
   assert {(l["step"], l["split"]): l["loss"] for l in lines} == expected
   state, meta = trainer.restore(work / "checkpoints", reference)
   assert int(state.step) == 6 and meta["epochs_done"] == 3
@@ -93,15 +97,15 @@ def test_killed_or_interrupted_at_any_moment_resumes_to_the_same_run(tmp_path):
 
 
 def test_metrics_truncation_drops_a_torn_last_line(tmp_path):
-  writer = trainer.MetricsWriter(tmp_path)
+  writer = metrics.MetricsWriter(tmp_path)
   for step in (1, 2, 3):
     writer.write(step=step, split="train", loss=1.0)
   with open(writer.path, "a") as f:
     f.write('{"step": 4, "spl')  # a write cut short by kill -9
   writer.truncate_after(2)
-  assert [l["step"] for l in trainer.read_metrics(tmp_path)] == [1, 2]
+  assert [l["step"] for l in checkpoints.read_metrics(tmp_path)] == [1, 2]
   writer.truncate_after(0)  # a fresh start: no checkpoint to resume from
-  assert trainer.read_metrics(tmp_path) == []
+  assert checkpoints.read_metrics(tmp_path) == []
   writer.path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
     writer.truncate_after(1)
@@ -128,23 +132,23 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
              r"from before .*, workdir format 1\); this one reads workdir format 2 only.*"
              r"Start afresh with a new --workdir")
   saved_config = (old / "config.json").read_text()
-  with pytest.raises(trainer.WorkdirFormatError, match=message):
+  with pytest.raises(checkpoints.WorkdirFormatError, match=message):
     run.run(longer, str(old))
   assert (old / "config.json").read_text() == saved_config  # refused before any write
   # Said before any shape check: an old GRU checkpoint, whose parameter layout has
   # changed since, is said to be old rather than "another config's model".
   gru = pretrain_configs.get_config("gru,runlocal")
   gru_state = pretrain.init_state(pretrain.build_model(gru.model), gru, jax.random.key(0))
-  with pytest.raises(trainer.WorkdirFormatError, match="older version"):
+  with pytest.raises(checkpoints.WorkdirFormatError, match="older version"):
     trainer.restore(old / "checkpoints", gru_state)
-  with pytest.raises(trainer.WorkdirFormatError, match="old/best/2: written by an older"):
-    trainer.restore_params(old / "best")
+  with pytest.raises(checkpoints.WorkdirFormatError, match="old/best/2: written by an older"):
+    checkpoints.restore_params(old / "best")
 
   newer = tmp_path / "newer"
   shutil.copytree(tmp_path / "run", newer)
-  _rewrite_meta(newer, lambda m: m.update(format=trainer.WORKDIR_FORMAT + 1,
+  _rewrite_meta(newer, lambda m: m.update(format=checkpoints.WORKDIR_FORMAT + 1,
                                           coughjax="9.0"))
-  with pytest.raises(trainer.WorkdirFormatError,
+  with pytest.raises(checkpoints.WorkdirFormatError,
                      match=r"a newer version of coughjax \(coughjax 9\.0, workdir format 3\)"):
     run.run(longer, str(newer))
 
@@ -152,18 +156,16 @@ def test_old_newer_or_non_finite_checkpoints_are_refused_with_the_reason(tmp_pat
   shutil.copytree(tmp_path / "run", nan)
   leaves, treedef = jax.tree.flatten(jax.device_get(state.params))
   leaves[0] = np.full_like(leaves[0], np.nan)
-  # pylint: disable=protected-access
-  mgr = trainer._checkpoint_manager(nan / "checkpoints", 2, write=True)
-  trainer._save(mgr, 2, state.replace(params=jax.tree.unflatten(treedef, leaves)),
-                {"epochs_done": 1, "best": None, "bad_epochs": 0})
-  # pylint: enable=protected-access
+  mgr = checkpoints.manager(nan / "checkpoints", 2, write=True)
+  checkpointing.save(mgr, 2, state.replace(params=jax.tree.unflatten(treedef, leaves)),
+                     {"epochs_done": 1, "best": None, "bad_epochs": 0})
   mgr.close()
   message = (r"nan/checkpoints/2: the checkpoint of step 2 holds \d+ non-finite parameter "
              r"values .* refused")
-  with pytest.raises(trainer.NonFiniteCheckpointError, match=message):
+  with pytest.raises(checkpoints.NonFiniteCheckpointError, match=message):
     run.run(longer, str(nan))
-  with pytest.raises(trainer.NonFiniteCheckpointError, match="step 2"):
-    trainer.restore_params(nan / "checkpoints")
+  with pytest.raises(checkpoints.NonFiniteCheckpointError, match="step 2"):
+    checkpoints.restore_params(nan / "checkpoints")
 
 
 _TINY_RUNS = r"""
@@ -206,7 +208,7 @@ def test_no_deprecated_jax_api_in_coughjax(tmp_path):
 
 
 def _losses(workdir) -> dict[tuple[int, str], float]:
-  lines = trainer.read_metrics(workdir)
+  lines = checkpoints.read_metrics(workdir)
   keys = [(l["step"], l["split"]) for l in lines]
   assert len(keys) == len(set(keys)), keys
   return {(l["step"], l["split"]): l["loss"] for l in lines}
@@ -277,11 +279,9 @@ def test_a_run_resumes_on_another_number_of_devices(tmp_path):
 def test_a_nan_monitor_is_the_worst_value_never_the_best(tmp_path):
   """Validation AUCs NaN (a one-class split), 0.6, 0.7: epochs 1 and 2 improve on
   it, and the best checkpoint is epoch 2's."""
-  # pylint: disable=protected-access
-  assert not trainer._better("max", math.nan, None)
-  assert trainer._better("max", 0.1, math.nan) and trainer._better("min", 9.0, math.nan)
-  assert not trainer._better("min", math.nan, 1.0)
-  # pylint: enable=protected-access
+  assert not stopping.better("max", math.nan, None)
+  assert stopping.better("max", 0.1, math.nan) and stopping.better("min", 9.0, math.nan)
+  assert not stopping.better("min", math.nan, 1.0)
   config = _config()
   task = pretrain.make_task(config)
   aucs = iter([math.nan, 0.6, 0.7])
@@ -289,7 +289,7 @@ def test_a_nan_monitor_is_the_worst_value_never_the_best(tmp_path):
   task = dataclasses.replace(task, evaluate=lambda s: dict(validate(s), auc=next(aucs)),
                              monitor="auc", monitor_mode="max")
   final = trainer.fit(task, config, tmp_path)
-  val = [l for l in trainer.read_metrics(tmp_path) if l["split"] == "val"]
+  val = [l for l in checkpoints.read_metrics(tmp_path) if l["split"] == "val"]
   assert [l["best"] for l in val] == [False, True, True]
   best, meta = trainer.restore(tmp_path / "best", final)
   assert int(best.step) == 6 and meta["best"] == 0.7 and meta["bad_epochs"] == 0
@@ -329,8 +329,8 @@ def test_a_transient_read_error_is_raised_and_no_checkpoint_is_moved(_one_epoch,
     if isinstance(error, OSError) and error.errno == errno.EIO:
       run.run(_config(num_epochs=2), str(workdir))  # the trainer's own resume
     else:
-      mgr = trainer._checkpoint_manager(workdir / "checkpoints")  # pylint: disable=protected-access
-      trainer._restore_newest_intact(  # pylint: disable=protected-access
+      mgr = checkpoints.manager(workdir / "checkpoints")
+      checkpointing.restore_newest_intact(
           mgr, state, set_aside=workdir / "corrupted_checkpoints")
   assert e.value is error
   assert not (workdir / "corrupted_checkpoints").exists()
@@ -351,8 +351,8 @@ def test_a_checkpoint_unreadable_of_its_own_is_set_aside(_one_epoch, tmp_path, m
     raise error
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", fail)
-  mgr = trainer._checkpoint_manager(workdir / "checkpoints")  # pylint: disable=protected-access
-  with pytest.raises(trainer.CorruptCheckpointError, match=r"no checkpoint can be read back"):
-    trainer._restore_newest_intact(  # pylint: disable=protected-access
+  mgr = checkpoints.manager(workdir / "checkpoints")
+  with pytest.raises(checkpoints.CorruptCheckpointError, match=r"no checkpoint can be read back"):
+    checkpointing.restore_newest_intact(
         mgr, state, set_aside=workdir / "corrupted_checkpoints")
   assert [p.name.split(".")[0] for p in (workdir / "corrupted_checkpoints").iterdir()] == ["2"]

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from coughjax import checkpoints
 from coughjax import data
 from coughjax import evaluate
 from coughjax import infer
@@ -121,7 +122,7 @@ def initial_encoder_params(config, key: str) -> Optional[dict]:
   if branch.init == "cp":
     runlocal = config.runlocal
     _pretrain_config(key, branch, runlocal)  # clear error if missing
-    params, step = trainer.restore_params(pretrain_workdir(branch, runlocal) / "best")
+    params, step = checkpoints.restore_params(pretrain_workdir(branch, runlocal) / "best")
     logging.info("%s: encoder from %s (best step %d)", key,
                  pretrain_workdir(branch, runlocal), step)
     return params["encoder"]
@@ -370,7 +371,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     return evaluate.results_of(config.variant, runs, dataset)
   results = evaluate.write_report(workdir, config.variant, runs, dataset, ref, source)
   evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
-  evaluate.plot_curves([trainer.read_metrics(workdir / f"run_{i}")
+  evaluate.plot_curves([checkpoints.read_metrics(workdir / f"run_{i}")
                         for i in range(config.num_runs)], workdir / "curves.png",
                        config.variant)
   s = results["summary"]["recording"]

@@ -1,9 +1,13 @@
-"""What a run logs: JSON lines in `metrics.jsonl`, and TensorBoard event files beside it.
+"""What a run logs: progress lines, JSON lines in `metrics.jsonl`, TensorBoard event files.
+
+The train step's metrics stay on the devices until a log step (`TrainLog`) reads
+them all at once: one absl progress line (step, loss, lr, steps/s, ETA) and one
+record of their averages. A non-finite loss stops training there, with its step.
 
 `metrics.jsonl` holds one JSON object per log step and per validation (`step`,
 `epoch`, `split` and the metrics); it is the record that reports and plots read
-(`read_metrics`). The same scalars go to TensorBoard event files in the workdir,
-tagged `<split>/<metric>` (`train/loss`, `val/auc`), so that
+(`coughjax.checkpoints.read_metrics`). The same scalars go to TensorBoard event
+files in the workdir, tagged `<split>/<metric>` (`train/loss`, `val/auc`), so that
 
   tensorboard --logdir runs/
 
@@ -21,16 +25,17 @@ step on, so both hold each step once.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import pathlib
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
 
-METRICS_FILE = "metrics.jsonl"
+from coughjax.checkpoints import METRICS_FILE
 # Fields of a record that say where it belongs rather than what was measured.
 _KEYS = ("step", "epoch", "split")
 
@@ -114,7 +119,61 @@ class MetricsWriter:
       self.events = None
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  """The records of a workdir's metrics.jsonl, in order."""
-  path = pathlib.Path(workdir) / METRICS_FILE
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+def _eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class TrainLog:
+  """The train split's log: each step's metrics (replicated scalars, "loss" among
+  them) kept on the devices until `flush` reads them all at once; at a log step,
+  `log` writes their averages since the last one.
+
+  Attributes:
+    name: the task's, for the log lines and errors.
+    total_steps: of the whole run, for the ETA.
+    start_step: the step the run starts (or resumes) at, for steps/s and the ETA.
+    writer: where the records go.
+    last_good: says where the newest checkpoint is, for the non-finite loss error.
+  """
+
+  def __init__(self, name: str, total_steps: int, start_step: int, writer: MetricsWriter,
+               last_good: Callable[[], str]):
+    self.name, self.total_steps = name, total_steps
+    self.writer, self.last_good = writer, last_good
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.sums: dict[str, float] = {}
+    self.count = 0
+    self.t_start = self.t_last = time.time()
+    self.s_start = self.s_last = start_step
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.pending.append((step, metrics))
+
+  def flush(self) -> None:
+    """Reads the pending metrics; raises at the first step with a non-finite loss."""
+    for step, metrics in jax.device_get(self.pending):
+      values = {k: float(v) for k, v in metrics.items()}
+      if not math.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"{self.name}: loss is {values['loss']} at step {step}; stopped. Last "
+            f"good checkpoint: {self.last_good()}")
+      for k, v in values.items():
+        self.sums[k] = self.sums.get(k, 0.0) + v
+      self.count += 1
+    self.pending = []
+
+  def log(self, step: int, epoch: int, lr: float) -> None:
+    """Logs the averages of the steps since the last log step, ending at `step`."""
+    self.flush()
+    now = time.time()
+    rate = (step - self.s_last) / max(now - self.t_last, 1e-9)
+    avg = {k: v / self.count for k, v in self.sums.items()}
+    self.sums, self.count = {}, 0
+    eta = (self.total_steps - step) * (now - self.t_start) / max(step - self.s_start, 1)
+    logging.info("%s step %d/%d (epoch %d): %s, lr %.2e, %.2f steps/s, ETA %s",
+                 self.name, step, self.total_steps, epoch,
+                 ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, rate, _eta(eta))
+    self.writer.write(step=step, epoch=epoch, split="train", lr=lr, steps_per_sec=rate,
+                      **avg)
+    self.t_last, self.s_last = now, step

@@ -1,5 +1,12 @@
-"""Stopping on a signal: Ctrl-C or SIGTERM on any process stops every process at one step.
+"""When training stops: a signal, early stopping, or the epochs all done.
 
+A run is finished (`is_finished`) when it has trained the *current* config's
+`num_epochs`, or when the validation monitor has not improved (`better`; a NaN counts
+as its worst value) for `early_stopping_patience` epochs: `after_epoch` keeps that
+count in the checkpoint's meta. It is decided from the current config, so a larger
+`num_epochs` extends a finished run.
+
+Ctrl-C or SIGTERM on any process stops every process at one step (`StopSignal`).
 Ctrl-C sends SIGINT; a preempted cloud VM or a cluster job's time limit sends
 SIGTERM. A KeyboardInterrupt raised wherever Python happens to be (an XLA
 compilation, an Orbax save) leaves threads running and checkpoints half-written, so
@@ -22,8 +29,10 @@ handler (which this one replaces while training), not Ctrl-C, and needs
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
+from typing import Optional
 
 from absl import logging
 import jax
@@ -87,3 +96,30 @@ class StopSignal:
       # None: a handler not installed from Python, which Python cannot put back.
       signal.signal(s, signal.SIG_DFL if handler is None else handler)
     self._previous = {}
+
+
+def better(mode: str, new: float, old: Optional[float]) -> bool:
+  """Whether monitor value `new` beats `old` (None: no value yet) in `mode` ("min" or
+  "max"). NaN (an AUC of a one-class split, say) is the worst value: never better,
+  beaten by any number."""
+  if math.isnan(new):
+    return False
+  if old is None or math.isnan(old):
+    return True
+  return new < old if mode == "min" else new > old
+
+
+def after_epoch(meta: dict, epoch: int, score: float, mode: str) -> tuple[dict, bool]:
+  """(meta after `epoch` whose validation monitor is `score`, whether it improved):
+  `epochs_done`, the `best` score and `bad_epochs`, the epochs since it improved."""
+  improved = better(mode, score, meta["best"])
+  return dict(meta, epochs_done=epoch + 1, best=score if improved else meta["best"],
+              bad_epochs=0 if improved else meta["bad_epochs"] + 1), improved
+
+
+def is_finished(meta: dict, config) -> bool:
+  """Whether a run with this progress is done under the *current* config: all of
+  `num_epochs` trained, or early stopping's patience used up."""
+  patience = config.get("early_stopping_patience", 0)
+  return (meta["epochs_done"] >= config.num_epochs
+          or bool(patience and meta["bad_epochs"] >= patience))
