@@ -1,9 +1,11 @@
 """Downstream COVID-19 classification (paper §4.2): train, evaluate over seeds, report.
 
 For each of `config.num_runs` seeds (own participant split and own initialisation)
-the classifier is trained with the shared trainer (Adam + ReduceLROnPlateau on the
-validation loss, best checkpoint and early stopping by validation ROC-AUC), then its
-best checkpoint is scored on the test participants. `run` writes results.json,
+the classifier is trained (Adam + ReduceLROnPlateau on the validation loss, best
+checkpoint and early stopping by the validation monitor), then its best checkpoint
+is scored on the test participants. `run` trains the seeds as one program
+(`coughjax.train.many`), each as `train_one` trains it alone with the shared
+trainer (`coughjax.train.trainer.fit`). `run` writes results.json,
 results.md, roc.png, curves.png and encoders.json into the workdir; run i lives in
 workdir/run_i, with its per-recording test scores in run_i/test_predictions.csv.
 Every score comes from `coughjax.infer.probabilities`, as in `coughjax.predict`.
