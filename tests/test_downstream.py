@@ -156,7 +156,8 @@ def _check_results_against_split(config, workdir, results):
 
 
 def _check_encoder_params(config, workspace, workdir):
-  """Frozen pre-trained encoders stay bit-identical; fine-tuned CP encoders change."""
+  """Frozen pre-trained encoders stay bit-identical; fine-tuned CP encoders change (in
+  the best checkpoint, after at least one epoch)."""
   for i, key in enumerate(k for k in downstream.BRANCHES if config[k].name):
     branch = config[key]
     if branch.init == "scratch":
@@ -166,7 +167,7 @@ def _check_encoder_params(config, workspace, workdir):
     else:
       before = vggish_convert.load_flax_params(branch.checkpoint)
     for run_index in range(config.num_runs):
-      after = _params(workdir / f"run_{run_index}" / "checkpoints")[
+      after = _params(workdir / f"run_{run_index}" / "best")[
           classifier_lib.encoder_param_name(i)]
       assert jax.tree.structure(before) == jax.tree.structure(after)
       same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),

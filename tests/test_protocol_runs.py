@@ -29,6 +29,7 @@ from coughjax.protocol import runs
 from coughjax.protocol import stats
 from coughjax.protocol import units
 from coughjax.protocol import __main__ as cli
+from coughjax.train import many
 from conftest import REPO
 
 
@@ -321,7 +322,7 @@ def _dies_after_its_first_checkpoint(config, workdir):
   work = pathlib.Path(workdir)
   if work.name == "work.0" and work.parent.name == ".r0f0.attempts":
     def kill_when_checkpointed():
-      while not any(p.name.isdigit() for p in (work / "run_0" / "checkpoints").glob("*")):
+      while not any(p.name.isdigit() for p in (work / many.CHECKPOINTS).glob("*")):
         time.sleep(0.05)
       os.kill(os.getpid(), signal.SIGKILL)
     threading.Thread(target=kill_when_checkpointed, daemon=True).start()

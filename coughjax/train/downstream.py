@@ -1,9 +1,11 @@
 """Downstream COVID-19 classification (paper §4.2): train, evaluate over seeds, report.
 
 For each of `config.num_runs` seeds (own participant split and own initialisation)
-the classifier is trained with the shared trainer (Adam + ReduceLROnPlateau on the
-validation loss, best checkpoint and early stopping by validation ROC-AUC), then its
-best checkpoint is scored on the test participants. `run` writes results.json,
+the classifier is trained (Adam + ReduceLROnPlateau on the validation loss, best
+checkpoint and early stopping by the validation monitor), then its best checkpoint
+is scored on the test participants. `run` trains the seeds as one program
+(`coughjax.train.many`), each as `train_one` trains it alone with the shared
+trainer (`coughjax.train.trainer.fit`). `run` writes results.json,
 results.md, roc.png, curves.png and encoders.json into the workdir; run i lives in
 workdir/run_i, with its per-recording test scores in run_i/test_predictions.csv.
 Every score comes from `coughjax.infer.probabilities`, as in `coughjax.predict`.
@@ -182,18 +184,16 @@ class Setup:
     return trainer.TrainState.create(apply_fn=self.model.apply, params=params, tx=self.tx)
 
 
-def make_steps(model: classifier_lib.Classifier, config,
-               mesh: Optional[jax.sharding.Mesh] = None):
-  """(train_step, predict_step): per-device programs over `mesh`'s "data" axis
-  (default: every device of every process), jitted (`mesh.per_device`).
+def step_bodies(model: classifier_lib.Classifier, config):
+  """(train_step, predict_step): the per-device programs of one run, naming the
+  "data" axis in their collectives; `make_steps` jits them over a mesh, and
+  `coughjax.train.many` vmaps them over a leading runs axis.
 
-  train_step(state, {"x": [B, T, mel], "y": [B]}, key) -> (state, metrics) donates
-  the state. predict_step(state, x [B, T, mel], rec_keys [B, 2], clip_index [B]) ->
-  [B] probabilities by `coughjax.infer.probabilities` (per-clip DS masks), gathered:
-  replicated, every row on every device. State and key replicated, the batch split
-  over the devices.
+  train_step(state, {"x": [b, T, mel], "y": [b]}, key) -> (state, metrics), a
+  device's b rows. predict_step(state, x [b, T, mel], rec_keys [b, 2], clip_index
+  [b]) -> [B] probabilities by `coughjax.infer.probabilities` (per-clip DS masks) of
+  every device's rows (gathered).
   """
-  mesh = mesh_lib.data_mesh() if mesh is None else mesh
   chunk_size = config.model.chunk_size
   augment = augment_lib.Augment.from_config(config)
 
@@ -224,6 +224,17 @@ def make_steps(model: classifier_lib.Classifier, config,
                             chunk_size=config.model.eval_chunk_size)
     return jax.lax.all_gather(p, AXIS, tiled=True)  # [B]: every device's rows
 
+  return train_step, predict_step
+
+
+def make_steps(model: classifier_lib.Classifier, config,
+               mesh: Optional[jax.sharding.Mesh] = None):
+  """(train_step, predict_step) of `step_bodies` over `mesh`'s "data" axis
+  (default: every device of every process), jitted (`mesh.per_device`): state and
+  key replicated, the batch split over the devices; the train step donates the
+  state, the predict step returns every row's probability on every device."""
+  mesh = mesh_lib.data_mesh() if mesh is None else mesh
+  train_step, predict_step = step_bodies(model, config)
   return (mesh_lib.per_device(train_step, mesh, (P(), P(AXIS), P()), P(),
                               donate_argnums=(0,)),
           mesh_lib.per_device(predict_step, mesh, (P(), P(AXIS), P(AXIS), P(AXIS)), P()))
@@ -255,7 +266,12 @@ def predict_clips(predict_step, state, store: pipeline.ClipStore, config,
 def score(predict_step, state, store, config,
           mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, Any]:
   """Recording- and clip-level metrics (and the scores behind the ROC curve)."""
-  probs, rec = predict_clips(predict_step, state, store, config, mesh)
+  return score_clips(*predict_clips(predict_step, state, store, config, mesh), store, config)
+
+
+def score_clips(probs: np.ndarray, rec: np.ndarray, store: pipeline.ClipStore,
+                config) -> dict[str, Any]:
+  """`score` from every clip's probability [n] and recording index [n]."""
   rec_scores = evaluate.recording_scores(probs, rec, len(store))
   eps = 1e-7
   clip_labels = store.labels[rec]
@@ -264,6 +280,11 @@ def score(predict_step, state, store, config,
           "clip": evaluate.binary_metrics(clip_labels, probs, config.threshold),
           "loss": float(bce), "labels": store.labels.tolist(),
           "scores": rec_scores.tolist()}
+
+
+def validation_metrics(scored: dict[str, Any]) -> dict[str, float]:
+  """What the trainer monitors of a `score` of the validation split."""
+  return {"loss": scored["loss"], **{k: scored["recording"][k] for k in evaluate.METRICS}}
 
 
 def _run_config(config, i: int):
@@ -296,8 +317,7 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup,
                                        rows=mesh_lib.process_rows(mesh, cfg.batch_size))
 
   def validate(state):
-    s = score(setup.predict_step, state, stores["val"], cfg, mesh)
-    return {"loss": s["loss"], **{k: s["recording"][k] for k in evaluate.METRICS}}
+    return validation_metrics(score(setup.predict_step, state, stores["val"], cfg, mesh))
 
   task = trainer.Task(
       name=name,
@@ -309,14 +329,22 @@ def train_one(config, workdir: pathlib.Path, run_index: int, setup: Setup,
   final = trainer.fit(task, cfg, run_dir)
   # Score the best checkpoint (by the validation monitor), not the last.
   best, _ = trainer.restore(run_dir / "best", final)
-  result = score(setup.predict_step, best, stores["test"], cfg, mesh)
+  return test_result(cfg, run_index, run_dir, stores["test"],
+                     score(setup.predict_step, best, stores["test"], cfg, mesh),
+                     int(best.step))
+
+
+def test_result(config, run_index: int, run_dir: pathlib.Path, store: pipeline.ClipStore,
+                scored: dict[str, Any], best_step: int) -> dict[str, Any]:
+  """A run's record (its best checkpoint's test `score`, its seeds and best step),
+  its `PREDICTIONS_FILE` written into `run_dir` by process 0. `config`: the run's."""
   if jax.process_index() == 0:
-    write_predictions(run_dir / PREDICTIONS_FILE, stores["test"], result["scores"])
-  result.update(run=run_index, seed=cfg.seed, split_seed=cfg.data.split_seed,
-                best_step=int(best.step))
-  logging.info("%s run %d test (recording level): %s", cfg.variant, run_index,
-               ", ".join(f"{k} {result['recording'][k]:.2f}" for k in evaluate.METRICS))
-  return result
+    write_predictions(run_dir / PREDICTIONS_FILE, store, scored["scores"])
+  scored.update(run=run_index, seed=config.seed, split_seed=config.data.split_seed,
+                best_step=best_step)
+  logging.info("%s run %d test (recording level): %s", config.variant, run_index,
+               ", ".join(f"{k} {scored['recording'][k]:.2f}" for k in evaluate.METRICS))
+  return scored
 
 
 def build_data(config) -> None:
@@ -363,7 +391,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   # Every run's splits first (views of one cached pack): a split that cannot be
   # used stops the command before any training.
   splits = [load_run_splits(config, i) for i in range(config.num_runs)]
-  runs = [train_one(config, workdir, i, setup, stores) for i, stores in enumerate(splits)]
+  # The runs train as one program (`coughjax.train.many`), each as `train_one` would.
+  from coughjax.train import many  # pylint: disable=g-import-not-at-top
+  runs = many.train([many.Run(i, _run_config(config, i), workdir / f"run_{i}", stores)
+                     for i, stores in enumerate(splits)], setup, workdir)
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
   ref, source = paper.reference(config.variant) or (None, "")
