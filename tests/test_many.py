@@ -10,18 +10,18 @@ import pytest
 
 import conftest
 import many_runs
+from coughjax import checkpoints
 from coughjax.train import downstream
 from coughjax.train import many
 from coughjax.train import metrics as metrics_lib
 from coughjax.train import stopping
-from coughjax.train import trainer
 
 NUM_RUNS = 3
 TOLERANCE = 1e-5
 
 
 def _val_epochs(run_dir):
-  return [l["epoch"] for l in trainer.read_metrics(run_dir) if l["split"] == "val"]
+  return [l["epoch"] for l in checkpoints.read_metrics(run_dir) if l["split"] == "val"]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,10 @@ def test_runs_at_once_equal_runs_alone(together, tmp_path):
         run.workdir / downstream.PREDICTIONS_FILE)] == [r.path for r in run.stores["test"].records]
     assert json.loads((run.workdir / "config.json").read_text()) == json.loads(
         (alone / "config.json").read_text())
-    params, step = trainer.restore_params(run.workdir / "best")
+    params, step = checkpoints.restore_params(run.workdir / "best")
     assert step == got["best_step"] and "fc" in params
-    for line_many, line_alone in zip(trainer.read_metrics(run.workdir),
-                                     trainer.read_metrics(alone)):
+    for line_many, line_alone in zip(checkpoints.read_metrics(run.workdir),
+                                     checkpoints.read_metrics(alone)):
       assert (line_many["step"], line_many["split"]) == (line_alone["step"], line_alone["split"])
       assert line_many["loss"] == pytest.approx(line_alone["loss"], abs=1e-4)
 
@@ -83,7 +83,7 @@ def test_an_interrupted_program_resumes_to_the_same_numbers(together, tmp_path, 
     assert g["best_step"] == w["best_step"]
     np.testing.assert_allclose(g["scores"], w["scores"], atol=1e-6, rtol=0)
   for run in runs:  # each (step, split) logged once
-    lines = [(l["step"], l["split"]) for l in trainer.read_metrics(run.workdir)]
+    lines = [(l["step"], l["split"]) for l in checkpoints.read_metrics(run.workdir)]
     assert len(lines) == len(set(lines))
   # Rerun once more: every run is finished, nothing is trained again.
   again = many.train(runs, setup, tmp_path)

@@ -54,13 +54,13 @@ class WorkdirConfigError(ValueError):
   """A workdir holding the training of another config."""
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   """{"model.mask_rate": 0.5, ...}: a nested JSON object's leaves by dotted key."""
   if not isinstance(tree, dict):
     return {prefix: tree}
   out = {}
   for key, value in tree.items():
-    out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
   return out
 
 
@@ -68,7 +68,7 @@ def fingerprint(config) -> dict[str, Any]:
   """{"sha256": ..., "config": {dotted key: value}}: the config (as its JSON) less
   the `EXTENDABLE` keys."""
   resolved = json.loads(config.to_json_best_effort())
-  kept = {k: v for k, v in sorted(_flat(resolved).items()) if k not in EXTENDABLE}
+  kept = {k: v for k, v in sorted(flatten(resolved).items()) if k not in EXTENDABLE}
   digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
   return {"sha256": digest, "config": kept}
 
@@ -89,7 +89,7 @@ def _recorded(workdir: pathlib.Path) -> dict[str, Any] | None:
   path = workdir / CONFIG_FILE
   if path.is_file():
     saved = files.read_json(path, "the run's config")
-    return {k: v for k, v in _flat(saved).items() if k not in EXTENDABLE}
+    return {k: v for k, v in flatten(saved).items() if k not in EXTENDABLE}
   return None
 
 

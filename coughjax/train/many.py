@@ -46,15 +46,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from coughjax import checkpoints
 from coughjax import infer
 from coughjax.data import pipeline
+from coughjax.train import checkpointing
 from coughjax.train import downstream
 from coughjax.train import fingerprint
 from coughjax.train import mesh as mesh_lib
 from coughjax.train import metrics as metrics_lib
 from coughjax.train import optim
 from coughjax.train import stopping
-from coughjax.train import trainer
 
 AXIS, RUNS = mesh_lib.AXIS, mesh_lib.RUNS
 P = jax.sharding.PartitionSpec
@@ -119,7 +120,7 @@ def check_shared(runs: Sequence[Run]) -> None:
   """Raises a ValueError naming the first field (beyond `_OWN`) in which a run's
   config differs from the first run's: they would need programs of their own."""
   def shared(config):
-    flat = fingerprint._flat(config.to_dict())  # pylint: disable=protected-access
+    flat = fingerprint.flatten(config.to_dict())
     return {k: v for k, v in flat.items()
             if not any(k == o or k.startswith(o + ".") for o in _OWN)}
   first = shared(runs[0].config)
@@ -250,7 +251,7 @@ class _Program:
 
 class _Metrics:
   """Every run's step metrics, kept on the devices until `flush` reads them all at
-  once; each run's averages since its last log line (`trainer._Metrics`, per run)."""
+  once; each run's averages since its last log line (`metrics.TrainLog`, per run)."""
 
   def __init__(self, runs: Sequence[Run]):
     self.runs = runs
@@ -286,7 +287,7 @@ class _Metrics:
 
 def _restore(mgr, program: _Program, fresh: list, workdir: pathlib.Path):
   """(tick, [state or None per run], [meta per run]) of the newest intact stacked
-  checkpoint (`trainer._restore_newest_intact`); a run it does not hold gets None
+  checkpoint (`checkpointing.restore_newest_intact`); a run it does not hold gets None
   and fresh meta. Restored to the host: any mesh can take it."""
   runs = program.runs
   saved_runs = len(runs)
@@ -295,9 +296,9 @@ def _restore(mgr, program: _Program, fresh: list, workdir: pathlib.Path):
     try:  # how many runs it holds: its target's shape
       saved_runs = int(mgr.item_metadata(latest)["state"]["step"].shape[0])
     except Exception:  # pylint: disable=broad-except
-      pass  # unreadable: `_restore_newest_intact` sets it aside and says so
+      pass  # unreadable: `checkpointing.restore_newest_intact` sets it aside and says so
   target = _stack([fresh[0]] * saved_runs)
-  found = trainer._restore_newest_intact(  # pylint: disable=protected-access
+  found = checkpointing.restore_newest_intact(
       mgr, target, set_aside=workdir / "corrupted_checkpoints")
   metas = [{"epochs_done": 0, "best": None, "bad_epochs": 0} for _ in runs]
   states = [None] * len(runs)
@@ -340,9 +341,9 @@ def fit(runs: Sequence[Run], setup: downstream.Setup, workdir: pathlib.Path,
 
 def _fit(program: _Program, workdir: pathlib.Path):
   runs, config = program.runs, program.config
-  mgr = trainer._checkpoint_manager(  # pylint: disable=protected-access
+  mgr = checkpoints.manager(
       workdir / CHECKPOINTS, config.keep_checkpoints, write=True)
-  best = [trainer._checkpoint_manager(run.workdir / "best", write=True)  # pylint: disable=protected-access
+  best = [checkpoints.manager(run.workdir / "best", write=True)
           for run in runs]
   writers = [metrics_lib.MetricsWriter(run.workdir) for run in runs]
   with stopping.StopSignal(program.mesh) as signals:
@@ -370,7 +371,7 @@ def _train(program: _Program, workdir: pathlib.Path, mgr, best: list, writers: l
   steps = np.array(host.step)
   for writer, step in zip(writers, steps):
     writer.start(int(step))
-  active = np.array([not trainer.is_finished(m, config) for m in metas])
+  active = np.array([not stopping.is_finished(m, config) for m in metas])
   if not active.any():
     logging.info("%s: all %d runs already finished", workdir, len(runs))
   state = mesh_lib.put_runs(mesh, host)
@@ -387,7 +388,7 @@ def _train(program: _Program, workdir: pathlib.Path, mgr, best: list, writers: l
 
   def save():
     metrics.flush(last_good)  # never checkpoint past a non-finite loss
-    trainer._save(mgr, tick, state, {  # pylint: disable=protected-access
+    checkpointing.save(mgr, tick, state, {
         "tick": tick, "runs": [r.name for r in runs], "meta": metas})
 
   t_last, tick_last = time.time(), tick
@@ -421,7 +422,7 @@ def _train(program: _Program, workdir: pathlib.Path, mgr, best: list, writers: l
       if ended.any():
         metrics.flush(last_good)
         state = _end_epochs(program, state, ended, steps, metas, lrs, best, writers)
-        active &= np.array([not trainer.is_finished(m, config) for m in metas])
+        active &= np.array([not stopping.is_finished(m, config) for m in metas])
       if ended.any() or tick % config.checkpoint_every_steps == 0 or stop:
         save()
       if stop or not (active & (steps < total)).any():
@@ -446,19 +447,15 @@ def _end_epochs(program: _Program, state, ended: np.ndarray, steps: np.ndarray,
     lrs[r] = config.optim.learning_rate * scale[r]
     epoch = int(steps[r] // program.spe[r]) - 1
     score = val[config.monitor]
-    improved = trainer._better(mode, score, meta["best"])  # pylint: disable=protected-access
-    metas[r] = dict(meta, epochs_done=epoch + 1,
-                    best=score if improved else meta["best"],
-                    bad_epochs=0 if improved else meta["bad_epochs"] + 1)
+    metas[r], improved = stopping.after_epoch(meta, epoch, score, mode)
     logging.info("%s epoch %d validation: %s%s", runs[r].name, epoch,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
                  " (best)" if improved else "")
     writers[r].write(step=int(steps[r]), epoch=epoch, split="val", lr=lrs[r],
                      best=improved, **val)
     if improved:
-      trainer._save(best[r], int(steps[r]), program.take(state, r),  # pylint: disable=protected-access
-                    metas[r])
-    if trainer.is_finished(metas[r], config) and epoch + 1 < config.num_epochs:
+      checkpointing.save(best[r], int(steps[r]), program.take(state, r), metas[r])
+    if stopping.is_finished(metas[r], config) and epoch + 1 < config.num_epochs:
       logging.info("%s: early stopping after epoch %d (%s has not improved for %d "
                    "epochs)", runs[r].name, epoch, config.monitor, metas[r]["bad_epochs"])
   return state
@@ -471,7 +468,7 @@ def train(runs: Sequence[Run], setup: downstream.Setup, workdir: pathlib.Path,
   each run's record, as `downstream.train_one` returns it."""
   program = _Program(runs, setup, mesh)
   final = _fit(program, pathlib.Path(workdir))
-  bests = [trainer.restore(run.workdir / "best", program.take(final, r))[0]
+  bests = [checkpointing.restore(run.workdir / "best", program.take(final, r))[0]
            for r, run in enumerate(runs)]
   scored = program.predict(program.stack(bests),
                            {r: run.stores["test"] for r, run in enumerate(runs)})
