@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -356,27 +356,49 @@ def build_data(config) -> None:
 def run(config, workdir: str) -> dict[str, Any]:
   """All runs, then results.json / results.md / roc.png / curves.png in `workdir`
   (written by process 0; every process returns the results)."""
-  workdir = pathlib.Path(workdir)
-  fingerprint.check(config, workdir)  # before any work: a refused workdir is left as it was
-  workdir.mkdir(parents=True, exist_ok=True)
-  fingerprint.record(config, workdir)
-  setup = Setup.create(config)
-  writes = jax.process_index() == 0
-  if writes:
-    # The resolved encoder configs and head dropout, so that coughjax.predict can
-    # rebuild the model without the pre-training workdirs.
-    (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
+  return run_many([config], [pathlib.Path(workdir)], pathlib.Path(workdir))[0]
+
+
+def run_many(configs: Sequence[ml_collections.ConfigDict],
+             workdirs: Sequence[pathlib.Path], workdir: pathlib.Path
+             ) -> list[dict[str, Any]]:
+  """`run` of each config into its own workdir, the runs of all of them trained as
+  one program (`coughjax.train.many`, its stacked checkpoints in `workdir`), each
+  workdir left as `run` leaves it; their results. The configs may differ in their
+  seeds and data only (`many.check_shared`): a protocol row's folds, say."""
+  from coughjax.train import many  # pylint: disable=g-import-not-at-top
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  for config, where in zip(configs, workdirs):
+    fingerprint.check(config, where)  # before any work: a refused one is left as it was
+  for config, where in zip(configs, workdirs):
+    where.mkdir(parents=True, exist_ok=True)
+    fingerprint.record(config, where)
+  setup = Setup.create(configs[0])
   # Every run's splits first (views of one cached pack): a split that cannot be
   # used stops the command before any training.
-  splits = [load_run_splits(config, i) for i in range(config.num_runs)]
-  # The runs train as one program (`coughjax.train.many`), each as `train_one` would.
-  from coughjax.train import many  # pylint: disable=g-import-not-at-top
-  runs = many.train([many.Run(i, _run_config(config, i), workdir / f"run_{i}", stores)
-                     for i, stores in enumerate(splits)], setup, workdir)
+  runs = [many.Run(i, _run_config(config, i), where / f"run_{i}",
+                   load_run_splits(config, i), "" if where == workdir else where.name)
+          for config, where in zip(configs, workdirs) for i in range(config.num_runs)]
+  if jax.process_index() == 0:
+    for config, where in zip(configs, workdirs):
+      # The resolved encoder configs and head dropout, so that coughjax.predict can
+      # rebuild the model without the pre-training workdirs.
+      (where / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
+  records = many.train(runs, setup, workdir)
+  out = []
+  for config, where in zip(configs, workdirs):
+    out.append(_report(config, where, records[:config.num_runs]))
+    records = records[config.num_runs:]
+  return out
+
+
+def _report(config, workdir: pathlib.Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """The results of `config`'s `runs` (their records); process 0 writes them into
+  `workdir` (results.json, results.md, roc.png, curves.png)."""
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
   ref, source = paper.reference(config.variant) or (None, "")
-  if not writes:
+  if jax.process_index() != 0:
     return evaluate.results_of(config.variant, runs, dataset)
   results = evaluate.write_report(workdir, config.variant, runs, dataset, ref, source)
   evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
