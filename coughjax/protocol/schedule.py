@@ -23,7 +23,7 @@ branches load; units run in `plan.units_of`'s order as workers free up.
 
 A worker that dies (killed, out of memory) loses its unit; the scheduler gives it
 to another worker, where it resumes from the dead attempt's checkpoints
-(`coughjax.protocol.units`). A unit that kills `ALLOWED_FAILURES` + 1 workers in a
+(`coughjax.protocol.claims`). A unit that kills `ALLOWED_FAILURES` + 1 workers in a
 row fails with `KilledWorker` rather than killing workers forever (the scheduler's
 `distributed.scheduler.allowed-failures`, set here for the embedded cluster; a
 running cluster's scheduler uses its own). A unit that raises is not retried: the
