@@ -348,7 +348,7 @@ class Unit:
     if self.row is None or self.row.is_baseline:
       return ()
     return tuple({u.folder: u for p in self.parts
-                  for u in p._with_pretrainings()[1]}.values())  # pylint: disable=protected-access
+                  for u in p._with_pretrainings()[1]}.values())
 
   def config(self) -> ml_collections.ConfigDict:
     """The config of a pre-training or of one fold, the same wherever it is

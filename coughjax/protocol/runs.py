@@ -28,8 +28,9 @@ audio is worth.
 The pieces: `plan` (rows, settings, units, configs, the workdir's layout), `units`
 (the work of one unit: a row's folds trained as one program, each published as a
 folder), `claims` (a unit run once and resumably, its folders published whole),
-`schedule` (the units as a Dask graph on a local or a running cluster). Here: the checks made before any work,
-the folds, the scores, and what a study command does (`command_main`).
+`schedule` (the units as a Dask graph on a local or a running cluster). Here: the
+checks made before any work, the folds, the scores, and what a study command does
+(`command_main`).
 
 Running a study on a cluster: start a scheduler and workers that share the workdir
 and the data at the same paths and import this coughjax, then pass the scheduler:

@@ -151,7 +151,7 @@ def _work(unit: plan_lib.Unit, runner: Callable, scratch: pathlib.Path,
   logging.info("%s (%s) in %s", unit.name, ", ".join(configs), scratch)
   for config in configs.values():
     config.lock()
-  scored_again = runner(configs, str(scratch))
+  scored_again = runner(configs, str(scratch)) or {}
   if unit.is_pretraining:
     return {p.folder: {} for p in parts}
   out = {}
@@ -240,7 +240,8 @@ def score_again(config, workdir: pathlib.Path, trained: dict[str, float],
                        f"trainer's by up to {out['serving_max_diff']:.3g}: its "
                        "validation and perturbed scores would not be the same model's")
   for db in gains_db:
-    files.write_predictions(workdir / gain_file(db), paths, labels, scores(paths, feats, db))
+    files.write_predictions(workdir / gain_file(db), paths, labels,
+                            scores(paths, feats, db))
   return out
 
 
