@@ -331,23 +331,23 @@ def _write_wav(path, address):
 def test_predict_reproduces_the_evaluation_scores(trained, tmp_path):
   rows = files.read_predictions(predict.best_run(trained) / downstream.PREDICTIONS_FILE)
   assert len(rows) >= 2
-  files = {_write_wav(tmp_path / f"test_{i}.wav", r["path"]): r for i, r in enumerate(rows)}
+  wavs = {_write_wav(tmp_path / f"test_{i}.wav", r["path"]): r for i, r in enumerate(rows)}
   extras = [_write_wav(tmp_path / f"extra_{i}.wav", f"synthetic://7/{i}/cough-heavy")
             for i in range(2)]
   # Scored beside other files and in another order, from other paths: the same
   # probabilities as the evaluation loop wrote.
-  order = [extras[0], *reversed(list(files)), extras[1]]
+  order = [extras[0], *reversed(list(wavs)), extras[1]]
   proc = subprocess.run([sys.executable, "-m", "coughjax.predict", f"--workdir={trained}",
                          *order], capture_output=True, text=True, check=True, timeout=600)
   cli = dict(line.split("\t") for line in proc.stdout.strip().splitlines())
   assert sorted(cli) == sorted(order)
-  for path, r in files.items():
+  for path, r in wavs.items():
     assert float(cli[path]) == pytest.approx(r["probability"], abs=1e-5), r["path"]
-  shuffled = list(files) + extras
+  shuffled = list(wavs) + extras
   random.Random(0).shuffle(shuffled)
   api = dict(predict.predict_files(trained, shuffled))
   predict_fn = predict.load(trained)
-  for path, r in files.items():
+  for path, r in wavs.items():
     assert api[path] == pytest.approx(r["probability"], abs=1e-5), r["path"]
     wave = synthetic.render(r["path"], 16000)
     assert predict_fn(wave, 16000) == pytest.approx(r["probability"], abs=1e-5)
