@@ -153,15 +153,15 @@ class ParamsOnly(NamedTuple):
 def row_config(variant: str):
   """The downstream config of `variant`, every branch initialised from scratch."""
   config = downstream_configs.get_config(variant)
-  for key in downstream.BRANCHES:
+  for key in downstream_configs.BRANCHES:
     if config[key].name:
       config[key].init = "scratch"
   return config
 
 
 def encoder_configs(config) -> list[dict[str, Any]]:
-  return [downstream.encoder_config(config, k) for k in downstream.BRANCHES
-          if config[k].name]
+  return [downstream.encoder_config(config, k)
+          for k in downstream_configs.branch_keys(config)]
 
 
 def forward_flops(config) -> float:

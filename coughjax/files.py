@@ -7,10 +7,14 @@
   exists and is writable), so a bad path fails in a second, not after the work.
 * `read_json`: settings files (`config.json`, `encoders.json`, a shipped encoder's
   `.json`) read with an error that names the file and says what is wrong.
+* `write_predictions` / `read_predictions`: the per-recording scores CSV (path,
+  label, probability) that the trainer and the evaluation protocol write.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pathlib
@@ -133,3 +137,36 @@ def read_json(path: str | os.PathLike, what: str, required: Sequence[str] = ()) 
       raise ValueError(f"{path}: {what}: missing {missing}; the file is damaged or was "
                        "not written by coughjax")
   return doc
+
+
+PREDICTIONS_COLUMNS = ("path", "label", "probability")
+
+
+def write_predictions(path: str | os.PathLike, paths: Sequence[str], labels: Sequence,
+                      scores: Sequence[float]) -> None:
+  """One row per recording: its path, label (0 / 1) and probability (written as
+  `repr`, so it reads back to the same float), atomically (`atomic_write`)."""
+  if not len(paths) == len(labels) == len(scores):
+    raise ValueError(f"{path}: {len(scores)} scores and {len(labels)} labels for "
+                     f"{len(paths)} recordings")
+  text = io.StringIO()
+  writer = csv.writer(text)
+  writer.writerow(PREDICTIONS_COLUMNS)
+  for p, y, s in zip(paths, labels, scores):
+    writer.writerow([p, int(y), repr(float(s))])
+  atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """`write_predictions`' rows: [{"path", "label" (int), "probability" (float)}].
+
+  Raises:
+    ValueError naming the file: its columns are not `PREDICTIONS_COLUMNS`.
+  """
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if tuple(reader.fieldnames or ()) != PREDICTIONS_COLUMNS:
+      raise ValueError(f"{path}: columns {reader.fieldnames}, expected "
+                       f"{list(PREDICTIONS_COLUMNS)}; not a predictions file of coughjax")
+    return [{"path": r["path"], "label": int(r["label"]),
+             "probability": float(r["probability"])} for r in reader]

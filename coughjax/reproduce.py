@@ -114,7 +114,8 @@ def make_plan(table: int, runs_dir: pathlib.Path, *, rows: Optional[Sequence[str
       k=k, repeats=repeats, baseline_repeats=repeats, seed=seed, runlocal=runlocal,
       downstream_set=tuple(downstream_set), pretrain_set=tuple(pretrain_set))
   for unit in runs.units_of(plan):
-    unit.config()
+    for part in unit.parts:
+      part.config()
   return plan
 
 

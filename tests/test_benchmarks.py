@@ -71,7 +71,7 @@ def test_vggish_and_ensembles_parameter_counts_match():
           == torch_twins.num_params(vggish.abstract_params()))
   for variant in ("ens_gru_transformer", "ens_transformer_cp_ds50"):
     config = downstream_configs.get_config(variant)
-    for key in downstream.BRANCHES:
+    for key in downstream_configs.BRANCHES:
       config[key].init = "scratch"
     model = downstream.build_classifier(config)
     shapes = jax.eval_shape(lambda: model.init(
@@ -79,7 +79,7 @@ def test_vggish_and_ensembles_parameter_counts_match():
         jnp.zeros((2, 96, 64)), train=False))["params"]
     twin = torch_twins.ClassifierTwin(
         [torch_twins.encoder_twin(downstream.encoder_config(config, k))
-         for k in downstream.BRANCHES])
+         for k in downstream_configs.BRANCHES])
     assert torch_twins.num_params(twin) == torch_twins.num_params(shapes), variant
 
 

@@ -146,9 +146,10 @@ def test_cp_rows_pretrain_on_a_disjoint_pool_or_per_fold(done):
   assert (cfg["data"]["folds"], cfg["data"]["source_filter"]) == ("", "telegram")
   for unit in runs.units_of(plan):
     if unit.row and unit.row.name == study.BEST:
-      (need,) = unit.needs
-      assert need.folder.name == ("r0pool-source_filter_telegram"
-                                  if unit.setting.name == study.CC else f"r0f{unit.fold}")
+      for part in unit.parts:  # each fold's
+        (need,) = part.needs
+        assert need.folder.name == ("r0pool-source_filter_telegram"
+                                    if unit.setting.name == study.CC else f"r0f{part.fold}")
   assert "pool disjoint from the evaluated source" in text
 
 

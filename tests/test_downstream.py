@@ -26,6 +26,7 @@ from configs import pretrain as pretrain_configs
 from coughjax import audio
 from coughjax import checkpoints
 from coughjax import data
+from coughjax import files
 from coughjax import evaluate
 from coughjax import infer
 from coughjax import inputs
@@ -149,7 +150,7 @@ def _check_results_against_split(config, workdir, results):
       assert rec["auc"] == pytest.approx(100 * np.mean((pos > neg) + 0.5 * (pos == neg)))
     else:
       assert np.isnan(rec["auc"])
-    rows = downstream.read_predictions(workdir / f"run_{i}" / downstream.PREDICTIONS_FILE)
+    rows = files.read_predictions(workdir / f"run_{i}" / downstream.PREDICTIONS_FILE)
     assert [row["path"] for row in rows] == [rc.path for rc in test.records]
     assert [row["label"] for row in rows] == test.labels.tolist()
     np.testing.assert_allclose([row["probability"] for row in rows], scores, rtol=1e-12)
@@ -158,7 +159,7 @@ def _check_results_against_split(config, workdir, results):
 def _check_encoder_params(config, workspace, workdir):
   """Frozen pre-trained encoders stay bit-identical; fine-tuned CP encoders change (in
   the best checkpoint, after at least one epoch)."""
-  for i, key in enumerate(k for k in downstream.BRANCHES if config[k].name):
+  for i, key in enumerate(downstream_configs.branch_keys(config)):
     branch = config[key]
     if branch.init == "scratch":
       continue
@@ -218,7 +219,7 @@ EXPECTED_DROPOUT = {"transformer": 0.2, "gru": 0.2, "vggish": 0.0}
 def test_every_module_gets_its_own_dropout(variant, workspace, monkeypatch):
   monkeypatch.chdir(workspace)  # CP branches read their pre-training config
   config = downstream_configs.get_config(f"{variant},runlocal")
-  names = [config[k].name for k in downstream.BRANCHES if config[k].name]
+  names = [config[k].name for k in downstream_configs.branch_keys(config)]
   seen = _module_dropouts(downstream.build_classifier(config), config)
   for i, name in enumerate(names):
     mine = {p: v for p, v in seen.items() if p.split("/")[0] == f"encoders_{i}"}
@@ -328,25 +329,25 @@ def _write_wav(path, address):
 
 
 def test_predict_reproduces_the_evaluation_scores(trained, tmp_path):
-  rows = downstream.read_predictions(predict.best_run(trained) / downstream.PREDICTIONS_FILE)
+  rows = files.read_predictions(predict.best_run(trained) / downstream.PREDICTIONS_FILE)
   assert len(rows) >= 2
-  files = {_write_wav(tmp_path / f"test_{i}.wav", r["path"]): r for i, r in enumerate(rows)}
+  wavs = {_write_wav(tmp_path / f"test_{i}.wav", r["path"]): r for i, r in enumerate(rows)}
   extras = [_write_wav(tmp_path / f"extra_{i}.wav", f"synthetic://7/{i}/cough-heavy")
             for i in range(2)]
   # Scored beside other files and in another order, from other paths: the same
   # probabilities as the evaluation loop wrote.
-  order = [extras[0], *reversed(list(files)), extras[1]]
+  order = [extras[0], *reversed(list(wavs)), extras[1]]
   proc = subprocess.run([sys.executable, "-m", "coughjax.predict", f"--workdir={trained}",
                          *order], capture_output=True, text=True, check=True, timeout=600)
   cli = dict(line.split("\t") for line in proc.stdout.strip().splitlines())
   assert sorted(cli) == sorted(order)
-  for path, r in files.items():
+  for path, r in wavs.items():
     assert float(cli[path]) == pytest.approx(r["probability"], abs=1e-5), r["path"]
-  shuffled = list(files) + extras
+  shuffled = list(wavs) + extras
   random.Random(0).shuffle(shuffled)
   api = dict(predict.predict_files(trained, shuffled))
   predict_fn = predict.load(trained)
-  for path, r in files.items():
+  for path, r in wavs.items():
     assert api[path] == pytest.approx(r["probability"], abs=1e-5), r["path"]
     wave = synthetic.render(r["path"], 16000)
     assert predict_fn(wave, 16000) == pytest.approx(r["probability"], abs=1e-5)
@@ -484,8 +485,8 @@ def test_two_processes_score_every_recording_as_one(tmp_path):
   two = conftest.run_processes("launch.py", *flags, f"--workdir={tmp_path / 'two'}")
   for p in two:
     assert p.returncode == 0, p.stdout[-3000:]
-  want = downstream.read_predictions(tmp_path / "one" / "run_0" / downstream.PREDICTIONS_FILE)
-  got = downstream.read_predictions(tmp_path / "two" / "run_0" / downstream.PREDICTIONS_FILE)
+  want = files.read_predictions(tmp_path / "one" / "run_0" / downstream.PREDICTIONS_FILE)
+  got = files.read_predictions(tmp_path / "two" / "run_0" / downstream.PREDICTIONS_FILE)
   assert [r["path"] for r in got] == [r["path"] for r in want]
   np.testing.assert_allclose([r["probability"] for r in got],
                              [r["probability"] for r in want], atol=1e-5, rtol=0)

@@ -11,6 +11,7 @@ import pytest
 import conftest
 import many_runs
 from coughjax import checkpoints
+from coughjax import files
 from coughjax.train import downstream
 from coughjax.train import many
 from coughjax.train import metrics as metrics_lib
@@ -49,7 +50,7 @@ def test_runs_at_once_equal_runs_alone(together, tmp_path):
     alone = tmp_path / f"run_{run.index}"
     assert _val_epochs(run.workdir) == _val_epochs(alone)
     # The outputs of training it alone, in the same layout.
-    assert [r["path"] for r in downstream.read_predictions(
+    assert [r["path"] for r in files.read_predictions(
         run.workdir / downstream.PREDICTIONS_FILE)] == [r.path for r in run.stores["test"].records]
     assert json.loads((run.workdir / "config.json").read_text()) == json.loads(
         (alone / "config.json").read_text())

@@ -46,6 +46,7 @@ def compute(root: pathlib.Path) -> dict:
   from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top
   from configs import pretrain as pretrain_configs  # pylint: disable=g-import-not-at-top
   from coughjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from coughjax import files  # pylint: disable=g-import-not-at-top
   from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
   from coughjax.train import run  # pylint: disable=g-import-not-at-top
 
@@ -54,7 +55,7 @@ def compute(root: pathlib.Path) -> dict:
   pre_dir = root / "runs" / "transformer_m50_runlocal"
   run.run(pre, str(pre_dir))
   config = downstream_configs.get_config("ensemble,runlocal")
-  for branch in ("encoder_a", "encoder_b"):
+  for branch in downstream_configs.BRANCHES:
     config[branch].checkpoint = str(pre_dir)
   config.lock()
   results = run.run(config, str(root / "ensemble"))
@@ -66,7 +67,7 @@ def compute(root: pathlib.Path) -> dict:
   runs = []
   for r in results["runs"]:
     run_dir = root / "ensemble" / f"run_{r['run']}"
-    rows = downstream.read_predictions(run_dir / downstream.PREDICTIONS_FILE)
+    rows = files.read_predictions(run_dir / downstream.PREDICTIONS_FILE)
     runs.append({"best_step": r["best_step"], "val": logged(run_dir, "val"),
                  "test": {row["path"]: row["probability"] for row in rows}})
   return {"pretrain": {"train": logged(pre_dir, "train"), "val": logged(pre_dir, "val")},

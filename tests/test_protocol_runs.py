@@ -23,12 +23,14 @@ from coughjax import data
 from coughjax.data import features as features_lib
 from coughjax.data import splits
 from coughjax.data.manifest import Recording
+from coughjax.protocol import claims
 from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
 from coughjax.protocol import stats
 from coughjax.protocol import units
 from coughjax.protocol import __main__ as cli
+from coughjax.train import downstream
 from coughjax.train import many
 from conftest import REPO
 
@@ -143,43 +145,72 @@ def test_single_feature_baselines_score_what_they_name():
 
 
 def _work(calls, content="mine"):
-  """A unit's work: records what its workdir held, writes an output."""
-  def work(scratch):
-    calls.append(sorted(p.name for p in scratch.iterdir()))
-    (scratch / "out.txt").write_text(content)
-    return {"seconds": 0.5}
+  """A unit's work: records what its workdir held and which folders it was given,
+  writes an output into each."""
+  def work(scratch, todo):
+    calls.append((sorted(p.name for p in scratch.iterdir()), [f.name for f in todo]))
+    for folder in todo:
+      (scratch / folder.name).mkdir(exist_ok=True)
+      (scratch / folder.name / "out.txt").write_text(content)
+    return {f: {"seconds": 0.5} for f in todo}
   return work
 
 
 def _claim(folder, n, **owner):
-  side = units.attempts_folder(folder)
+  side = claims.attempts_folder(folder)
   side.mkdir(parents=True, exist_ok=True)
   (side / f"claim.{n}").write_text(json.dumps(owner))
   return side
 
 
+def _run_once(folder, work, **kwargs):
+  """run_once of a unit publishing the one folder `folder`: its record."""
+  (record,) = claims.run_once(claims.attempts_folder(folder), [folder], work, **kwargs)
+  return record
+
+
 def test_a_unit_is_published_whole_and_once(tmp_path):
   folder, calls = tmp_path / "all" / "row" / "r0f0", []
-  assert units.state(folder) == "to do"
-  unit = units.run_once(folder, _work(calls))
+  side = claims.attempts_folder(folder)
+  assert claims.state(side, [folder]) == "to do"
+  unit = _run_once(folder, _work(calls))
   assert (unit["attempt"], unit["resumed_from"], unit["seconds"]) == (0, None, 0.5)
-  assert units.read_unit(folder) == unit and (folder / "out.txt").read_text() == "mine"
-  assert not units.attempts_folder(folder).exists() and units.state(folder) == "done"
-  assert units.run_once(folder, _work(calls)) == unit and len(calls) == 1
+  assert claims.read_unit(folder) == unit and (folder / "out.txt").read_text() == "mine"
+  assert not side.exists() and claims.state(side, [folder]) == "done"
+  assert _run_once(folder, _work(calls)) == unit and len(calls) == 1
+
+
+def test_a_unit_of_several_folders_works_on_those_not_published(tmp_path):
+  """A row's repeat publishes a folder per fold; an attempt killed between two
+  renames leaves the others to the next, which does not redo the published one."""
+  folders = [tmp_path / "all" / "row" / f"r0f{f}" for f in range(3)]
+  side = claims.attempts_folder(tmp_path / "all" / "row" / "r0")
+  assert side.name == ".r0.attempts"
+  folders[1].mkdir(parents=True)
+  (folders[1] / "unit.json").write_text('{"seconds": 3.0}')
+  (folders[1] / "out.txt").write_text("earlier")
+  assert claims.state(side, folders) == "partial (1 of 3 published)"
+  calls = []
+  records = claims.run_once(side, folders, _work(calls))
+  assert calls == [([], ["r0f0", "r0f2"])]
+  assert [r["seconds"] for r in records] == [0.5, 3.0, 0.5]
+  assert [r.get("shared_by") for r in records] == [2, None, 2]
+  assert [(f / "out.txt").read_text() for f in folders] == ["mine", "earlier", "mine"]
+  assert not side.exists() and claims.state(side, folders) == "done"
 
 
 def test_an_attempt_whose_process_died_is_resumed_at_once(tmp_path):
   folder = tmp_path / "r0f0"
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
-  side = _claim(folder, 0, **dict(units._me(), pid=int(dead.stdout)))
+  side = _claim(folder, 0, **dict(claims._me(), pid=int(dead.stdout)))
   (side / "work.0").mkdir()
   (side / "work.0" / "checkpoint").write_text("epoch 1")
-  assert units.state(folder).startswith("partial (attempt 0 by ")
+  assert claims.state(side, [folder]).startswith("partial (attempt 0 by ")
   calls, start = [], time.monotonic()
-  unit = units.run_once(folder, _work(calls), stale_s=600)
+  unit = _run_once(folder, _work(calls), stale_s=600)
   assert time.monotonic() - start < 60  # not after stale_s: the owner is known dead
-  assert calls == [["checkpoint"]]  # its workdir, copied
+  assert calls == [(["checkpoint"], ["r0f0"])]  # its workdir, copied
   assert (unit["attempt"], unit["resumed_from"]) == (1, 0)
 
 
@@ -187,13 +218,14 @@ def test_another_machines_attempt_is_taken_over_once_its_heartbeat_stops(tmp_pat
   folder = tmp_path / "r0f0"
   _claim(folder, 0, host="elsewhere", boot="x", pid=1, started="1")
   calls, start = [], time.monotonic()
-  unit = units.run_once(folder, _work(calls), stale_s=0.5, poll_s=0.05)
-  assert time.monotonic() - start >= 0.5 and unit["attempt"] == 1 and calls == [[]]
+  unit = _run_once(folder, _work(calls), stale_s=0.5, poll_s=0.05)
+  assert time.monotonic() - start >= 0.5 and unit["attempt"] == 1
+  assert calls == [([], ["r0f0"])]
 
 
 def test_a_live_attempt_is_waited_for(tmp_path):
   folder = tmp_path / "r0f0"
-  side = _claim(folder, 0, **units._me())  # alive: this very process
+  side = _claim(folder, 0, **claims._me())  # alive: this very process
 
   def other_attempt_finishes():
     time.sleep(0.5)
@@ -204,7 +236,7 @@ def test_a_live_attempt_is_waited_for(tmp_path):
   thread = threading.Thread(target=other_attempt_finishes)
   thread.start()
   calls = []
-  assert units.run_once(folder, _work(calls), poll_s=0.05) == {"seconds": 7.0}
+  assert _run_once(folder, _work(calls), poll_s=0.05) == {"seconds": 7.0}
   thread.join()
   assert not calls
 
@@ -212,16 +244,17 @@ def test_a_live_attempt_is_waited_for(tmp_path):
 def test_of_two_finishers_the_first_ones_outputs_stay(tmp_path):
   folder = tmp_path / "r0f0"
 
-  def work(scratch):  # another attempt publishes while this one works
+  def work(scratch, todo):  # another attempt publishes while this one works
     rival = tmp_path / "rival"
     rival.mkdir()
     (rival / "unit.json").write_text('{"seconds": 2.0}')
     (rival / "out.txt").write_text("rival")
     os.rename(rival, folder)
-    (scratch / "out.txt").write_text("mine")
-    return {"seconds": 1.0}
+    (scratch / "r0f0").mkdir()
+    (scratch / "r0f0" / "out.txt").write_text("mine")
+    return {f: {"seconds": 1.0} for f in todo}
 
-  assert units.run_once(folder, work) == {"seconds": 2.0}
+  assert _run_once(folder, work) == {"seconds": 2.0}
   assert (folder / "out.txt").read_text() == "rival"
 
 
@@ -231,10 +264,10 @@ def test_a_damaged_unit_record_is_named_with_what_to_do(tmp_path):
   (folder / "unit.json").write_text("")  # a full disk, say
   with pytest.raises(ValueError, match=r"r0f0/unit.json: unit record: not valid JSON .*"
                      r"delete \S*r0f0 to run the unit again"):
-    units.read_unit(folder)
+    claims.read_unit(folder)
   (folder / "unit.json").unlink()
   with pytest.raises(ValueError, match="without unit.json .* delete it"):
-    units.read_unit(folder)
+    claims.read_unit(folder)
 
 
 # --- a study on Dask workers (the built-in synthetic data, runlocal) ------------------
@@ -271,9 +304,12 @@ def _predictions(plan):
 
 
 def test_a_study_runs_on_two_worker_processes(study):
-  records = [units.read_unit(p.parent) for p in study.workdir.glob("all/*/*/unit.json")]
-  assert len(records) == 4 and all(r["attempt"] == 0 for r in records)
-  assert len({r["ran_on"] for r in records}) == 2  # both workers ran units
+  records = {p.parent.relative_to(study.workdir).as_posix(): claims.read_unit(p.parent)
+             for p in study.workdir.glob("all/*/*/unit.json")}
+  assert len(records) == 4 and all(r["attempt"] == 0 for r in records.values())
+  # One unit per row (its repeat), both folds in it: the transformer's as one program.
+  assert {r["shared_by"] for r in records.values()} == {2}
+  assert len({r["ran_on"] for r in records.values()}) == 2  # both workers ran units
   assert not list(study.workdir.glob("**/*.attempts"))
   report = (study.workdir / "report.md").read_text()
   assert "| all | transformer | duration_only |" in report
@@ -311,48 +347,71 @@ def test_a_rerun_runs_nothing_and_refuses_another_config(study):
     runs.run_plan(other, runner=_must_not_run)
 
 
-def _must_not_run(config, workdir):
+def _must_not_run(configs, workdir):
   raise AssertionError(f"{workdir}: a unit ran again")
 
 
-def _dies_after_its_first_checkpoint(config, workdir):
+def _dies_after_its_first_checkpoint(configs, workdir):
   """The trainer, in a worker process that is killed (SIGKILL) once the first
-  attempt at transformer r0f0 has checkpointed its first epoch: a worker lost
-  mid-unit."""
+  attempt at transformer r0 (both folds) has checkpointed its first epoch: a worker
+  lost mid-unit."""
   work = pathlib.Path(workdir)
-  if work.name == "work.0" and work.parent.name == ".r0f0.attempts":
+  if work.name == "work.0" and work.parent.name == ".r0.attempts":
     def kill_when_checkpointed():
       while not any(p.name.isdigit() for p in (work / many.CHECKPOINTS).glob("*")):
         time.sleep(0.05)
       os.kill(os.getpid(), signal.SIGKILL)
     threading.Thread(target=kill_when_checkpointed, daemon=True).start()
-  return units.default_runner(config, workdir)
+  return units.default_runner(configs, workdir)
 
 
 def test_a_worker_killed_mid_unit_costs_nothing(tmp_path, study):
   plan = _plan(tmp_path / "work")
   runs.run_plan(plan, runner=_dies_after_its_first_checkpoint, processes=2)
-  killed = units.read_unit(plan.workdir / "all" / "transformer" / "r0f0")
-  assert (killed["attempt"], killed["resumed_from"]) == (1, 0)  # resumed elsewhere
-  assert killed["epochs"] == 2
+  for fold in range(plan.k):
+    killed = claims.read_unit(plan.workdir / "all" / "transformer" / f"r0f{fold}")
+    assert (killed["attempt"], killed["resumed_from"]) == (1, 0)  # resumed elsewhere
+    assert killed["epochs"] == 2
   assert len(list(plan.workdir.glob("all/*/*/unit.json"))) == 4
   assert not list(plan.workdir.glob("**/*.attempts"))
   assert _predictions(plan) == _predictions(study)  # the same scores, to the bit
 
 
-def _fake_trainer(config, workdir):
-  """Scores the test part by a hash of each path (no JAX) and logs the call."""
-  parts = splits.from_config(data.get_manifest(config.data), config.data)
-  run_dir = pathlib.Path(workdir) / "run_0"
-  run_dir.mkdir()
+def test_a_fold_trained_with_the_others_scores_as_trained_alone(tmp_path, study):
+  """The transformer's folds trained as one program: fold 1's test scores equal
+  training it alone (`downstream.run`, one run), up to float rounding. Here that is
+  up to 1.2e-4 (median 1.3e-5; fold 0: 7e-8): the vmapped step of 2 runs rounds
+  unlike that of 1, and Adam's first steps (g / |g|) turn a rounded gradient near 0
+  into a full step; fold 1 trained beside a copy of itself moves as far, so it is
+  the program's rounding, not the other fold's data."""
+  (unit,) = [u for u in runs.units_of(study) if u.row and u.row.name == "transformer"]
+  part = unit.parts[1]
+  config = part.config()
+  config.lock()
+  downstream.run(config, str(tmp_path))
+  alone = units.read_predictions(tmp_path, units.TRAINED_PREDICTIONS)
+  together = units.read_predictions(part.folder)
+  assert alone.keys() == together.keys()
+  assert [alone[k][0] for k in alone] == [together[k][0] for k in alone]
+  np.testing.assert_allclose([together[k][1] for k in alone],
+                             [alone[k][1] for k in alone], rtol=0, atol=5e-4)
+
+
+def _fake_trainer(configs, workdir):
+  """Scores each fold's test part by a hash of each path (no JAX) and logs the call."""
   time.sleep(1.0)  # long enough for two commands to meet on a unit
-  rows = ["path,label,probability"] + [
-      f"{r.path},{int(r.label)},{zlib.crc32(r.path.encode()) / 2**32!r}"
-      for r in parts["test"]]
-  (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
-  (run_dir / "metrics.jsonl").write_text('{"split": "val", "epoch": 0, "best": true}\n')
+  for name, config in configs.items():
+    parts = splits.from_config(data.get_manifest(config.data), config.data)
+    run_dir = pathlib.Path(workdir) / name / "run_0"
+    run_dir.mkdir()
+    rows = ["path,label,probability"] + [
+        f"{r.path},{int(r.label)},{zlib.crc32(r.path.encode()) / 2**32!r}"
+        for r in parts["test"]]
+    (run_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    (run_dir / "metrics.jsonl").write_text('{"split": "val", "epoch": 0, "best": true}\n')
   with open(pathlib.Path(config.data.folds).parent / "trained.log", "a") as f:
-    f.write(f"{workdir}\n")
+    f.write(f"{workdir} {','.join(configs)}\n")
+  return {}
 
 
 def test_two_commands_on_one_workdir_do_not_double_a_unit(tmp_path):
@@ -373,8 +432,9 @@ def test_two_commands_on_one_workdir_do_not_double_a_unit(tmp_path):
   if errors:
     raise errors[0]
   trained = (plan.workdir / "trained.log").read_text().splitlines()
-  units_trained = sorted(pathlib.Path(w).parent.name for w in trained)
-  assert units_trained == [".r0f0.attempts", ".r0f1.attempts"]  # each once
+  units_trained = [(pathlib.Path(w).parent.name, folds) for w, folds in
+                   (line.split() for line in trained)]
+  assert units_trained == [(".r0.attempts", "r0f0,r0f1")]  # once, both folds
   assert len(list(plan.workdir.glob("all/*/*/unit.json"))) == 2 + 4
   for name in ROWS:
     np.testing.assert_array_equal(results[0]["all"][name].scores,
@@ -401,12 +461,14 @@ def test_inductive_pretraining_never_sees_its_fold(tmp_path):
     assert runs.pretrain_workdir(plan, "transformer_m0", setting, 0, fold).name == \
         f"r0f{fold}"
   assert runs.pretrain_workdir(plan, "transformer_m0", setting, 0, None).name == "r0all"
-  # Each downstream unit loads the pre-training of its own fold.
+  # Each fold loads the pre-training of its own fold; its unit needs them all.
   for unit in runs.units_of(plan):
     if unit.row:
-      (need,) = unit.needs
-      assert unit.config().encoder_a.checkpoint == str(need.folder)
-      assert need.folder.name == f"r0f{unit.fold}"
+      assert [n.folder.name for n in unit.needs] == [f"r0f{f}" for f in range(plan.k)]
+      for part in unit.parts:
+        (need,) = part.needs
+        assert part.config().encoder_a.checkpoint == str(need.folder)
+        assert need.folder.name == f"r0f{part.fold}"
 
 
 
@@ -416,7 +478,7 @@ def test_pretraining_that_holds_out_no_test_recording_is_an_error(tmp_path):
   # the downstream's 1): none of a fold's test recordings is in it.
   plan = _plan(tmp_path, ["transformer_cp_ft"])
   runs.prepare(plan)
-  (need,) = runs.units_of(plan)[1].needs
+  need = runs.units_of(plan)[2].needs[0]
   config = need.config()
   with pytest.raises(ValueError, match=r"fold 0 of repeat 0: none of these 48 recordings "
                      r"\(under synthetic://0/\) is one of its 24 test recordings \(under "
@@ -450,16 +512,15 @@ def test_every_repeat_draws_its_own_seeds(tmp_path, pretraining):
   plan = dataclasses.replace(plan, rows=(dataclasses.replace(plan.rows[0],
                                                              pretraining=pretraining),))
   todo = runs.units_of(plan)
+  rows = [p for u in todo if u.row for p in u.parts]
   for fold in range(plan.k):
-    a, b = (next(u for u in todo if u.row and (u.repeat, u.fold) == (r, fold))
-            for r in (0, 1))
+    a, b = (next(p for p in rows if (p.repeat, p.fold) == (r, fold)) for r in (0, 1))
     for one, other in [(a, b)] + list(zip(a.needs, b.needs)):
       seeds, others = _seeds(one.config()), _seeds(other.config())
       assert {"seed", "data.split_seed"} <= set(seeds)
       assert all(seeds[k] != others[k] for k in seeds), (one.name, seeds, others)
-  # Within a repeat, no two units of a row share a seed either.
-  rows = [u for u in todo if u.row]
-  assert len({u.config().seed for u in rows}) == len(rows)
+  # Within a repeat, no two folds of a row share a seed either.
+  assert len({p.config().seed for p in rows}) == len(rows)
 
 
 def test_a_pool_pretrains_once_per_repeat_for_every_fold(tmp_path, capsys):
@@ -471,12 +532,12 @@ def test_a_pool_pretrains_once_per_repeat_for_every_fold(tmp_path, capsys):
   for unit in (u for u in todo if u.row):
     (need,) = unit.needs
     assert need.folder == pretrainings[unit.repeat].folder
-    assert unit.config().encoder_a.checkpoint == str(need.folder)
+    assert all(p.config().encoder_a.checkpoint == str(need.folder) for p in unit.parts)
   config = pretrainings[0].config()
   assert (config.data.seed, config.data.folds) == (7, "")  # the pool, all of it
   _dry_run(plan)
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 2 + 2 * 2
+  assert len(lines) == 2 + 2  # a pre-training and a row's unit (both folds) per repeat
   # Without a pool, a pool row pre-trains per fold.
   plan = _pool_plan(tmp_path / "work", pool=())
   assert [u.name for u in runs.units_of(plan) if u.is_pretraining] == [
@@ -523,7 +584,7 @@ def test_a_gain_moves_a_raw_models_auc_and_not_a_gain_normalised_ones(
   plan = dataclasses.replace(plan, settings=(dataclasses.replace(
       plan.settings[0], overrides=(f"features.normalise={normalise}",)),))
   runs.prepare(plan)
-  config = runs.units_of(plan)[0].config()
+  config = runs.units_of(plan)[0].parts[0].config()
   test = baselines.load_split_features(
       runs.downstream_config(plan, runs.Setting("raw", (), ()), plan.rows[0]))["test"]
   loud = {r.path: f.mean(dtype=np.float64) for r, f in zip(test.records, test.features)}
@@ -613,17 +674,19 @@ def test_a_dry_run_lists_units_needs_and_states(tmp_path, capsys):
   plan = _plan(tmp_path / "work", ["transformer_cp_ft", "duration_only"])
   _dry_run(plan)
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 2 + 2 + 2 and all(l.endswith("to do") for l in lines)
+  # Two pre-trainings, then each row's unit: both its folds.
+  assert len(lines) == 2 + 1 + 1 and all(l.endswith("to do") for l in lines)
   assert lines[0].startswith("pretrain/transformer_m0/r0f0 ")
-  assert lines[1].split()[:3] == ["all/transformer_cp_ft/r0f0", "needs",
-                                  "pretrain/transformer_m0/r0f0"]
+  assert lines[2].split()[:4] == ["all/transformer_cp_ft/r0", "needs",
+                                  "pretrain/transformer_m0/r0f0,",
+                                  "pretrain/transformer_m0/r0f1"]
   assert not plan.workdir.exists()  # a dry run writes nothing
   for unit in runs.prepare(plan):  # the baseline's units, here, without a cluster
     if unit.row and unit.row.is_baseline:
       units.run(unit)
   _dry_run(plan)
   lines = capsys.readouterr().out.splitlines()
-  assert [l.endswith(" done") for l in lines] == [False] * 4 + [True] * 2
+  assert [l.endswith(" done") for l in lines] == [False] * 3 + [True]
 
 
 def test_a_damaged_folds_file_is_named_with_what_to_do(tmp_path):

@@ -40,10 +40,11 @@ def test_cp_rows_pretrain_once_per_repeat_on_a_pool_without_the_evaluated_data(t
   for unit in (u for u in todo if u.row):
     (need,) = unit.needs
     assert need.repeat == unit.repeat and need.fold is None  # every fold's
-    config = unit.config()
-    assert config.encoder_a.checkpoint == str(need.folder)
-    assert (config.data.fold, config.data.fold_repeat) == (unit.fold, unit.repeat)
-    assert config.data.seed != need.config().data.seed  # other recordings
+    for part in unit.parts:
+      config = part.config()
+      assert config.encoder_a.checkpoint == str(need.folder)
+      assert (config.data.fold, config.data.fold_repeat) == (part.fold, part.repeat)
+      assert config.data.seed != need.config().data.seed  # other recordings
   assert not tmp_path.joinpath("reproduce").exists()  # nothing written
 
 

@@ -32,6 +32,15 @@ import ml_collections
 
 from coughjax.configs import common
 
+# The classifier's encoder branches: the config keys that describe them, in the order
+# of its encoders (a key whose `name` is "" is no branch). Every module that walks
+# the branches (the trainer, the config checks, the protocol) takes them from here.
+BRANCHES = ("encoder_a", "encoder_b")
+
+
+def branch_keys(config) -> list[str]:
+  """The keys of `config`'s branches (those naming an encoder), in order."""
+  return [k for k in BRANCHES if config[k].name]
 
 def _encoder(name="", init="scratch", pretrain="", frozen=False):
   """One branch: `init` is scratch | cp (a pre-training workdir) | audioset (VGGish)."""
@@ -87,8 +96,8 @@ def get_config(arg: str = "ensemble"):
   config.task = "downstream"
   config.variant = name
   spec = copy.deepcopy(VARIANTS[name])  # callers may change the returned config
-  config.encoder_a = spec["encoder_a"]
-  config.encoder_b = spec.get("encoder_b", _encoder())
+  for key in BRANCHES:
+    config[key] = spec.get(key, _encoder())
   # DS masking: each branch draws its own random key mask at this rate, in training
   # and, with mask_at_eval, at inference (paper Tables 5 and 6).
   config.model.mask_rate = spec.get("ds_rate", 0.0)

@@ -3,18 +3,19 @@
 A *row* scores recordings: a downstream variant of `configs/downstream.py`, or a
 baseline of `coughjax.baselines`. A *setting* is a selection of the data (config
 overrides). A `Plan` runs rows in settings over k folds, repeated; it is made of
-*units* (`units_of`): one (setting, row, repeat, fold) each, and for -CP rows the
+*units* (`units_of`): one (setting, row, repeat) each, whose k folds are published
+one folder each (a deep row's folds train as one program), and for -CP rows the
 pre-trainings they need: per (repeat, fold) without the fold's test recordings
 (INDUCTIVE), once per repeat on all the data (TRANSDUCTIVE), or once per repeat on
 the setting's *pool* (POOL): pre-training data disjoint from every recording the
 setting evaluates (`Setting.pool`), which serves every fold of the repeat. In a
 setting without a pool, a POOL row pre-trains per fold, as an INDUCTIVE one.
 
-Seeds: unit (r, f) (a row's, or its inductive pre-training's) has seed
+Seeds: fold f of repeat r (a row's, or its inductive pre-training's) has seed
 `seed + r * k + f` for its model and for its train / validation split; a
 pre-training once per repeat has fold 0's. So every repeat draws its own folds
 and its own seeds for everything (initialisation, dropout, masks, shuffles,
-pre-training), and no two units of one row share a seed.
+pre-training), and no two folds of one row share a seed.
 
 Everything here is a frozen dataclass or a pure function of one, so a unit pickles
 to a Dask worker as it is and gives the same config there.
@@ -26,11 +27,12 @@ Layout of `<workdir>`:
       r<repeat>f<fold>/                                        inductive,
       r<repeat>all/                                            transductive,
       r<repeat>pool-<pool>/                                    on a pool
-  <setting>/<row>/r<repeat>f<fold>/                            a downstream workdir,
-      or a baseline's folder; both hold predictions.csv and unit.json
+  <setting>/<row>/r<repeat>f<fold>/                            a fold's downstream
+      workdir, or a baseline's folder; both hold predictions.csv and unit.json
 
-each published whole; while a unit runs, its attempts live beside its folder in
-`.<name>.attempts/` (`coughjax.protocol.units`).
+each published whole; while a unit runs, its attempts live beside its folders in
+`.<name>.attempts/` (a row's repeat: `<setting>/<row>/.r<repeat>.attempts/`;
+`coughjax.protocol.claims`).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class Plan:
     repeats: repeats of the k-fold for deep rows.
     baseline_repeats: repeats for baselines (cheap: more repeats narrow their
       intervals; comparisons use the repeats both rows have).
-    seed: of the folds; unit (r, f) trains with seed `seed + r * k + f`.
+    seed: of the folds; fold f of repeat r trains with seed `seed + r * k + f`.
     pretrain_data: "key=value" overrides of the -CP rows' pre-training configs
       (`configs/pretrain.py:<variant>`), e.g. the `real` data's roots.
     pretrain_option: comma options of the pre-training configs (e.g. "real").
@@ -183,7 +185,7 @@ class Plan:
     return max([self.repeats, self.baseline_repeats] + [r.repeats for r in self.rows])
 
   def seed_of(self, repeat: int, fold: int = 0) -> int:
-    """The seed of unit (`repeat`, `fold`): distinct for every unit of a row."""
+    """The seed of fold `fold` of repeat `repeat`: distinct for every fold of a row."""
     return self.seed + repeat * self.k + fold
 
   @property
@@ -261,8 +263,8 @@ def pretrain_workdir(plan: Plan, variant: str, setting: Setting, repeat: int,
 
 
 def _cp_branches(config) -> list:
-  return [config[k] for k in ("encoder_a", "encoder_b")
-          if config[k].name and config[k].init == "cp"]
+  return [config[k] for k in config_modules()[1].branch_keys(config)
+          if config[k].init == "cp"]
 
 
 # --- units --------------------------------------------------------------------------
@@ -270,19 +272,23 @@ def _cp_branches(config) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """One piece of a study's work, done in (and published as) its own folder.
+  """One piece of a study's work: one task, run once and resumably, its outputs
+  published as folders (`parts`).
 
-  A row unit has `row` set (a downstream training or a baseline's fit on fold
-  `fold` of repeat `repeat`); a pre-training unit has `row` None and pre-trains
-  `variant` with `extra` overrides with repeat `repeat`'s seeds: on the data without
-  the test part of fold `fold`, or with `fold` None on all of it (transductive) or,
-  with `pool` set, on the pool those overrides make.
+  A row unit has `row` set and `fold` None: repeat `repeat` of the row, all its k
+  folds (a deep row's folds train as one program, a baseline's fit one after the
+  other), each published as its own folder: `parts` are the units of each fold
+  alone (`fold` set), each with its config, folder and pre-trainings. A
+  pre-training unit has `row` None and pre-trains `variant` with `extra` overrides
+  with repeat `repeat`'s seeds: on the data without the test part of fold `fold`,
+  or with `fold` None on all of it (transductive) or, with `pool` set, on the pool
+  those overrides make; it is its own one part.
   """
   plan: Plan
   setting: Setting
   row: Optional[Row]
   repeat: int
-  fold: Optional[int]
+  fold: Optional[int] = None
   variant: str = ""
   extra: tuple[str, ...] = ()
   pool: tuple[str, ...] = ()
@@ -293,9 +299,14 @@ class Unit:
 
   @property
   def folder(self) -> pathlib.Path:
+    """Where its output goes: a pre-training's or a fold's folder; for a row's
+    repeat `<setting>/<row>/r<repeat>`, the name of its folds' attempts (no folder
+    of that name is made)."""
     if self.row is None:
       return pretrain_workdir(self.plan, self.variant, self.setting, self.repeat,
                               self.fold, self.extra, self.pool)
+    if self.fold is None:
+      return self.plan.workdir / self.setting.name / self.row.name / f"r{self.repeat}"
     return self.plan.unit_folder(self.setting, self.row, self.repeat, self.fold)
 
   @property
@@ -303,8 +314,15 @@ class Unit:
     """The folder relative to the workdir (what logs and --dry_run show)."""
     return str(self.folder.relative_to(self.plan.workdir))
 
+  @property
+  def parts(self) -> tuple[Unit, ...]:
+    """What it publishes, one folder each: a row's repeat's folds, else itself."""
+    if self.row is None or self.fold is not None:
+      return (self,)
+    return tuple(dataclasses.replace(self, fold=f) for f in range(self.plan.k))
+
   def _pretraining(self, variant: str) -> Unit:
-    """The pre-training unit of this row unit's -CP branch `variant`."""
+    """The pre-training unit of this fold's -CP branch `variant`."""
     how = self.row.pretraining
     if how == POOL and not self.setting.pool:
       how = INDUCTIVE  # no disjoint pool here: per fold, without the test part
@@ -313,8 +331,8 @@ class Unit:
                 self.row.pretrain_overrides, self.setting.pool if how == POOL else ())
 
   def _with_pretrainings(self) -> tuple[ml_collections.ConfigDict, list[Unit]]:
-    """A row unit's config with each -CP branch that names no checkpoint pointed at
-    the folder of its pre-training unit, and those units (one per branch)."""
+    """A fold's config with each -CP branch that names no checkpoint pointed at the
+    folder of its pre-training unit, and those units (one per branch)."""
     config = downstream_config(self.plan, self.setting, self.row, self.repeat, self.fold)
     needs = []
     for branch in _cp_branches(config):
@@ -325,34 +343,38 @@ class Unit:
 
   @property
   def needs(self) -> tuple[Unit, ...]:
-    """The pre-training units this unit loads, each once (none for baselines and
+    """The pre-training units its folds load, each once (none for baselines and
     pre-trainings)."""
     if self.row is None or self.row.is_baseline:
       return ()
-    return tuple({u.folder: u for u in self._with_pretrainings()[1]}.values())
+    return tuple({u.folder: u for p in self.parts
+                  for u in p._with_pretrainings()[1]}.values())
 
   def config(self) -> ml_collections.ConfigDict:
-    """The unit's config, the same wherever it is computed."""
+    """The config of a pre-training or of one fold, the same wherever it is
+    computed (a row's repeat has one per fold: its `parts`')."""
     if self.row is None:
       return pretrain_config(self.plan, self.variant, self.setting, self.repeat,
                              self.fold, self.extra, self.pool)
+    if self.fold is None:
+      raise ValueError(f"{self.name}: a unit of {self.plan.k} folds has a config per "
+                       "fold (its parts')")
     return self._with_pretrainings()[0]
 
 
 def units_of(plan: Plan) -> list[Unit]:
   """Every unit of `plan`, each once, in the order they should run: each setting's
   first row, then each one's second, ... (a study whose settings list their rows by
-  importance has the important ones everywhere first), a unit's pre-trainings just
-  before it. Pre-trainings shared by several rows or settings (same variant, front
-  end, overrides and fold) appear once."""
+  importance has the important ones everywhere first), a row's repeat after the
+  pre-trainings its folds need. Pre-trainings shared by several rows or settings
+  (same variant, front end, overrides and fold) appear once."""
   out: dict[pathlib.Path, Unit] = {}
   for position in range(max(len(s.rows) for s in plan.settings)):
     for setting in (s for s in plan.settings if position < len(s.rows)):
       row = plan.row(setting.rows[position])
       for repeat in range(plan.repeats_of(row)):
-        for fold in range(plan.k):
-          unit = Unit(plan, setting, row, repeat, fold)
-          for need in unit.needs:
-            out.setdefault(need.folder, need)
-          out[unit.folder] = unit
+        unit = Unit(plan, setting, row, repeat)
+        for need in unit.needs:
+          out.setdefault(need.folder, need)
+        out[unit.folder] = unit
   return list(out.values())

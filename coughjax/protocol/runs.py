@@ -26,9 +26,11 @@ pre-trains once per repeat on all of it, as a reference for what seeing the test
 audio is worth.
 
 The pieces: `plan` (rows, settings, units, configs, the workdir's layout), `units`
-(one unit, run once and resumably, published whole), `schedule` (the units as a
-Dask graph on a local or a running cluster). Here: the checks made before any work,
-the folds, the scores, and what a study command does (`command_main`).
+(the work of one unit: a row's folds trained as one program, each published as a
+folder), `claims` (a unit run once and resumably, its folders published whole),
+`schedule` (the units as a Dask graph on a local or a running cluster). Here: the
+checks made before any work, the folds, the scores, and what a study command does
+(`command_main`).
 
 Running a study on a cluster: start a scheduler and workers that share the workdir
 and the data at the same paths and import this coughjax, then pass the scheduler:
@@ -61,6 +63,7 @@ import numpy as np
 from coughjax import data
 from coughjax import files
 from coughjax.data import manifest as manifest_lib
+from coughjax.protocol import claims
 from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import schedule
 from coughjax.protocol import units as units_lib
@@ -155,7 +158,7 @@ def check_pools(todo: Sequence[Unit]) -> None:
       if not need.pool or (unit.setting.name, need.folder) in checked:
         continue
       checked.add((unit.setting.name, need.folder))
-      config = unit.config()
+      config = unit.parts[0].config()
       pool = data.get_manifest(need.config().data)
       evaluated = data.get_manifest(config.data)
       cache = features_lib.FeatureCache(
@@ -179,16 +182,16 @@ def prepare(plan: Plan, write: bool = True) -> list[Unit]:
   ensure_folds(plan, check_data(plan), write)
   todo = units_of(plan)
   check_pools(todo)
-  for unit in todo:
-    if units_lib.read_unit(unit.folder) is not None:
-      units_lib.check_same(unit.folder, unit.config())
+  for part in (p for unit in todo for p in unit.parts):
+    if claims.read_unit(part.folder) is not None:
+      units_lib.check_same(part.folder, part.config())
   return todo
 
 
 def run_units(plan: Plan, todo: Sequence[Unit], runner: Callable = default_runner, *,
               processes: int = 1, scheduler: str = "") -> None:
   """Runs the units of `todo` not done yet on a Dask cluster (`schedule.connect`)."""
-  pending = [u for u in todo if units_lib.read_unit(u.folder) is None]
+  pending = [u for u in todo if units_lib.state(u) != "done"]
   if not pending:
     return
   plan.workdir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,7 @@ def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str]) -> S
     validation.append([])
     for fold in range(plan.k):
       folder = plan.unit_folder(setting, row, repeat, fold)
-      unit = units_lib.read_unit(folder)
+      unit = claims.read_unit(folder)
       if unit is None:
         raise ValueError(f"{folder}: the unit has not run")
       units[-1].append(unit)
@@ -276,8 +279,8 @@ def run_plan(plan: Plan, runner: Callable = default_runner, *, processes: int = 
 
   Args:
     plan: the study.
-    runner: (config, workdir) -> trains; a module-level function (it is pickled to
-      the workers).
+    runner: ({name: config}, workdir) -> trains (`units.default_runner`); a
+      module-level function (it is pickled to the workers).
     processes: worker processes of the embedded cluster (spawned: a script that
       calls this needs the `if __name__ == "__main__":` guard).
     scheduler: a running cluster's scheduler address or file instead.

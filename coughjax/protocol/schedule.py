@@ -1,8 +1,9 @@
 """A study's units as a Dask task graph, on a local cluster or a running one.
 
-Each unit (`plan.Unit`) is one task, `units.run`: it returns the small unit record
-and leaves its outputs on disk. A row unit depends on the pre-training units its
--CP branches load; units run in `plan.units_of`'s order as workers free up.
+Each unit (`plan.Unit`: a pre-training, or a row's repeat with all its folds) is
+one task, `units.run`: it returns the small unit records of its folders and leaves
+its outputs on disk. A row unit depends on the pre-training units its folds' -CP
+branches load; units run in `plan.units_of`'s order as workers free up.
 
 * `connect("", processes=N)`: an embedded `distributed.LocalCluster` of N worker
   processes with one thread each. Processes, not threads: each unit runs JAX, and
@@ -22,7 +23,7 @@ and leaves its outputs on disk. A row unit depends on the pre-training units its
 
 A worker that dies (killed, out of memory) loses its unit; the scheduler gives it
 to another worker, where it resumes from the dead attempt's checkpoints
-(`coughjax.protocol.units`). A unit that kills `ALLOWED_FAILURES` + 1 workers in a
+(`coughjax.protocol.claims`). A unit that kills `ALLOWED_FAILURES` + 1 workers in a
 row fails with `KilledWorker` rather than killing workers forever (the scheduler's
 `distributed.scheduler.allowed-failures`, set here for the embedded cluster; a
 running cluster's scheduler uses its own). A unit that raises is not retried: the
@@ -143,9 +144,9 @@ def check_workers(client, workdir: pathlib.Path) -> None:
                ", ".join(sorted({g["jax_platforms"] or "unset" for g in info.values()})))
 
 
-def _run_unit(unit: plan_lib.Unit, runner: Callable, *after: dict) -> dict:
-  """The task of one unit; `after` holds the records of the units it needs (Dask
-  runs it once they are done)."""
+def _run_unit(unit: plan_lib.Unit, runner: Callable, *after: list[dict]) -> list[dict]:
+  """The task of one unit: its folders' records; `after` holds those of the units
+  it needs (Dask runs it once they are done)."""
   del after
   return units_lib.run(unit, runner)
 
@@ -170,9 +171,10 @@ def run_units(client, todo: Sequence[plan_lib.Unit],
   for done, future in enumerate(distributed.as_completed(futures.values()), 1):
     name = names[future.key]
     if future.status == "finished":
-      record = future.result()
+      records = future.result()
       logging.info("unit %d/%d done: %s (%.0f s, attempt %d)", done, len(todo), name,
-                   record["seconds"], record.get("attempt", 0))
+                   sum(r["seconds"] for r in records),
+                   max(r.get("attempt", 0) for r in records))
       continue
     error = future.exception()
     if isinstance(error, distributed.KilledWorker):
@@ -193,5 +195,5 @@ def describe(todo: Sequence[plan_lib.Unit]) -> list[str]:
   lines = []
   for unit in todo:
     needs = ", ".join(n.name for n in unit.needs) or "-"
-    lines.append(f"{unit.name:<48} needs {needs:<40} {units_lib.state(unit.folder)}")
+    lines.append(f"{unit.name:<48} needs {needs:<40} {units_lib.state(unit)}")
   return lines

@@ -1,62 +1,33 @@
-"""Running one unit of a study: once, resumably, wherever it runs.
+"""The work of one unit of a study: a pre-training, a row's folds trained as one
+program, or a baseline's fits; what each fold's folder holds.
 
-A unit (`plan.Unit`) is published as its folder `F` (a pre-training workdir, or a
-row's `<setting>/<row>/r<repeat>f<fold>`), which appears whole, holding `unit.json`,
-or not at all. The work happens beside it, in `F`'s *attempts folder*
-`.<F's name>.attempts/`:
+A row's unit is (setting, row, repeat): its k folds (`plan.Unit.parts`). A deep
+row's folds not published yet train as one program (`coughjax.train.many`, through
+`downstream.run_many`: each fold a run of its own, with its own seed, data, early
+stopping and best checkpoint, equal to training it alone up to float rounding),
+their stacked checkpoints shared in the attempt's workdir; each fold's folder is
+then a downstream workdir of its own (`run_0/best`, `encoders.json`,
+`config.json`, as `coughjax.predict` reads it) with the files the protocol reads:
 
-* `claim.<n>`: attempt n's claim, created with O_EXCL (so of two processes taking
-  attempt n, one gets it), holding its owner (host, boot id, pid and the pid's start
-  time); its owner touches it every `HEARTBEAT_S` seconds while it works.
-* `work.<n>`: attempt n's own workdir. The trainer runs there and nowhere else: no
-  two attempts ever write into one folder. A new attempt starts from a copy of the
-  newest earlier attempt's workdir, so it resumes from that attempt's checkpoints
-  (the trainer resumes from what its workdir holds).
-* Publishing: the attempt writes `unit.json` into its workdir last, then renames the
-  workdir to `F`. A directory rename onto an existing non-empty folder fails, so
-  exactly one attempt publishes `F`, once; an attempt that finds `F` published
-  (another one finished first) leaves it and discards its own work. The publisher
-  then removes the attempts folder.
+* `predictions.csv`: the fold's test part, scored by its best checkpoint;
+* `val_predictions.csv`: its validation part (thresholds are chosen on these);
+* `predictions_gain-10.csv`, `predictions_gain+10.csv`: the test part at other
+  gains (`score_again`);
+* `unit_config.json` (its config: a rerun with another is refused, `check_same`)
+  and `unit.json` (its record: epochs, best epoch, seconds, attempt).
 
-Who makes the next attempt: a process that finds no published `F` looks at the
-newest claim. Its owner is alive if it runs on this machine (same hostname and boot
-id) with that pid and start time, or, on another machine, while the claim's mtime
-changes (heartbeats): unchanged for `STALE_S` seconds of this process's clock (so
-clocks need not agree across hosts) it is stale. While the owner is alive the
-process waits for it (a Dask task secedes from its worker's thread pool meanwhile,
-so the worker runs other units); once the owner is gone, the process creates the
-next claim and resumes the work. So when Dask retries the unit of a dead worker,
-the retry resumes at once on the same machine and after `STALE_S` on another; and
-two commands, or two Dask clusters, sharing a workdir take different units and
-wait for each other's. No lock is held anywhere (flock is host-local on NFS
-mounted `nolock` and fails on FUSE mounts).
-
-Failure modes. Correctness rests on O_EXCL create and directory rename (atomic on a
-local disk, NFSv3+, Lustre, GPFS; object-store mounts such as gcsfuse lack atomic
-renames and should hold one command's workdir only). A claim's owner that stops
-heartbeating for `STALE_S` without dying (a suspended VM, an NFS outage) is taken
-over and both attempts run; both write only their own workdirs and one publishes,
-so that costs time, not results. A copy of a live attempt's workdir may catch a
-checkpoint mid-write; Orbax writes checkpoints under temporary names and the
-trainer skips unreadable ones. NFS attribute caching delays what other hosts see
-by up to a minute (`acregmax`), well under `STALE_S`. Two hosts with the same
-hostname and boot id (containers of one machine in separate pid namespaces) would
-see each other's owners as dead: give containers their own hostnames.
+A baseline's unit fits its folds one after the other, each folder holding
+`predictions.csv` and `val_predictions.csv`. A pre-training unit's folder is the
+pre-training workdir. Running a unit once, resumably, and publishing its folders
+whole: `coughjax.protocol.claims`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
-import os
 import pathlib
-import shutil
-import socket
-import threading
-import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -68,10 +39,10 @@ from coughjax import files
 from coughjax.data import features as features_lib
 from coughjax.data import manifest as manifest_lib
 from coughjax.data import splits as splits_lib
+from coughjax.protocol import claims
 from coughjax.protocol import folds as folds_lib
 from coughjax.protocol import plan as plan_lib
 
-UNIT_FILE = "unit.json"
 CONFIG_FILE = "unit_config.json"
 PREDICTIONS_FILE = "predictions.csv"
 # A unit's scores of its validation part (columns as predictions.csv), where the
@@ -84,9 +55,8 @@ GAINS_DB = (-10.0, 10.0)
 # path's (`coughjax.predict`) from the unit's checkpoint: more means another
 # checkpoint or another input pipeline scored the validation and perturbed parts.
 SERVING_TOLERANCE = 1e-4
-HEARTBEAT_S = 30.0
-STALE_S = 180.0
-POLL_S = 2.0
+# Where a trained fold's test scores are (`downstream.run`'s layout, one run).
+TRAINED_PREDICTIONS = pathlib.Path("run_0") / "test_predictions.csv"
 
 
 def perturbation(db: float) -> str:
@@ -99,40 +69,9 @@ def gain_file(db: float) -> str:
   return f"predictions_{perturbation(db)}.csv"
 
 
-def attempts_folder(folder: pathlib.Path) -> pathlib.Path:
-  return folder.parent / f".{folder.name}.attempts"
-
-
-# --- what is on disk ----------------------------------------------------------------
-
-
-def read_unit(folder: pathlib.Path) -> Optional[dict]:
-  """The `unit.json` of a published unit, or None if `folder` is not published."""
-  path = folder / UNIT_FILE
-  if not path.is_file():
-    if folder.is_dir():
-      raise ValueError(f"{folder}: a unit folder without {UNIT_FILE} (left by a coughjax "
-                       "from before units were published whole): delete it to run the "
-                       "unit again")
-    return None
-  try:
-    return files.read_json(path, "unit record", required=("seconds",))
-  except ValueError as e:
-    raise ValueError(f"{e}; delete {folder} to run the unit again") from None
-
-
-def state(folder: pathlib.Path) -> str:
-  """"done", "partial (...)" (an attempt's workdir or claim is there) or "to do"."""
-  if read_unit(folder) is not None:
-    return "done"
-  side = attempts_folder(folder)
-  claims = _generations(side, "claim.")
-  if claims:
-    owner = _owner(side / f"claim.{claims[-1]}")
-    return (f"partial (attempt {claims[-1]} by {owner.get('host', '?')} pid "
-            f"{owner.get('pid', '?')})")
-  works = _generations(side, "work.")
-  return f"partial (attempt {works[-1]} stopped)" if works else "to do"
+def state(unit: plan_lib.Unit) -> str:
+  """"done", "partial (...)" or "to do" (`claims.state`)."""
+  return claims.state(claims.attempts_folder(unit.folder), [p.folder for p in unit.parts])
 
 
 def check_same(folder: pathlib.Path, config) -> None:
@@ -154,243 +93,36 @@ def check_same(folder: pathlib.Path, config) -> None:
 
 def read_predictions(folder: pathlib.Path, name: str = PREDICTIONS_FILE
                      ) -> dict[str, tuple[int, float]]:
-  """{recording key: (label, score)} of one unit (its test part, or the file `name`)."""
-  with open(folder / name, newline="") as f:
-    return {folds_lib.recording_key(r["path"]): (int(r["label"]), float(r["probability"]))
-            for r in csv.DictReader(f)}
-
-
-def _write_predictions(path: pathlib.Path, paths: Sequence[str], labels, scores) -> None:
-  text = io.StringIO()
-  writer = csv.writer(text)
-  writer.writerow(["path", "label", "probability"])
-  for p, y, s in zip(paths, labels, scores):
-    writer.writerow([p, int(y), repr(float(s))])
-  files.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-
-
-def _write_json(path: pathlib.Path, blob: Any) -> None:
-  files.atomic_write(path, lambda f: f.write(
-      (json.dumps(blob, indent=1, sort_keys=True) + "\n").encode()))
-
-
-# --- claims -------------------------------------------------------------------------
-
-
-def _generations(side: pathlib.Path, prefix: str) -> list[int]:
-  try:
-    names = os.listdir(side)
-  except FileNotFoundError:
-    return []
-  return sorted(int(n[len(prefix):]) for n in names
-                if n.startswith(prefix) and n[len(prefix):].isdigit())
-
-
-def _boot_id() -> str:
-  try:
-    return pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-  except OSError:
-    return ""
-
-
-def _started(pid: int) -> Optional[str]:
-  """The start time of process `pid` (clock ticks since boot), None if no such
-  process; "" where /proc cannot tell (then any live pid counts)."""
-  try:
-    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]
-  except FileNotFoundError:
-    return None
-  except (OSError, IndexError):
-    try:
-      os.kill(pid, 0)
-    except ProcessLookupError:
-      return None
-    except PermissionError:
-      pass
-    return ""
-
-
-def _me() -> dict:
-  return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
-          "started": _started(os.getpid()) or "", "time": time.time()}
-
-
-def _owner(claim: pathlib.Path) -> dict:
-  try:
-    return json.loads(claim.read_text() or "{}")
-  except (OSError, ValueError):  # gone, or being written
-    return {}
-
-
-class _Watch:
-  """Whether the owners of the claims one process sees are alive (see the module
-  docstring): on this machine by their pid, elsewhere by their heartbeats."""
-
-  def __init__(self, stale_s: float):
-    self.stale_s = stale_s
-    self.seen: dict[tuple[str, int], float] = {}
-
-  def alive(self, claim: pathlib.Path) -> bool:
-    try:
-      mtime = claim.stat().st_mtime_ns
-    except FileNotFoundError:
-      return False
-    owner = _owner(claim)
-    me = _me()
-    if owner and (owner.get("host"), owner.get("boot")) == (me["host"], me["boot"]):
-      started = _started(int(owner["pid"]))
-      return started is not None and started in ("", owner.get("started", ""))
-    first = self.seen.setdefault((claim.name, mtime), time.monotonic())
-    return time.monotonic() - first < self.stale_s
-
-
-def _heartbeat(claim: pathlib.Path, stop: threading.Event) -> None:
-  while not stop.wait(HEARTBEAT_S):
-    try:
-      os.utime(claim)
-    except FileNotFoundError:  # the unit was published and its attempts removed
-      return
-
-
-class _Slot:
-  """Leaves the Dask worker's thread pool while a unit waits for another process's
-  attempt (the worker runs other units meanwhile), and rejoins it before working.
-  Outside a Dask worker it does nothing."""
-
-  def __init__(self):
-    self.out = False
-
-  def leave(self) -> None:
-    if not self.out and _in_worker():
-      import distributed  # pylint: disable=g-import-not-at-top
-      distributed.secede()
-      self.out = True
-
-  def rejoin(self) -> None:
-    if self.out:
-      import distributed  # pylint: disable=g-import-not-at-top
-      distributed.rejoin()
-      self.out = False
-
-
-def _in_worker() -> bool:
-  try:
-    import distributed  # pylint: disable=g-import-not-at-top
-    distributed.get_worker()
-    return True
-  except (ImportError, ValueError):
-    return False
-
-
-def run_once(folder: pathlib.Path, work: Callable[[pathlib.Path], dict], *,
-             stale_s: float = STALE_S, poll_s: float = POLL_S) -> dict:
-  """Publishes `folder` by `work(scratch)` unless it is published; its unit.json.
-
-  Args:
-    folder: the unit's folder (published whole by a rename, see the module
-      docstring).
-    work: fills its argument, a fresh or resumed attempt workdir, with the unit's
-      outputs and returns the unit record (written as unit.json after it).
-    stale_s: seconds without a heartbeat after which another machine's claim is
-      taken over.
-    poll_s: how often a waiting process looks again.
-  """
-  side = attempts_folder(folder)
-  watch, slot = _Watch(stale_s), _Slot()
-  try:
-    while True:
-      done = read_unit(folder)
-      if done is not None:
-        return done
-      side.mkdir(parents=True, exist_ok=True)
-      n = max(_generations(side, "claim.") + _generations(side, "work.") + [-1])
-      if n >= 0 and watch.alive(side / f"claim.{n}"):
-        slot.leave()
-        time.sleep(poll_s)
-        continue
-      slot.rejoin()
-      claim = side / f"claim.{n + 1}"
-      try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except (FileExistsError, FileNotFoundError):  # taken, or the unit published
-        continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(_me(), f)
-      return _attempt(folder, side, n + 1, claim, work)
-  finally:
-    slot.rejoin()
-
-
-def _attempt(folder: pathlib.Path, side: pathlib.Path, n: int, claim: pathlib.Path,
-             work: Callable[[pathlib.Path], dict]) -> dict:
-  """Attempt `n` (its claim held): work, then publish by renaming."""
-  done = read_unit(folder)  # published between our look and our claim
-  if done is not None:
-    shutil.rmtree(side, ignore_errors=True)
-    return done
-  stop = threading.Event()
-  beat = threading.Thread(target=_heartbeat, args=(claim, stop), daemon=True)
-  beat.start()
-  scratch = side / f"work.{n}"
-  try:
-    resumed = _adopt(side, n, scratch)
-    start = time.monotonic()
-    unit = work(scratch)
-    unit.setdefault("seconds", time.monotonic() - start)
-    unit.update(attempt=n, resumed_from=resumed,
-                ran_on=f"{socket.gethostname()} pid {os.getpid()}")
-    _write_json(scratch / UNIT_FILE, unit)
-    os.rename(scratch, folder)
-  except Exception:  # pylint: disable=broad-except
-    done = read_unit(folder)
-    if done is None:
-      claim.unlink(missing_ok=True)  # a rerun resumes from work.<n> at once
-      raise
-    logging.info("%s: published by another attempt first; attempt %d discarded", folder,
-                 n)
-    return done
-  finally:
-    stop.set()
-    beat.join()
-  shutil.rmtree(side, ignore_errors=True)
-  return unit
-
-
-def _adopt(side: pathlib.Path, n: int, scratch: pathlib.Path) -> Optional[int]:
-  """Makes attempt n's workdir: a copy of the newest earlier attempt's that copies
-  whole (its generation returned), else an empty folder (None)."""
-  for g in reversed([g for g in _generations(side, "work.") if g < n]):
-    tmp = side / f".copy.{n}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-      shutil.copytree(side / f"work.{g}", tmp, symlinks=True)
-      os.rename(tmp, scratch)
-      logging.info("%s: attempt %d resumes from attempt %d's workdir", side, n, g)
-      return g
-    except (OSError, shutil.Error) as e:  # changed while copied: try an older one
-      logging.warning("%s: could not copy attempt %d's workdir (%s)", side, g, e)
-  shutil.rmtree(side / f".copy.{n}", ignore_errors=True)
-  scratch.mkdir()
-  return None
+  """{recording key: (label, score)} of one fold (its test part, or the file `name`)."""
+  return {folds_lib.recording_key(r["path"]): (r["label"], r["probability"])
+          for r in files.read_predictions(folder / name)}
 
 
 # --- the work of a unit -------------------------------------------------------------
 
 
-def default_runner(config, workdir: str) -> Optional[dict]:
-  """Trains `config` in `workdir`; a downstream unit's model then scores its
-  validation part and its test part at other gains (`score_again`), whose record
-  is returned (the unit record gets it)."""
+def default_runner(configs: dict[str, Any], workdir: str) -> dict[str, Optional[dict]]:
+  """Trains each of `configs` in `workdir/<its name>`: a pre-training alone; the
+  downstream ones (a row's folds) as one program (`downstream.run_many`, its
+  stacked checkpoints in `workdir`), after which each fold's model scores its
+  validation part and its test part at other gains (`score_again`), whose record is
+  returned for the fold's unit record."""
+  import jax  # pylint: disable=g-import-not-at-top
   from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
   from coughjax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  run_lib.run(config, workdir)
-  if config.task != "downstream":
-    return None
-  rows = downstream.read_predictions(
-      pathlib.Path(workdir) / "run_0" / downstream.PREDICTIONS_FILE)
-  return score_again(config, pathlib.Path(workdir),
-                     {r["path"]: float(r["probability"]) for r in rows})
+  from coughjax.train import validate  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  if any(c.task != "downstream" for c in configs.values()):
+    for name, config in configs.items():
+      run_lib.run(config, str(workdir / name))
+    return dict.fromkeys(configs)
+  for config in configs.values():
+    validate.check(config, jax.device_count())
+  downstream.run_many(list(configs.values()), [workdir / n for n in configs], workdir)
+  return {name: score_again(config, workdir / name, {
+      r["path"]: r["probability"]
+      for r in files.read_predictions(workdir / name / TRAINED_PREDICTIONS)})
+          for name, config in configs.items()}
 
 
 def _epochs_used(run_dir: pathlib.Path) -> dict[str, int]:
@@ -401,32 +133,47 @@ def _epochs_used(run_dir: pathlib.Path) -> dict[str, int]:
   return {"epochs": len(val), "best_epoch": (best[-1] + 1) if best else 0}
 
 
-def _work(unit: plan_lib.Unit, runner: Callable, scratch: pathlib.Path) -> dict:
-  """Trains, pre-trains or fits `unit` in `scratch`; the unit record."""
-  config = unit.config()
-  check_same(scratch, config)
-  _write_json(scratch / CONFIG_FILE, json.loads(config.to_json_best_effort()))
-  if unit.is_pretraining:
-    logging.info("pre-training %s in %s", unit.variant, scratch)
+def _work(unit: plan_lib.Unit, runner: Callable, scratch: pathlib.Path,
+          todo: Sequence[pathlib.Path]) -> dict[pathlib.Path, dict]:
+  """Trains, pre-trains or fits the parts of `unit` published as `todo`, each in
+  `scratch/<its folder's name>`; their unit records."""
+  parts = [p for p in unit.parts if p.folder in todo]
+  configs = {}
+  for part in parts:
+    config, where = part.config(), scratch / part.folder.name
+    where.mkdir(exist_ok=True)
+    check_same(where, config)
+    claims.write_json(where / CONFIG_FILE, json.loads(config.to_json_best_effort()))
+    configs[part.folder.name] = config
+  if unit.row is not None and unit.row.is_baseline:
+    return {p.folder: _fit(p.row.variant, configs[p.folder.name], scratch / p.folder.name)
+            for p in parts}
+  logging.info("%s (%s) in %s", unit.name, ", ".join(configs), scratch)
+  for config in configs.values():
     config.lock()
-    runner(config, str(scratch))
-    return {}
-  if unit.row.is_baseline:
-    parts = baselines.load_split_features(config)
-    scored, info = baselines.BASELINES[unit.row.variant](parts, config.seed)
-    for part, name in (("test", PREDICTIONS_FILE), ("val", VAL_PREDICTIONS_FILE)):
-      _write_predictions(scratch / name, [r.path for r in parts[part].records],
-                         parts[part].labels, scored[part])
-    return {"info": info}
-  logging.info("%s in %s", unit.name, scratch)
-  config.lock()
-  scored_again = runner(config, str(scratch))
-  run_dir = scratch / "run_0"
-  from coughjax.train import downstream  # pylint: disable=g-import-not-at-top
-  rows = downstream.read_predictions(run_dir / downstream.PREDICTIONS_FILE)
-  _write_predictions(scratch / PREDICTIONS_FILE, [r["path"] for r in rows],
-                     [r["label"] for r in rows], [r["probability"] for r in rows])
-  return {**_epochs_used(run_dir), **(scored_again or {})}
+  scored_again = runner(configs, str(scratch)) or {}
+  if unit.is_pretraining:
+    return {p.folder: {} for p in parts}
+  out = {}
+  for part in parts:
+    where = scratch / part.folder.name
+    rows = files.read_predictions(where / TRAINED_PREDICTIONS)
+    files.write_predictions(where / PREDICTIONS_FILE, [r["path"] for r in rows],
+                            [r["label"] for r in rows], [r["probability"] for r in rows])
+    out[part.folder] = {**_epochs_used(where / TRAINED_PREDICTIONS.parent),
+                        **(scored_again.get(part.folder.name) or {})}
+  return out
+
+
+def _fit(variant: str, config, where: pathlib.Path) -> dict:
+  """Fits baseline `variant` on one fold's parts; writes its test and validation
+  scores into `where`; its unit record."""
+  parts = baselines.load_split_features(config)
+  scored, info = baselines.BASELINES[variant](parts, config.seed)
+  for part, name in (("test", PREDICTIONS_FILE), ("val", VAL_PREDICTIONS_FILE)):
+    files.write_predictions(where / name, [r.path for r in parts[part].records],
+                            parts[part].labels, scored[part])
+  return {"info": info}
 
 
 def gain_offset(db: float) -> float:
@@ -480,7 +227,7 @@ def score_again(config, workdir: pathlib.Path, trained: dict[str, float],
     return classifier.predict_features(shifted, paths, unshifted)
 
   paths, labels, feats = load("val")
-  _write_predictions(workdir / VAL_PREDICTIONS_FILE, paths, labels,
+  files.write_predictions(workdir / VAL_PREDICTIONS_FILE, paths, labels,
                      scores(paths, feats, 0.0))
   paths, labels, feats = load("test")
   again = dict(zip(paths, scores(paths, feats, 0.0)))
@@ -493,13 +240,17 @@ def score_again(config, workdir: pathlib.Path, trained: dict[str, float],
                        f"trainer's by up to {out['serving_max_diff']:.3g}: its "
                        "validation and perturbed scores would not be the same model's")
   for db in gains_db:
-    _write_predictions(workdir / gain_file(db), paths, labels, scores(paths, feats, db))
+    files.write_predictions(workdir / gain_file(db), paths, labels,
+                            scores(paths, feats, db))
   return out
 
 
-def run(unit: plan_lib.Unit, runner: Callable = default_runner) -> dict:
-  """Runs, resumes or finds done one unit (`run_once`); its unit record. `runner`
-  (config, workdir) trains (writing run_0/test_predictions.csv for a downstream
-  config) and may return a dict for the unit record; a module-level function, so
+def run(unit: plan_lib.Unit, runner: Callable = default_runner) -> list[dict]:
+  """Runs, resumes or finds done one unit (`claims.run_once`); the unit records of
+  its parts. `runner` ({name: config}, workdir) trains each config in
+  workdir/<name> (writing run_0/test_predictions.csv for downstream configs) and
+  may return {name: dict} for the parts' unit records; a module-level function, so
   that it pickles."""
-  return run_once(unit.folder, lambda scratch: _work(unit, runner, scratch))
+  return claims.run_once(claims.attempts_folder(unit.folder),
+                         [p.folder for p in unit.parts],
+                         lambda scratch, todo: _work(unit, runner, scratch, todo))

@@ -19,13 +19,11 @@ the same decisions; process 0 alone writes the files.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -37,8 +35,10 @@ import optax
 from coughjax import checkpoints
 from coughjax import data
 from coughjax import evaluate
+from coughjax import files
 from coughjax import infer
 from coughjax import models
+from coughjax.configs import downstream as downstream_configs
 from coughjax.data import pipeline
 from coughjax.models import chunking
 from coughjax.models import classifier as classifier_lib
@@ -52,7 +52,6 @@ from coughjax.train import validate as validate_lib
 
 AXIS = mesh_lib.AXIS
 P = jax.sharding.PartitionSpec
-BRANCHES = ("encoder_a", "encoder_b")
 # Fields that fix an encoder's parameter shapes: a CP branch takes them from the
 # pre-training run, so its checkpoint fits.
 ARCHITECTURE = ("d_model", "num_layers", "num_heads", "mlp_dim", "pooling", "embedding_dim")
@@ -60,7 +59,7 @@ PREDICTIONS_FILE = "test_predictions.csv"
 
 
 def branches(config) -> list[ml_collections.ConfigDict]:
-  return [config[k] for k in BRANCHES if config[k].name]
+  return [config[k] for k in downstream_configs.branch_keys(config)]
 
 
 def pretrain_workdir(branch, runlocal: bool = False) -> pathlib.Path:
@@ -105,7 +104,7 @@ def encoder_config(config, key: str) -> dict[str, Any]:
 
 def build_classifier(config) -> classifier_lib.Classifier:
   encoders = [models.build_encoder(encoder_config(config, k))
-              for k in BRANCHES if config[k].name]
+              for k in downstream_configs.branch_keys(config)]
   return classifier_lib.Classifier(encoders, tuple(b.frozen for b in branches(config)),
                                    dropout=config.model.head_dropout)
 
@@ -162,7 +161,7 @@ class Setup:
     shapes = jax.eval_shape(init, {"params": jax.random.PRNGKey(0),
                                    "mask": jax.random.PRNGKey(0)}, x)["params"]
     trainable = {k: jax.tree.map(lambda _: True, v) for k, v in shapes.items()}
-    for i, key in enumerate(k for k in BRANCHES if config[k].name):
+    for i, key in enumerate(downstream_configs.branch_keys(config)):
       if config[key].frozen:
         name = classifier_lib.encoder_param_name(i)
         trainable[name] = jax.tree.map(lambda _: False, shapes[name])
@@ -175,7 +174,7 @@ class Setup:
     k_params, k_mask = jax.random.split(rng)
     x = jnp.zeros((2, config.features.clip_frames, config.features.nfilt))
     params = dict(self.init({"params": k_params, "mask": k_mask}, x)["params"])
-    for i, key in enumerate(k for k in BRANCHES if config[k].name):
+    for i, key in enumerate(downstream_configs.branch_keys(config)):
       loaded = initial_encoder_params(config, key)
       if loaded is not None:
         name = classifier_lib.encoder_param_name(i)
@@ -339,7 +338,8 @@ def test_result(config, run_index: int, run_dir: pathlib.Path, store: pipeline.C
   """A run's record (its best checkpoint's test `score`, its seeds and best step),
   its `PREDICTIONS_FILE` written into `run_dir` by process 0. `config`: the run's."""
   if jax.process_index() == 0:
-    write_predictions(run_dir / PREDICTIONS_FILE, store, scored["scores"])
+    files.write_predictions(run_dir / PREDICTIONS_FILE, [r.path for r in store.records],
+                            store.labels, scored["scores"])
   scored.update(run=run_index, seed=config.seed, split_seed=config.data.split_seed,
                 best_step=best_step)
   logging.info("%s run %d test (recording level): %s", config.variant, run_index,
@@ -353,52 +353,52 @@ def build_data(config) -> None:
     data.load_splits(_run_config(config, i), ("train", "val", "test"), labelled=True)
 
 
-def write_predictions(path: pathlib.Path, store: pipeline.ClipStore,
-                      scores: list[float]) -> None:
-  """One row per recording: path, label, probability (the mean over its clips).
-  Written whole or not at all (a temporary file renamed into place)."""
-  if len(scores) != len(store):
-    raise ValueError(f"{path}: {len(scores)} scores for {len(store)} recordings")
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "label", "probability"])
-    for record, label, p in zip(store.records, store.labels, scores):
-      writer.writerow([record.path, int(label), repr(float(p))])
-  os.replace(tmp, path)
-
-
-def read_predictions(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  """`write_predictions`' rows: [{"path", "label" (int), "probability" (float)}]."""
-  with open(path, newline="") as f:
-    return [{"path": r["path"], "label": int(r["label"]),
-             "probability": float(r["probability"])} for r in csv.DictReader(f)]
-
-
 def run(config, workdir: str) -> dict[str, Any]:
   """All runs, then results.json / results.md / roc.png / curves.png in `workdir`
   (written by process 0; every process returns the results)."""
-  workdir = pathlib.Path(workdir)
-  fingerprint.check(config, workdir)  # before any work: a refused workdir is left as it was
-  workdir.mkdir(parents=True, exist_ok=True)
-  fingerprint.record(config, workdir)
-  setup = Setup.create(config)
-  writes = jax.process_index() == 0
-  if writes:
-    # The resolved encoder configs and head dropout, so that coughjax.predict can
-    # rebuild the model without the pre-training workdirs.
-    (workdir / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
+  return run_many([config], [pathlib.Path(workdir)], pathlib.Path(workdir))[0]
+
+
+def run_many(configs: Sequence[ml_collections.ConfigDict],
+             workdirs: Sequence[pathlib.Path], workdir: pathlib.Path
+             ) -> list[dict[str, Any]]:
+  """`run` of each config into its own workdir, the runs of all of them trained as
+  one program (`coughjax.train.many`, its stacked checkpoints in `workdir`), each
+  workdir left as `run` leaves it; their results. The configs may differ in their
+  seeds and data only (`many.check_shared`): a protocol row's folds, say."""
+  from coughjax.train import many  # pylint: disable=g-import-not-at-top
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  for config, where in zip(configs, workdirs):
+    fingerprint.check(config, where)  # before any work: a refused one is left as it was
+  for config, where in zip(configs, workdirs):
+    where.mkdir(parents=True, exist_ok=True)
+    fingerprint.record(config, where)
+  setup = Setup.create(configs[0])
   # Every run's splits first (views of one cached pack): a split that cannot be
   # used stops the command before any training.
-  splits = [load_run_splits(config, i) for i in range(config.num_runs)]
-  # The runs train as one program (`coughjax.train.many`), each as `train_one` would.
-  from coughjax.train import many  # pylint: disable=g-import-not-at-top
-  runs = many.train([many.Run(i, _run_config(config, i), workdir / f"run_{i}", stores)
-                     for i, stores in enumerate(splits)], setup, workdir)
+  runs = [many.Run(i, _run_config(config, i), where / f"run_{i}",
+                   load_run_splits(config, i), "" if where == workdir else where.name)
+          for config, where in zip(configs, workdirs) for i in range(config.num_runs)]
+  if jax.process_index() == 0:
+    for config, where in zip(configs, workdirs):
+      # The resolved encoder configs and head dropout, so that coughjax.predict can
+      # rebuild the model without the pre-training workdirs.
+      (where / "encoders.json").write_text(json.dumps(model_spec(config), indent=2))
+  records = many.train(runs, setup, workdir)
+  out = []
+  for config, where in zip(configs, workdirs):
+    out.append(_report(config, where, records[:config.num_runs]))
+    records = records[config.num_runs:]
+  return out
+
+
+def _report(config, workdir: pathlib.Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """The results of `config`'s `runs` (their records); process 0 writes them into
+  `workdir` (results.json, results.md, roc.png, curves.png)."""
   from coughjax import paper  # pylint: disable=g-import-not-at-top
   dataset = describe_data(config)
   ref, source = paper.reference(config.variant) or (None, "")
-  if not writes:
+  if jax.process_index() != 0:
     return evaluate.results_of(config.variant, runs, dataset)
   results = evaluate.write_report(workdir, config.variant, runs, dataset, ref, source)
   evaluate.plot_roc(runs, workdir / "roc.png", config.variant)
@@ -415,7 +415,8 @@ def run(config, workdir: str) -> dict[str, Any]:
 def model_spec(config) -> dict[str, Any]:
   """What encoders.json holds: {"encoders": [resolved settings per branch],
   "frozen": [bool per branch], "head_dropout": float}."""
-  return {"encoders": [encoder_config(config, k) for k in BRANCHES if config[k].name],
+  return {"encoders": [encoder_config(config, k)
+                       for k in downstream_configs.branch_keys(config)],
           "frozen": [b.frozen for b in branches(config)],
           "head_dropout": config.model.head_dropout}
 

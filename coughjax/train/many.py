@@ -75,15 +75,19 @@ class Run:
     config: its own config (`downstream._run_config`, a protocol unit's).
     workdir: its outputs (best/, metrics.jsonl, test_predictions.csv).
     stores: its train, val and test `ClipStore`s (`downstream.load_run_splits`).
+    tag: tells apart runs whose workdirs share a name (run_0 of each of a
+      protocol row's folds: the fold's folder name).
   """
   index: int
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   stores: dict[str, pipeline.ClipStore]
+  tag: str = ""
 
   @property
   def name(self) -> str:
-    return f"{self.config.variant}/{self.workdir.name}"
+    """How logs and the stacked checkpoint name it (unique within a program)."""
+    return "/".join(p for p in (self.config.variant, self.tag, self.workdir.name) if p)
 
 
 def make_steps(model, config, mesh: jax.sharding.Mesh):
@@ -117,8 +121,14 @@ def make_steps(model, config, mesh: jax.sharding.Mesh):
 
 
 def check_shared(runs: Sequence[Run]) -> None:
-  """Raises a ValueError naming the first field (beyond `_OWN`) in which a run's
-  config differs from the first run's: they would need programs of their own."""
+  """Raises a ValueError naming two runs of one name (the checkpoint could not tell
+  them apart) or the first field (beyond `_OWN`) in which a run's config differs
+  from the first run's: they would need programs of their own."""
+  names = [run.name for run in runs]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ValueError(f"two runs named {twice[0]}: give runs whose workdirs share a "
+                     "name a tag of their own")
   def shared(config):
     flat = fingerprint.flatten(config.to_dict())
     return {k: v for k, v in flat.items()

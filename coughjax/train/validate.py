@@ -25,6 +25,7 @@ import numpy as np
 
 from coughjax import data as data_lib
 from coughjax import models
+from coughjax.configs import downstream as downstream_configs
 from coughjax.data import covid19_cough
 from coughjax.data import coswara
 from coughjax.data import covid19_sounds
@@ -206,11 +207,11 @@ def _model(c: _Checker, task) -> None:
 
 
 def _branches(c: _Checker) -> None:
-  for key in ("encoder_a", "encoder_b"):
+  for key in downstream_configs.BRANCHES:
     name = c.get(f"{key}.name")
     if name is _MISSING:
       continue
-    if key == "encoder_a" or name:
+    if key == downstream_configs.BRANCHES[0] or name:
       c.choice(f"{key}.name", models.names())
     if not name:
       continue

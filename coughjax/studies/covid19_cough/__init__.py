@@ -48,18 +48,20 @@ Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
 written from what is there.
 
-Cost in units (`--dry_run` lists them). The primary family alone at 5 repeats is 180
-units: 75 baseline fits, 75 deep trainings and 30 pre-trainings, with the pools as
+Cost in fits and trainings (a unit, which `--dry_run` lists, is a pre-training or
+one repeat of a row in a setting: its 3 folds, a deep row's trained as one program).
+The primary family alone at 5 repeats is 180 of them: 75 baseline fits, 75 deep
+trainings and 30 pre-trainings (25 + 25 + 30 units), with the pools as
 without them: per-fold pre-training on the same data is shared by every setting
 with one front end (15 for the raw front end, 15 for the gain-normalised one), and
 the pools take 5 per (front end, pool) (call centre raw and verified share one,
-gain-normalised, Telegram) plus pooled's 15 per fold. So the pools save no units
-here; what they buy is pre-training that has seen no audio of the evaluated source
-at all, one per repeat for every fold, and each of them is cheaper (Coswara + one
-source, against Coswara + two thirds of both for a per-fold one). The whole
-default study (attempts included) is 653 units: 390 baseline fits, 219 deep
-trainings, 44 pre-trainings (677 units with every -CP row pre-trained per fold;
-574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
+gain-normalised, Telegram) plus pooled's 15 per fold. So the pools save no
+pre-trainings here; what they buy is pre-training that has seen no audio of the
+evaluated source at all, one per repeat for every fold, and each of them is cheaper
+(Coswara + one source, against Coswara + two thirds of both for a per-fold one). The whole
+default study (attempts included) is 653: 390 baseline fits, 219 deep
+trainings, 44 pre-trainings, in 247 units (677 with every -CP row pre-trained per
+fold; 574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
 pre-trainings, for the committed report's 1 repeat per fold). The report's Cost
 section sums the units' wall time; benchmarks/README.md says what the committed
 report took.
