@@ -176,21 +176,15 @@ def format_report(plan: runs.Plan, table: int, results, command: str) -> str:
 def define_flags() -> None:
   """The command's flags (defined when run as a command only: tests import this
   module, and other commands define some of the same names)."""
-  global _TABLE, _ROWS, _RUNLOCAL, _RUNS, _FOLDS, _REPEATS, _SEED, _PRETRAIN_SET
-  global _DOWNSTREAM_SET
+  global _TABLE, _ROWS, _RUNS, _FOLDS, _REPEATS, _SEED
   _TABLE = flags.DEFINE_integer("table", None, "paper table (1-5)", required=True)
   _ROWS = flags.DEFINE_list("rows", None, "only these rows of the table (default: all)")
-  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "tiny configs (smoke run)")
   _RUNS = flags.DEFINE_string("runs", "runs", "folder holding runs/reproduce/")
   _FOLDS = flags.DEFINE_integer("folds", None, "k of the k-fold (default 5; 2 with "
                                 "--runlocal)")
   _REPEATS = flags.DEFINE_integer("repeats", 1, "repeats of the k-fold")
   _SEED = flags.DEFINE_integer("seed", 0, "seed of the folds and of every unit")
-  runs.define_cluster_flags(processes=1)
-  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value for "
-                                            "pre-training")
-  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value for "
-                                              "every row")
+  runs.define_study_flags(processes=1)
 
 
 @cli.user_errors
@@ -198,10 +192,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   table = _TABLE.value
-  k = _FOLDS.value or (2 if _RUNLOCAL.value else 5)
+  config_args = runs.config_args()
+  k = _FOLDS.value or (2 if config_args["runlocal"] else 5)
   plan = make_plan(table, pathlib.Path(_RUNS.value), rows=_ROWS.value, k=k,
-                   repeats=_REPEATS.value, seed=_SEED.value, runlocal=_RUNLOCAL.value,
-                   downstream_set=_DOWNSTREAM_SET.value, pretrain_set=_PRETRAIN_SET.value)
+                   repeats=_REPEATS.value, seed=_SEED.value, **config_args)
   runs.command_main(
       plan, MODULE, **runs.cluster_args(), report=plan.workdir / "report.md",
       format_report=lambda results, command: format_report(plan, table, results,

@@ -97,7 +97,6 @@ def define_flags() -> None:
   module, and other commands define some of the same names)."""
   global _WORKDIR, _REPORT, _DATA, _SETTING, _ROWS, _COMPARE
   global _FOLDS, _REPEATS, _BASELINE_REPEATS, _SEED, _PRETRAINING, _PRETRAIN_DATA
-  global _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
   _WORKDIR = flags.DEFINE_string("workdir", None, "where every unit goes", required=True)
   _REPORT = flags.DEFINE_string("report", None, "report path (default <workdir>/report.md)")
   _DATA = flags.DEFINE_multi_string("data", [], "key=value for every config (data.name, "
@@ -118,10 +117,7 @@ def define_flags() -> None:
   _PRETRAIN_DATA = flags.DEFINE_multi_string(
       "pretrain_data", [], "key=value: the -CP rows' pre-training data (default: --data "
       "without data.label)")
-  runs.define_cluster_flags(processes=1)
-  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
-  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
-  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
+  runs.define_study_flags(processes=1)
 
 
 @cli.user_errors
@@ -139,8 +135,7 @@ def main(argv):
                      pretraining=_PRETRAINING.value, k=_FOLDS.value,
                      repeats=_REPEATS.value, baseline_repeats=_BASELINE_REPEATS.value,
                      seed=_SEED.value, pretrain_data=tuple(_PRETRAIN_DATA.value),
-                     runlocal=_RUNLOCAL.value, downstream_set=tuple(_DOWNSTREAM_SET.value),
-                     pretrain_set=tuple(_PRETRAIN_SET.value))
+                     **runs.config_args())
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   runs.command_main(

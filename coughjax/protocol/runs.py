@@ -310,9 +310,11 @@ def check_report(path: pathlib.Path, module: str) -> pathlib.Path:
   return out
 
 
-def define_cluster_flags(processes: int) -> None:
-  """--processes, --scheduler and --dry_run (every study command has them)."""
-  global _PROCESSES, _SCHEDULER, _DRY_RUN
+def define_study_flags(processes: int) -> None:
+  """The flags every study command has: --processes, --scheduler and --dry_run (the
+  cluster: `cluster_args`), --runlocal, --downstream_set and --pretrain_set (the
+  configs: `config_args`)."""
+  global _PROCESSES, _SCHEDULER, _DRY_RUN, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
   _PROCESSES = flags.DEFINE_integer(
       "processes", processes, "worker processes of the embedded Dask cluster, one unit "
       "each at a time (one per core is about right on a CPU)")
@@ -321,12 +323,22 @@ def define_cluster_flags(processes: int) -> None:
       "(tcp://HOST:8786) or scheduler file")
   _DRY_RUN = flags.DEFINE_bool("dry_run", False, "list the units, what each needs and "
                                "its state (done / partial / to do), and stop")
+  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
+  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
+  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
 
 
 def cluster_args() -> dict:
-  """command_main's arguments from the flags of `define_cluster_flags`."""
+  """command_main's arguments from the flags of `define_study_flags`."""
   return dict(processes=_PROCESSES.value, scheduler=_SCHEDULER.value,
               dry_run=_DRY_RUN.value)
+
+
+def config_args() -> dict:
+  """A plan's runlocal, downstream_set and pretrain_set from the flags of
+  `define_study_flags`."""
+  return dict(runlocal=_RUNLOCAL.value, downstream_set=tuple(_DOWNSTREAM_SET.value),
+              pretrain_set=tuple(_PRETRAIN_SET.value))
 
 
 def command_main(plan: Plan, module: str, *, processes: int, scheduler: str,

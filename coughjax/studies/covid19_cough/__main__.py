@@ -32,7 +32,7 @@ def define_flags() -> None:
   """The command's flags (defined when run as a command only: other commands that
   a process may import define some of the same names)."""
   global _ROOT, _COSWARA, _WORKDIR, _REPORT, _FOLDS, _REPEATS, _BASELINE_REPEATS
-  global _SEED, _ROWS, _SETTINGS, _ATTEMPTS, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
+  global _SEED, _ROWS, _SETTINGS, _ATTEMPTS
   global _SECONDARY_REPEATS
   global _SCORES_DIR, _FROM_SCORES
   _ROOT = flags.DEFINE_string("root", None, "covid19_cough release folder (default: "
@@ -62,10 +62,7 @@ def define_flags() -> None:
   _ATTEMPTS = flags.DEFINE_bool("attempts", True, "also the attempts at making the "
                                 "paper's best model win: 80-epoch pre-training, augmented "
                                 "training (the loudness-normalised one is a setting)")
-  runs.define_cluster_flags(processes=2)
-  _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
-  _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
-  _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
+  runs.define_study_flags(processes=2)
 
 
 @cli.user_errors
@@ -83,8 +80,7 @@ def main(argv):
                      secondary_repeats=_SECONDARY_REPEATS.value,
                      seed=_SEED.value, deep_rows=_ROWS.value,
                      setting_names=_SETTINGS.value, attempts=_ATTEMPTS.value,
-                     runlocal=_RUNLOCAL.value, downstream_set=_DOWNSTREAM_SET.value,
-                     pretrain_set=_PRETRAIN_SET.value)
+                     **runs.config_args())
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   scores_dir = pathlib.Path(_SCORES_DIR.value)
