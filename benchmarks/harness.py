@@ -3,8 +3,9 @@
 * `time_interleaved` runs every implementation once per repeat, in turn, so that load
   from other processes on a shared machine hits them alike, and reports the median
   and the interquartile range.
-* `LoadMonitor` records the load average before, during and after a run and says when
-  another job shared the cores (then even interleaved ratios cannot be trusted).
+* `LoadMonitor` counts the CPU time other processes (and the hypervisor) took before
+  and during a run, and says when another job shared the cores (then even
+  interleaved ratios cannot be trusted).
 * `peak_matmul_flops` measures this machine's fp32 peak the way a model would reach
   it: a large square matmul (jax and torch, best of a few).
 * `transformer_flops`, `gru_flops`, `vggish_flops` count the multiply-adds of an
@@ -131,28 +132,56 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
   return {name: Timing(s, first[name]) for name, s in samples.items()}
 
 
-class LoadMonitor:
-  """The 1-minute load average (`os.getloadavg`) before, during and after a run.
+def cpu_seconds() -> Optional[dict[str, float]]:
+  """CPU time so far, in seconds: `busy` (every process on the machine, from
+  /proc/stat: user, nice, system, irq, softirq), `steal` (taken by the hypervisor for
+  other guests), `own` (this process's threads and its finished children, from
+  getrusage), and `wall` (`time.perf_counter`). None where there is no /proc/stat
+  (not Linux)."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  user, nice, system, _, _, irq, softirq, steal = (fields + [0] * 8)[:8]
+  tick = os.sysconf("SC_CLK_TCK")
+  own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
+  return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick,
+          "own": own, "wall": time.perf_counter()}
 
-  A benchmark that keeps `threads` threads busy raises the load average to about
-  `threads` by itself; more means another job competed for the cores, which slows
-  whatever runs beside it unevenly (a memory-bound kernel more than a compute-bound
-  one, a long call more than a short one), so even interleaved ratios move. The
-  load is sampled every `interval_s` seconds in a daemon thread while the monitor
-  is entered. `shared` is True when the load exceeded `threads` + `MARGIN` during
-  the run, or `IDLE` before it (the average then still held another job's work).
+
+class LoadMonitor:
+  """Says whether anything else used the CPU before and while a benchmark ran.
+
+  Other jobs slow whatever runs beside them unevenly (a memory-bound kernel more than
+  a compute-bound one, a long call more than a short one), so even interleaved
+  ratios move. The monitor counts the CPU time that was not the benchmark's: the
+  machine's busy time (/proc/stat) minus this process's own (getrusage), in cores
+  (CPU seconds per second), over a `settle_s` window before the run (the benchmark
+  idle) and over the run itself, and the hypervisor's steal time (a neighbour on a
+  shared host). `shared` is True when others kept more than `OTHERS` of a core busy,
+  or steal took more than `OTHERS`, before or during the run. Unlike the load
+  average, which decays over minutes, this does not count the benchmark's own
+  previous run. The 1-minute load average is still sampled every `interval_s`
+  seconds (and by `now`, for a report's per-row column). Without /proc/stat the
+  verdict falls back to the load average: above `threads` + 0.5 during the run, or
+  above 1.0 before it.
 
   Usage: `with LoadMonitor(threads) as load: ...`, then `load.summary()`.
   """
 
-  MARGIN = 0.5  # a lone benchmark measured up to ~threads + 0.4 (benchmarks/README.md)
-  IDLE = 1.0  # before the run: the benchmark's own imports barely register
+  OTHERS = 0.15  # cores; a quiet machine measured 0.01-0.03 (benchmarks/README.md)
+  MARGIN = 0.5  # load-average fallback: a lone benchmark reached ~threads + 0.4
+  IDLE = 1.0
 
-  def __init__(self, threads: int, interval_s: float = 5.0):
+  def __init__(self, threads: int, interval_s: float = 5.0, settle_s: float = 1.0):
     self.threads = threads
     self.interval_s = interval_s
+    self.settle_s = settle_s
     self.before = self.after = None
     self.samples: list[float] = []
+    self.cpu: dict[str, Optional[dict[str, float]]] = {}
     self._stop = threading.Event()
     self._thread = None
 
@@ -166,8 +195,23 @@ class LoadMonitor:
     while not self._stop.wait(self.interval_s):
       self.now()
 
+  def _window(self, key: str, start: Optional[dict[str, float]]) -> None:
+    end = cpu_seconds()
+    seconds = end["wall"] - start["wall"] if start and end else 0.0
+    if seconds <= 0:
+      self.cpu[key] = None
+      return
+    self.cpu[key] = {
+        "others_cores": round(max(end["busy"] - start["busy"]
+                                  - (end["own"] - start["own"]), 0.0) / seconds, 3),
+        "steal_cores": round((end["steal"] - start["steal"]) / seconds, 3)}
+
   def __enter__(self) -> "LoadMonitor":
     self.before = self.now()
+    start = cpu_seconds()
+    time.sleep(self.settle_s)
+    self._window("before", start)
+    self._start = cpu_seconds()
     self._thread = threading.Thread(target=self._sample, daemon=True)
     self._thread.start()
     return self
@@ -175,22 +219,41 @@ class LoadMonitor:
   def __exit__(self, *exc) -> None:
     self._stop.set()
     self._thread.join()
+    self._window("during", self._start)
     self.after = self.now()
 
+  def _cpu_verdict(self) -> Optional[tuple[bool, str]]:
+    before, during = self.cpu.get("before"), self.cpu.get("during")
+    if before is None or during is None:
+      return None
+    worst = max(v for w in (before, during) for v in w.values())
+    return worst > self.OTHERS, (
+        f"other processes kept {before['others_cores']:.2f} cores busy in the "
+        f"{self.settle_s:g} s before the run and {during['others_cores']:.2f} during it, "
+        f"hypervisor steal {before['steal_cores']:.2f} / {during['steal_cores']:.2f} cores "
+        f"(/proc/stat less this process's CPU time; over {self.OTHERS:.2f} is another job)")
+
   def summary(self) -> dict[str, Any]:
-    """{before, max, after, threads, shared, note}: what a report prints with its ratios."""
+    """{before, max, after, threads, cpu, shared, note}: what a report prints with its
+    ratios (`cpu`: others' and steal cores before and during, None without /proc/stat)."""
     peak = max(self.samples)
-    shared = peak > self.threads + self.MARGIN or self.before > self.IDLE
-    note = (f"1-minute load average {self.before:.2f} before, up to {peak:.2f} during, "
-            f"{self.after:.2f} after the run; the benchmark keeps {self.threads} threads busy")
+    load_note = (f"1-minute load average {self.before:.2f} before, up to {peak:.2f} "
+                 f"during, {self.after:.2f} after the run; the benchmark keeps "
+                 f"{self.threads} threads busy")
+    verdict = self._cpu_verdict()
+    if verdict is None:
+      shared = peak > self.threads + self.MARGIN or self.before > self.IDLE
+      note = load_note + (f", so a load above {self.threads + self.MARGIN:.1f} during it "
+                          f"or above {self.IDLE:.1f} before it is someone else's")
+    else:
+      shared, cpu_note = verdict
+      note = f"{cpu_note}; {load_note}"
     if shared:
-      note = (f"WARNING: another job shared the cores ({note}, so a load above "
-              f"{self.threads + self.MARGIN:.1f} during it or above {self.IDLE:.1f} before "
-              "it is someone else's): the times and ratios of this run cannot be trusted; "
-              "rerun on a quiet machine")
+      note = (f"WARNING: another job shared the cores ({note}): the times and ratios of "
+              "this run cannot be trusted; rerun on a quiet machine")
     return {"before": round(self.before, 2), "max": round(peak, 2),
-            "after": round(self.after, 2), "threads": self.threads, "shared": shared,
-            "note": note}
+            "after": round(self.after, 2), "threads": self.threads,
+            "cpu": dict(self.cpu), "shared": shared, "note": note}
 
 
 def peak_matmul_flops(size: int = 4096, repeats: int = 3) -> dict[str, float]:

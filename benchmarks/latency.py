@@ -45,12 +45,13 @@ VGGish, each -CP row and its plain row) are timed once and shown on both, unless
 `--time_identical`. After the table, the five DS-masked ensembles are timed like for
 like (`ds_flatness`: the masked program at every rate, 0 % an all-False mask).
 
-Load: the 1-minute load average is recorded before, during (sampled every 5 s) and
-after the run, and after each row (the `load` column). The benchmark keeps every core
-busy by itself; a load above that (+ 0.5), or above 1.0 before it started, means
-another job shared the cores, which slows the implementations unevenly, and the
+Load: the CPU time that other processes took is counted (/proc/stat less this
+process's own CPU time, in cores) over a second before the run and over the run, with
+the hypervisor's steal time (a neighbour on a shared host); more than 0.15 of a core
+means another job shared the cores, which slows the implementations unevenly, and the
 report then says in bold, above the tables and after them, that its times and ratios
-cannot be trusted.
+cannot be trusted (`harness.LoadMonitor`; without /proc/stat it falls back to the load
+average). The 1-minute load average after each row is the `load` column.
 
 Per-instance time = seconds per call / batch; median and interquartile range over
 `--repeats` repeats (fewer, at least one, where a row's timed repeats at a batch size

@@ -265,23 +265,57 @@ def test_latency_quick_has_every_table6_row(tmp_path):
   assert all(r["loadavg_1min"] >= 0 for r in report["results"])
 
 
+def _fake_cpu(monkeypatch, harness, windows):
+  """harness.cpu_seconds returning, per window (others' cores, steal cores), two
+  snapshots 10 s apart in which this process used 2 cores of its own."""
+  snapshots, t = [], 0.0
+  for others, steal in windows:
+    snapshots.append({"busy": 100 * t, "steal": t, "own": 50 * t, "wall": t})
+    t += 10.0
+    snapshots.append({"busy": snapshots[-1]["busy"] + 10 * (others + 2),
+                      "steal": snapshots[-1]["steal"] + 10 * steal,
+                      "own": snapshots[-1]["own"] + 20, "wall": t})
+  calls = iter(snapshots)
+  monkeypatch.setattr(harness, "cpu_seconds", lambda: next(calls))
+
+
 def test_load_monitor_warns_when_another_job_shares_the_cores(monkeypatch):
   import harness  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.0, 0.0))  # not the verdict
+  cases = {((0.02, 0.0), (0.05, 0.01)): False,  # quiet: the benchmark's own CPU only
+           ((0.02, 0.0), (1.0, 0.0)): True,  # another job during the run
+           ((0.6, 0.0), (0.0, 0.0)): True,  # busy before it started
+           ((0.0, 0.0), (0.0, 0.4)): True}  # a neighbour on the host (steal)
+  for windows, shared in cases.items():
+    _fake_cpu(monkeypatch, harness, windows)
+    with harness.LoadMonitor(threads=2, interval_s=60, settle_s=0) as load:
+      pass
+    summary = load.summary()
+    assert summary["shared"] == shared, windows
+    assert summary["note"].startswith("WARNING: another job shared the cores") == shared
+    assert summary["cpu"]["during"]["others_cores"] == pytest.approx(windows[1][0])
+    assert summary["cpu"]["before"]["steal_cores"] == pytest.approx(windows[0][1])
+
+
+def test_load_monitor_falls_back_to_the_load_average(monkeypatch):
+  import harness  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(harness, "cpu_seconds", lambda: None)  # no /proc/stat
   loads = iter([0.3, 1.8, 2.2, 1.9])
   monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
-  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+  with harness.LoadMonitor(threads=2, interval_s=60, settle_s=0) as load:
     load.now()  # 1.8
     load.now()  # 2.2: the benchmark's own 2 threads, and a little more
   quiet = load.summary()
   assert (quiet["before"], quiet["max"], quiet["after"]) == (0.3, 2.2, 1.9)
   assert not quiet["shared"] and "WARNING" not in quiet["note"]
+  assert quiet["cpu"] == {"before": None, "during": None}
   loads = iter([0.3, 4.1, 2.0])
-  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+  with harness.LoadMonitor(threads=2, interval_s=60, settle_s=0) as load:
     load.now()  # 4.1: another job
   busy = load.summary()
   assert busy["shared"] and busy["note"].startswith("WARNING: another job shared the cores")
   loads = iter([1.7, 2.0])  # busy before the run started
-  with harness.LoadMonitor(threads=2, interval_s=60) as load:
+  with harness.LoadMonitor(threads=2, interval_s=60, settle_s=0) as load:
     pass
   assert load.summary()["shared"]
 
