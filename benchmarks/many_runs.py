@@ -4,18 +4,19 @@ r"""Runs per hour: R downstream runs trained as one program against one by one.
                                  [--rounds=2] [--step_repeats=5] [--json=PATH]
   python benchmarks/many_runs.py --quick     # seconds: 2 runs, 1 round, tiny step
 
-Two measurements, both modes in the same run:
+Two measurements, every mode in the same run:
 
 * whole runs: `--runs` seeds of `configs/downstream.py:transformer,runlocal` on the
   built-in synthetic data (`--participants`, `--epochs`, no early stopping), trained
   one by one (`downstream.train_one`, today's `trainer.fit` per run) and at once
-  (`coughjax.train.many.train`: one program over a leading runs axis), each in a
+  (`coughjax.train.many.train`: one program over a leading runs axis, its step going
+  over the runs one after another, `runs_impl="map"`, or batched, "vmap"), each in a
   fresh subprocess (compilation, validation, checkpoints and test scoring included,
   as a protocol unit pays them), the modes alternated `--rounds` times. Runs per
   hour = runs / median wall seconds.
 * the train step alone, steady state, at the paper's downstream size (batch 128,
-  the d = 64 Transformer of `configs/downstream.py:transformer`): one vmapped step
-  of R runs against R calls of the one-run step, interleaved (`harness`).
+  the d = 64 Transformer of `configs/downstream.py:transformer`): one step of R runs
+  (map, vmap) against R calls of the one-run step, interleaved (`harness`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import tempfile
 import time
 
 import harness  # pylint: disable=g-import-not-at-top
+
+# Each mode and its runs_impl (None: one run at a time, `downstream.train_one`).
+MODES = {"one by one": None, "at once, map": "map", "at once, vmap": "vmap"}
 
 
 def _configs(args):
@@ -54,6 +58,7 @@ def child(args) -> None:
     for i, stores in enumerate(splits):
       downstream.train_one(config, workdir, i, setup, stores)
   else:
+    config.runs_impl = args.child
     many.train([many.Run(i, downstream._run_config(config, i), workdir / f"run_{i}",  # pylint: disable=protected-access
                          stores) for i, stores in enumerate(splits)], setup, workdir)
   print(json.dumps({"seconds": time.perf_counter() - start}))
@@ -61,7 +66,7 @@ def child(args) -> None:
 
 def whole_runs(args) -> dict[str, list[float]]:
   """Wall seconds of each mode's subprocess, round by round."""
-  seconds = {"one by one": [], "at once": []}
+  seconds = {mode: [] for mode in MODES}
   flags = [f"--runs={args.runs}", f"--participants={args.participants}",
            f"--epochs={args.epochs}"]
   for r in range(args.rounds):
@@ -70,7 +75,7 @@ def whole_runs(args) -> dict[str, list[float]]:
       with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
             [sys.executable, __file__, *flags, f"--workdir={tmp}",
-             f"--child={'alone' if mode == 'one by one' else 'many'}"],
+             f"--child={MODES[mode] or 'alone'}"],
             capture_output=True, text=True, check=False, cwd=harness.REPO)
       if proc.returncode:
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
@@ -81,7 +86,7 @@ def whole_runs(args) -> dict[str, list[float]]:
 
 
 def step_alone(args) -> dict[str, harness.Timing]:
-  """One vmapped train step of R runs vs R one-run steps (steady state)."""
+  """One train step of R runs (map, vmap) vs R one-run steps (steady state)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import downstream as downstream_configs  # pylint: disable=g-import-not-at-top
@@ -102,25 +107,30 @@ def step_alone(args) -> dict[str, harness.Timing]:
          "key": [mesh_lib.put_replicated(setup.mesh, k) for k in keys],
          "batch": [mesh_lib.global_batch(setup.mesh, {"x": x[i], "y": y[i]}) for i in range(r)]}
   mesh = mesh_lib.runs_mesh()
-  train_step, _ = many.make_steps(setup.model, config, mesh)
-  stacked = {"state": mesh_lib.put_runs(mesh, many._stack(states)),  # pylint: disable=protected-access
-             "key": mesh_lib.put_runs(mesh, jax.random.wrap_key_data(
-                 np.stack([jax.random.key_data(k) for k in keys]))),
-             "batch": mesh_lib.global_runs_batch(mesh, {"x": x, "y": y}, r, b),
-             "active": mesh_lib.put_runs(mesh, np.ones(r, bool))}
 
   def alone():
     for i in range(r):
       one["state"][i], m = setup.train_step(one["state"][i], one["batch"][i], one["key"][i])
     jax.block_until_ready(m)
 
-  def at_once():
-    stacked["state"], m = train_step(stacked["state"], stacked["batch"], stacked["key"],
-                                     stacked["active"])
-    jax.block_until_ready(m)
+  def at_once(impl):
+    config.runs_impl = impl
+    train_step, _ = many.make_steps(setup.model, config, mesh)
+    stacked = {"state": mesh_lib.put_runs(mesh, many._stack(states)),  # pylint: disable=protected-access
+               "key": mesh_lib.put_runs(mesh, jax.random.wrap_key_data(
+                   np.stack([jax.random.key_data(k) for k in keys]))),
+               "batch": mesh_lib.global_runs_batch(mesh, {"x": x, "y": y}, r, b),
+               "active": mesh_lib.put_runs(mesh, np.ones(r, bool))}
 
-  return harness.time_interleaved({"one by one": alone, "at once": at_once},
-                                  repeats=args.step_repeats)
+    def step():
+      stacked["state"], m = train_step(stacked["state"], stacked["batch"], stacked["key"],
+                                       stacked["active"])
+      jax.block_until_ready(m)
+    return step
+
+  return harness.time_interleaved(
+      {mode: at_once(impl) if impl else alone for mode, impl in MODES.items()},
+      repeats=args.step_repeats)
 
 
 def main() -> None:

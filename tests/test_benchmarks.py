@@ -369,10 +369,10 @@ def test_input_pipeline_quick_prints_every_row(tmp_path):
   assert not list((tmp_path / "w").iterdir())  # the feature caches are deleted
 
 
-def test_many_runs_quick_prints_both_modes(tmp_path):
+def test_many_runs_quick_prints_every_mode(tmp_path):
   out = _run("many_runs.py", "--quick", f"--json={tmp_path}/m.json")
   rows = [r for r in _table_rows(out) if r[0] != "mode"]
-  assert [r[0] for r in rows] == ["one by one", "at once"] * 2
+  assert [r[0] for r in rows] == ["one by one", "at once, map", "at once, vmap"] * 2
   assert all(float(r[-2].replace(",", "")) > 0 for r in rows)  # runs / hour, runs x steps / s
-  assert rows[0][-1] == rows[2][-1] == "1.00x"
-  assert json.loads((tmp_path / "m.json").read_text())["runs_per_hour"]["at once"] > 0
+  assert rows[0][-1] == rows[3][-1] == "1.00x"
+  assert json.loads((tmp_path / "m.json").read_text())["runs_per_hour"]["at once, map"] > 0

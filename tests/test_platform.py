@@ -34,7 +34,10 @@ def test_auto_resolves_per_platform():
   assert chunking.resolve_remat("auto", "cpu") is True
   assert transformer.resolve_attention_impl("auto", "cpu") == "einsum"
   assert transformer.resolve_dropout_impl("auto", "cpu") == "hash"
+  assert platform.resolve_setting("auto", "runs", platform="cpu") == "map"
+  assert platform.resolve_setting("vmap", "runs", platform="cpu") == "vmap"
   for accelerator in ("gpu", "tpu"):
+    assert platform.resolve_setting("auto", "runs", platform=accelerator) == "vmap"
     assert chunking.resolve_chunk_size("auto", accelerator) == 0  # the whole batch
     assert chunking.resolve_remat("auto", accelerator) is False
     assert transformer.resolve_attention_impl("auto", accelerator) == "dot_product"
@@ -175,7 +178,7 @@ def test_cpu_preferences_live_in_one_registry():
     assert models.registered_name(models.build_encoder({"name": name})) == name
   assert platform.settings("gru", "cpu") == platform.Settings(
       train_chunk=0, inference_chunk=256, scan_streams=2, scan_unroll=4,
-      attention="einsum", dropout="hash")
+      attention="einsum", dropout="hash", runs="map")
   assert platform.settings("vggish", "cpu").train_chunk == 0
   assert platform.settings("transformer", "cpu") == platform.CPU_DEFAULT
   for name in models.names():

@@ -94,6 +94,11 @@ def test_batches_must_split_over_the_devices():
   with pytest.raises(validate.ConfigError, match="config.eval_batch_size=6: must be a "
                                                  "multiple of the 4 devices"):
     validate.check(config, num_devices=4)
+  config = downstream_configs.get_config("transformer,runlocal")
+  config.runs_impl = "pmap"
+  with pytest.raises(validate.ConfigError, match="config.runs_impl='pmap': must be one of "
+                                                 "'auto', 'map', 'vmap'"):
+    validate.check(config)
 
 
 def test_data_settings_are_checked_early(tmp_path):

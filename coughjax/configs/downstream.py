@@ -126,6 +126,11 @@ def get_config(arg: str = "ensemble"):
   # protocol page says what it found).
   config.monitor = "loss"
   config.num_runs = 5                  # seeds: own split and init each; mean (std)
+  # How one program trains its runs (coughjax/train/many.py): "map" (one after another
+  # inside each step: every run's numbers bit-identical to training it alone), "vmap"
+  # (batched: the same up to rounding, faster where one run leaves a device idle) or
+  # "auto" (models/platform.py: map on CPU, vmap on GPU/TPU).
+  config.runs_impl = "auto"
   config.threshold = 0.5
   config.log_every_steps = 20
   config.checkpoint_every_steps = 1000

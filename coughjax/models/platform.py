@@ -27,6 +27,7 @@ from typing import Iterator, Optional, TypeVar
 import jax
 
 AUTO = "auto"
+RUNS_IMPLS = ("map", "vmap")  # `Settings.runs`
 T = TypeVar("T")
 _TARGET: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "coughjax_platform_target", default=None)
@@ -61,6 +62,8 @@ class Settings:
     scan_unroll: time steps per scan iteration at inference (the GRU's `eval_unroll`).
     attention: the Transformer's `attention_impl`.
     dropout: the Transformer's `dropout_impl`.
+    runs: how one downstream program steps its runs (`runs_impl`, `train.many`):
+      "vmap" (batched) or "map" (one after another, each bit-identical to alone).
   """
 
   train_chunk: int
@@ -69,14 +72,18 @@ class Settings:
   scan_unroll: int = 1
   attention: str = "dot_product"
   dropout: str = "flax"
+  runs: str = "vmap"
 
 
 # GPU/TPU: the whole batch in one call and jax's kernels (jax.nn.dot_product_attention,
-# threefry dropout bits), whatever the encoder.
+# threefry dropout bits), whatever the encoder; a program's runs batched (vmap).
 ACCELERATOR = Settings(train_chunk=0, inference_chunk=0)
 # CPU: 16-clip chunks with remat, einsum attention (cpu_kernels.attend) and hash-based
-# dropout bits (randomness.keep_mask), unless an encoder's entry says otherwise.
-CPU_DEFAULT = Settings(train_chunk=16, inference_chunk=16, attention="einsum", dropout="hash")
+# dropout bits (randomness.keep_mask), unless an encoder's entry says otherwise; a
+# program's runs one after another (map: batching them gained nothing measurable on
+# 2 cores, and each run then rounds exactly as it does alone).
+CPU_DEFAULT = Settings(train_chunk=16, inference_chunk=16, attention="einsum",
+                       dropout="hash", runs="map")
 CPU = {
     # Its recurrence pays per time step, not per clip: whole-batch training, larger
     # inference chunks advanced as two independent streams, 4 steps per iteration.

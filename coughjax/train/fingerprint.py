@@ -43,6 +43,9 @@ EXTENDABLE = (
     # and dropout are drawn per clip, so the values do not change.
     "model.chunk_size", "model.eval_chunk_size", "model.remat",
     "model.gru.eval_unroll", "model.gru.eval_streams",
+    # How one program steps its runs (train.many): batched or one after another,
+    # the same numbers up to float rounding.
+    "runs_impl",
 )
 
 

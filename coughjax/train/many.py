@@ -3,7 +3,7 @@
 The evaluation protocol's unit of work is a row's runs (its folds x repeats x
 seeds), each a small classifier (batch 128, d = 64) that alone leaves an
 accelerator mostly idle. Here R runs train as one jitted program: the one-run
-step of `coughjax.train.downstream` (`step_bodies`), vmapped over the runs, its
+step of `coughjax.train.downstream` (`step_bodies`) over the runs, its
 parameters, optimiser and plateau state stacked, over a ("runs", "data") mesh
 (`mesh.runs_mesh`: runs split over "runs" when there are devices to spare, each
 run's batch over "data"). Each run keeps what it has alone:
@@ -22,8 +22,14 @@ run's batch over "data"). Each run keeps what it has alone:
   checkpoint, as `coughjax.predict` / `embed` / `export` read it), `<run>/metrics.jsonl`
   (and event files), `<run>/config.json`, `<run>/test_predictions.csv`.
 
-So each run's predictions equal training it alone up to float rounding (the vmapped
-matmuls round like a batch of them). The stacked state is checkpointed with Orbax
+How the step goes over the runs is `config.runs_impl`: "vmap" batches them (one
+kernel launch for every run's matmul, the point on an accelerator), "map" steps them
+one after another inside the program (`jax.lax.map`, whose body is the one-run step).
+"auto" is map on CPU, where batching measured no faster on 2 cores
+(benchmarks/README.md), and vmap on GPU/TPU (`models.platform`). With map each run's
+predictions equal training it alone to the bit; with vmap up to float rounding (the
+batched matmuls round unlike one run's, and Adam's first steps can enlarge that to
+~1e-4 on the test probabilities: docs/scaling.md). The stacked state is checkpointed with Orbax
 (`<workdir>/checkpoints`, every `checkpoint_every_steps` ticks and at every tick
 where an epoch ended) with each run's progress, and rerunning resumes every run
 where it stopped, to the same numbers; Ctrl-C or SIGTERM stop every process at one
@@ -49,6 +55,7 @@ import numpy as np
 from coughjax import checkpoints
 from coughjax import infer
 from coughjax.data import pipeline
+from coughjax.models import platform
 from coughjax.train import checkpointing
 from coughjax.train import downstream
 from coughjax.train import fingerprint
@@ -90,9 +97,17 @@ class Run:
     return "/".join(p for p in (self.config.variant, self.tag, self.workdir.name) if p)
 
 
+# `config.runs_impl`: f applied to each run's slice of the stacked arguments, batched
+# (vmap) or one run after another (lax.map, whose body is the one-run step itself).
+_OVER_RUNS = {
+    "vmap": lambda f, *args: jax.vmap(f)(*args),
+    "map": lambda f, *args: jax.lax.map(lambda a: f(*a), args),
+}
+
+
 def make_steps(model, config, mesh: jax.sharding.Mesh):
-  """(train_step, predict_step): `downstream.step_bodies` vmapped over the runs,
-  jitted over `mesh` (`mesh.runs_mesh`).
+  """(train_step, predict_step): `downstream.step_bodies` over the runs (batched or
+  one after another: `config.runs_impl`), jitted over `mesh` (`mesh.runs_mesh`).
 
   train_step(state, {"x": [R, B, T, mel], "y": [R, B]}, keys [R], active [R] bool)
   -> (state, metrics {name: [R]}) donates the state; a run not `active` keeps its
@@ -101,17 +116,18 @@ def make_steps(model, config, mesh: jax.sharding.Mesh):
   "runs" and "data"; what they return to the host is replicated.
   """
   train_body, predict_body = downstream.step_bodies(model, config)
+  over_runs = _OVER_RUNS[platform.resolve_setting(config.runs_impl, "runs")]
 
   def train_step(state, batch, key, active):
     def one(state, batch, key, active):
       new, metrics = train_body(state, batch, key)
       return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
 
-    state, metrics = jax.vmap(one)(state, batch, key, active)
+    state, metrics = over_runs(one, state, batch, key, active)
     return state, jax.lax.all_gather(metrics, RUNS, tiled=True)
 
   def predict_step(state, x, rec_keys, clip_index):
-    p = jax.vmap(predict_body)(state, x, rec_keys, clip_index)
+    p = over_runs(predict_body, state, x, rec_keys, clip_index)
     return jax.lax.all_gather(p, RUNS, tiled=True)
 
   runs, block = P(RUNS), P(RUNS, AXIS)
@@ -163,6 +179,7 @@ class _Program:
     self.mesh = mesh = mesh_lib.runs_mesh() if mesh is None else mesh
     self.config = runs[0].config
     self.train_step, self.predict_step = make_steps(setup.model, self.config, mesh)
+    self.one_by_one = platform.resolve_setting(self.config.runs_impl, "runs") == "map"
     r = len(runs)
     self.block, self.rows = mesh_lib.process_block(mesh, r, self.config.batch_size)
     self.batches = [pipeline.SupervisedBatches(
@@ -228,8 +245,14 @@ class _Program:
 
   def predict(self, state, which: dict[int, pipeline.ClipStore]
               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{run: (probs [n], recording index [n])} of every clip of store `which[run]`
-    (`downstream.predict_clips` of each run at once; the others' rows padding)."""
+    """{run: (probs [n], recording index [n])} of every clip of store `which[run]`:
+    `downstream.predict_clips` of each run in `which` (runs_impl "map": one after
+    another, by the one-run program, so the runs not in `which` cost nothing) or of
+    every run at once ("vmap": the others' rows padding)."""
+    if self.one_by_one:
+      return {r: downstream.predict_clips(self.setup.predict_step, self.take(state, r),
+                                          store, self.config, self.setup.mesh)
+              for r, store in which.items()}
     size, hop = self.config.eval_batch_size, self.config.features.eval_hop
     block, rows = mesh_lib.process_block(self.mesh, len(self.runs), size)
     plans = {r: list(pipeline.eval_batches(s, size, hop)) for r, s in which.items()}

@@ -141,6 +141,7 @@ def _loop(c: _Checker, task, num_devices: int) -> None:
   if task == "downstream":
     c.multiple_of("eval_batch_size", num_devices)
     c.integer("num_runs", 1)
+    c.choice("runs_impl", (platform.AUTO,) + platform.RUNS_IMPLS)
     c.number("threshold", 0, 1)
     c.choice("monitor", ("loss", "auc"))
   elif isinstance(c.get("eval_batch_size"), int) and 1 <= c.get("eval_batch_size") < (
