@@ -29,13 +29,15 @@ one after another inside the program (`jax.lax.map`, whose body is the one-run s
 (benchmarks/README.md), and vmap on GPU/TPU (`models.platform`). With map each run's
 predictions equal training it alone to the bit; with vmap up to float rounding (the
 batched matmuls round unlike one run's, and Adam's first steps can enlarge that to
-~1e-4 on the test probabilities: docs/scaling.md). The stacked state is checkpointed with Orbax
-(`<workdir>/checkpoints`, every `checkpoint_every_steps` ticks and at every tick
-where an epoch ended) with each run's progress, and rerunning resumes every run
-where it stopped, to the same numbers; Ctrl-C or SIGTERM stop every process at one
-tick, checkpointed (`coughjax.train.stopping`). Checkpoints restore onto any mesh,
-and a checkpoint of other runs (a larger `num_runs`, say) gives back the runs it
-holds while the others start afresh.
+~1e-4 on the test probabilities: docs/scaling.md).
+
+The stacked state is checkpointed with Orbax (`<workdir>/checkpoints`, every
+`checkpoint_every_steps` ticks and at every tick where an epoch ended) with each
+run's progress, and rerunning resumes every run where it stopped, to the same
+numbers; Ctrl-C or SIGTERM stop every process at one tick, checkpointed
+(`coughjax.train.stopping`). Checkpoints restore onto any mesh, and a checkpoint of
+other runs (a larger `num_runs`, say) gives back the runs it holds while the others
+start afresh.
 """
 
 from __future__ import annotations
