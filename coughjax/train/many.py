@@ -100,10 +100,13 @@ class Run:
 
 
 # `config.runs_impl`: f applied to each run's slice of the stacked arguments, batched
-# (vmap) or one run after another (lax.map, whose body is the one-run step itself).
+# (vmap) or one run after another: a scan over the runs unrolled, so that each run is
+# the one-run step itself and no loop wraps it (XLA:CPU differentiated VGGish's
+# convolutions 4x slower inside a while loop, benchmarks/README.md).
 _OVER_RUNS = {
     "vmap": lambda f, *args: jax.vmap(f)(*args),
-    "map": lambda f, *args: jax.lax.map(lambda a: f(*a), args),
+    "map": lambda f, *args: jax.lax.scan(lambda _, a: (None, f(*a)), None, args,
+                                         unroll=True)[1],
 }
 
 
