@@ -180,6 +180,7 @@ def test_cpu_preferences_live_in_one_registry():
       train_chunk=0, inference_chunk=256, scan_streams=2, scan_unroll=4,
       attention="einsum", dropout="hash", runs="map")
   assert platform.settings("vggish", "cpu").train_chunk == 0
+  assert platform.settings("vggish", "cpu").runs == "vmap"  # lax.map slows its convs
   assert platform.settings("transformer", "cpu") == platform.CPU_DEFAULT
   for name in models.names():
     assert platform.settings(name, "gpu") == platform.ACCELERATOR
@@ -228,3 +229,11 @@ def test_gru_inference_scan_settings_keep_the_outputs(backend):
   jaxpr = str(jax.make_jaxpr(lambda p: tuned.apply(
       p, x, train=True, rngs={"dropout": jax.random.key(2)}))(params))
   assert "unroll=1" in jaxpr and "unroll=4" not in jaxpr
+
+
+def test_runs_impl_auto_follows_the_encoders():
+  from coughjax.train import many  # pylint: disable=g-import-not-at-top
+  gru, vggish = (models.build_encoder({"name": n}) for n in ("gru", "vggish"))
+  assert many.resolve_runs_impl("auto", [gru]) == "map"  # CPU: bit-identical to alone
+  assert many.resolve_runs_impl("auto", [gru, vggish]) == "vmap"
+  assert many.resolve_runs_impl("map", [vggish]) == "map"  # a pin is kept

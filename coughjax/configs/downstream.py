@@ -129,7 +129,7 @@ def get_config(arg: str = "ensemble"):
   # How one program trains its runs (coughjax/train/many.py): "map" (one after another
   # inside each step: every run's numbers bit-identical to training it alone), "vmap"
   # (batched: the same up to rounding, faster where one run leaves a device idle) or
-  # "auto" (models/platform.py: map on CPU, vmap on GPU/TPU).
+  # "auto" (models/platform.py: map on CPU but for VGGish, vmap on GPU/TPU).
   config.runs_impl = "auto"
   config.threshold = 0.5
   config.log_every_steps = 20

@@ -26,7 +26,8 @@ How the step goes over the runs is `config.runs_impl`: "vmap" batches them (one
 kernel launch for every run's matmul, the point on an accelerator), "map" steps them
 one after another inside the program (`jax.lax.map`, whose body is the one-run step).
 "auto" is map on CPU, where batching measured no faster on 2 cores
-(benchmarks/README.md), and vmap on GPU/TPU (`models.platform`). With map each run's
+(benchmarks/README.md), except for VGGish (its convolutions' gradients are 4x slower
+inside the loop), and vmap on GPU/TPU (`models.platform`, `resolve_runs_impl`). With map each run's
 predictions equal training it alone to the bit; with vmap up to float rounding (the
 batched matmuls round unlike one run's, and Adam's first steps can enlarge that to
 ~1e-4 on the test probabilities: docs/scaling.md).
@@ -58,6 +59,7 @@ from coughjax import checkpoints
 from coughjax import infer
 from coughjax.data import pipeline
 from coughjax.models import platform
+from coughjax.models import registry
 from coughjax.train import checkpointing
 from coughjax.train import downstream
 from coughjax.train import fingerprint
@@ -100,14 +102,22 @@ class Run:
 
 
 # `config.runs_impl`: f applied to each run's slice of the stacked arguments, batched
-# (vmap) or one run after another: a scan over the runs unrolled, so that each run is
-# the one-run step itself and no loop wraps it (XLA:CPU differentiated VGGish's
-# convolutions 4x slower inside a while loop, benchmarks/README.md).
+# (vmap) or one run after another (lax.map, whose body is the one-run step itself).
 _OVER_RUNS = {
     "vmap": lambda f, *args: jax.vmap(f)(*args),
-    "map": lambda f, *args: jax.lax.scan(lambda _, a: (None, f(*a)), None, args,
-                                         unroll=True)[1],
+    "map": lambda f, *args: jax.lax.map(lambda a: f(*a), args),
 }
+
+
+def resolve_runs_impl(value: str, encoders: Sequence[Any] = ()) -> str:
+  """`config.runs_impl` -> "map" or "vmap". "auto" is the encoders'
+  `platform.settings(...).runs`: vmap where any of them asks for it (every encoder on
+  GPU/TPU; VGGish on CPU, whose convolutions XLA:CPU differentiates ~4x more slowly
+  inside lax.map's loop), else map."""
+  if not platform.is_auto(value):
+    return value
+  asked = {platform.settings(registry.registered_name(e)).runs for e in encoders}
+  return "vmap" if "vmap" in asked else "map"
 
 
 def make_steps(model, config, mesh: jax.sharding.Mesh):
@@ -121,7 +131,7 @@ def make_steps(model, config, mesh: jax.sharding.Mesh):
   "runs" and "data"; what they return to the host is replicated.
   """
   train_body, predict_body = downstream.step_bodies(model, config)
-  over_runs = _OVER_RUNS[platform.resolve_setting(config.runs_impl, "runs")]
+  over_runs = _OVER_RUNS[resolve_runs_impl(config.runs_impl, model.encoders)]
 
   def train_step(state, batch, key, active):
     def one(state, batch, key, active):
@@ -184,7 +194,7 @@ class _Program:
     self.mesh = mesh = mesh_lib.runs_mesh() if mesh is None else mesh
     self.config = runs[0].config
     self.train_step, self.predict_step = make_steps(setup.model, self.config, mesh)
-    self.one_by_one = platform.resolve_setting(self.config.runs_impl, "runs") == "map"
+    self.one_by_one = resolve_runs_impl(self.config.runs_impl, setup.model.encoders) == "map"
     r = len(runs)
     self.block, self.rows = mesh_lib.process_block(mesh, r, self.config.batch_size)
     self.batches = [pipeline.SupervisedBatches(
