@@ -27,8 +27,9 @@ kernel launch for every run's matmul, the point on an accelerator), "map" steps 
 one after another inside the program (`jax.lax.map`, whose body is the one-run step).
 "auto" is map on CPU, where batching measured no faster on 2 cores
 (benchmarks/README.md), except for VGGish (its convolutions' gradients are 4x slower
-inside the loop), and vmap on GPU/TPU (`models.platform`, `resolve_runs_impl`). With map each run's
-predictions equal training it alone to the bit; with vmap up to float rounding (the
+inside the loop), and vmap on GPU/TPU (`models.platform`, `resolve_runs_impl`). With
+map each run's predictions equal training it alone to the bit; with vmap up to float
+rounding (the
 batched matmuls round unlike one run's, and Adam's first steps can enlarge that to
 ~1e-4 on the test probabilities: docs/scaling.md).
 
