@@ -29,9 +29,8 @@ one after another inside the program (`jax.lax.map`, whose body is the one-run s
 (benchmarks/README.md), except for VGGish (its convolutions' gradients are 4x slower
 inside the loop), and vmap on GPU/TPU (`models.platform`, `resolve_runs_impl`). With
 map each run's predictions equal training it alone to the bit; with vmap up to float
-rounding (the
-batched matmuls round unlike one run's, and Adam's first steps can enlarge that to
-~1e-4 on the test probabilities: docs/scaling.md).
+rounding (the batched matmuls round unlike one run's, and Adam's first steps can
+enlarge that to ~1e-4 on the test probabilities: docs/scaling.md).
 
 The stacked state is checkpointed with Orbax (`<workdir>/checkpoints`, every
 `checkpoint_every_steps` ticks and at every tick where an epoch ended) with each
