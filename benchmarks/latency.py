@@ -101,8 +101,9 @@ _PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's own
                           "predict step (the coughjax pmap column)")
 _TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
                                     "whose program is identical to an earlier row's")
-_FLATNESS_REPEATS = flags.DEFINE_integer("flatness_repeats", 5, "repeats of the DS "
-                                         "flatness table (at least --repeats)")
+_FLATNESS_REPEATS = flags.DEFINE_integer(
+    "flatness_repeats", 15, "repeats of the DS flatness table (at least --repeats; a "
+    "median of 5 batch-1 calls of 1.4-2 ms moved max/min by 0.1 from run to run)")
 _ROWS = flags.DEFINE_list("rows", [], "only these variants (default: all 14 rows)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1, 1 short repeat, all rows")
@@ -403,6 +404,7 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
 
 
 DS_RATES = (0, 25, 50, 75, 100)
+_AGAIN = "0% again"  # the flatness table's control: the 0 % program timed twice
 
 
 def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
@@ -414,11 +416,14 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
   applied at every rate, 0 % included (an all-False mask; the models as configured
   skip masking at 0 %), so the programs differ in one constant, the number of masked
   steps. The five run in turn within every repeat, so drift of a shared machine's
-  speed hits them alike and max/min isolates the cost of the masking rate.
+  speed hits them alike and max/min isolates the cost of the masking rate. A control
+  runs with them: the 0 % program timed a second time under a label of its own, whose
+  ratio to the first (`same_program`, ≥ 1) is what timing noise alone gives two
+  identical programs.
 
   Returns:
-    {str(batch): {"0%": µs, ..., "100%": µs, "max_over_min": x, "loadavg_1min": load
-    average after the batch size's timings}}.
+    {str(batch): {"0%": µs, ..., "100%": µs, "max_over_min": x, "same_program": x,
+    "loadavg_1min": load average after the batch size's timings}}.
   """
   models = {}
   for rate in DS_RATES:
@@ -437,12 +442,16 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
       return lambda: predict(params, x, *ids).block_until_ready()
 
     fns = {label: timed(*model) for label, model in models.items()}
+    fns[_AGAIN] = fns["0%"]
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
     us = {label: t.median / batch * 1e6 for label, t in timings.items()}
+    again = us.pop(_AGAIN)
     out[str(batch)] = dict(us, max_over_min=max(us.values()) / min(us.values()),
+                           same_program=max(again, us["0%"]) / min(again, us["0%"]),
                            loadavg_1min=round(load.now(), 2))
     progress.report(f"DS flatness @ {batch}",
-                    f"max/min {out[str(batch)]['max_over_min']:.2f}")
+                    f"max/min {out[str(batch)]['max_over_min']:.2f}, same program "
+                    f"twice {out[str(batch)]['same_program']:.2f}")
   return out
 
 
@@ -479,9 +488,10 @@ def table(results: list[dict[str, Any]], batch: int) -> str:
 def flatness_table(flatness: dict[str, dict[str, float]]) -> str:
   rates = [f"{r}%" for r in DS_RATES]
   return harness.markdown_table(
-      ["batch", *rates, "max/min", "load"],
+      ["batch", *rates, "max/min", "0 % twice: max/min", "load"],
       [[b, *(_fmt_us(t[r]) for r in rates), f"{t['max_over_min']:.2f}",
-        f"{t['loadavg_1min']:.1f}"] for b, t in flatness.items()])
+        f"{t['same_program']:.2f}", f"{t['loadavg_1min']:.1f}"]
+       for b, t in flatness.items()])
 
 
 def summary(results: list[dict[str, Any]], peak: dict[str, float]) -> str:
@@ -564,7 +574,8 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
   if _DS_FLATNESS.value:
     ds_flops = forward_flops(configs.get("Transformer-CP x2, DS 50%")
                              or row_config("ens_transformer_cp_ds50"))
-    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, 5)) for b in batch_sizes]
+    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, len(DS_RATES) + 1))
+              for b in batch_sizes]
   progress = Progress(units)
 
   peak = harness.peak_matmul_flops(size=1024 if quick else 4096)
@@ -604,7 +615,8 @@ def print_report(report: dict[str, Any]) -> None:
   print(summary(report["results"], peak))
   if report["ds_flatness"]:
     print(f"\nDS-masked ensembles like for like: the same masked program at every rate "
-          f"(0 % an all-False mask), the five timed interleaved, median of "
+          f"(0 % an all-False mask), the five timed interleaved with the 0 % program "
+          f"a second time (its max/min with the first: timing noise alone), median of "
           f"{report['flatness_repeats']} repeats (coughjax µs per instance; paper max/min "
           "1.74):\n")
     print(flatness_table(report["ds_flatness"]))
