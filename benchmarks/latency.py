@@ -102,8 +102,11 @@ _PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's own
 _TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
                                     "whose program is identical to an earlier row's")
 _FLATNESS_REPEATS = flags.DEFINE_integer(
-    "flatness_repeats", 15, "repeats of the DS flatness table (at least --repeats; a "
-    "median of 5 batch-1 calls of 1.4-2 ms moved max/min by 0.1 from run to run)")
+    "flatness_repeats", 60, "repeats of the DS flatness table (at least --repeats): "
+    "on this host one program timed under five labels, 15 repeats of 0.2 s, gave a "
+    "max/min up to 1.16 at batch 1; 60 of 0.05 s, 1.01-1.03")
+_FLATNESS_MIN_REPEAT_S = flags.DEFINE_float(
+    "flatness_min_repeat_s", 0.05, "--min_repeat_s of the DS flatness table")
 _ROWS = flags.DEFINE_list("rows", [], "only these variants (default: all 14 rows)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1, 1 short repeat, all rows")
@@ -404,7 +407,7 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
 
 
 DS_RATES = (0, 25, 50, 75, 100)
-_AGAIN = "0% again"  # the flatness table's control: the 0 % program timed twice
+_AGAIN = "0% again"  # the flatness table's control: the 0 % program compiled twice
 
 
 def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
@@ -417,20 +420,22 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
   skip masking at 0 %), so the programs differ in one constant, the number of masked
   steps. The five run in turn within every repeat, so drift of a shared machine's
   speed hits them alike and max/min isolates the cost of the masking rate. A control
-  runs with them: the 0 % program timed a second time under a label of its own, whose
-  ratio to the first (`same_program`, ≥ 1) is what timing noise alone gives two
-  identical programs.
+  runs with them: the 0 % program jitted and compiled a second time, an executable of
+  its own, whose ratio to the first (`same_program`, ≥ 1) is what two compiles of one
+  program differ by with no rate between them (timing noise, and whatever sets one
+  executable apart from another: its buffers, its place in memory).
 
   Returns:
     {str(batch): {"0%": µs, ..., "100%": µs, "max_over_min": x, "same_program": x,
     "loadavg_1min": load average after the batch size's timings}}.
   """
   models = {}
-  for rate in DS_RATES:
+  for label, rate in [(f"{r}%", r) for r in DS_RATES] + [(_AGAIN, 0)]:
+    # _AGAIN: a new jit of the 0 % function, so its own trace, compile and executable.
     config = row_config(f"ens_transformer_cp_ds{rate}")
     setup = downstream.Setup.create(config)
-    models[f"{rate}%"] = (init_params(config, setup),
-                          coughjax_predict(config, setup, mask_rates=(rate / 100,) * 2))
+    models[label] = (init_params(config, setup),
+                     coughjax_predict(config, setup, mask_rates=(rate / 100,) * 2))
   shape = (config.features.clip_frames, config.features.nfilt)
   out = {}
   for batch in batch_sizes:
@@ -442,7 +447,6 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
       return lambda: predict(params, x, *ids).block_until_ready()
 
     fns = {label: timed(*model) for label, model in models.items()}
-    fns[_AGAIN] = fns["0%"]
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
     us = {label: t.median / batch * 1e6 for label, t in timings.items()}
     again = us.pop(_AGAIN)
@@ -571,10 +575,14 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
       units += [(f"{r.label} @ {b}", prior_cost_s(flops, b, implementations))
                 for b in batch_sizes]
   flatness_repeats = 1 if quick else max(_FLATNESS_REPEATS.value, opts.repeats)
+  flatness_min_repeat_s = 0.01 if quick else _FLATNESS_MIN_REPEAT_S.value
   if _DS_FLATNESS.value:
     ds_flops = forward_flops(configs.get("Transformer-CP x2, DS 50%")
                              or row_config("ens_transformer_cp_ds50"))
-    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, len(DS_RATES) + 1))
+    programs = len(DS_RATES) + 1
+    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, programs)
+               + programs * flatness_repeats * max(flatness_min_repeat_s,
+                                                   ds_flops * b / 40e9))
               for b in batch_sizes]
   progress = Progress(units)
 
@@ -590,11 +598,12 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
     results += measure_row(row, configs[row.label], batch_sizes, opts, progress, load)
   flatness = {}
   if _DS_FLATNESS.value:
-    flatness = ds_flatness(batch_sizes, flatness_repeats, opts.min_repeat_s, progress,
-                           load)
+    flatness = ds_flatness(batch_sizes, flatness_repeats, flatness_min_repeat_s,
+                           progress, load)
   return {"peak_flops": peak, "batch_sizes": batch_sizes, "repeats": opts.repeats,
           "min_repeat_s": opts.min_repeat_s, "max_timed_s": opts.max_timed_s,
-          "flatness_repeats": flatness_repeats, "results": results,
+          "flatness_repeats": flatness_repeats,
+          "flatness_min_repeat_s": flatness_min_repeat_s, "results": results,
           "ds_flatness": flatness}
 
 
@@ -615,10 +624,11 @@ def print_report(report: dict[str, Any]) -> None:
   print(summary(report["results"], peak))
   if report["ds_flatness"]:
     print(f"\nDS-masked ensembles like for like: the same masked program at every rate "
-          f"(0 % an all-False mask), the five timed interleaved with the 0 % program "
-          f"a second time (its max/min with the first: timing noise alone), median of "
-          f"{report['flatness_repeats']} repeats (coughjax µs per instance; paper max/min "
-          "1.74):\n")
+          f"(0 % an all-False mask), the five timed interleaved with a second compile "
+          f"of the 0 % program (its max/min with the first: what two executables of one "
+          f"program differ by), median of {report['flatness_repeats']} repeats of at "
+          f"least {report['flatness_min_repeat_s']:g} s (coughjax µs per instance; "
+          "paper max/min 1.74):\n")
     print(flatness_table(report["ds_flatness"]))
   if load["shared"]:
     print(f"\n**{load['note']}.**")

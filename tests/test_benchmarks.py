@@ -377,3 +377,15 @@ def test_many_runs_quick_prints_every_mode(tmp_path):
   assert all(float(r[-2].replace(",", "")) > 0 for r in rows)  # runs / hour, runs x steps / s
   assert rows[0][-1] == rows[3][-1] == "1.00x"
   assert json.loads((tmp_path / "m.json").read_text())["runs_per_hour"]["at once, map"] > 0
+
+
+def test_timing_noise_times_one_program_under_every_label(tmp_path):
+  out = _run("timing_noise.py", "--quick", f"--json={tmp_path}/n.json")
+  rows = _table_rows(out)
+  assert [r[:2] for r in rows] == [["2", "2 x 0.01"], ["2", "3 x 0.01"]]
+  report = json.loads((tmp_path / "n.json").read_text())
+  assert report["labels"] == 3 and len(report["spread"]) == 2
+  for s in report["spread"]:
+    (value,) = s["max_over_min"]  # one round
+    assert value >= 1.0
+  assert report["load"]["note"] in out
