@@ -1,7 +1,7 @@
 r"""Table 6 of the paper: inference time per instance, coughjax beside a PyTorch twin.
 
-  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=3] [--json=PATH]
-  python benchmarks/latency.py --repeats=7 --time_identical --pmap   # publication run
+  python benchmarks/latency.py [--batch_sizes=1,1024] [--repeats=20] [--json=PATH]
+  python benchmarks/latency.py --repeats=60 --time_identical --pmap  # publication run
   python benchmarks/latency.py --quick     # seconds: every row at batch 1, 1 repeat
 
 The defaults take ~6 minutes on 2 quiet cores (up to ~15 when a batch-1024 VGGish
@@ -67,6 +67,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -90,9 +91,12 @@ from coughjax.train import mesh as mesh_lib
 import torch_twins
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "1024"], "batch sizes to time")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats per implementation (at most; "
-                                "publication runs: 5 or more)")
-_MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.2, "each repeat calls a function "
+# Many short repeats rather than a few long ones: one program timed under five labels
+# spread up to 1.16 (max/min of medians) with 15 repeats of 0.2 s on this host, 1.01-1.03
+# with 60 of 0.05 s (benchmarks/timing_noise.py, benchmarks/README.md).
+_REPEATS = flags.DEFINE_integer("repeats", 20, "timed repeats per implementation (at "
+                                "most: see --max_timed_s)")
+_MIN_REPEAT_S = flags.DEFINE_float("min_repeat_s", 0.05, "each repeat calls a function "
                                    "until it has run this long")
 _MAX_TIMED_S = flags.DEFINE_float("max_timed_s", 30.0, "fewer repeats (at least 1) where "
                                   "the timed repeats of a row at a batch size would last "
@@ -102,11 +106,7 @@ _PMAP = flags.DEFINE_bool("pmap", False, "also time the downstream trainer's own
 _TIME_IDENTICAL = flags.DEFINE_bool("time_identical", False, "time every row, also those "
                                     "whose program is identical to an earlier row's")
 _FLATNESS_REPEATS = flags.DEFINE_integer(
-    "flatness_repeats", 60, "repeats of the DS flatness table (at least --repeats): "
-    "on this host one program timed under five labels, 15 repeats of 0.2 s, gave a "
-    "max/min up to 1.16 at batch 1; 60 of 0.05 s, 1.01-1.03")
-_FLATNESS_MIN_REPEAT_S = flags.DEFINE_float(
-    "flatness_min_repeat_s", 0.05, "--min_repeat_s of the DS flatness table")
+    "flatness_repeats", 60, "repeats of the DS flatness table (at least --repeats)")
 _ROWS = flags.DEFINE_list("rows", [], "only these variants (default: all 14 rows)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _QUICK = flags.DEFINE_bool("quick", False, "smoke run: batch 1, 1 short repeat, all rows")
@@ -313,12 +313,16 @@ def _minutes(seconds: float) -> str:
   return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def prior_cost_s(flops_per_instance: float, batch: int, implementations: int) -> float:
-  """A rough prior of a measurement's seconds: set-up and compilation, plus a warm-up
-  and a timed call per implementation at ~40 GFLOP/s (repeats of small calls last
-  about min_repeat_s each)."""
+def prior_cost_s(flops_per_instance: float, batch: int, implementations: int,
+                 repeats: int, min_repeat_s: float, max_timed_s: float = math.inf
+                 ) -> float:
+  """A rough prior of a measurement's seconds at ~40 GFLOP/s a call: set-up and
+  compilation, two warm-up calls per implementation, then the timed repeats (each
+  implementation's lasting about max(min_repeat_s, a call), at most max_timed_s in
+  all, as `harness.time_interleaved` caps them)."""
   call_s = flops_per_instance * batch / 40e9
-  return 6.0 + implementations * (2 * call_s + 0.5)
+  timed_s = min(max_timed_s, repeats * implementations * max(min_repeat_s, call_s))
+  return 6.0 + implementations * 2 * call_s + timed_s
 
 
 def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
@@ -572,17 +576,15 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
   for r in rows:
     if timed_as.get(r.label, r.label) == r.label:
       flops = forward_flops(configs[r.label])
-      units += [(f"{r.label} @ {b}", prior_cost_s(flops, b, implementations))
+      units += [(f"{r.label} @ {b}", prior_cost_s(flops, b, implementations, opts.repeats,
+                                                   opts.min_repeat_s, opts.max_timed_s))
                 for b in batch_sizes]
   flatness_repeats = 1 if quick else max(_FLATNESS_REPEATS.value, opts.repeats)
-  flatness_min_repeat_s = 0.01 if quick else _FLATNESS_MIN_REPEAT_S.value
   if _DS_FLATNESS.value:
     ds_flops = forward_flops(configs.get("Transformer-CP x2, DS 50%")
                              or row_config("ens_transformer_cp_ds50"))
-    programs = len(DS_RATES) + 1
-    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, programs)
-               + programs * flatness_repeats * max(flatness_min_repeat_s,
-                                                   ds_flops * b / 40e9))
+    units += [(f"DS flatness @ {b}", 10 + prior_cost_s(ds_flops, b, len(DS_RATES) + 1,
+                                                       flatness_repeats, opts.min_repeat_s))
               for b in batch_sizes]
   progress = Progress(units)
 
@@ -598,12 +600,11 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
     results += measure_row(row, configs[row.label], batch_sizes, opts, progress, load)
   flatness = {}
   if _DS_FLATNESS.value:
-    flatness = ds_flatness(batch_sizes, flatness_repeats, flatness_min_repeat_s,
-                           progress, load)
+    flatness = ds_flatness(batch_sizes, flatness_repeats, opts.min_repeat_s, progress,
+                           load)
   return {"peak_flops": peak, "batch_sizes": batch_sizes, "repeats": opts.repeats,
           "min_repeat_s": opts.min_repeat_s, "max_timed_s": opts.max_timed_s,
-          "flatness_repeats": flatness_repeats,
-          "flatness_min_repeat_s": flatness_min_repeat_s, "results": results,
+          "flatness_repeats": flatness_repeats, "results": results,
           "ds_flatness": flatness}
 
 
@@ -627,7 +628,7 @@ def print_report(report: dict[str, Any]) -> None:
           f"(0 % an all-False mask), the five timed interleaved with a second compile "
           f"of the 0 % program (its max/min with the first: what two executables of one "
           f"program differ by), median of {report['flatness_repeats']} repeats of at "
-          f"least {report['flatness_min_repeat_s']:g} s (coughjax µs per instance; "
+          f"least {report['min_repeat_s']:g} s (coughjax µs per instance; "
           "paper max/min 1.74):\n")
     print(flatness_table(report["ds_flatness"]))
   if load["shared"]:
