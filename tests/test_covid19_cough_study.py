@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -193,3 +194,14 @@ def test_attempts_are_rows_of_their_own(release_slice, tmp_path, done):
                       (study.AUGMENTED_BEST, study.BEST),
                       (study.AUGMENTED_BEST, "logmel_logreg"),
                       (study.AUGMENTED_BEST, "loudness_only")}
+
+
+def test_power_line_states_the_detectable_lead_once_when_it_is_one_value():
+  def judged(*detectable):
+    return [types.SimpleNamespace(detectable=d) for d in detectable]
+  (line,) = study_report.power_lines(judged(0.224, float("nan")))
+  assert "is 22.4 AUC points (the one setting that ran);" in line
+  (line,) = study_report.power_lines(judged(0.1, 0.224))
+  assert "is 10.0–22.4 AUC points, depending on the setting;" in line
+  assert study_report.power_lines(judged(float("nan"))) == [
+      "No primary comparison ran: no power to state."]

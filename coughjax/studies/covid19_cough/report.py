@@ -341,11 +341,14 @@ def power_lines(primary: Sequence[rep.Judged]) -> list[str]:
   mdd = [100 * j.detectable for j in primary if np.isfinite(j.detectable)]
   if not mdd:
     return ["No primary comparison ran: no power to state."]
+  low, high = f"{min(mdd):.1f}", f"{max(mdd):.1f}"
+  where = "the one setting that ran" if len(mdd) == 1 else "in every setting"
+  size = (f"{low} AUC points ({where})" if low == high
+          else f"{low}–{high} AUC points, depending on the setting")
   return [f"Power: with the standard errors observed, the smallest lead of the paper's "
           f"best model this family detects with 80 % power at Holm's strictest level "
           f"(α = {rep.ALPHA:g} / {len(primary)} = {rep.ALPHA / len(primary):.3g}) is "
-          f"{min(mdd):.1f}–{max(mdd):.1f} AUC points, depending on the setting; "
-          "smaller true differences are likely to end as *cannot tell*."]
+          f"{size}; smaller true differences are likely to end as *cannot tell*."]
 
 
 def answer_lines(primary: Sequence[rep.Judged], titles) -> list[str]:
