@@ -40,6 +40,17 @@ def _setting(text: str) -> tuple[int, float]:
   return value
 
 
+def _batch_sizes(text: str) -> list[int]:
+  try:
+    sizes = [int(b) for b in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"batch sizes are integers, e.g. 1,1024; got "
+                                     f"{text!r}") from None
+  if min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+  return sizes
+
+
 def spread(batch: int, labels: int, repeats: int, min_repeat_s: float) -> float:
   """max/min of the median seconds per call of one program timed under `labels`
   labels, interleaved."""
@@ -62,20 +73,19 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--labels", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--batch_sizes", default="1,1024")
+  parser.add_argument("--batch_sizes", type=_batch_sizes, default=[1, 1024])
   parser.add_argument("--settings", type=lambda s: [_setting(v) for v in s.split(",")],
                       default=[(15, 0.2), (60, 0.05)])
   parser.add_argument("--json", default=None)
   parser.add_argument("--quick", action="store_true", help="smoke run")
   args = parser.parse_args()
   if args.quick:
-    args.labels, args.rounds, args.batch_sizes = 3, 1, "2"
+    args.labels, args.rounds, args.batch_sizes = 3, 1, [2]
     args.settings = [(2, 0.01), (3, 0.01)]
   if args.labels < 2 or args.rounds < 1:
     parser.error("need --labels >= 2 and --rounds >= 1")
-  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   with harness.LoadMonitor(os.cpu_count()) as load:
-    found = {(b, s): [] for b in batch_sizes for s in args.settings}
+    found = {(b, s): [] for b in args.batch_sizes for s in args.settings}
     for _ in range(args.rounds):
       for (batch, (repeats, seconds)), out in found.items():
         out.append(spread(batch, args.labels, repeats, seconds))
@@ -91,7 +101,8 @@ def main() -> None:
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"labels": args.labels, "load": summary,
-                 "spread": [{"batch": b, "repeats": r, "min_repeat_s": s, "max_over_min": v}
+                 "spread": [{"batch": b, "repeats": r, "min_repeat_s": s,
+                             "max_over_min_by_round": v}
                             for (b, (r, s)), v in found.items()]}, f, indent=2)
 
 

@@ -386,6 +386,6 @@ def test_timing_noise_times_one_program_under_every_label(tmp_path):
   report = json.loads((tmp_path / "n.json").read_text())
   assert report["labels"] == 3 and len(report["spread"]) == 2
   for s in report["spread"]:
-    (value,) = s["max_over_min"]  # one round
+    (value,) = s["max_over_min_by_round"]  # one round
     assert value >= 1.0
   assert report["load"]["note"] in out
