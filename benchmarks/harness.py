@@ -151,6 +151,19 @@ def cpu_seconds() -> Optional[dict[str, float]]:
           "own": own, "wall": time.perf_counter()}
 
 
+def cpu_since(start: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+  """{others_cores, steal_cores}: the cores that other processes and the hypervisor
+  kept busy since `start` (a `cpu_seconds()` snapshot), CPU seconds per second; None
+  without /proc/stat."""
+  end = cpu_seconds()
+  seconds = end["wall"] - start["wall"] if start and end else 0.0
+  if seconds <= 0:
+    return None
+  return {"others_cores": round(max(end["busy"] - start["busy"]
+                                    - (end["own"] - start["own"]), 0.0) / seconds, 3),
+          "steal_cores": round((end["steal"] - start["steal"]) / seconds, 3)}
+
+
 class LoadMonitor:
   """Says whether anything else used the CPU before and while a benchmark ran.
 
@@ -163,8 +176,9 @@ class LoadMonitor:
   shared host). `shared` is True when others kept more than `OTHERS` of a core busy,
   or steal took more than `OTHERS`, before or during the run. Unlike the load
   average, which decays over minutes, this does not count the benchmark's own
-  previous run. The 1-minute load average is still sampled every `interval_s`
-  seconds (and by `now`, for a report's per-row column). Without /proc/stat the
+  previous run (`cpu_since` gives the same count over any part of a run, such as one
+  row's timings). The 1-minute load average is still sampled every `interval_s`
+  seconds, before and after. Without /proc/stat the
   verdict falls back to the load average: above `threads` + 0.5 during the run, or
   above 1.0 before it.
 
@@ -196,15 +210,7 @@ class LoadMonitor:
       self.now()
 
   def _window(self, key: str, start: Optional[dict[str, float]]) -> None:
-    end = cpu_seconds()
-    seconds = end["wall"] - start["wall"] if start and end else 0.0
-    if seconds <= 0:
-      self.cpu[key] = None
-      return
-    self.cpu[key] = {
-        "others_cores": round(max(end["busy"] - start["busy"]
-                                  - (end["own"] - start["own"]), 0.0) / seconds, 3),
-        "steal_cores": round((end["steal"] - start["steal"]) / seconds, 3)}
+    self.cpu[key] = cpu_since(start)
 
   def __enter__(self) -> "LoadMonitor":
     self.before = self.now()

@@ -51,7 +51,8 @@ the hypervisor's steal time (a neighbour on a shared host); more than 0.15 of a 
 means another job shared the cores, which slows the implementations unevenly, and the
 report then says in bold, above the tables and after them, that its times and ratios
 cannot be trusted (`harness.LoadMonitor`; without /proc/stat it falls back to the load
-average). The 1-minute load average after each row is the `load` column.
+average). The `others` column is the same count over each row's own timings (and the
+flatness table's over each batch size's), so a shared run says which rows it hit.
 
 Per-instance time = seconds per call / batch; median and interquartile range over
 `--repeats` repeats (fewer, at least one, where a row's timed repeats at a batch size
@@ -326,8 +327,8 @@ def prior_cost_s(flops_per_instance: float, batch: int, implementations: int,
 
 
 def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
-                progress: Progress, load: harness.LoadMonitor) -> list[dict[str, Any]]:
-  """Times one Table 6 row at every batch size (`load`: sampled after each)."""
+                progress: Progress) -> list[dict[str, Any]]:
+  """Times one Table 6 row at every batch size."""
   setup = downstream.Setup.create(config)
   params = init_params(config, setup)
   predict = coughjax_predict(config, setup)
@@ -370,9 +371,11 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
     fns.update({f"torch {k}": fn for k, fn in candidates.items()})
     # Every candidate for the best torch is timed with the others; the best is the
     # lowest median of the same run.
+    start = harness.cpu_seconds()
     timings = harness.time_interleaved(fns, repeats=opts.repeats,
                                        min_repeat_s=opts.min_repeat_s, warmup=2,
                                        max_timed_s=opts.max_timed_s)
+    cpu = harness.cpu_since(start)
     best_name = min(candidates, key=lambda k: timings[f"torch {k}"].median)
 
     def us(name):
@@ -401,7 +404,7 @@ def measure_row(row: Row, config, batch_sizes: list[int], opts: Options,
         "coughjax_gflops": flops / (cj["median_us"] * 1e-6) / 1e9,
         "max_abs_diff": max_diff,
         "same_program_as": None,
-        "loadavg_1min": round(load.now(), 2),
+        "cpu": cpu,  # other processes' and steal cores while the row was timed
     })
     progress.report(f"{row.label} @ {batch}",
                     f"coughjax {_fmt_us(cj['median_us'])} µs, torch best "
@@ -415,8 +418,7 @@ _AGAIN = "0% again"  # the flatness table's control: the 0 % program compiled tw
 
 
 def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
-                progress: Progress, load: harness.LoadMonitor
-                ) -> dict[str, dict[str, float]]:
+                progress: Progress) -> dict[str, dict[str, Any]]:
   """coughjax's µs per instance of the five DS-masked ensembles, like for like.
 
   Each ensemble runs the same masked program at its rate: the masks are drawn and
@@ -431,7 +433,7 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
 
   Returns:
     {str(batch): {"0%": µs, ..., "100%": µs, "max_over_min": x, "same_program": x,
-    "loadavg_1min": load average after the batch size's timings}}.
+    "cpu": other processes' and steal cores over the batch size's timings}}.
   """
   models = {}
   for label, rate in [(f"{r}%", r) for r in DS_RATES] + [(_AGAIN, 0)]:
@@ -451,12 +453,14 @@ def ds_flatness(batch_sizes: list[int], repeats: int, min_repeat_s: float,
       return lambda: predict(params, x, *ids).block_until_ready()
 
     fns = {label: timed(*model) for label, model in models.items()}
+    start = harness.cpu_seconds()
     timings = harness.time_interleaved(fns, repeats=repeats, min_repeat_s=min_repeat_s)
+    cpu = harness.cpu_since(start)
     us = {label: t.median / batch * 1e6 for label, t in timings.items()}
     again = us.pop(_AGAIN)
     out[str(batch)] = dict(us, max_over_min=max(us.values()) / min(us.values()),
                            same_program=max(again, us["0%"]) / min(again, us["0%"]),
-                           loadavg_1min=round(load.now(), 2))
+                           cpu=cpu)
     progress.report(f"DS flatness @ {batch}",
                     f"max/min {out[str(batch)]['max_over_min']:.2f}, same program "
                     f"twice {out[str(batch)]['same_program']:.2f}")
@@ -471,7 +475,7 @@ def table(results: list[dict[str, Any]], batch: int) -> str:
   header = ["model", "paper µs (RTX 2080 Ti)", "coughjax µs", "IQR", "coughjax pmap µs",
             "coughjax GPU µs", "torch paper-style µs", "torch best µs", "torch best is",
             "coughjax / best", "coughjax / paper-style", "compile s", "GFLOP/s",
-            "max abs dp", "load"]
+            "max abs dp", "others"]
   rows = []
   for r in results:
     if r["batch"] != batch:
@@ -489,16 +493,22 @@ def table(results: list[dict[str, Any]], batch: int) -> str:
         f"{r['ratio_best']:.2f}", f"{r['ratio_paper_style']:.2f}",
         f"{cj['compile_s']:.2f}", f"{r['coughjax_gflops']:.1f}",
         "–" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}",
-        f"{r['loadavg_1min']:.1f}"])
+        _others(r["cpu"])])
   return harness.markdown_table(header, rows, "l" + "r" * 7 + "l" + "r" * 6)
+
+
+def _others(cpu) -> str:
+  """A row's `others` cell: the cores other processes (and the hypervisor's steal)
+  took while it was timed."""
+  return "–" if cpu is None else f"{cpu['others_cores'] + cpu['steal_cores']:.2f}"
 
 
 def flatness_table(flatness: dict[str, dict[str, float]]) -> str:
   rates = [f"{r}%" for r in DS_RATES]
   return harness.markdown_table(
-      ["batch", *rates, "max/min", "0 % twice: max/min", "load"],
+      ["batch", *rates, "max/min", "0 % twice: max/min", "others"],
       [[b, *(_fmt_us(t[r]) for r in rates), f"{t['max_over_min']:.2f}",
-        f"{t['same_program']:.2f}", f"{t['loadavg_1min']:.1f}"]
+        f"{t['same_program']:.2f}", _others(t["cpu"])]
        for b, t in flatness.items()])
 
 
@@ -542,7 +552,7 @@ def main(argv):
   # XLA:CPU and torch (set_threads) each use every core, one implementation at a time.
   with harness.LoadMonitor(torch_twins.set_threads()) as load:
     start = time.perf_counter()
-    report = measure(load)
+    report = measure()
     report["wall_s"] = time.perf_counter() - start
   report.update(machine=harness.machine(), load=load.summary())
   print_report(report)
@@ -551,7 +561,7 @@ def main(argv):
       json.dump(report, f, indent=2)
 
 
-def measure(load: harness.LoadMonitor) -> dict[str, Any]:
+def measure() -> dict[str, Any]:
   """Every measurement the flags ask for: the rows, then the DS flatness."""
   quick = _QUICK.value
   batch_sizes = [1] if quick else [int(b) for b in _BATCH_SIZES.value]
@@ -597,11 +607,10 @@ def measure(load: harness.LoadMonitor) -> dict[str, Any]:
                        paper_us=paper.TABLE6_US[row.label], same_program_as=source)
                   for r in results if r["label"] == source]
       continue
-    results += measure_row(row, configs[row.label], batch_sizes, opts, progress, load)
+    results += measure_row(row, configs[row.label], batch_sizes, opts, progress)
   flatness = {}
   if _DS_FLATNESS.value:
-    flatness = ds_flatness(batch_sizes, flatness_repeats, opts.min_repeat_s, progress,
-                           load)
+    flatness = ds_flatness(batch_sizes, flatness_repeats, opts.min_repeat_s, progress)
   return {"peak_flops": peak, "batch_sizes": batch_sizes, "repeats": opts.repeats,
           "min_repeat_s": opts.min_repeat_s, "max_timed_s": opts.max_timed_s,
           "flatness_repeats": flatness_repeats, "results": results,
@@ -616,7 +625,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"a round); µs per instance; peak fp32 matmul "
         f"{', '.join(f'{k} {v / 1e9:.0f}' for k, v in peak.items())} GFLOP/s; the whole "
         f"run took {_minutes(report['wall_s'])} min.\n")
-  # Before the tables, where no reader misses it; the `load` column says which rows.
+  # Before the tables, where no reader misses it; the `others` column says which rows.
   print(f"{'**' if load['shared'] else ''}{load['note']}.{'**' if load['shared'] else ''}\n")
   for batch in report["batch_sizes"]:
     print(f"Batch {batch}:\n")
