@@ -4,9 +4,10 @@ r"""Table 6 of the paper: inference time per instance, coughjax beside a PyTorch
   python benchmarks/latency.py --repeats=60 --time_identical --pmap  # publication run
   python benchmarks/latency.py --quick     # seconds: every row at batch 1, 1 repeat
 
-The defaults take ~6 minutes on 2 quiet cores (up to ~15 when a batch-1024 VGGish
-call slows from ~7 s to ~25 s on a loaded machine); one progress line per row and
-batch size goes to stderr as it is measured, with an estimate of the time left.
+The defaults took 13:49 min on 2 quiet cores (benchmarks/README.md; longer when a
+batch-1024 VGGish call slows from ~12 s to ~25 s on a loaded machine); one progress
+line per row and batch size goes to stderr as it is measured, with an estimate of the
+time left.
 
 One row per row of Table 6, each built from its downstream config
 (configs/downstream.py) with the branches' `init` set to "scratch": weights do not
@@ -93,7 +94,7 @@ import torch_twins
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "1024"], "batch sizes to time")
 # Many short repeats rather than a few long ones: one program timed under five labels
-# spread up to 1.16 (max/min of medians) with 15 repeats of 0.2 s on this host, 1.01-1.03
+# spread up to 1.16 (max/min of medians) with 15 repeats of 0.2 s on this host, 1.01-1.04
 # with 60 of 0.05 s (benchmarks/timing_noise.py, benchmarks/README.md).
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed repeats per implementation (at "
                                 "most: see --max_timed_s)")

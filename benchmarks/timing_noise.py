@@ -11,7 +11,7 @@ any max/min it shows is timing noise: what the flatness table reads on this mach
 when the masking rate costs nothing. Each setting "RxS" is R repeats of at least S
 seconds each; every setting is measured `--rounds` times, alternating, so a quiet or
 busy minute does not favour one of them. Use it to choose `latency.py`'s
-`--flatness_repeats` and `--flatness_min_repeat_s` on a new machine.
+`--repeats`, `--flatness_repeats` and `--min_repeat_s` on a new machine.
 """
 
 from __future__ import annotations
