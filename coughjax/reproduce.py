@@ -139,7 +139,8 @@ def paper_lines(plan: runs.Plan, table: int) -> list[str]:
   return lines
 
 
-def format_report(plan: runs.Plan, table: int, results, command: str) -> str:
+def format_report(plan: runs.Plan, table: int, results, command: str,
+                  progress: Optional[tuple[int, int]] = None) -> str:
   """The report of `plan`'s `results` ({setting: {row: Scores}})."""
   titles = {r.name: r.title for r in plan.rows}
   res = results[SETTING]
@@ -151,7 +152,7 @@ def format_report(plan: runs.Plan, table: int, results, command: str) -> str:
       f"# Table {table} of the paper, on the evaluation protocol", "",
       f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
       f"`{MODULE}` on the evaluation protocol of `coughjax.protocol`.", "",
-      *rep.provenance(command), "",
+      *rep.provenance(command, progress), "",
       f"Data: {config.data.name}. {plan.k}-fold cross-validation over participants, stratified by stratum × "
       f"label, {plan.repeats} repeat(s) (seed {plan.seed}); each fold's remaining "
       "participants are split into training and validation, early stopping on the "
@@ -198,8 +199,8 @@ def main(argv):
                    repeats=_REPEATS.value, seed=_SEED.value, **config_args)
   runs.command_main(
       plan, MODULE, **runs.cluster_args(), report=plan.workdir / "report.md",
-      format_report=lambda results, command: format_report(plan, table, results,
-                                                           command))
+      format_report=lambda results, command, progress: format_report(
+          plan, table, results, command, progress))
 
 
 if __name__ == "__main__":

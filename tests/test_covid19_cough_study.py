@@ -130,6 +130,13 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   line = next(l for l in text.splitlines() if l.startswith("| *baseline: log-mel"))
   assert "no val scores" not in line
   assert "| *reference: all positive* |" in text
+  # An interim report (a study still running) says so, from its scores file too.
+  interim = study_report.publish(plan, results, root, "cmd", tmp_path / "interim",
+                                 progress=(7, 9))
+  assert "- **Interim report: 7 of 9 units done**" in interim
+  _, _, regenerated = study_report.from_scores(tmp_path / "interim" / "scores.csv.gz",
+                                               root, "cmd")
+  assert drop(regenerated) == drop(interim)
 
 
 def test_cp_rows_pretrain_on_a_disjoint_pool_or_per_fold(done):

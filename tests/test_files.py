@@ -40,11 +40,11 @@ def test_a_report_and_an_export_are_0644_under_umask_022(tmp_path, monkeypatch):
   plan = runs.Plan(tmp_path / "study", data=(), rows=(), settings=())
   monkeypatch.setattr(runs, "prepare", lambda *args, **kwargs: [])
   monkeypatch.setattr(runs, "run_units", lambda *args, **kwargs: None)
-  monkeypatch.setattr(runs, "collect", lambda *args: {"all": {}})
+  monkeypatch.setattr(runs, "collect", lambda *args, **kwargs: {"all": {}})
   with umask(0o022):
     runs.command_main(plan, "coughjax.protocol", processes=1, scheduler="", dry_run=False,
                       report=tmp_path / "report.md",
-                      format_report=lambda results, command: "# report\n")
+                      format_report=lambda results, command, progress: "# report\n")
     out = export.export_encoder("transformer_m50_real", tmp_path / "export", batch=2)
   assert (tmp_path / "report.md").read_text() == "# report\n"
   written = [tmp_path / "report.md", out / export.PROGRAM, out / export.SIDECAR]

@@ -57,7 +57,7 @@ def test_rows_that_did_not_run_count_in_the_family():
   np.testing.assert_allclose(judged[0].detectable, stats.minimum_detectable(
       judged[0].estimate.se, judged[0].estimate.df, alpha=0.05 / 3))
   lines = rep.comparison_lines(judged, {})
-  assert "**not run** (not run: missing)" in lines[3]
+  assert "**not run** (no repeat of missing)" in lines[3]
 
 
 def test_cannot_tell_states_what_it_rules_out():

@@ -688,6 +688,47 @@ def test_a_dry_run_lists_units_needs_and_states(tmp_path, capsys):
   assert [l.endswith(" done") for l in lines] == [False] * 3 + [True]
 
 
+def test_an_interim_report_runs_nothing_and_reports_the_repeats_done(
+    tmp_path, monkeypatch, capsys):
+  plan = _plan(tmp_path / "work", baseline_repeats=2)
+  reports = []
+
+  def interim(report="report.md"):
+    runs.command_main(plan, "coughjax.protocol", processes=1, scheduler="",
+                      dry_run=False, interim=True, report=plan.workdir / report,
+                      format_report=lambda *args: reports.append(args) or "\n".join(
+                          rep.provenance(*args[1:])))
+    return reports[-1]
+
+  with pytest.raises(app.UsageError, match="--interim: no unit of the plan is done in "):
+    interim()
+  todo = runs.prepare(plan)
+  assert [(u.row.name, u.repeat) for u in todo] == [
+      ("transformer", 0), ("duration_only", 0), ("duration_only", 1)]
+  monkeypatch.setattr(runs, "run_units", _must_not_run)
+  units.run(todo[0], runner=_fake_trainer)
+  results, command, progress = interim()
+  # A row with no repeat done is left out (the report shows it as not run).
+  assert progress == (1, 3) and list(results["all"]) == ["transformer"]
+  assert "Interim report: 1 of 3 units" in (plan.workdir / "report.md").read_text()
+  text = cli.format_report(plan, results, rep.judge(cli.comparisons(plan), results),
+                           command, progress)
+  assert "**Interim report: 1 of 3 units done** (`--interim`" in text
+  line = next(l for l in text.splitlines() if l.startswith("| all | transformer | "))
+  assert "not run" in line, line
+  units.run(todo[1])
+  results, _, progress = interim()
+  # A row with one of its two repeats done is reported on that one.
+  assert progress == (2, 3)
+  assert {n: s.repeats for n, s in results["all"].items()} == {
+      "transformer": 1, "duration_only": 1}
+  units.run(todo[2])
+  results, _, progress = interim()
+  assert progress is None and results["all"]["duration_only"].repeats == 2
+  assert "Interim" not in rep.provenance("cmd", progress)[0]
+  capsys.readouterr()
+
+
 def test_a_damaged_folds_file_is_named_with_what_to_do(tmp_path):
   plan = _plan(tmp_path / "work")
   plan.workdir.mkdir()

@@ -21,13 +21,15 @@ The units (a row on a fold, a pre-training) run on Dask: by default on an embedd
 cluster of `--processes` worker processes; `--scheduler=tcp://HOST:8786` (or a
 scheduler file) runs them on a running cluster (`coughjax.protocol.runs` says how
 to start one). A killed worker's unit resumes elsewhere, a stopped command resumes
-unit by unit, and `--dry_run` lists the units and their state without running any.
+unit by unit, and `--dry_run` lists the units and their state without running any;
+`--interim` reports the units done so far without running any.
 """
 
 from __future__ import annotations
 
 import datetime
 import pathlib
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -66,12 +68,13 @@ def comparisons(plan: runs.Plan, extra=()) -> list[rep.Comparison]:
   return [rep.Comparison(s.name, a, b) for s in plan.settings for a, b in pairs]
 
 
-def format_report(plan: runs.Plan, results, judged, command: str) -> str:
+def format_report(plan: runs.Plan, results, judged, command: str,
+                  progress: Optional[tuple[int, int]] = None) -> str:
   titles = {r.name: r.title for r in plan.rows}
   rows_min, pre_min = rep.cost_minutes(plan, results)
   lines = [f"# Evaluation protocol: {', '.join(plan.data)}", "",
            f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-           "", *rep.provenance(command), "",
+           "", *rep.provenance(command, progress), "",
            f"{plan.k}-fold cross-validation over participants, stratified by stratum × "
            f"label; {plan.repeats} repeat(s) for deep rows, {plan.baseline_repeats} for "
            "baselines. AUC [95 % DeLong interval, combined over repeats]; comparisons "
@@ -141,8 +144,9 @@ def main(argv):
   runs.command_main(
       plan, "coughjax.protocol", **runs.cluster_args(),
       report=pathlib.Path(_REPORT.value or plan.workdir / "report.md"),
-      format_report=lambda results, command: format_report(
-          plan, results, rep.judge(comparisons(plan, extra), results), command))
+      format_report=lambda results, command, progress: format_report(
+          plan, results, rep.judge(comparisons(plan, extra), results), command,
+          progress))
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def judge(comparisons: Sequence[Comparison],
     if c.a in rows and c.b in rows:
       judged.append(compare(rows[c.a], rows[c.b], c))
     else:
-      judged.append(Judged(c, note="not run: " + ", ".join(
+      judged.append(Judged(c, note="no repeat of " + ", ".join(
           n for n in (c.a, c.b) if n not in rows)))
   tested = [j.estimate is not None for j in judged]
   adjusted = stats.holm([j.estimate.p if t else 1.0 for j, t in zip(judged, tested)])
@@ -298,8 +298,10 @@ def minutes(scores: Scores) -> float:
 # --- markdown -----------------------------------------------------------------------
 
 
-def provenance(command: str) -> list[str]:
-  """Lines naming what produced a report: commit, versions, machine, command."""
+def provenance(command: str, progress: Optional[tuple[int, int]] = None) -> list[str]:
+  """Lines naming what produced a report: commit, versions, machine, command; and
+  first, for an interim report (`progress`: units done, units of the plan), how much
+  of the study it covers."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   import platform  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
@@ -317,7 +319,13 @@ def provenance(command: str) -> list[str]:
   dirty = git("status", "--porcelain", "--untracked-files=no")
   cpu = next((l.split(":", 1)[1].strip() for l in _read("/proc/cpuinfo").splitlines()
               if l.startswith("model name")), platform.processor() or "unknown")
-  return [
+  interim = [] if progress is None else [
+      f"- **Interim report: {progress[0]} of {progress[1]} units done** (`--interim`: "
+      "the study is still running). Each row is reported on its first repeats whose "
+      "every fold is done (the tables' repeats column), a row with none as not run; "
+      "the comparisons use the repeats both rows have. Verdicts and intervals will "
+      "change as the remaining units run."]
+  return interim + [
       f"- Commit: `{commit}`" + (" (with uncommitted changes)" if dirty else ""),
       f"- jax {jax.__version__}, jaxlib {metadata.version('jaxlib')}, flax "
       f"{flax.__version__}, optax {metadata.version('optax')}, numpy {np.__version__}, "

@@ -53,7 +53,7 @@ import collections
 import pathlib
 import shlex
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -205,11 +205,13 @@ def run_units(plan: Plan, todo: Sequence[Unit], runner: Callable = default_runne
 # --- scores -------------------------------------------------------------------------
 
 
-def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str]) -> Scores:
-  """`row`'s out-of-fold scores in `setting`, repeat by repeat, from its units."""
+def run_row(plan: Plan, setting: Setting, row: Row, strata: dict[str, str],
+            repeats: Optional[int] = None) -> Scores:
+  """`row`'s out-of-fold scores in `setting`, repeat by repeat, from its units: its
+  first `repeats` (default: all the plan gives it)."""
   per_repeat, units, fold_of, validation = [], [], [], []
   perturbed = {db: [] for db in units_lib.GAINS_DB}
-  for repeat in range(plan.repeats_of(row)):
+  for repeat in range(plan.repeats_of(row) if repeats is None else repeats):
     merged: dict[str, tuple[int, float]] = {}
     units.append([])
     fold_of.append({})
@@ -260,15 +262,30 @@ def _out_of_fold(parts: list[dict], keys: Sequence[str], k: int) -> np.ndarray:
   return np.array([[m[key][1] for key in keys] for m in merged])
 
 
-def collect(plan: Plan) -> dict[str, dict[str, Scores]]:
-  """Every setting's rows' scores, {setting: {row: Scores}}, from the units' folders."""
+def done_repeats(plan: Plan, setting: Setting, row: Row) -> int:
+  """How many of `row`'s first repeats in `setting` have every fold's unit done."""
+  for repeat in range(plan.repeats_of(row)):
+    if any(claims.read_unit(plan.unit_folder(setting, row, repeat, fold)) is None
+           for fold in range(plan.k)):
+      return repeat
+  return plan.repeats_of(row)
+
+
+def collect(plan: Plan, interim: bool = False) -> dict[str, dict[str, Scores]]:
+  """Every setting's rows' scores, {setting: {row: Scores}}, from the units' folders.
+  With `interim`, from the units done so far: each row on its first repeats whose
+  every fold is done (`done_repeats`), a row with none left out (not run)."""
   out: dict[str, dict[str, Scores]] = {}
   for setting in plan.settings:
     config = downstream_config(plan, setting, Row("base", "transformer"))
     strata = {folds_lib.recording_key(r.path): r.stratum
               for r in data.get_manifest(config.data)}
-    out[setting.name] = {name: run_row(plan, setting, plan.row(name), strata)
-                         for name in setting.rows}
+    out[setting.name] = {}
+    for name in setting.rows:
+      row = plan.row(name)
+      repeats = done_repeats(plan, setting, row) if interim else None
+      if repeats != 0:
+        out[setting.name][name] = run_row(plan, setting, row, strata, repeats)
   return out
 
 
@@ -311,10 +328,11 @@ def check_report(path: pathlib.Path, module: str) -> pathlib.Path:
 
 
 def define_study_flags(processes: int) -> None:
-  """The flags every study command has: --processes, --scheduler and --dry_run (the
-  cluster: `cluster_args`), --runlocal, --downstream_set and --pretrain_set (the
-  configs: `config_args`)."""
-  global _PROCESSES, _SCHEDULER, _DRY_RUN, _RUNLOCAL, _DOWNSTREAM_SET, _PRETRAIN_SET
+  """The flags every study command has: --processes, --scheduler, --dry_run and
+  --interim (what it runs: `cluster_args`), --runlocal, --downstream_set and
+  --pretrain_set (the configs: `config_args`)."""
+  global _PROCESSES, _SCHEDULER, _DRY_RUN, _INTERIM, _RUNLOCAL, _DOWNSTREAM_SET
+  global _PRETRAIN_SET
   _PROCESSES = flags.DEFINE_integer(
       "processes", processes, "worker processes of the embedded Dask cluster, one unit "
       "each at a time (one per core is about right on a CPU)")
@@ -323,6 +341,10 @@ def define_study_flags(processes: int) -> None:
       "(tcp://HOST:8786) or scheduler file")
   _DRY_RUN = flags.DEFINE_bool("dry_run", False, "list the units, what each needs and "
                                "its state (done / partial / to do), and stop")
+  _INTERIM = flags.DEFINE_bool(
+      "interim", False, "run no unit: write the report from the units done so far "
+      "(each row on its first repeats whose every fold is done); the report says it "
+      "is interim and how many units are left")
   _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "runlocal-sized configs (smoke test)")
   _DOWNSTREAM_SET = flags.DEFINE_multi_string("downstream_set", [], "key=value, every row")
   _PRETRAIN_SET = flags.DEFINE_multi_string("pretrain_set", [], "key=value, pre-training")
@@ -331,7 +353,7 @@ def define_study_flags(processes: int) -> None:
 def cluster_args() -> dict:
   """command_main's arguments from the flags of `define_study_flags`."""
   return dict(processes=_PROCESSES.value, scheduler=_SCHEDULER.value,
-              dry_run=_DRY_RUN.value)
+              dry_run=_DRY_RUN.value, interim=_INTERIM.value)
 
 
 def config_args() -> dict:
@@ -343,19 +365,22 @@ def config_args() -> dict:
 
 def command_main(plan: Plan, module: str, *, processes: int, scheduler: str,
                  dry_run: bool, report: pathlib.Path,
-                 format_report: Callable[[dict, str], str]) -> None:
+                 format_report: Callable[[dict, str, Optional[tuple[int, int]]], str],
+                 interim: bool = False) -> None:
   """What a study command does: check everything it can before any work (the
   report path, the workdir, the data), then with `dry_run` list the units and stop;
   else run `plan` on a Dask cluster (`run_units`) and write the report
-  `format_report(results, command)` to `report`."""
+  `format_report(results, command, progress)` to `report`. With `interim`, run no
+  unit and report the units done so far (`collect`); `progress` is then (units
+  done, units of the plan), None once every unit is done."""
   try:
     files.check_output(plan.workdir, folder=True, flag="--workdir")
-    if not dry_run:  # the report may go in it
+    if not (dry_run or interim):  # the report may go in it
       plan.workdir.mkdir(parents=True, exist_ok=True)
     if report.parent.is_dir() or not report.absolute().is_relative_to(
         plan.workdir.absolute()):  # else in the workdir a dry run does not create
       report = check_report(report, module)
-    todo = prepare(plan, write=not dry_run)
+    todo = prepare(plan, write=not (dry_run or interim))
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   except KeyError as e:  # an override naming no config field
@@ -363,13 +388,23 @@ def command_main(plan: Plan, module: str, *, processes: int, scheduler: str,
   if dry_run:
     print("\n".join(schedule.describe(todo)))
     return
-  try:
-    run_units(plan, todo, processes=processes, scheduler=scheduler)
-  except schedule.ClusterError as e:
-    raise app.UsageError(str(e)) from None
+  progress = None
+  if interim:
+    done = sum(units_lib.state(u) == "done" for u in todo)
+    if not done:
+      raise app.UsageError(f"--interim: no unit of the plan is done in {plan.workdir}: "
+                           "nothing to report")
+    if done < len(todo):
+      progress = (done, len(todo))
+  else:
+    try:
+      run_units(plan, todo, processes=processes, scheduler=scheduler)
+    except schedule.ClusterError as e:
+      raise app.UsageError(str(e)) from None
   args = sys.argv[1:]
-  text = format_report(collect(plan),
-                       " ".join(["python -m", module, *map(shlex.quote, args)]))
+  text = format_report(collect(plan, interim=progress is not None),
+                       " ".join(["python -m", module, *map(shlex.quote, args)]),
+                       progress)
   files.atomic_write(report, lambda f: f.write(text.encode()))
   print(text)
   print(f"written to {report}")

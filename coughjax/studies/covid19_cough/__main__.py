@@ -6,6 +6,7 @@ r"""The covid19_cough study's command (the package docstring says what it runs).
   python -m coughjax.studies.covid19_cough --runlocal --folds=2 --workdir=/tmp/s
   python -m coughjax.studies.covid19_cough \
       --from_scores=docs/covid19_cough/scores.csv.gz   # the report again, no training
+  python -m coughjax.studies.covid19_cough --interim  # the units done so far, no training
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def main(argv):
     return
   runs.command_main(
       plan, MODULE, **runs.cluster_args(), report=pathlib.Path(_REPORT.value),
-      format_report=lambda results, command: report_lib.publish(
-          plan, results, root, command, scores_dir))
+      format_report=lambda results, command, progress: report_lib.publish(
+          plan, results, root, command, scores_dir, progress))
 
 
 if __name__ == "__main__":

@@ -179,10 +179,12 @@ def symptom_lines(results, titles, attributes: dict[str, dict]) -> list[str]:
 
 def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
                   attributes: Optional[dict[str, dict]] = None,
-                  pretrain_minutes: Optional[float] = None) -> str:
+                  pretrain_minutes: Optional[float] = None,
+                  progress: Optional[tuple[int, int]] = None) -> str:
   """The report. `attributes` (`recording_attributes`) are read from `root` and the
   pre-training minutes from the plan's workdir unless given (as `from_scores` gives
-  them)."""
+  them); `progress` (units done, units of the plan) makes it an interim report
+  (`rep.provenance`)."""
   if attributes is None:
     attributes = recording_attributes(plan, root)
   if pretrain_minutes is None:
@@ -203,7 +205,7 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "# Does the paper's method detect COVID-19 in real coughs? (covid19_cough)", "",
       f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
       "`coughjax.studies.covid19_cough` on the evaluation protocol of "
-      "`coughjax.protocol`.", "", *rep.provenance(command), "",
+      "`coughjax.protocol`.", "", *rep.provenance(command, progress), "",
       "## Answer", "", *answer_lines(primary, titles), "",
       "## Data", "", *data_lines(root, plan), "",
       "## Protocol", "",
@@ -375,16 +377,17 @@ def reliability(results, titles, path: pathlib.Path) -> None:
 
 
 def publish(plan: runs.Plan, results, root: pathlib.Path, command: str,
-            scores_dir: pathlib.Path) -> str:
+            scores_dir: pathlib.Path, progress: Optional[tuple[int, int]] = None) -> str:
   """Writes every score behind the report (`scores.csv.gz`, `units.json`) and the
-  reliability plot into `scores_dir`; returns the report."""
+  reliability plot into `scores_dir`; returns the report (interim with `progress`:
+  see `format_report`)."""
   attributes = recording_attributes(plan, root)
   pretrain = rep.pretrain_minutes(plan.workdir)
   scores_lib.write(scores_dir, results, root=root, attributes=attributes,
                    extra=dict(plan=plan_fields(plan), workdir=str(plan.workdir),
-                              pretrain_minutes=pretrain))
+                              pretrain_minutes=pretrain, progress=progress))
   reliability(results, titles_of(plan), scores_dir / RELIABILITY_FILE)
-  return format_report(plan, results, root, command, attributes, pretrain)
+  return format_report(plan, results, root, command, attributes, pretrain, progress)
 
 
 def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
@@ -398,5 +401,7 @@ def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
   # `repeats`.
   fields.setdefault("secondary_repeats", fields["repeats"])
   plan = make_plan(root, "", pathlib.Path(extra["workdir"]), **fields)
+  progress = extra.get("progress")  # absent in files written before interim reports
   return plan, results, format_report(plan, results, root, command, attributes,
-                                      extra["pretrain_minutes"])
+                                      extra["pretrain_minutes"],
+                                      None if progress is None else tuple(progress))
