@@ -212,3 +212,21 @@ def test_power_line_states_the_detectable_lead_once_when_it_is_one_value():
   assert "is 10.0–22.4 AUC points, depending on the setting;" in line
   assert study_report.power_lines(judged(float("nan"))) == [
       "No primary comparison ran: no power to state."]
+
+
+def test_the_committed_report_is_what_its_committed_scores_give(covid19_cough):
+  """docs/reproduction_covid19_cough.md is regenerated from docs/covid19_cough alone
+  (`--from_scores`): nothing in it is edited by hand, and report code that changes
+  what it says must regenerate it. The Data section reads the release copy at hand,
+  and the provenance names this run, so those lines are left out."""
+  committed = (REPO / "docs" / "reproduction_covid19_cough.md").read_text()
+  _, _, regenerated = study_report.from_scores(
+      REPO / "docs" / "covid19_cough" / "scores.csv.gz", covid19_cough, "cmd")
+
+  def kept(text):
+    head, rest = text.split("\n## Answer\n", 1)
+    answer_to_data, after_data = rest.split("\n## Data\n", 1)
+    return ("\n".join(l for l in head.splitlines() if l.startswith("- **Interim"))
+            + answer_to_data + after_data.split("\n## Protocol\n", 1)[1])
+
+  assert kept(regenerated) == kept(committed)
