@@ -174,12 +174,18 @@ def test_deep_rows_have_validation_thresholds_and_gain_shifts(done):
   assert "Test-time gain" in cc and "| AUC moves at -10 dB | AUC moves at +10 dB |" in cc
 
 
-def test_command_line_rejects_unknown_rows():
+def test_command_line_rejects_unknown_rows_and_interim_from_scores():
   proc = subprocess.run([sys.executable, "-m", "coughjax.studies.covid19_cough",
                          "--rows=transformer,vggish_ft", "--root=/nonexistent"], cwd=REPO,
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert "--rows: unknown rows ['vggish_ft']" in proc.stderr
+  proc = subprocess.run([sys.executable, "-m", "coughjax.studies.covid19_cough",
+                         "--from_scores=docs/covid19_cough/scores.csv.gz", "--interim",
+                         "--report=/nonexistent/report.md"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "--from_scores and --interim: a scores file says itself" in proc.stderr
 
 
 def test_attempts_are_rows_of_their_own(release_slice, tmp_path, done):

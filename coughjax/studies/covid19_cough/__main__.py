@@ -86,6 +86,9 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   scores_dir = pathlib.Path(_SCORES_DIR.value)
   if _FROM_SCORES.value:
+    if runs.cluster_args()["interim"]:
+      raise app.UsageError("--from_scores and --interim: a scores file says itself "
+                           "whether its report was interim; drop --interim")
     path = pathlib.Path(_FROM_SCORES.value)
     try:
       report = runs.check_report(pathlib.Path(_REPORT.value), MODULE)
