@@ -321,7 +321,7 @@ def provenance(command: str, progress: Optional[tuple[int, int]] = None) -> list
               if l.startswith("model name")), platform.processor() or "unknown")
   interim = [] if progress is None else [
       f"- **Interim report: {progress[0]} of {progress[1]} units done** (`--interim`: "
-      "the study is still running). Each row is reported on its first repeats whose "
+      "the study has not finished). Each row is reported on its first repeats whose "
       "every fold is done (the tables' repeats column), a row with none as not run; "
       "the comparisons use the repeats both rows have. Verdicts and intervals will "
       "change as the remaining units run."]
