@@ -2,6 +2,7 @@
 its report states what ran, with intervals, Holm-corrected verdicts and confounds."""
 
 import csv
+import dataclasses
 import gzip
 import json
 import pathlib
@@ -9,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ import pytest
 import conftest
 from coughjax.protocol import report as rep
 from coughjax.protocol import runs
+from coughjax.protocol import stats
 from coughjax.studies.covid19_cough import design as study
 from coughjax.studies.covid19_cough import report as study_report
 
@@ -209,14 +210,25 @@ def test_attempts_are_rows_of_their_own(release_slice, tmp_path, done):
                       (study.AUGMENTED_BEST, "loudness_only")}
 
 
-def test_power_line_states_the_detectable_lead_once_when_it_is_one_value():
-  def judged(*detectable):
-    return [types.SimpleNamespace(detectable=d) for d in detectable]
-  (line,) = study_report.power_lines(judged(0.224, float("nan")))
-  assert "is 22.4 AUC points (the one setting that ran);" in line
-  (line,) = study_report.power_lines(judged(0.1, 0.224))
-  assert "is 10.0–22.4 AUC points, depending on the setting;" in line
-  assert study_report.power_lines(judged(float("nan"))) == [
+def test_power_line_states_the_detectable_lead_and_what_more_repeats_buy():
+  rng = np.random.default_rng(0)
+  ran = rep.Judged(rep.Comparison("s", "a", "b"), repeats=5, test_train_ratio=0.5)
+  ran.estimate = stats.corrected_resampled_t(rng.normal(0, 0.05, (5, 3)), 0.5)
+  ran.detectable = stats.minimum_detectable(ran.estimate.se, ran.estimate.df,
+                                            alpha=0.05 / 2)
+  not_run = rep.Judged(rep.Comparison("t", "a", "b"))
+  (line,) = study_report.power_lines([ran, not_run])
+  assert f"is {100 * ran.detectable:.1f} AUC points (the one setting that ran);" in line
+  # 10 repeats of the same spread: a little smaller; unlimited: still far from 0.
+  ten, unlimited = (ran.detectable_with(r, 0.05 / 2) for r in (10, np.inf))
+  assert ran.detectable > ten > unlimited > 0.8 * ran.detectable
+  assert (f"10 repeats would detect {100 * ten:.1f} and unlimited repeats "
+          f"{100 * unlimited:.1f} AUC points") in line
+  other = dataclasses.replace(ran, comparison=rep.Comparison("t", "a", "b"),
+                              detectable=0.1)
+  (line,) = study_report.power_lines([other, ran])
+  assert f"is 10.0–{100 * ran.detectable:.1f} AUC points, depending on the setting;" in line
+  assert study_report.power_lines([not_run]) == [
       "No primary comparison ran: no power to state."]
 
 

@@ -327,3 +327,18 @@ def test_minimum_detectable_difference():
   power = sps.norm.sf(crit - mdd / se) + sps.norm.cdf(-crit - mdd / se)
   np.testing.assert_allclose(power, 0.8, atol=1e-4)
   assert stats.minimum_detectable(se, 4, alpha=alpha) > mdd   # t is wider
+
+
+def test_corrected_detectable_keeps_the_test_train_term_at_any_repeats():
+  """Made over its own J it is `minimum_detectable` of its own se; with more repeats
+  it shrinks only towards (z_{1-alpha/2} + z_power) sqrt(n_test/n_train) s."""
+  d = np.random.default_rng(1).normal(0.01, 0.04, (5, 3))
+  est = stats.corrected_resampled_t(d, 0.5)
+  alpha = 0.01
+  own = stats.corrected_detectable(est, 0.5, 15, alpha=alpha)
+  np.testing.assert_allclose(own, stats.minimum_detectable(est.se, 14, alpha=alpha))
+  limit = stats.corrected_detectable(est, 0.5, np.inf, alpha=alpha)
+  s = np.std(d, ddof=1)
+  np.testing.assert_allclose(
+      limit, (sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(0.8)) * np.sqrt(0.5) * s)
+  assert own > stats.corrected_detectable(est, 0.5, 30, alpha=alpha) > limit

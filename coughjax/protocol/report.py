@@ -103,6 +103,7 @@ class Judged:
     note: why a comparison was refused.
     detectable: the smallest difference detectable with 80 % power at the family's
       strictest Holm level.
+    test_train_ratio: n_test / n_train of the folds (the corrected test's term).
   """
   comparison: Comparison
   estimate: Optional[stats.Estimate] = None
@@ -115,6 +116,15 @@ class Judged:
   verdict: str = NOT_RUN
   note: str = ""
   detectable: float = float("nan")
+  test_train_ratio: float = float("nan")
+
+  def detectable_with(self, repeats: float, alpha: float) -> float:
+    """`detectable` at `alpha` had both rows run `repeats` repeats (np.inf:
+    unlimited) of as many folds, at the spread of fold differences observed
+    (`stats.corrected_detectable`)."""
+    folds = (self.estimate.df + 1) / self.repeats
+    return stats.corrected_detectable(self.estimate, self.test_train_ratio,
+                                      repeats * folds, alpha=alpha, power=POWER)
 
 
 def compare(a: Scores, b: Scores, comparison: Optional[Comparison] = None) -> Judged:
@@ -136,6 +146,7 @@ def compare(a: Scores, b: Scores, comparison: Optional[Comparison] = None) -> Ju
     judged.verdict, judged.note = REFUSED, str(e)
     return judged
   judged.estimate = stats.corrected_resampled_t(diffs, ratio, bounds=(-1.0, 1.0))
+  judged.test_train_ratio = ratio
   return judged
 
 

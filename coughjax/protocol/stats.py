@@ -399,6 +399,19 @@ def minimum_detectable(se: float, df: float, *, alpha: float, power: float = 0.8
   return float((q(1 - alpha / 2) + q(power)) * se)
 
 
+def corrected_detectable(estimate: Estimate, test_train_ratio: float, j: float, *,
+                         alpha: float, power: float = 0.8) -> float:
+  """`minimum_detectable` of a `corrected_resampled_t` estimate had it been made over
+  `j` fold differences (np.inf: unlimited repeats) at the spread s its own showed.
+  Its variance (1/J + n_test/n_train) s^2 keeps the second term however many
+  repeats run, so at J = inf the difference is still (z_{1-alpha/2} + z_power)
+  sqrt(n_test/n_train) s: repeats buy little power."""
+  own = estimate.df + 1
+  s2 = estimate.se ** 2 / (1 / own + test_train_ratio)
+  se = float(np.sqrt((1 / j + test_train_ratio) * s2))
+  return minimum_detectable(se, j - 1, alpha=alpha, power=power)
+
+
 def holm(p_values) -> np.ndarray:
   """Holm-Bonferroni step-down adjusted p-values, in the input order.
 

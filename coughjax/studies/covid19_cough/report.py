@@ -149,6 +149,8 @@ def confound_lines(results, titles) -> list[str]:
 MONITOR_WORDS = {"auc": "validation ROC-AUC",
                  "loss": "validation loss (clip-level cross-entropy)"}
 RELIABILITY_FILE = "reliability.png"
+# The power line says what the primary family would detect with this many repeats.
+MORE_REPEATS = 10
 # The rows whose AUC the symptom and loudness breakdowns show.
 BREAKDOWN_ROWS = (BEST, "logmel_logreg", "loudness_only", "level_dynamics")
 
@@ -339,18 +341,32 @@ def overall(judged: Sequence[rep.Judged]) -> str:
 
 
 def power_lines(primary: Sequence[rep.Judged]) -> list[str]:
-  """The primary family's minimum detectable differences, in words."""
-  mdd = [100 * j.detectable for j in primary if np.isfinite(j.detectable)]
-  if not mdd:
+  """The primary family's minimum detectable differences, in words, and what more
+  repeats would buy."""
+  tested = [j for j in primary if np.isfinite(j.detectable)]
+  if not tested:
     return ["No primary comparison ran: no power to state."]
-  low, high = f"{min(mdd):.1f}", f"{max(mdd):.1f}"
-  where = "the one setting that ran" if len(mdd) == 1 else "in every setting"
-  size = (f"{low} AUC points ({where})" if low == high
-          else f"{low}–{high} AUC points, depending on the setting")
+  alpha = rep.ALPHA / len(primary)
+
+  def points(values):
+    low, high = f"{100 * min(values):.1f}", f"{100 * max(values):.1f}"
+    return low if low == high else f"{low}–{high}"
+
+  now = points([j.detectable for j in tested])
+  where = (" (the one setting that ran)" if len(tested) == 1 else
+           ", depending on the setting" if "–" in now else " (in every setting)")
+  ratio = np.mean([j.test_train_ratio for j in tested])
+  more, unlimited = (points([j.detectable_with(r, alpha) for j in tested])
+                     for r in (MORE_REPEATS, np.inf))
   return [f"Power: with the standard errors observed, the smallest lead of the paper's "
           f"best model this family detects with 80 % power at Holm's strictest level "
-          f"(α = {rep.ALPHA:g} / {len(primary)} = {rep.ALPHA / len(primary):.3g}) is "
-          f"{size}; smaller true differences are likely to end as *cannot tell*."]
+          f"(α = {rep.ALPHA:g} / {len(primary)} = {alpha:.3g}) is {now} AUC "
+          f"points{where}; smaller true differences are likely to end as *cannot "
+          "tell*. More repeats buy little: the corrected test's variance (1/J + "
+          f"n_test/n_train) s² keeps its n_test/n_train term ({ratio:.2f} here) however "
+          "many repeats run, so at the spread of fold differences observed "
+          f"{MORE_REPEATS} repeats would detect {more} and unlimited repeats {unlimited} "
+          "AUC points."]
 
 
 def answer_lines(primary: Sequence[rep.Judged], titles) -> list[str]:
