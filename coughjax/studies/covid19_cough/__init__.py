@@ -46,7 +46,7 @@ comparisons), with the confound controls beside every setting:
 
 Everything lands in `--workdir` (resumable unit by unit, see
 `coughjax.protocol.runs`); the report, `docs/reproduction_covid19_cough.md`, is
-written from what is there.
+written from what is there (`--interim`: while units are left, saying so).
 
 Cost in fits and trainings (a unit, which `--dry_run` lists, is a pre-training or
 one repeat of a row in a setting: its 3 folds, a deep row's trained as one program).
@@ -62,7 +62,6 @@ evaluated source at all, one per repeat for every fold, and each of them is chea
 default study (attempts included) is 653: 390 baseline fits, 219 deep
 trainings, 44 pre-trainings, in 247 units (677 with every -CP row pre-trained per
 fold; 574 with `--secondary_repeats=1`; 502, 87 of them deep trainings and 25
-pre-trainings, for the committed report's 1 repeat per fold). The report's Cost
-section sums the units' wall time; benchmarks/README.md says what the committed
-report took.
+pre-trainings, with 1 repeat everywhere). The report's Cost section sums the units'
+wall time; benchmarks/README.md says what the study has taken.
 """
