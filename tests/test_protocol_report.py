@@ -78,3 +78,13 @@ def test_a_fold_with_too_few_of_a_class_is_refused_with_its_reason():
   a.labels[:] = b.labels[:] = (folds[0] == 0) & (np.arange(24) < 12) | (folds[0] != 0) & y
   (j,) = rep.judge([rep.Comparison("s", "a", "b")], {"s": {"a": a, "b": b}})
   assert j.verdict == rep.REFUSED and "fewer than 5 of a class" in j.note
+
+
+def test_a_confound_share_needs_a_row_above_chance():
+  def auc(mean, half):
+    return stats.Estimate(mean=mean, se=half / 1.96, low=mean - half, high=mean + half,
+                          z=0.0, p=1.0)
+  np.testing.assert_allclose(rep.share_explained(auc(0.65, 0.05), auc(0.8, 0.05)), 0.5)
+  # A row whose interval reaches chance has no lead to share: not "3227 %".
+  assert rep.share_explained(auc(0.609, 0.08), auc(0.503, 0.08)) is None
+  assert rep.share_explained(auc(0.6, 0.05), auc(0.45, 0.03)) is None

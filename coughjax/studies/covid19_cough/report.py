@@ -130,13 +130,17 @@ def confound_lines(results, titles) -> list[str]:
     lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     strongest = max((c for c in CONFOUNDS if shares.get(c) is not None),
                     key=lambda c: shares[c], default=None)
-    if strongest is not None:
+    if best.low <= 0.5:
+      words.append(f"- {setting}: the paper's best model is not above chance "
+                   f"({rep.auc_cell(best)}), so no share of its AUC is computed.")
+    elif strongest is not None:
       words.append(f"- {setting}: {titles[strongest].strip('*')} alone reaches "
                    f"{100 * shares[strongest]:.0f} % of the paper's best model's AUC "
                    f"above chance ({rep.auc_cell(rep.row_auc(res[strongest]))} against "
                    f"{rep.auc_cell(best)}).")
   return lines + ["", "In parentheses: the control's AUC above chance as a share of "
-                  "the paper's best model's, (AUC_control − 0.5) / (AUC_best − 0.5). "
+                  "the paper's best model's, (AUC_control − 0.5) / (AUC_best − 0.5), "
+                  "where the best model is above chance (its interval above 50). "
                   "Each AUC over its own row's repeats (see the setting's table). "
                   "Where features are gain-normalised, loudness only sees a constant "
                   "(the mean level is what normalisation removes): there the level-"
