@@ -68,6 +68,16 @@ def test_cannot_tell_states_what_it_rules_out():
   assert j.verdict == "cannot tell"
   assert (f"a lead above {100 * j.estimate.high:+.1f} and a lag beyond "
           f"{100 * j.estimate.low:+.1f} are excluded") in rep.verdict_cell(j)
+  # An interval on one side of 0 (p < 0.05 before Holm, not after): no "lag beyond
+  # +23.8" but the lead it holds.
+  one_side = stats.Estimate(mean=0.286, se=0.02, low=0.238, high=0.334, z=14.0,
+                            p=0.002, df=4)
+  assert rep.rules_out(one_side) == ("a lead of +23.8 to +33.4 before Holm's correction, "
+                                     "not after it")
+  behind = stats.Estimate(mean=-0.118, se=0.05, low=-0.236, high=-0.001, z=-2.4,
+                          p=0.05, df=4)
+  assert rep.rules_out(behind) == ("a lag of -0.1 to -23.6 before Holm's correction, "
+                                   "not after it")
 
 
 def test_a_fold_with_too_few_of_a_class_is_refused_with_its_reason():

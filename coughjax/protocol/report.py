@@ -18,7 +18,7 @@
   corrected p larger, never smaller). A comparison *holds* at a corrected p < 0.05
   with A ahead, *does not hold* at p < 0.05 with B ahead, and is *cannot tell*
   otherwise (`stats.verdict`); a "cannot tell" also states what its 95 % interval
-  rules out, and every comparison the smallest difference it could detect with 80 %
+  rules out (`rules_out`), and every comparison the smallest difference it could detect with 80 %
   power at the family's strictest Holm level (alpha / m).
 * Threshold metrics (precision, recall, F1, accuracy) of the pooled out-of-fold
   scores at thresholds chosen on each fold's validation part (never at 0.5, never
@@ -423,9 +423,15 @@ def quintile_columns(value: dict[str, float]) -> dict[str, Callable[[Scores], np
 
 
 def rules_out(est: stats.Estimate) -> str:
-  """What a "cannot tell" excludes: the differences outside its 95 % interval."""
-  return (f"a lead above {100 * est.high:+.1f} and a lag beyond {100 * est.low:+.1f} "
-          "are excluded")
+  """What a "cannot tell" says: the differences outside its 95 % interval; or, where
+  the interval lies on one side of 0 (p < 0.05 before Holm's correction, not after
+  it), the lead or lag it holds."""
+  low, high = 100 * est.low, 100 * est.high
+  if low > 0:
+    return f"a lead of {low:+.1f} to {high:+.1f} before Holm's correction, not after it"
+  if high < 0:
+    return f"a lag of {high:+.1f} to {low:+.1f} before Holm's correction, not after it"
+  return f"a lead above {high:+.1f} and a lag beyond {low:+.1f} are excluded"
 
 
 def verdict_cell(j: Judged) -> str:

@@ -266,7 +266,9 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "comparisons: one whose rows did not run is shown as *not run* and counts as "
       "p = 1. A finding *holds* only at a corrected p < 0.05 in its favour, *does "
       "not hold* at p < 0.05 against it, and is otherwise *cannot tell*, with what "
-      "its 95 % interval excludes. \"detectable (80 %)\": the smallest difference "
+      "its 95 % interval excludes (where the interval lies on one side of 0, p < "
+      "0.05 before Holm's correction but not after: the lead or lag it holds). "
+      "\"detectable (80 %)\": the smallest difference "
       "(AUC points) the comparison would detect with 80 % power at its family's "
       "strictest Holm level (α / m), given its observed standard error.",
       "- Threshold metrics (precision, recall, F1, accuracy) at thresholds chosen on "
