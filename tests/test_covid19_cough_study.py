@@ -140,6 +140,20 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   assert drop(regenerated) == drop(interim)
 
 
+def test_the_provenance_is_taken_before_the_scores_are_written(done, tmp_path,
+                                                              monkeypatch):
+  """The scores files are committed beside the report: rewritten first, they would
+  make every regenerated report say "with uncommitted changes"."""
+  plan, results, _ = done
+  seen = []
+  real = rep.provenance
+  monkeypatch.setattr(rep, "provenance", lambda *args: seen.append(
+      (tmp_path / "scores.csv.gz").exists()) or real(*args))
+  study_report.publish(plan, results, pathlib.Path(plan.data[1].split("=", 1)[1]), "cmd",
+                       tmp_path)
+  assert seen == [False] and (tmp_path / "scores.csv.gz").exists()
+
+
 def test_cp_rows_pretrain_on_a_disjoint_pool_or_per_fold(done):
   """In the call centre the paper's best model pre-trains once per repeat on the
   pool (covid19_cough's Telegram here: no Coswara given), serving both folds; pooled

@@ -405,11 +405,14 @@ def publish(plan: runs.Plan, results, root: pathlib.Path, command: str,
   see `format_report`)."""
   attributes = recording_attributes(plan, root)
   pretrain = rep.pretrain_minutes(plan.workdir)
+  # The report first: its provenance asks git whether the checkout is clean, which
+  # these files (committed beside it) are not once rewritten.
+  text = format_report(plan, results, root, command, attributes, pretrain, progress)
   scores_lib.write(scores_dir, results, root=root, attributes=attributes,
                    extra=dict(plan=plan_fields(plan), workdir=str(plan.workdir),
                               pretrain_minutes=pretrain, progress=progress))
   reliability(results, titles_of(plan), scores_dir / RELIABILITY_FILE)
-  return format_report(plan, results, root, command, attributes, pretrain, progress)
+  return text
 
 
 def from_scores(path: pathlib.Path, root: pathlib.Path, command: str
