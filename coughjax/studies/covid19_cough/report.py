@@ -251,7 +251,10 @@ def format_report(plan: runs.Plan, results, root: pathlib.Path, command: str,
       "small *conditional on the fitted models* but leaves out training variance; "
       "95 % normal interval.",
       "- Comparisons: on the recordings both rows scored and the repeats both ran "
-      "(each side's AUC is shown over exactly those repeats). The verdict's test is "
+      "(each side's AUC is shown over exactly those repeats, from its out-of-fold "
+      "scores pooled over the folds). Its A − B is the mean of the repeat × fold "
+      "differences, so it need not equal AUC A − AUC B: a pooled AUC also rewards "
+      "scores calibrated alike across folds. The verdict's test is "
       "the corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004) "
       "over the repeat × fold AUC differences, which includes the variance of "
       "training again on other folds and seeds: variance (1/J + n_test/n_train) s², "
