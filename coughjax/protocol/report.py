@@ -18,8 +18,8 @@
   corrected p larger, never smaller). A comparison *holds* at a corrected p < 0.05
   with A ahead, *does not hold* at p < 0.05 with B ahead, and is *cannot tell*
   otherwise (`stats.verdict`); a "cannot tell" also states what its 95 % interval
-  rules out (`rules_out`), and every comparison the smallest difference it could detect with 80 %
-  power at the family's strictest Holm level (alpha / m).
+  rules out (`rules_out`), and every comparison the smallest difference it could
+  detect with 80 % power at the family's strictest Holm level (alpha / m).
 * Threshold metrics (precision, recall, F1, accuracy) of the pooled out-of-fold
   scores at thresholds chosen on each fold's validation part (never at 0.5, never
   on the test part), beside an all-positive reference; operating points
@@ -282,12 +282,17 @@ def reliability_plot(panels: dict[str, dict[str, Scores]], titles: dict[str, str
   plt.close(fig)
 
 
+def above_chance(auc: stats.Estimate) -> bool:
+  """Whether an AUC's interval lies above 0.5."""
+  return auc.low > 0.5
+
+
 def share_explained(confound: stats.Estimate, row: stats.Estimate) -> Optional[float]:
   """How much of a row's AUC above chance a confound's AUC reaches:
-  (AUC_confound - 0.5) / (AUC_row - 0.5), or None where the row is not above chance
-  (its interval reaches 0.5): a share of a lead that may be none means nothing (a
-  row at 50.3 made a confound at 60.9 "3227 %")."""
-  if row.low <= 0.5:
+  (AUC_confound - 0.5) / (AUC_row - 0.5), or None where the row is not
+  `above_chance`: a share of a lead that may be none means nothing (a row at 50.3
+  made a confound at 60.9 "3227 %")."""
+  if not above_chance(row):
     return None
   return (confound.mean - 0.5) / (row.mean - 0.5)
 

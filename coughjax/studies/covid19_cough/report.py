@@ -130,7 +130,7 @@ def confound_lines(results, titles) -> list[str]:
     lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     strongest = max((c for c in CONFOUNDS if shares.get(c) is not None),
                     key=lambda c: shares[c], default=None)
-    if best.low <= 0.5:
+    if not rep.above_chance(best):
       words.append(f"- {setting}: the paper's best model is not above chance "
                    f"({rep.auc_cell(best)}), so no share of its AUC is computed.")
     elif strongest is not None:
