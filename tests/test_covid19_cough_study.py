@@ -4,6 +4,7 @@ its report states what ran, with intervals, Holm-corrected verdicts and confound
 import csv
 import dataclasses
 import gzip
+import itertools
 import json
 import pathlib
 import re
@@ -124,6 +125,10 @@ def test_the_report_is_regenerated_from_its_scores_file_alone(done, tmp_path):
   n = sum(s.repeats * len(s.keys) for res in results.values() for s in res.values())
   assert len(test) == n
   assert any(l["part"] == "val" and l["row"] == "logmel_logreg" for l in lines)
+  # A row's lines of one recording are adjacent (so the file compresses).
+  scored = [(l["setting"], l["row"], l["recording"]) for l in lines if l["part"] != "val"]
+  runs = [k for k, _ in itertools.groupby(scored)]
+  assert len(runs) == len(set(scored)) and len(scored) > len(runs)
   _, again, regenerated = study_report.from_scores(tmp_path / "scores.csv.gz", root, "cmd")
   drop = lambda t: [l for l in t.splitlines() if not l.startswith("Generated ")]
   assert drop(regenerated) == drop(text)

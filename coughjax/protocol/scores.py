@@ -23,7 +23,8 @@ import numpy as np
 from coughjax import files
 
 SCORES_FILE = "scores.csv.gz"
-# The columns of `scores.csv.gz`, one line per (setting, row, repeat, recording, part):
+# The columns of `scores.csv.gz`, one line per (setting, row, repeat, recording, part)
+# (a row's lines grouped by recording; the order carries no meaning):
 # part "test" is the out-of-fold score (fold = the fold whose test part holds the
 # recording), part "val" a score of the validation part of fold `fold`'s model (what
 # a threshold is chosen on; only units that wrote `val_predictions.csv`), any other
@@ -126,17 +127,18 @@ def write(folder: str | os.PathLike, results: dict[str, dict[str, Scores]], *,
       if sc.folds is None:
         raise ValueError(f"{setting} / {row}: scores without folds cannot be written")
       units.setdefault(setting, {})[row] = sc.units
+      # A recording's lines are adjacent (every repeat and part), so gzip finds its
+      # name and attributes again within its window: half the size of repeat-major.
+      for i, key in enumerate(sc.keys):
+        name, attrs = _relative(key, root), attributes.get(key, {})
+        for r in range(sc.repeats):
+          out.writerow([setting, row, r, int(sc.folds[r, i]), name, int(sc.labels[i]),
+                        repr(float(sc.scores[r, i])), TEST, sc.strata[i],
+                        *(json.dumps(attrs.get(n)) for n in names)])
+          for part, perturbed in sorted(sc.perturbed.items()):
+            out.writerow([setting, row, r, int(sc.folds[r, i]), name, int(sc.labels[i]),
+                          repr(float(perturbed[r, i])), part, "", *([""] * len(names))])
       for r in range(sc.repeats):
-        for i, key in enumerate(sc.keys):
-          attrs = attributes.get(key, {})
-          out.writerow([setting, row, r, int(sc.folds[r, i]), _relative(key, root),
-                        int(sc.labels[i]), repr(float(sc.scores[r, i])), TEST,
-                        sc.strata[i], *(json.dumps(attrs.get(n)) for n in names)])
-        for part, perturbed in sorted(sc.perturbed.items()):
-          for i, key in enumerate(sc.keys):
-            out.writerow([setting, row, r, int(sc.folds[r, i]), _relative(key, root),
-                          int(sc.labels[i]), repr(float(perturbed[r, i])), part, "",
-                          *([""] * len(names))])
         for f, val in enumerate((sc.validation or [[]] * sc.repeats)[r]):
           if val is not None:
             for y, v in zip(*val):
