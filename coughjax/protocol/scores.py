@@ -129,15 +129,16 @@ def write(folder: str | os.PathLike, results: dict[str, dict[str, Scores]], *,
       units.setdefault(setting, {})[row] = sc.units
       # A recording's lines are adjacent (every repeat and part), so gzip finds its
       # name and attributes again within its window: half the size of repeat-major.
+      # The stratum and attributes go on the "test" line only.
+      parts = [(TEST, sc.scores), *sorted(sc.perturbed.items())]
       for i, key in enumerate(sc.keys):
         name, attrs = _relative(key, root), attributes.get(key, {})
+        own = [sc.strata[i], *(json.dumps(attrs.get(n)) for n in names)]
         for r in range(sc.repeats):
-          out.writerow([setting, row, r, int(sc.folds[r, i]), name, int(sc.labels[i]),
-                        repr(float(sc.scores[r, i])), TEST, sc.strata[i],
-                        *(json.dumps(attrs.get(n)) for n in names)])
-          for part, perturbed in sorted(sc.perturbed.items()):
+          for part, scores in parts:
             out.writerow([setting, row, r, int(sc.folds[r, i]), name, int(sc.labels[i]),
-                          repr(float(perturbed[r, i])), part, "", *([""] * len(names))])
+                          repr(float(scores[r, i])), part,
+                          *(own if part == TEST else [""] * len(own))])
       for r in range(sc.repeats):
         for f, val in enumerate((sc.validation or [[]] * sc.repeats)[r]):
           if val is not None:
